@@ -1,0 +1,66 @@
+"""``cgcseg``: one command with sub-commands ``gmm``, ``segment``, ``evaluate``, ``demo``, ``train``.
+
+Each sub-command lives in :mod:`CGCLesionSegLib.commands.<name>` with ``add_arguments(parser)`` and
+``run(args) -> int``; heavy imports (torch) happen inside ``run`` so ``--help`` stays instant.
+Errors the user can fix (bad files, mismatched grids, bad values) print one ``error:`` line and exit 2;
+a cancel exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from . import __version__
+
+SUBCOMMANDS = {
+    "gmm": "GMM foreground probability map P (the method's first stage)",
+    "segment": "segment one case or a cohort with a trained CGC model",
+    "evaluate": "Dice / sensitivity of segmentations against reference labels",
+    "demo": "run the whole pipeline on a generated phantom (no data needed)",
+    "train": "train the CGC network on unlabelled cases (same as python -m CGCTraining)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cgcseg",
+        description="CGC Lesion Seg: unsupervised lesion segmentation in MRI/CT. "
+                    "Research use only, not for clinical diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in SUBCOMMANDS.items():
+        module = importlib.import_module(f"{__package__}.commands.{name}")
+        p = sub.add_parser(name, help=help_text, description=getattr(module, "DESCRIPTION", help_text),
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           add_help=getattr(module, "ADD_HELP", True))
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    from .image_io import GeometryMismatchError, ImageIOError
+    from .progress import Cancelled
+    try:
+        return int(args._run(args) or 0)
+    except (ImageIOError, GeometryMismatchError, ValueError, FileNotFoundError) as exc:
+        print(f"cgcseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled as exc:
+        print(f"cgcseg {args.command}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"cgcseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

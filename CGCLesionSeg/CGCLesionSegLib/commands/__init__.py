@@ -1,0 +1,22 @@
+"""Sub-commands of ``cgcseg``; shared argument helpers keep one vocabulary everywhere."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--input", dest="inputs", action="append", metavar="[NAME=]PATH", required=required,
+                   default=None, help="an input channel, repeatable; NAME is a modality (flair, t1, t1ce, "
+                   "t2, ct or any word). Unnamed inputs are taken in order; the first is the reference channel.")
+    p.add_argument("--mask", metavar="PATH", help="brain mask on the same grid (non-zero = brain). Needed for "
+                   "MRI with skull; skull-stripped MRI uses its non-zero voxels.")
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto takes CUDA when available (default: auto)")
+
+
+def add_progress_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="bar: a progress bar on stderr; json: one JSON object per line on stdout (default: bar)")

@@ -1,0 +1,12 @@
+"""`cgcseg segment` (being implemented)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise NotImplementedError("cgcseg segment is not implemented yet")

@@ -1,0 +1,203 @@
+"""Image reading and writing with full geometry, and grid checks.
+
+Arrays are ``(z, y, x)`` as SimpleITK gives them. Geometry is kept in ITK's LPS convention
+(``origin`` and ``direction`` as SimpleITK reports them); :meth:`Geometry.index_to_lps` and
+:meth:`Geometry.index_to_ras` map a voxel to its physical point so that callers never redo the
+LPS/RAS sign flip by hand.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
+
+
+class ImageIOError(ValueError):
+    """A file could not be read or written as an image; the message says what to do."""
+
+
+class GeometryMismatchError(ValueError):
+    """Two images that must share a voxel grid do not; the message names the property."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Voxel grid of an image.
+
+    ``shape_zyx``: array shape (z, y, x). ``spacing``: (x, y, z) in mm. ``origin``: LPS position of
+    voxel (0, 0, 0) in mm. ``direction``: 3×3 row-major cosine matrix (ITK), columns are the
+    i, j, k axes.
+    """
+
+    shape_zyx: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.shape_zyx) != 3 or len(self.spacing) != 3 or len(self.origin) != 3:
+            raise ValueError(f"Geometry needs 3-D shape/spacing/origin, got {self}")
+        if len(self.direction) != 9:
+            raise ValueError(f"Geometry.direction needs 9 values, got {len(self.direction)}")
+        if any(s <= 0 for s in self.spacing):
+            raise ValueError(f"Geometry.spacing must be positive, got {self.spacing}")
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    @property
+    def shape_xyz(self) -> tuple[int, int, int]:
+        z, y, x = self.shape_zyx
+        return (x, y, z)
+
+    def index_to_lps(self, ijk: Sequence[float]) -> np.ndarray:
+        """Physical LPS point (mm) of continuous index ``ijk`` given in (i, j, k) = (x, y, z) order."""
+        ijk = np.asarray(ijk, dtype=float)
+        return np.asarray(self.origin) + self.direction_matrix @ (np.asarray(self.spacing) * ijk)
+
+    def index_to_ras(self, ijk: Sequence[float]) -> np.ndarray:
+        """Physical RAS point (mm) of index ``ijk`` (i, j, k); RAS = LPS with x and y negated."""
+        return self.index_to_lps(ijk) * np.array([-1.0, -1.0, 1.0])
+
+    def ijk_to_ras_matrix(self) -> np.ndarray:
+        """4×4 homogeneous IJK→RAS matrix, as MRML volume nodes store it."""
+        m = np.eye(4)
+        flip = np.diag([-1.0, -1.0, 1.0])
+        m[:3, :3] = flip @ self.direction_matrix @ np.diag(self.spacing)
+        m[:3, 3] = flip @ np.asarray(self.origin)
+        return m
+
+    @classmethod
+    def from_ijk_to_ras_matrix(cls, matrix: np.ndarray, shape_zyx: Sequence[int]) -> "Geometry":
+        """Inverse of :meth:`ijk_to_ras_matrix` (used by the Slicer glue)."""
+        matrix = np.asarray(matrix, dtype=float)
+        flip = np.diag([-1.0, -1.0, 1.0])
+        lin = flip @ matrix[:3, :3]
+        spacing = np.linalg.norm(lin, axis=0)
+        direction = lin / spacing
+        origin = flip @ matrix[:3, 3]
+        return cls(tuple(int(s) for s in shape_zyx), tuple(float(s) for s in spacing),
+                   tuple(float(o) for o in origin), tuple(float(d) for d in direction.ravel()))
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> "Geometry":
+        size = image.GetSize()
+        return cls((int(size[2]), int(size[1]), int(size[0])), tuple(image.GetSpacing()),
+                   tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def to_dict(self) -> dict:
+        return {"shape_zyx": list(self.shape_zyx), "spacing": list(self.spacing),
+                "origin": list(self.origin), "direction": list(self.direction)}
+
+
+@dataclass
+class Image:
+    """A ``(z, y, x)`` array and its :class:`Geometry`."""
+
+    array_zyx: np.ndarray
+    geometry: Geometry
+
+    def __post_init__(self) -> None:
+        if tuple(self.array_zyx.shape) != tuple(self.geometry.shape_zyx):
+            raise ValueError(f"array shape {self.array_zyx.shape} does not match geometry "
+                             f"{self.geometry.shape_zyx}")
+
+
+def _has_supported_suffix(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in SUPPORTED_SUFFIXES)
+
+
+def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> Image:
+    """Read a 3-D NIfTI, NRRD or MHA file; ``dtype=None`` keeps the stored pixel type."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageIOError(f"Image file not found: {path}")
+    if path.is_dir():
+        raise ImageIOError(f"{path} is a folder; give the image file itself (.nii.gz, .nrrd, .mha). "
+                           "DICOM series: load them in Slicer and save as NRRD or NIfTI first.")
+    if not _has_supported_suffix(path):
+        raise ImageIOError(f"Unsupported image format: {path.name}. Use one of {', '.join(SUPPORTED_SUFFIXES)}.")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageIOError(f"Could not read {path} as an image ({str(exc).strip().splitlines()[-1]}). "
+                           "Is the file complete and in the format its name says?") from exc
+    if img.GetDimension() != 3:
+        raise ImageIOError(f"{path} has {img.GetDimension()} dimensions; a 3-D volume is needed.")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageIOError(f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+                           "give one scalar volume per channel.")
+    array = sitk.GetArrayFromImage(img)
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    return Image(array, Geometry.from_sitk(img))
+
+
+def to_sitk(array_zyx: np.ndarray, geometry: Geometry) -> sitk.Image:
+    if tuple(array_zyx.shape) != tuple(geometry.shape_zyx):
+        raise ValueError(f"array shape {array_zyx.shape} does not match geometry {geometry.shape_zyx}")
+    return geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array_zyx)))
+
+
+def write_image(path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geometry,
+                compress: bool = True) -> Path:
+    """Write atomically (temp file in the same folder, then rename): a crash never leaves half a file."""
+    path = Path(path)
+    if not _has_supported_suffix(path):
+        raise ImageIOError(f"Unsupported output format: {path.name}. Use one of {', '.join(SUPPORTED_SUFFIXES)}.")
+    array = np.asarray(array_zyx)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name.split(".")[0] + "-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(to_sitk(array, geometry), tmp, compress)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def check_same_grid(reference: Geometry, other: Geometry, reference_name: str = "reference",
+                    other_name: str = "image", tolerance: float = 1e-3) -> None:
+    """Raise :class:`GeometryMismatchError` naming the first property that differs, and by how much.
+
+    ``tolerance`` is in mm for spacing/origin and absolute for direction cosines; the default
+    absorbs float round-off from NIfTI's qform/sform storage.
+    """
+    if tuple(reference.shape_zyx) != tuple(other.shape_zyx):
+        raise GeometryMismatchError(
+            f"{other_name} has size {other.shape_xyz} (x×y×z) but {reference_name} has {reference.shape_xyz}; "
+            "the channels must be co-registered and resampled onto one grid (e.g. Slicer's "
+            "'Resample Scalar/Vector/DWI Volume' or BRAINSFit).")
+    checks = (("spacing", reference.spacing, other.spacing, "mm"),
+              ("origin", reference.origin, other.origin, "mm"),
+              ("direction", reference.direction, other.direction, ""))
+    for name, a, b, unit in checks:
+        diff = np.abs(np.asarray(a, float) - np.asarray(b, float))
+        if diff.max() > tolerance:
+            raise GeometryMismatchError(
+                f"{other_name} and {reference_name} differ in {name}: {tuple(round(v, 6) for v in b)} vs "
+                f"{tuple(round(v, 6) for v in a)} (largest difference {diff.max():.6g}{unit}). "
+                "Resample one onto the other's grid first.")

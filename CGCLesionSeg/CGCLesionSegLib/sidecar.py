@@ -1,0 +1,71 @@
+"""JSON sidecars: every output file gets ``<output>.json`` saying how it was made."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    return Path(str(output) + ".json")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+        return _jsonable(asdict(value))
+    return value
+
+
+def write_sidecar(output: str | os.PathLike, *, inputs: dict[str, str] | None = None,
+                  model_path: str | os.PathLike | None = None, gmm_settings: Any = None,
+                  device: str | None = None, elapsed_s: float | None = None,
+                  **extra: Any) -> Path:
+    """Write ``<output>.json`` atomically with package version, model hash, GMM settings, inputs,
+    device and elapsed time; ``extra`` keys are added as they are."""
+    record: dict[str, Any] = {
+        "output": str(output),
+        "package": "cgc-lesion-seg",
+        "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "inputs": inputs or {},
+        "model": None,
+        "gmm_settings": gmm_settings,
+        "device": device,
+        "elapsed_s": None if elapsed_s is None else round(float(elapsed_s), 3),
+    }
+    if model_path is not None:
+        record["model"] = {"path": str(model_path), "sha256": file_sha256(model_path)}
+    record.update(extra)
+    path = sidecar_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-sidecar-", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(_jsonable(record), fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
