@@ -1,0 +1,78 @@
+"""Intensity preprocessing shared by the GMM stage, training and inference.
+
+All arrays are ``(z, y, x)``; stacks are ``(C, Z, Y, X)``. The same normalisation must be used at
+training and inference time, so its settings travel in checkpoints (see :class:`NormalizationConfig`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NormalizationConfig:
+    """Robust per-channel normalisation inside the brain mask.
+
+    Each channel is clipped to its ``clip_percentiles`` inside the mask, then z-scored with the mean
+    and standard deviation of the clipped mask voxels. Voxels outside the mask are set to 0.
+    """
+
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.clip_percentiles
+        if not (0.0 <= lo < hi <= 100.0):
+            raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
+
+
+def validate_channels(channels_zyx: Sequence[np.ndarray], names: Sequence[str] | None = None) -> None:
+    """Raise ``ValueError`` for no channel, mismatched shapes or non-finite values (naming the channel)."""
+    if len(channels_zyx) == 0:
+        raise ValueError("no input channel given")
+    names = list(names) if names is not None else [f"channel {i + 1}" for i in range(len(channels_zyx))]
+    shape = channels_zyx[0].shape
+    for name, ch in zip(names, channels_zyx):
+        if ch.ndim != 3:
+            raise ValueError(f"{name} is not a 3-D volume (shape {ch.shape})")
+        if ch.shape != shape:
+            raise ValueError(f"{name} has shape {ch.shape} but {names[0]} has {shape}; resample onto one grid first")
+        bad = ~np.isfinite(ch)
+        if bad.any():
+            raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf voxel(s); fix or mask them before segmenting")
+
+
+def default_brain_mask(channels_zyx: Sequence[np.ndarray]) -> np.ndarray:
+    """Brain mask of skull-stripped MRI: voxels that are non-zero in any channel. ``(z, y, x)`` bool.
+
+    This is only right for skull-stripped images (background exactly 0). MRI with skull needs a
+    user-supplied mask; CT has its own rule in the GMM stage.
+    """
+    mask = np.zeros(channels_zyx[0].shape, dtype=bool)
+    for ch in channels_zyx:
+        mask |= ch != 0
+    return mask
+
+
+def normalize_channels(channels_zyx: Sequence[np.ndarray], mask_zyx: np.ndarray,
+                       config: NormalizationConfig = NormalizationConfig()) -> np.ndarray:
+    """Stack and normalise channels: returns ``(C, Z, Y, X)`` float32, zero outside ``mask_zyx``.
+
+    Raises ``ValueError`` if the mask is empty or a channel is constant inside it.
+    """
+    mask = np.asarray(mask_zyx, dtype=bool)
+    n = int(mask.sum())
+    if n == 0:
+        raise ValueError("the brain mask is empty; check the mask file or give one with --mask")
+    out = np.zeros((len(channels_zyx),) + mask.shape, dtype=np.float32)
+    lo_p, hi_p = config.clip_percentiles
+    for c, ch in enumerate(channels_zyx):
+        values = np.asarray(ch, dtype=np.float32)[mask]
+        lo, hi = np.percentile(values, [lo_p, hi_p])
+        values = np.clip(values, lo, hi)
+        std = float(values.std())
+        if not np.isfinite(std) or std <= 1e-6 * max(1.0, abs(float(values.mean()))):
+            raise ValueError(f"channel {c + 1} is constant inside the mask; it carries no contrast")
+        out[c][mask] = (values - values.mean()) / std
+    return out
