@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from CGCLesionSegLib.image_io import (Geometry, GeometryMismatchError, ImageIOError, check_same_grid,
+                                      read_image, write_image)
+from CGCLesionSegLib.sidecar import file_sha256, sidecar_path, write_sidecar
+
+ROT = np.array([[0.8660254, -0.5, 0.0], [0.5, 0.8660254, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _geometry(shape_zyx=(5, 6, 7)):
+    return Geometry(shape_zyx, (0.9, 1.1, 3.0), (10.5, -20.25, 33.0), tuple(ROT.ravel()))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_round_trip_keeps_voxels_and_geometry(tmp_path, suffix):
+    g = _geometry()
+    a = np.random.default_rng(1).normal(size=g.shape_zyx).astype(np.float32)
+    path = write_image(tmp_path / f"img{suffix}", a, g)
+    img = read_image(path)
+    np.testing.assert_array_equal(img.array_zyx, a)
+    np.testing.assert_allclose(img.geometry.spacing, g.spacing, atol=1e-5)
+    np.testing.assert_allclose(img.geometry.origin, g.origin, atol=1e-4)
+    np.testing.assert_allclose(img.geometry.direction, g.direction, atol=1e-5)
+    assert not list(tmp_path.glob(".tmp-*")), "temporary file left behind"
+
+
+def test_index_to_lps_matches_simpleitk_and_ras_flips_xy():
+    g = _geometry()
+    img = g.apply_to(sitk.Image(list(g.shape_xyz), sitk.sitkFloat32))
+    for ijk in [(0, 0, 0), (3, 2, 4), (6, 5, 4)]:
+        np.testing.assert_allclose(g.index_to_lps(ijk), img.TransformIndexToPhysicalPoint(ijk), atol=1e-9)
+        lps = np.array(img.TransformIndexToPhysicalPoint(ijk))
+        np.testing.assert_allclose(g.index_to_ras(ijk), lps * [-1, -1, 1], atol=1e-9)
+    m = g.ijk_to_ras_matrix()
+    np.testing.assert_allclose((m @ [3, 2, 4, 1])[:3], g.index_to_ras((3, 2, 4)), atol=1e-9)
+    back = Geometry.from_ijk_to_ras_matrix(m, g.shape_zyx)
+    np.testing.assert_allclose(back.spacing, g.spacing)
+    np.testing.assert_allclose(back.origin, g.origin)
+    np.testing.assert_allclose(back.direction, g.direction, atol=1e-12)
+
+
+def test_check_same_grid_names_property_and_difference():
+    g = _geometry()
+    check_same_grid(g, g)
+    moved = Geometry(g.shape_zyx, g.spacing, (10.5, -20.25, 35.0), g.direction)
+    with pytest.raises(GeometryMismatchError, match=r"origin.*largest difference 2"):
+        check_same_grid(g, moved, "flair", "t1")
+    with pytest.raises(GeometryMismatchError, match="size"):
+        check_same_grid(g, _geometry((5, 6, 8)))
+    thick = Geometry(g.shape_zyx, (0.9, 1.1, 5.0), g.origin, g.direction)
+    with pytest.raises(GeometryMismatchError, match="spacing"):
+        check_same_grid(g, thick)
+
+
+def test_read_errors_are_clear(tmp_path):
+    with pytest.raises(ImageIOError, match="not found"):
+        read_image(tmp_path / "missing.nii.gz")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageIOError, match="Could not read"):
+        read_image(bad)
+    with pytest.raises(ImageIOError, match="Unsupported"):
+        read_image(tmp_path / "x.png") if (tmp_path / "x.png").write_bytes(b"x") else None
+    with pytest.raises(ImageIOError, match="folder"):
+        read_image(tmp_path)
+
+
+def test_sidecar_records_hash_and_settings(tmp_path):
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"abc")
+    out = tmp_path / "seg.nii.gz"
+    write_sidecar(out, inputs={"flair": "f.nii.gz"}, model_path=model, gmm_settings={"n_clusters": 4},
+                  device="cpu", elapsed_s=1.23456, threshold=0.5)
+    rec = json.loads(sidecar_path(out).read_text())
+    assert rec["model"]["sha256"] == file_sha256(model)
+    assert rec["gmm_settings"] == {"n_clusters": 4} and rec["elapsed_s"] == 1.235
+    assert rec["inputs"] == {"flair": "f.nii.gz"} and rec["threshold"] == 0.5 and rec["version"]
