@@ -1,12 +1,223 @@
-"""`cgcseg segment` (being implemented)."""
+"""``cgcseg segment``: CGC segmentation of one case (``--input``) or of a cohort (``--cases``).
+
+One case:  cgcseg segment --input flair=F.nii.gz --input t1=T1.nii.gz ... --output SEG.nii.gz
+           [--probability-output P.nii.gz] [--model CKPT] [--mask M] [--threshold T] [--adapt]
+Cohort:    cgcseg segment --cases DIR --output-dir OUT [--modalities flair t1 t1ce t2] [--model CKPT]
+           DIR is a BraTS-layout folder (<case>/<case>_<modality>.nii.gz) or a CSV with a `case` column
+           and one column per modality. Cases whose output exists are skipped (an interrupted run
+           resumes); a failing case is reported and the cohort goes on. Each case gets
+           OUT/<case>.nii.gz (mask) and OUT/<case>_probability.nii.gz, with sidecars. Under torchrun each rank takes
+           its share of the cases.
+Without --model, the default model shipped for the given modalities is used.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import add_device_args, add_input_args, add_progress_args
+
+DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    add_input_args(p, required=False)
+    p.add_argument("--model", metavar="CKPT", help="CGC checkpoint (e.g. RUN_DIR/last.pt); default: the shipped model for these modalities")
+    p.add_argument("--output", metavar="SEG.nii.gz", help="binary segmentation (uint8) on the first input's grid")
+    p.add_argument("--probability-output", metavar="P.nii.gz", help="also write the lesion probability map")
+    p.add_argument("--gmm-output", metavar="P.nii.gz", help="also write the GMM foreground map P the model was trained on")
+    p.add_argument("--cases", metavar="DIR|CSV", help="cohort mode: BraTS-layout folder or CSV of paths")
+    p.add_argument("--output-dir", metavar="DIR", help="cohort mode: output folder")
+    p.add_argument("--modalities", nargs="+", metavar="NAME", help="cohort mode: modalities to read (default: the model's)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the mask (default 0.5)")
+    p.add_argument("--min-size", type=int, default=0, metavar="VOXELS", help="remove lesion components smaller than this (default 0: keep all)")
+    p.add_argument("--fill-holes", action="store_true", help="fill holes inside lesion components")
+    p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size (default 160 192 160)")
+    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction (default 0.25)")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
+    p.add_argument("--adapt", action="store_true", help="adapt to this case first: compute its P and fine-tune the model on it (see --adapt-minutes)")
+    p.add_argument("--adapt-minutes", type=float, default=5.0, help="time budget of --adapt (default 5)")
+    p.add_argument("--adapt-steps", type=int, default=None, help="step budget of --adapt (default: until --adapt-minutes)")
+    add_device_args(p)
+    add_progress_args(p)
+
+
+def _inference_config(args):
+    from ..inference import InferenceConfig
+    kw = dict(threshold=args.threshold, min_component_voxels=args.min_size, fill_holes=args.fill_holes,
+              overlap=args.overlap, batch_size=args.batch_size, device=args.device)
+    if args.window:
+        kw["window_xyz"] = tuple(args.window)
+    return InferenceConfig(**kw)
+
+
+def _reporter(args, description):
+    from ..progress import ProgressReporter
+    return ProgressReporter(args.progress, description)
+
+
+def _write_outputs(result, geometry, inputs, args, output: Path, probability_output, gmm_output, extra=None):
+    """Write every output only after all computing succeeded, each atomically with its sidecar."""
+    from ..image_io import write_image
+    from ..sidecar import write_sidecar
+    from ..config import config_to_dict
+    common = dict(inputs=inputs, model_path=result.model_path, device=result.device,
+                  elapsed_s=result.elapsed_s, inference=config_to_dict(_inference_config(args)),
+                  channels=result.channels, timings=result.timings, **(extra or {}))
+    written = []
+    write_image(output, result.mask, geometry)
+    write_sidecar(output, kind="segmentation", **common)
+    written.append(output)
+    if probability_output:
+        write_image(probability_output, result.probability, geometry)
+        write_sidecar(probability_output, kind="cgc_probability", **common)
+        written.append(Path(probability_output))
+    if gmm_output and result.gmm_probability is not None:
+        write_image(gmm_output, result.gmm_probability, geometry)
+        write_sidecar(gmm_output, kind="gmm_probability", **common)
+        written.append(Path(gmm_output))
+    return written
+
+
+def _read_case(pairs, mask_path):
+    """pairs: [(name|None, path)] → (channels, geometry, names, mask). Grids must match the first."""
+    from ..image_io import check_same_grid, read_image
+    images = [read_image(p) for _, p in pairs]
+    ref_name = pairs[0][0] or Path(pairs[0][1]).name
+    for (name, path), img in zip(pairs[1:], images[1:]):
+        check_same_grid(images[0].geometry, img.geometry, ref_name, name or Path(path).name)
+    mask = None
+    if mask_path:
+        m = read_image(mask_path, dtype=None)
+        check_same_grid(images[0].geometry, m.geometry, ref_name, "mask")
+        mask = m.array_zyx != 0
+    return [i.array_zyx for i in images], images[0].geometry, [n for n, _ in pairs], mask
+
+
+def _segment_one(args) -> int:
+    from ..inference import segment_case
+    from ..inputs import parse_input_specs
+    if not args.output:
+        raise ValueError("--output SEG.nii.gz is required (or use --cases DIR --output-dir OUT for a cohort)")
+    pairs = parse_input_specs(args.inputs)
+    channels, geometry, names, mask = _read_case(pairs, args.mask)
+    model_path = args.model
+    if model_path and not Path(model_path).is_file():
+        raise FileNotFoundError(f"--model file not found: {model_path}")
+    extra = {}
+    if args.adapt:
+        from ..adapt import AdaptConfig, adapt_to_case
+        t = time.perf_counter()
+        model_path = adapt_to_case(channels, geometry, names, mask, base_model=model_path,
+                                   config=AdaptConfig(minutes=args.adapt_minutes, steps=args.adapt_steps,
+                                                      device=args.device),
+                                   workdir=Path(args.output).parent, progress_mode=args.progress)
+        extra["adapted"] = {"base_model": args.model, "seconds": round(time.perf_counter() - t, 1)}
+    reporter = _reporter(args, "segment")
+    try:
+        result = segment_case(channels, geometry, names, model_path, mask, _inference_config(args),
+                              progress=reporter, compute_gmm=bool(args.gmm_output))
+    finally:
+        reporter.close()
+    inputs = {n or f"input{i + 1}": str(p) for i, (n, p) in enumerate(pairs)}
+    written = _write_outputs(result, geometry, inputs, args, Path(args.output), args.probability_output,
+                             args.gmm_output, extra)
+    voxel_ml = float(geometry.spacing[0] * geometry.spacing[1] * geometry.spacing[2]) / 1000.0
+    msg = (f"lesion volume {result.mask.sum() * voxel_ml:.1f} mL, {result.elapsed_s:.1f} s on {result.device}; "
+           f"wrote {', '.join(str(w) for w in written)}")
+    if args.progress == "json":
+        from ..progress import emit_json
+        emit_json("done", outputs=[str(w) for w in written], seconds=round(result.elapsed_s, 2))
+    else:
+        print(msg, file=sys.stderr)
+    return 0
+
+
+def list_cases(source: Path, modalities) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Cases as ``[(case, [(modality, path), ...])]`` from a BraTS-layout folder or a CSV."""
+    import csv
+    if source.is_file():
+        with source.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows or "case" not in rows[0]:
+            raise ValueError(f"{source}: a CSV needs a header with a `case` column and one column per modality")
+        missing = [m for m in modalities if m not in rows[0]]
+        if missing:
+            raise ValueError(f"{source}: no column for modality {', '.join(missing)} (columns: {', '.join(rows[0])})")
+        base = source.parent
+        return [(r["case"], [(m, str((base / r[m]) if not os.path.isabs(r[m]) else r[m])) for m in modalities]) for r in rows]
+    if not source.is_dir():
+        raise FileNotFoundError(f"--cases not found: {source}")
+    cases = []
+    for d in sorted(x for x in source.iterdir() if x.is_dir()):
+        pairs = []
+        for m in modalities:
+            hits = [d / f"{d.name}_{m}{s}" for s in (".nii.gz", ".nii", ".nrrd", ".mha")]
+            hit = next((h for h in hits if h.exists()), None)
+            pairs.append((m, str(hit) if hit else str(hits[0])))
+        cases.append((d.name, pairs))
+    if not cases:
+        raise ValueError(f"no case folders in {source} (expected <case>/<case>_<modality>.nii.gz)")
+    return cases
+
+
+def _segment_cohort(args) -> int:
+    import torch
+    from ..checkpoint import load_checkpoint
+    from ..default_models import default_model_path
+    from ..inference import resolve_device, segment_case
+    from ..progress import ProgressReporter, emit_json
+    if not args.output_dir:
+        raise ValueError("cohort mode needs --output-dir OUT")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    cfg = _inference_config(args)
+    if world > 1 and torch.cuda.is_available() and args.device != "cpu":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    device = resolve_device(args.device)
+    model_path = Path(args.model) if args.model else default_model_path(args.modalities or ["flair", "t1", "t1ce", "t2"])
+    model, info = load_checkpoint(model_path, device=str(device))
+    modalities = args.modalities or list(info.channels)
+    cases = list_cases(Path(args.cases), modalities)[rank::world]
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done, skipped, failed = [], [], []
+    bar = ProgressReporter(args.progress if args.progress != "json" else "none", f"cohort (rank {rank})", total=max(len(cases), 1))
+    for i, (case, pairs) in enumerate(cases):
+        output = out_dir / f"{case}.nii.gz"
+        if output.exists():
+            skipped.append(case)
+        else:
+            try:
+                channels, geometry, names, _ = _read_case(pairs, None)
+                result = segment_case(channels, geometry, names, model_path, None, cfg, compute_gmm=False,
+                                      model=model, info=info)
+                _write_outputs(result, geometry, dict(pairs), args, output,
+                               out_dir / f"{case}_probability.nii.gz", None)
+                done.append(case)
+            except Exception as exc:  # one bad case must not stop the cohort
+                failed.append((case, str(exc)))
+                print(f"{case}: error: {exc}", file=sys.stderr)
+        bar.update((i + 1) / max(len(cases), 1), case)
+        if args.progress == "json":
+            emit_json("progress", fraction=round((i + 1) / max(len(cases), 1), 4), message=case)
+    bar.close()
+    summary = f"rank {rank}/{world}: {len(done)} segmented, {len(skipped)} skipped (output existed), {len(failed)} failed"
+    print(summary, file=sys.stderr)
+    for case, err in failed:
+        print(f"  failed {case}: {err}", file=sys.stderr)
+    if args.progress == "json":
+        emit_json("done", segmented=done, skipped=skipped, failed=[c for c, _ in failed])
+    return 1 if failed else 0
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("cgcseg segment is not implemented yet")
+    if args.cases:
+        if args.inputs:
+            raise ValueError("give either --input (one case) or --cases (a cohort), not both")
+        return _segment_cohort(args)
+    if not args.inputs:
+        raise ValueError("give --input [NAME=]PATH (repeatable) or --cases DIR")
+    return _segment_one(args)

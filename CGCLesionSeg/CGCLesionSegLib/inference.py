@@ -1,0 +1,190 @@
+"""Whole-case CGC inference: preprocessing from the checkpoint, resampling to the model's spacing,
+sliding-window prediction over the brain's bounding box, and outputs back on the input grid.
+
+Arrays are ``(z, y, x)``; the network sees ``(B, C, Z, Y, X)`` tensors.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import config_from_dict, xyz_to_zyx
+from .image_io import Geometry
+from .preprocess import NormalizationConfig, default_brain_mask, normalize_channels, validate_channels
+from .progress import ProgressCallback, StopCallback, call_progress, check_stop
+from .resample import grid_for_spacing, resample_to_grid, same_spacing
+from .sliding_window import brain_bounding_box, sliding_window_probability
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Settings of one inference run (independent of the training crop).
+
+    ``window_xyz`` defaults to 160×192×160 so a typical adult brain at 1 mm (bounding box about
+    140×175×145) is one window on CPU: fewer overlapping windows is the main CPU cost saving, and
+    the network is fully convolutional. On GPU or for larger fields of view, windows tile with
+    ``overlap`` and Gaussian blending (``sigma_scale`` × window).
+    """
+
+    window_xyz: tuple[int, int, int] = (160, 192, 160)
+    overlap: float = 0.25
+    batch_size: int = 1
+    sigma_scale: float = 0.125
+    threshold: float = 0.5
+    min_component_voxels: int = 0
+    fill_holes: bool = False
+    device: str = "auto"
+    amp: bool = True
+    margin_voxels: int = 4
+
+    def __post_init__(self) -> None:
+        if len(self.window_xyz) != 3 or any(int(w) < 8 for w in self.window_xyz):
+            raise ValueError(f"window_xyz must be three sizes >= 8, got {self.window_xyz}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.min_component_voxels < 0:
+            raise ValueError(f"min_component_voxels must be >= 0, got {self.min_component_voxels}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass
+class SegmentationResult:
+    """Outputs on the input grid: ``probability`` float32 and ``mask`` uint8 ``(z, y, x)``."""
+
+    probability: np.ndarray
+    mask: np.ndarray
+    brain_mask: np.ndarray
+    gmm_probability: Optional[np.ndarray]
+    model_path: Path
+    channels: list[str]
+    device: str
+    elapsed_s: float
+    timings: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def order_channels(channels_zyx: Sequence[np.ndarray], names: Sequence[str | None] | None,
+                   expected: Sequence[str]) -> list[np.ndarray]:
+    """Put channels in the model's order. Named channels are matched by name; unnamed ones must be as
+    many as the model expects. Errors list what the model expects."""
+    from .inputs import order_inputs
+    names = list(names) if names is not None else [None] * len(channels_zyx)
+    if len(names) != len(channels_zyx):
+        raise ValueError("one name per channel is needed (use None for unnamed channels)")
+    index = order_inputs([(n, str(i)) for i, n in enumerate(names)], expected)
+    return [channels_zyx[int(i)] for i in index]
+
+
+def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: InferenceConfig,
+                        device: torch.device, progress: Optional[ProgressCallback] = None,
+                        should_stop: Optional[StopCallback] = None) -> np.ndarray:
+    """Network probability for a normalised ``(C, Z, Y, X)`` array; returns ``(Z, Y, X)`` float32."""
+    image = torch.from_numpy(np.ascontiguousarray(image_czyx)).to(device)
+    use_amp = config.amp and device.type == "cuda"
+    segment = getattr(model, "segment_logits", model)
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            return segment(batch)
+
+    with torch.inference_mode():
+        prob = sliding_window_probability(predict, image, xyz_to_zyx(config.window_xyz), config.overlap,
+                                          config.batch_size, config.sigma_scale, progress, should_stop)
+    return prob.float().cpu().numpy()
+
+
+def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
+                 modalities: Sequence[str | None] | None = None, model_path: str | Path | None = None,
+                 mask_zyx: np.ndarray | None = None, config: InferenceConfig = InferenceConfig(),
+                 progress: Optional[ProgressCallback] = None, should_stop: Optional[StopCallback] = None,
+                 compute_gmm: bool = True, model: torch.nn.Module | None = None, info=None) -> SegmentationResult:
+    """Segment one case with a CGC checkpoint (``model_path``; None → the shipped default for
+    ``modalities``). Preprocessing (channel order, normalisation, spacing, GMM settings) comes from the
+    checkpoint. ``model``/``info`` may be passed pre-loaded (cohort mode). Nothing is written here."""
+    from .checkpoint import load_checkpoint
+    from .default_models import default_model_path
+    from .postprocess import binarize
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    device = resolve_device(config.device)
+    if model is None:
+        model_path = Path(model_path) if model_path is not None else default_model_path(
+            list(modalities) if modalities is not None else [None] * len(channels_zyx))
+        call_progress(progress, 0.0, f"loading model {model_path.name}")
+        model, info = load_checkpoint(model_path, device=str(device))
+    model.eval()
+    expected = list(info.channels)
+    channels = order_channels(channels_zyx, modalities, expected)
+    validate_channels(channels, expected)
+    for ch in channels:
+        if ch.shape != tuple(geometry.shape_zyx):
+            raise ValueError(f"channel shape {ch.shape} does not match the geometry {geometry.shape_zyx}")
+    brain = default_brain_mask(channels) if mask_zyx is None else np.asarray(mask_zyx) != 0
+    if mask_zyx is not None and brain.shape != tuple(geometry.shape_zyx):
+        raise ValueError(f"mask shape {brain.shape} does not match the image shape {geometry.shape_zyx}")
+    if not brain.any():
+        raise ValueError("the brain mask is empty: give a mask with non-zero brain voxels (--mask)")
+    check_stop(should_stop)
+
+    pre = dict(info.preprocessing or {})
+    gmm_probability = None
+    if compute_gmm:
+        from .gmm import GMMConfig, compute_probability_map
+        gmm_cfg = config_from_dict(GMMConfig, pre["gmm"]) if pre.get("gmm") else GMMConfig()
+        t = time.perf_counter()
+        gmm_probability = compute_probability_map(channels, brain, gmm_cfg).probability
+        timings["gmm_s"] = time.perf_counter() - t
+
+    # Resample to the model's spacing when the input differs (e.g. 5 mm clinical FLAIR).
+    t = time.perf_counter()
+    spacing = pre.get("spacing_xyz")
+    work_geometry, work_channels, work_brain = geometry, channels, brain
+    if spacing is not None and not same_spacing(geometry.spacing, spacing):
+        work_geometry = grid_for_spacing(geometry, spacing)
+        work_channels = [resample_to_grid(c, geometry, work_geometry, "linear") for c in channels]
+        work_brain = resample_to_grid(brain.astype(np.uint8), geometry, work_geometry, "nearest") > 0
+        if not work_brain.any():
+            raise ValueError("the brain mask vanished after resampling to the model spacing; check the mask")
+    norm_cfg = config_from_dict(NormalizationConfig, pre["normalization"]) if pre.get("normalization") else NormalizationConfig()
+    image = normalize_channels(work_channels, work_brain, norm_cfg)
+    box = brain_bounding_box(work_brain, config.margin_voxels)
+    timings["preprocess_s"] = time.perf_counter() - t
+    check_stop(should_stop)
+
+    t = time.perf_counter()
+    sub = lambda f, m: progress(0.05 + 0.9 * f, m) if progress else None
+    prob_box = predict_probability(model, image[(slice(None),) + box], config, device, sub, should_stop)
+    timings["network_s"] = time.perf_counter() - t
+    prob = np.zeros(work_brain.shape, np.float32)
+    prob[box] = prob_box
+    prob[~work_brain] = 0.0
+    if work_geometry is not geometry:
+        prob = np.clip(resample_to_grid(prob, work_geometry, geometry, "linear"), 0.0, 1.0)
+        prob[~brain] = 0.0
+    mask = binarize(prob, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
+                    fill_holes=config.fill_holes)
+    call_progress(progress, 1.0, "done")
+    return SegmentationResult(prob.astype(np.float32), mask.astype(np.uint8), brain, gmm_probability,
+                              Path(model_path) if model_path is not None else Path(getattr(info, "path", "")),
+                              expected, str(device), time.perf_counter() - t0, timings)

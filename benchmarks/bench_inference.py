@@ -1,0 +1,131 @@
+"""Inference speed and memory of a whole real case (``cgcseg segment``'s engine), CPU and CUDA.
+
+Times the network stage of :func:`CGCLesionSegLib.inference.segment_case` on a 240×240×155 four-
+channel BraTS case (median of ``--repeats`` runs), next to a reference measured in the same process:
+one 16-filter 3×3×3 convolution over the whole 4-channel volume (a hardware unit, so the ratio can be
+compared across machines). Peak RAM is the max RSS of a separate ``cgcseg segment`` process.
+Writes the "inference" section of docs/BENCHMARKS.md (or prints with ``--no-write``).
+
+    python benchmarks/bench_inference.py [--model CKPT] [--device cpu|cuda] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _case(data: Path) -> Path:
+    cases = sorted(d for d in (data / "brats").iterdir() if d.is_dir())
+    return cases[0]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--model", default=None, help="checkpoint (default: the shipped 4-channel model, else a random-weight default net)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+    from CGCLesionSegLib.checkpoint import load_checkpoint, save_checkpoint
+    from CGCLesionSegLib.default_models import available_default_models
+    from CGCLesionSegLib.image_io import read_image
+    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    from CGCLesionSegLib.network import CGCNet, NetConfig
+
+    case = _case(Path(args.data))
+    mods = ["flair", "t1", "t1ce", "t2"]
+    images = [read_image(case / f"{case.name}_{m}.nii.gz") for m in mods]
+    channels, geometry = [i.array_zyx for i in images], images[0].geometry
+    tmp = Path(tempfile.mkdtemp())
+    model_path = args.model or available_default_models().get(tuple(mods))
+    model_note = "shipped 4-channel model"
+    if model_path is None:
+        # Speed does not depend on the weights: a randomly initialised default network is measured.
+        from CGCLesionSegLib.checkpoint import make_checkpoint_for_inference
+        model_path = make_checkpoint_for_inference(CGCNet(NetConfig(in_channels=4)), tmp / "random.pt", channels=mods)
+        model_note = "default NetConfig, random weights"
+    device = torch.device(args.device)
+    model, info = load_checkpoint(model_path, device=str(device))
+    cfg = InferenceConfig(device=args.device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # Reference: one Conv3d(4→16, 3³) over the full volume.
+    ref_conv = torch.nn.Conv3d(4, 16, 3, padding=1).to(device)
+    vol = torch.from_numpy(np.stack(channels)[None]).to(device)
+    ref_times = []
+    for _ in range(args.repeats):
+        sync(); t = time.perf_counter()
+        with torch.inference_mode():
+            ref_conv(vol)
+        sync(); ref_times.append(time.perf_counter() - t)
+    del vol
+
+    totals, nets = [], []
+    segment_case(channels, geometry, mods, model_path, None, cfg, compute_gmm=False, model=model, info=info)  # warm-up
+    for _ in range(args.repeats):
+        sync(); t = time.perf_counter()
+        res = segment_case(channels, geometry, mods, model_path, None, cfg, compute_gmm=False, model=model, info=info)
+        sync(); totals.append(time.perf_counter() - t)
+        nets.append(res.timings["network_s"])
+
+    # Peak RAM of the whole command in its own process (reads files, GMM off, writes outputs).
+    cmd = [sys.executable, "-c",
+           "import resource,sys; from CGCLesionSegLib.cli import main; rc=main(sys.argv[1:]); "
+           "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)",
+           "segment", *[f"--input={m}={case / f'{case.name}_{m}.nii.gz'}" for m in mods],
+           "--model", str(model_path), "--output", str(tmp / "seg.nii.gz"), "--device", args.device, "--progress", "none"]
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    cli_s = time.perf_counter() - t
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        return 1
+    rss_gb = int(out.stdout.split("MAXRSS_KB")[1].split()[0]) / 1024 ** 2
+
+    threads = torch.get_num_threads()
+    med, ref = statistics.median(totals), statistics.median(ref_times)
+    rows = [
+        "## Inference (`benchmarks/bench_inference.py`)",
+        "",
+        f"Case {case.name} (240×240×155, 4 channels), model: {model_note} "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), window "
+        f"{'×'.join(map(str, cfg.window_xyz))}, device {device.type}, torch threads {threads}.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| segment_case, whole case (median of {args.repeats}) | {med:.2f} s |",
+        f"| of which network | {statistics.median(nets):.2f} s |",
+        f"| reference: one Conv3d 4→16 3³ over the volume | {ref:.3f} s |",
+        f"| ratio segment_case / reference | {med / ref:.1f} |",
+        f"| `cgcseg segment` command end to end (read, infer, write) | {cli_s:.1f} s |",
+        f"| peak RAM of that command | {rss_gb:.2f} GB |",
+        "",
+        "Targets (issue 5): ≤ 20 s on 2 CPU cores, ≤ 1 s on an H200, ≤ 4 GB RAM on CPU.",
+    ]
+    text = "\n".join(rows)
+    print(text)
+    if not args.no_write:
+        from _report import machine_line, write_section
+        write_section(f"inference-{device.type}", text + "\n\n" + machine_line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
