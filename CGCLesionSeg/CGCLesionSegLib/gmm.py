@@ -454,6 +454,7 @@ class ForegroundGMM:
         self.lower_bound_ = float(ll.mean(dtype=np.float64))
         self._set_sorted(weights, means, covs)
         self.n_features_in_ = d
+        self.n_fit_samples_ = n
         self.foreground_components_ = self._select()
         return self
 
@@ -530,6 +531,13 @@ class ForegroundGMM:
         k, d = self.means_.shape
         cov = {"full": k * d * (d + 1) / 2, "diag": k * d, "spherical": k, "tied": d * (d + 1) / 2}
         return int(cov[self.covariance_type] + k * d + k - 1)
+
+    def fit_bic(self) -> float:
+        """BIC on the samples the model was fitted on, from the stored mean log-likelihood (no pass
+        over the data)."""
+        self._check_fitted()
+        m = self.n_fit_samples_
+        return -2 * self.lower_bound_ * m + self.n_parameters() * math.log(m)
 
     def bic(self, X: np.ndarray) -> float:
         """Bayesian information criterion on ``X`` (lower is better), as scikit-learn defines it."""
@@ -845,11 +853,11 @@ def select_n_clusters_bic(prepared: PreparedData, config: GMMConfig,
                           candidates: Sequence[int] = (3, 4, 5, 6)) -> tuple[int, dict[int, float]]:
     """K with the lowest BIC on the fit subsample (a label-free model-selection rule); returns
     (best K, {K: BIC})."""
-    rows = prepared.fit_rows(config.subsample, config.seed)
+    samples = prepared.fit_samples_t(config.subsample, config.seed)
     scores = {}
     for k in candidates:
         cfg = replace(config, n_clusters=int(k), n_foreground=min(config.n_foreground, int(k) - 1),
                       foreground_components=None)
-        scores[int(k)] = ForegroundGMM.from_config(cfg).fit(rows).bic(rows)
+        scores[int(k)] = ForegroundGMM.from_config(cfg)._fit_t(samples).fit_bic()
     best = min(scores, key=scores.get)
     return best, scores
