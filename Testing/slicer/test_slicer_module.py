@@ -1,0 +1,44 @@
+"""The module file under real MRML: module metadata, parameter node, the in-Slicer self-test."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import slicer
+
+import CGCLesionSeg
+
+
+def test_module_metadata_has_research_notice():
+    parent = types.SimpleNamespace()
+    CGCLesionSeg.CGCLesionSeg(parent)
+    assert parent.title == "CGC Lesion Seg"
+    assert parent.categories == ["Segmentation"]
+    assert parent.contributors
+    assert "not for clinical diagnosis" in CGCLesionSeg.RESEARCH_NOTICE.lower() or \
+        "must not be used for clinical diagnosis" in CGCLesionSeg.RESEARCH_NOTICE
+    assert CGCLesionSeg.RESEARCH_NOTICE in parent.helpText
+    assert "Research use only" in parent.acknowledgementText
+
+
+def test_parameter_node_lives_in_the_scene(scene, logic):
+    params = logic.getParameterNode()
+    assert params.numberOfClusters == 4 and params.threshold == 0.5 and params.device == "auto"
+    volume = slicer.util.addVolumeFromArray(np.zeros((3, 4, 5), np.float32), name="flair")
+    params.flairVolume = volume
+    params.numberOfClusters = 6
+    # A second wrapper on the same singleton node sees the same values: they are stored in MRML.
+    again = logic.getParameterNode()
+    assert again.parameterNode is params.parameterNode
+    assert scene.GetSingletonNode("CGCLesionSeg", "vtkMRMLScriptedModuleNode") is params.parameterNode
+    assert again.flairVolume is volume and again.numberOfClusters == 6
+    assert logic.inputVolumesByName(again) == {"flair": volume}
+    with pytest.raises(ValueError):
+        params.threshold = 1.5
+
+
+def test_module_self_test_runs_under_slicer_core(mrml):
+    """Slicer's own self-test class (registered with slicer_add_python_unittest) passes here too."""
+    pytest.importorskip("CGCLesionSegLib.gmm")
+    CGCLesionSeg.CGCLesionSegTest().runTest()
