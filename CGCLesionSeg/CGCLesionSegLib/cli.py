@@ -43,7 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        # Everything after `train` (options first, --help included) belongs to CGCTraining's own parser;
+        # argparse.REMAINDER would reject a leading option such as --help or --cases.
+        args = argparse.Namespace(command="train", train_args=argv[1:],
+                                  _run=importlib.import_module(f"{__package__}.commands.train").run)
+    else:
+        args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
