@@ -41,6 +41,7 @@ ProgressCallback = Callable[[float, str], None]
 StopCallback = Callable[[], bool]
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+FOREGROUND_RULES = ("auto", "brightest", "outlier", "hu_range")
 INIT_METHODS = ("kmeans", "quantile")
 MODALITIES = ("mri", "ct")
 MIN_CLUSTERS, MAX_CLUSTERS = 2, 10
@@ -54,9 +55,15 @@ class GMMConfig:
     """Settings of the GMM stage (frozen; validated on construction).
 
     n_clusters: number of Gaussian components K (2–10).
-    n_foreground: how many of the brightest (reference-channel) components are lesion (MRI rule).
+    n_foreground: how many of the brightest (reference-channel) components are lesion ("brightest").
     foreground_components: explicit 0-based component indices (sorted order, index i ↔ label i+1);
-        overrides ``n_foreground`` and the CT rule. Indices must be < ``n_clusters``.
+        overrides ``foreground_rule``. Indices must be < ``n_clusters``.
+    foreground_rule: "brightest" (the ``n_foreground`` highest reference means; the paper's rule),
+        "outlier" (every component whose reference mean is at least ``outlier_z`` standard
+        deviations above the brain average of the normalised reference channel; the brightest one
+        if none is), "hu_range" (component means in ``ct_foreground_hu``), or "auto" = "hu_range"
+        for CT and "brightest" for MRI.
+    outlier_z: threshold of the "outlier" rule, in SDs of the normalised reference channel.
     covariance_type: "full", "diag", "spherical" or "tied" (as scikit-learn).
     seed: seeds the subsample and the initialisation; same seed, same data → same result.
     subsample: number of mask voxels EM is fitted on (0 = all). The posterior is always evaluated
@@ -79,6 +86,8 @@ class GMMConfig:
     n_clusters: int = 4
     n_foreground: int = 1
     foreground_components: Optional[tuple[int, ...]] = None
+    foreground_rule: str = "auto"
+    outlier_z: float = 1.5
     covariance_type: str = "full"
     seed: int = 0
     subsample: int = 100_000
@@ -118,6 +127,10 @@ class GMMConfig:
             if len(comps) == self.n_clusters:
                 raise ValueError("foreground_components lists every component; P would be 1 everywhere in the mask")
             object.__setattr__(self, "foreground_components", tuple(sorted(comps)))
+        if self.foreground_rule not in FOREGROUND_RULES:
+            raise ValueError(f"foreground_rule must be one of {FOREGROUND_RULES}, got {self.foreground_rule!r}")
+        if not (isinstance(self.outlier_z, (int, float)) and math.isfinite(self.outlier_z)):
+            raise ValueError(f"outlier_z must be a finite number, got {self.outlier_z!r}")
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
@@ -145,6 +158,15 @@ class GMMConfig:
             if not lo < hi:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {getattr(self, name)}")
         NormalizationConfig(tuple(self.clip_percentiles))  # validates the percentiles
+
+    @property
+    def effective_foreground_rule(self) -> str:
+        """The rule actually applied: "explicit", "brightest", "outlier" or "hu_range"."""
+        if self.foreground_components is not None:
+            return "explicit"
+        if self.foreground_rule == "auto":
+            return "hu_range" if self.modality == "ct" else "brightest"
+        return self.foreground_rule
 
     @property
     def normalization(self) -> NormalizationConfig:
@@ -792,14 +814,21 @@ class ProbabilityMapSession:
             self._model, self._comp, self._fit_key = model, comp, fit_key
         model, comp = self._model, self._comp
         warnings: list[str] = []
-        if config.foreground_components is not None:
+        rule = config.effective_foreground_rule
+        if rule == "explicit":
             fg = select_foreground(self._comp_means, components=config.foreground_components)
-        elif config.modality == "ct":
+        elif rule == "hu_range":
             fg = select_foreground(self._comp_means, value_range=tuple(config.ct_foreground_hu))
             if not fg:
-                warnings.append(f"no component has a mean in the blood range {config.ct_foreground_hu} HU "
+                warnings.append(f"no component has a mean in the range {config.ct_foreground_hu} "
                                 f"(means: {', '.join(f'{m:.0f}' for m in self._comp_means)}); P is 0. "
                                 "Pick components explicitly or change the range")
+        elif rule == "outlier":
+            fg = select_foreground(model.means_[:, 0], value_range=(float(config.outlier_z), np.inf))
+            if not fg:
+                fg = (config.n_clusters - 1,)
+                warnings.append(f"no component is {config.outlier_z} SD above the brain average; "
+                                "the brightest one is used")
         else:
             fg = select_foreground(model.means_[:, 0], n_foreground=config.n_foreground)
         model.foreground_components_ = tuple(fg)
