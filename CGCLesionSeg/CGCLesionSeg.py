@@ -598,8 +598,8 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
         """Write ``array_zyx`` into a (new or given) volume node on the reference volume's grid."""
         self._checkNoTransform(referenceVolumeNode)
         self._checkArrayFitsVolume(array_zyx, referenceVolumeNode, "Array")
-        created = volumeNode is None
-        if created:
+        before = self._nodeIds()
+        if volumeNode is None:
             className = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
             volumeNode = slicer.mrmlScene.AddNewNodeByClass(className, name or className)
         try:
@@ -610,8 +610,7 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
             if volumeNode.GetDisplayNode() is None:
                 volumeNode.CreateDefaultDisplayNodes()
         except Exception:
-            if created:
-                slicer.mrmlScene.RemoveNode(volumeNode)
+            self._removeNodesAddedSince(before)
             raise
         return volumeNode
 
@@ -628,8 +627,8 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
         self._checkNoTransform(referenceVolumeNode)
         mask = np.asarray(mask_zyx)
         self._checkArrayFitsVolume(mask, referenceVolumeNode, "Mask")
-        created = segmentationNode is None
-        if created:
+        before = self._nodeIds()
+        if segmentationNode is None:
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", f"{referenceVolumeNode.GetName()} {segmentName.lower()}")
         try:
@@ -646,8 +645,7 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
             slicer.util.updateSegmentBinaryLabelmapFromArray((mask != 0).astype(np.uint8), segmentationNode,
                                                             segmentId, referenceVolumeNode)
         except Exception:
-            if created:
-                slicer.mrmlScene.RemoveNode(segmentationNode)
+            self._removeNodesAddedSince(before)
             raise
         return segmentationNode
 
@@ -690,14 +688,14 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
             name = base
         className = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
         scene = slicer.mrmlScene
+        before = self._nodeIds()
         volumeNode = scene.AddNewNodeByClass(className, name)
         storageNode = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
         storageNode.SetFileName(path)
         storageNode.SetSingleFile(True)  # a file whose name looks like a series is still one volume
         volumeNode.SetAndObserveStorageNodeID(storageNode.GetID())
         if not storageNode.ReadData(volumeNode) or volumeNode.GetImageData() is None:
-            scene.RemoveNode(volumeNode)
-            scene.RemoveNode(storageNode)
+            self._removeNodesAddedSince(before)
             raise ValueError(f"Could not read {path} as a volume.")
         volumeNode.SetName(name)
         volumeNode.CreateDefaultDisplayNodes()
@@ -758,6 +756,7 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
         if not os.fspath(path).lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha")):
             raise ValueError(f"Labelmap export needs a .nii.gz, .nii, .nrrd or .mha file name, got {path}")
         scene = slicer.mrmlScene
+        before = self._nodeIds()
         labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__cgc_export__")
         try:
             logic = slicer.modules.segmentations.logic()
@@ -775,17 +774,21 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
                 raise ValueError(f"Could not convert segmentation '{segmentationNode.GetName()}' to a labelmap.")
             return self.writeVolume(labelmapNode, path)
         finally:
-            self._removeNodeAndColor(labelmapNode)
+            # The export adds a display node and a colour table besides the labelmap: drop them all.
+            self._removeNodesAddedSince(before)
 
     @staticmethod
-    def _removeNodeAndColor(volumeNode) -> None:
+    def _nodeIds() -> set:
         scene = slicer.mrmlScene
-        display = volumeNode.GetDisplayNode()
-        color = display.GetColorNode() if display else None
-        scene.RemoveNode(volumeNode)
-        # The segmentation export creates a colour table for the temporary labelmap: drop it too.
-        if color is not None and color.GetName().startswith(volumeNode.GetName()):
-            scene.RemoveNode(color)
+        return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+    def _removeNodesAddedSince(self, before: set) -> None:
+        """Remove every node added to the scene after ``before = self._nodeIds()`` (temporary work)."""
+        scene = slicer.mrmlScene
+        for nodeId in self._nodeIds() - before:
+            node = scene.GetNodeByID(nodeId)
+            if node is not None:
+                scene.RemoveNode(node)
 
     # ---- GMM preview (in-process) --------------------------------------------------------------
 
@@ -1009,14 +1012,12 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
 
     def _readArrayOnGrid(self, path: str, referenceVolumeNode, labelmap: bool) -> np.ndarray:
         """Read a result file through a storage node (temporary node) and check it is on the reference grid."""
-        node = self.readVolume(path, name="__cgc_result__", labelmap=labelmap)
+        before = self._nodeIds()
         try:
+            node = self.readVolume(path, name="__cgc_result__", labelmap=labelmap)
             array, geometry = self.volumeToArray(node)
         finally:
-            storage = node.GetStorageNode()
-            self._removeNodeAndColor(node)
-            if storage is not None:
-                slicer.mrmlScene.RemoveNode(storage)
+            self._removeNodesAddedSince(before)
         check_same_grid(self.volumeToArray(referenceVolumeNode)[1], geometry,
                         referenceVolumeNode.GetName(), os.path.basename(path))
         return array
