@@ -1,0 +1,214 @@
+"""Command line of the training package: ``python -m CGCTraining``, ``cgcseg train``, ``torchrun ... -m
+CGCTraining`` and ``Slicer --no-main-window --python-script <path>/CGCTraining/__main__.py -- ...``.
+
+See docs/TRAINING.md for a guide. :func:`main` returns the exit code (0 ok, 2 bad input, 130 cancelled).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script path (Slicer --python-script): make ``CGCTraining`` and the core importable.
+    _here = Path(__file__).resolve().parent
+    for _p in (_here.parent, _here.parent / "CGCLesionSeg"):
+        if (_p / "CGCTraining").is_dir() or (_p / "CGCLesionSegLib").is_dir():
+            if str(_p) not in sys.path:
+                sys.path.insert(0, str(_p))
+
+import argparse
+import json
+import os
+from typing import Optional, Sequence
+
+EPILOG = """examples:
+  python -m CGCTraining --cases /data/brats --output-dir runs/full --epochs 400
+  python -m CGCTraining --cases cases.csv --modalities flair t2 --output-dir runs/a --steps 200 --crop 96 96 32
+  python -m CGCTraining --cases /data/brats --output-dir runs/full --resume
+  torchrun --nproc_per_node 2 -m CGCTraining --cases /data/brats --output-dir runs/ddp --epochs 400
+ablation rows of the paper (Table 2): --no-coarse --no-fine (backbone + P), --no-fine (+ global),
+  --no-coarse (+ local), default (both); --patch 12 12 4 / 6 6 4 / 3 3 4; Table 3: --tau 0.07 ... 0.9
+sizes are x y z (as the paper writes them); see docs/TRAINING.md"""
+
+
+def _prog() -> str:
+    return "cgcseg train" if Path(sys.argv[0]).name.startswith("cgcseg") else "python -m CGCTraining"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from CGCLesionSegLib.losses import ANCHOR_MODES, LABEL_SOURCES, PATCH_RULES, LossConfig
+    from CGCLesionSegLib.network import FUSIONS, NORMS, NetConfig
+    from CGCTraining.config import TrainConfig
+
+    n, t, lo = NetConfig(), TrainConfig(), LossConfig()
+    p = argparse.ArgumentParser(prog=_prog(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Train the CGC lesion segmentation network without labels: P from a "
+                                            "GMM per case, then Adam on eq. 8 (BCE to P + coarse + fine contrastive).",
+                                epilog=EPILOG)
+    g = p.add_argument_group("data and run")
+    g.add_argument("--cases", required=True, metavar="DIR|LIST",
+                   help="folder in BraTS layout <case>/<case>_<modality>.nii.gz (_seg files are ignored), or a "
+                        ".csv/.json list with columns case,<modality>...[,mask][,prob]")
+    g.add_argument("--modalities", nargs="+", default=list(t.modalities), metavar="NAME",
+                   help=f"input channels in order; stored in the model (default: {' '.join(t.modalities)})")
+    g.add_argument("--output-dir", required=True, metavar="RUN_DIR",
+                   help="run folder: last.pt, loss_log.csv, run.json and the P cache (cache/)")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help=f"epochs (one visit of every case; default {t.epochs})")
+    length.add_argument("--steps", type=int, help="optimisation steps instead of epochs")
+    g.add_argument("--max-minutes", type=float, help="wall-clock budget; then checkpoint and stop cleanly")
+    g.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt (same settings)")
+    g.add_argument("--crop", nargs=3, type=int, default=list(t.crop_xyz), metavar=("X", "Y", "Z"),
+                   help="random crop size, multiples of 8 (default 192 192 64 as the paper; use smaller on CPU)")
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help=f"crops per step and process (default {t.batch_size})")
+    g.add_argument("--lr", type=float, default=t.lr, help=f"Adam learning rate (default {t.lr})")
+    g.add_argument("--seed", type=int, default=t.seed, help="seed of initialisation and sampling (default 0)")
+    g.add_argument("--workers", type=int, default=t.workers, help=f"DataLoader worker processes (default {t.workers})")
+    g.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every, metavar="STEPS",
+                   help=f"write last.pt every this many steps (default {t.checkpoint_every})")
+    g.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                   help="training voxel spacing in mm (default: the first case's); other cases are resampled")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto takes CUDA when available (default: auto)")
+    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    g.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="bar: tqdm on stderr; json: one JSON object per line on stdout (default: bar)")
+    g.add_argument("--record-samples", action="store_true", help=argparse.SUPPRESS)
+
+    a = p.add_argument_group("sampling and augmentation")
+    a.add_argument("--lesion-crop-fraction", type=float, default=t.lesion_crop_fraction,
+                   help=f"share of crops centred on a P>=0.5 voxel, the rest on a brain voxel (default {t.lesion_crop_fraction})")
+    a.add_argument("--no-flip", action="store_true", help="no random flips")
+    a.add_argument("--intensity-jitter", type=float, default=t.intensity_jitter,
+                   help=f"SD of per-channel scale/shift jitter (default {t.intensity_jitter}; 0 = off)")
+
+    m = p.add_argument_group("network (sizes x y z)")
+    m.add_argument("--widths", nargs=4, type=int, default=list(n.widths), metavar="W",
+                   help=f"channels at full, /2, /4, /8 resolution (default {' '.join(map(str, n.widths))})")
+    m.add_argument("--blocks", nargs=4, type=int, default=list(n.blocks), metavar="N",
+                   help=f"residual blocks per level (default {' '.join(map(str, n.blocks))})")
+    m.add_argument("--decoder-width", type=int, default=n.decoder_width, help=f"full-resolution decoder channels (default {n.decoder_width})")
+    m.add_argument("--norm", choices=NORMS, default=n.norm, help=f"normalisation layers (default {n.norm})")
+    m.add_argument("--no-coarse", action="store_true", help="switch the coarse-grained path off")
+    m.add_argument("--no-fine", action="store_true", help="switch the fine-grained path off")
+    m.add_argument("--fusion", choices=FUSIONS, default=n.fusion,
+                   help=f"how p*z and (1-p)*z enter the decoder (default {n.fusion})")
+    m.add_argument("--patch", nargs=3, type=int, default=list(n.patch_size_xyz), metavar=("X", "Y", "Z"),
+                   help="mini-patch size on the bottleneck grid (default 6 6 4; paper also 12 12 4, 3 3 4)")
+    m.add_argument("--projection-dim", type=int, default=n.projection_dim, help=f"embedding size (default {n.projection_dim})")
+
+    lg = p.add_argument_group("losses (eq. 8)")
+    lg.add_argument("--tau", type=float, default=lo.tau, help=f"temperature of eq. 6 (default {lo.tau})")
+    lg.add_argument("--lambda-cg", type=float, default=lo.lambda_cg, help=f"weight of the coarse loss (default {lo.lambda_cg})")
+    lg.add_argument("--lambda-fg", type=float, default=lo.lambda_fg, help=f"weight of the fine loss (default {lo.lambda_fg})")
+    lg.add_argument("--patch-labels", choices=LABEL_SOURCES, default=lo.patch_label_source,
+                    help=f"map that labels mini-patches lesion: P or the coarse prediction (default {lo.patch_label_source})")
+    lg.add_argument("--patch-rule", choices=PATCH_RULES, default=lo.patch_rule,
+                    help=f"a patch is lesion when any of its bottleneck cells, or its mean, reaches --patch-threshold "
+                         f"(default {lo.patch_rule})")
+    lg.add_argument("--patch-threshold", type=float, default=lo.patch_threshold,
+                    help=f"label-map value that makes a patch lesion (default {lo.patch_threshold})")
+    lg.add_argument("--anchors", choices=ANCHOR_MODES, default=lo.anchors,
+                    help=f"anchors of eq. 6: lesion patches, or all patches (default {lo.anchors})")
+
+    gg = p.add_argument_group("GMM probability map P (computed once per case, cached in RUN_DIR/cache)")
+    gg.add_argument("--gmm-modalities", nargs="+", metavar="NAME",
+                    help="modalities the GMM uses, starting with the first of --modalities "
+                         "(default: the first only = FLAIR, as the paper)")
+    gg.add_argument("--gmm-clusters", type=int, help="number of Gaussian components (default: GMMConfig's)")
+    gg.add_argument("--gmm-foreground", type=int, help="how many brightest components are lesion (default: GMMConfig's)")
+    gg.add_argument("--gmm-config", metavar="JSON", help="GMMConfig fields as JSON (e.g. saved by the Slicer module); "
+                                                          "the flags above override it")
+    return p
+
+
+def _gmm_config(args, modalities: list[str]):
+    from CGCLesionSegLib.gmm import GMMConfig, config_from_dict
+    base = {}
+    if args.gmm_config:
+        path = Path(args.gmm_config)
+        if not path.exists():
+            raise ValueError(f"--gmm-config {path} does not exist")
+        try:
+            base = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"--gmm-config {path} is not valid JSON ({exc})") from None
+        base = base.get("gmm", base) if isinstance(base, dict) else base
+    if args.gmm_modalities:
+        names = [m.lower() for m in args.gmm_modalities]
+        unknown = [m for m in names if m not in modalities]
+        if unknown:
+            raise ValueError(f"--gmm-modalities {' '.join(unknown)} not among --modalities {' '.join(modalities)}")
+        if names[0] != modalities[0]:
+            raise ValueError(f"--gmm-modalities must start with the reference channel {modalities[0]} "
+                             "(the first of --modalities), which orders the GMM components")
+        base["channels"] = [modalities.index(m) for m in names]
+    elif "channels" not in base:
+        base["channels"] = [0]
+    if args.gmm_clusters is not None:
+        base["n_clusters"] = args.gmm_clusters
+    if args.gmm_foreground is not None:
+        base["n_foreground"] = args.gmm_foreground
+    if modalities[0] == "ct" and "modality" not in base:
+        base["modality"] = "ct"
+    return config_from_dict(base) if base else GMMConfig()
+
+
+def configs_from_args(args):
+    """(TrainConfig, NetConfig, GMMConfig) from parsed arguments; ValueError on bad values."""
+    from CGCLesionSegLib.losses import LossConfig
+    from CGCLesionSegLib.network import NetConfig
+    from CGCTraining.config import TrainConfig
+
+    modalities = [m.lower() for m in args.modalities]
+    loss = LossConfig(tau=args.tau, lambda_cg=args.lambda_cg, lambda_fg=args.lambda_fg,
+                      patch_label_source=args.patch_labels, patch_threshold=args.patch_threshold,
+                      patch_rule=args.patch_rule, anchors=args.anchors)
+    epochs = args.epochs if args.steps is None else None
+    if args.steps is None and args.epochs is None:
+        epochs = TrainConfig().epochs
+    train_cfg = TrainConfig(modalities=tuple(modalities), crop_xyz=tuple(args.crop), batch_size=args.batch_size,
+                            lr=args.lr, epochs=epochs, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed,
+                            workers=args.workers, lesion_crop_fraction=args.lesion_crop_fraction,
+                            flip=not args.no_flip, intensity_jitter=args.intensity_jitter,
+                            checkpoint_every=args.checkpoint_every, amp=not args.no_amp, loss=loss)
+    net_cfg = NetConfig(in_channels=len(modalities), widths=tuple(args.widths), blocks=tuple(args.blocks),
+                        decoder_width=args.decoder_width, norm=args.norm, coarse=not args.no_coarse,
+                        fine=not args.no_fine, fusion=args.fusion, patch_size_xyz=tuple(args.patch),
+                        projection_dim=args.projection_dim)
+    bottleneck = [c // 8 for c in train_cfg.crop_xyz]
+    if net_cfg.fine and any(b % p for b, p in zip(bottleneck, net_cfg.patch_size_xyz)):
+        raise ValueError(f"--patch {' '.join(map(str, net_cfg.patch_size_xyz))} does not tile the bottleneck "
+                         f"{'×'.join(map(str, bottleneck))} of --crop {' '.join(map(str, train_cfg.crop_xyz))} "
+                         "(crop / 8 must be a multiple of the patch in x, y and z)")
+    return train_cfg, net_cfg, _gmm_config(args, modalities)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--":  # Slicer --python-script file.py -- ARGS
+        argv = argv[1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from CGCLesionSegLib.image_io import GeometryMismatchError, ImageIOError
+    from CGCLesionSegLib.progress import Cancelled
+    prog = parser.prog
+    try:
+        from CGCTraining.data import discover_cases
+        from CGCTraining.train import train
+        train_cfg, net_cfg, gmm_cfg = configs_from_args(args)
+        cases = discover_cases(args.cases, train_cfg.modalities)
+        result = train(cases, train_cfg, net_cfg, args.output_dir, gmm_config=gmm_cfg,
+                       spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=args.resume,
+                       device=args.device, progress=args.progress, record_samples=args.record_samples)
+    except (ValueError, ImageIOError, GeometryMismatchError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt) as exc:
+        print(f"{prog}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
+    return 0 if result.step > 0 or result.total_steps == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

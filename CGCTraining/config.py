@@ -1,0 +1,102 @@
+"""TrainConfig: everything about a training run except the architecture (NetConfig) and P (GMMConfig).
+
+Sizes written by users are ``x × y × z`` (``crop_xyz``); :attr:`TrainConfig.crop_zyx` is the array
+order. The loss weights and choices live in :class:`CGCLesionSegLib.losses.LossConfig`, nested here as
+``loss`` so one dict in the checkpoint describes the run.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+from CGCLesionSegLib.config import xyz_to_zyx
+from CGCLesionSegLib.losses import LossConfig
+from CGCLesionSegLib.network import DOWNSAMPLE_FACTOR
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, data sampling and run-length settings (paper §4.3 where it says anything).
+
+    ``epochs`` / ``steps``: run length; exactly one is used (``steps`` wins when both are set). One
+    epoch visits every case once (per process group: the cases are split across ranks), so it has
+    ``ceil(n_cases / (batch_size × world_size))`` steps. Paper: 400 epochs, batch 2, Adam lr 1e-4.
+    ``max_minutes``: wall-clock budget; the run checkpoints and stops cleanly when it is spent.
+    ``crop_xyz``: random crop (paper 192×192×64); must be a multiple of 8 in every axis.
+    ``lesion_crop_fraction``: share of crops centred on a voxel with P ≥ 0.5 (the rest are centred on a
+    random brain voxel). Our choice: the paper only says "randomly cropped"; centring some crops on
+    P makes most batches contain lesion patches, without which eq. 6 has no anchor. Uses P only,
+    never labels. ``flip``: random flips along each axis (p = 0.5). ``intensity_jitter``: per channel
+    ``x·(1+a) + b`` inside the brain with ``a, b ~ N(0, jitter)``.
+    ``checkpoint_every``: steps between ``last.pt`` writes (also written at the end and on budget stop).
+    ``amp``: bf16 autocast on CUDA (ignored on CPU, where training runs in float32 for exact resume).
+    """
+
+    modalities: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+    crop_xyz: tuple[int, int, int] = (192, 192, 64)
+    batch_size: int = 2
+    lr: float = 1e-4
+    epochs: Optional[int] = 400
+    steps: Optional[int] = None
+    max_minutes: Optional[float] = None
+    seed: int = 0
+    workers: int = 1
+    lesion_crop_fraction: float = 0.5
+    flip: bool = True
+    intensity_jitter: float = 0.1
+    checkpoint_every: int = 50
+    amp: bool = True
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if not self.modalities or len(set(m.lower() for m in self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities must be distinct names, got {list(self.modalities)}")
+        object.__setattr__(self, "modalities", tuple(str(m).lower() for m in self.modalities))
+        if len(self.crop_xyz) != 3 or any(int(v) < DOWNSAMPLE_FACTOR or int(v) % DOWNSAMPLE_FACTOR for v in self.crop_xyz):
+            raise ValueError(f"crop must be three multiples of {DOWNSAMPLE_FACTOR} (x y z), e.g. 192 192 64; "
+                             f"got {tuple(self.crop_xyz)}")
+        object.__setattr__(self, "crop_xyz", tuple(int(v) for v in self.crop_xyz))
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (float(self.lr) > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.steps is None and self.epochs is None:
+            raise ValueError("give the run length: epochs or steps")
+        if self.steps is not None and int(self.steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and int(self.epochs) < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_minutes is not None and not (float(self.max_minutes) > 0):
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if int(self.workers) < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not (0.0 <= float(self.lesion_crop_fraction) <= 1.0):
+            raise ValueError(f"lesion_crop_fraction must be in [0, 1], got {self.lesion_crop_fraction}")
+        if not (0.0 <= float(self.intensity_jitter) < 1.0):
+            raise ValueError(f"intensity_jitter must be in [0, 1), got {self.intensity_jitter}")
+        if int(self.checkpoint_every) < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if isinstance(self.loss, dict):
+            object.__setattr__(self, "loss", LossConfig(**self.loss))
+
+    @property
+    def crop_zyx(self) -> tuple[int, int, int]:
+        return xyz_to_zyx(self.crop_xyz)
+
+
+def train_config_to_dict(cfg: TrainConfig) -> dict:
+    """Plain dict (nested ``loss`` too) for the checkpoint."""
+    return asdict(cfg)
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"TrainConfig: unknown field(s) {unknown}; the checkpoint may come from a newer version")
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+    if isinstance(kwargs.get("loss"), dict):
+        kwargs["loss"] = LossConfig(**kwargs["loss"])
+    return TrainConfig(**kwargs)

@@ -1,0 +1,342 @@
+"""The training loop: cache preparation, Adam on eq. 8, checkpoints, resume, DDP, progress and logs.
+
+Reproducibility: the network is initialised from ``seed``; every crop is a pure function of
+``(seed, epoch, slot, case)`` (see :mod:`CGCTraining.data`); the checkpoint holds the weights and the
+Adam state. On CPU (float32, same thread count) a run resumed from ``last.pt`` therefore produces
+the very same parameters, step for step, as a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from CGCLesionSegLib.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint_dict
+from CGCLesionSegLib.config import config_to_dict
+from CGCLesionSegLib.losses import cgc_loss
+from CGCLesionSegLib.network import CGCNet, NetConfig
+from CGCLesionSegLib.preprocess import NormalizationConfig, default_brain_mask
+from CGCLesionSegLib.progress import ProgressReporter, emit_json
+
+from . import distributed as dd
+from .config import TrainConfig, train_config_to_dict
+from .data import CaseSpec, CropDataset, StepBatchSampler, load_cached, prepare_case, steps_per_epoch
+
+LAST = "last.pt"
+LOG = "loss_log.csv"
+LOG_COLUMNS = ("step", "epoch", "total", "bce", "cg", "fg", "lesion_patches", "lr", "seconds")
+#: Settings that may change between a run and its --resume (they do not alter the optimisation path).
+RESUMABLE_CHANGES = ("epochs", "steps", "max_minutes", "workers", "checkpoint_every")
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    step: int
+    total_steps: int
+    stopped_early: bool
+    last_loss: Optional[float]
+    elapsed_s: float
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    if name in ("cuda", "auto") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def read_spacing_xyz(path: str) -> tuple[float, float, float]:
+    """Spacing of an image from its header only (cheap)."""
+    import SimpleITK as sitk
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(float(s) for s in reader.GetSpacing())  # type: ignore[return-value]
+
+
+def preprocessing_settings(modalities: Sequence[str], gmm_config, normalization: NormalizationConfig,
+                           spacing_xyz: Optional[Sequence[float]]) -> dict:
+    """What inference must reproduce; also the cache key of every prepared case."""
+    from CGCLesionSegLib.gmm import config_to_dict as gmm_to_dict
+    return {"modalities": list(modalities), "normalization": config_to_dict(normalization),
+            "gmm": gmm_to_dict(gmm_config) if gmm_config is not None else None,
+            "spacing_xyz": list(spacing_xyz) if spacing_xyz is not None else None,
+            "brain_mask": "ct_window" if getattr(gmm_config, "modality", "mri") == "ct" else "nonzero"}
+
+
+def _gmm_prob_fn(gmm_config, modalities: Sequence[str]) -> Callable:
+    def compute(channels, mask):
+        from CGCLesionSegLib.gmm import compute_probability_map
+        if mask is None and gmm_config.modality != "ct":
+            mask = default_brain_mask(channels)  # the same mask inference normalises with
+        res = compute_probability_map(channels, mask, gmm_config, names=list(modalities))
+        return res.probability, res.mask
+    return compute
+
+
+def _json_roundtrip(d):
+    return json.loads(json.dumps(d))
+
+
+def _check_resume_compatible(ckpt: dict, net_config: NetConfig, train_cfg: TrainConfig, channels: list,
+                             preprocessing: dict, path: Path) -> None:
+    problems = []
+    if _json_roundtrip(ckpt["net_config"]) != _json_roundtrip(config_to_dict(net_config)):
+        problems.append("network configuration")
+    if list(ckpt["channels"]) != list(channels):
+        problems.append(f"modalities ({ckpt['channels']} vs {channels})")
+    if _json_roundtrip(ckpt["preprocessing"]) != _json_roundtrip(preprocessing):
+        problems.append("preprocessing/GMM settings or spacing")
+    old = dict(ckpt.get("train_config") or {})
+    new = train_config_to_dict(train_cfg)
+    for k in RESUMABLE_CHANGES:
+        old.pop(k, None)
+        new.pop(k, None)
+    if _json_roundtrip(old) != _json_roundtrip(new):
+        diff = sorted(k for k in set(old) | set(new) if _json_roundtrip(old.get(k)) != _json_roundtrip(new.get(k)))
+        problems.append(f"training settings {diff}")
+    if problems:
+        raise ValueError(f"--resume: {path} was trained with different {'; '.join(problems)}. Resume with the "
+                         f"same arguments (only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_CHANGES)} "
+                         f"may change), or start a new run in another --output-dir")
+
+
+class LossLog:
+    """CSV of every loss term per step; on resume, rows after the checkpoint's step are dropped
+    (they belong to the interrupted part that is about to be redone)."""
+
+    def __init__(self, path: Path, resume_step: Optional[int]) -> None:
+        self.path = path
+        rows = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+        tmp = path.with_name("." + path.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in LOG_COLUMNS})
+        os.replace(tmp, path)
+        self._fh = open(path, "a", newline="")
+        self._writer = csv.DictWriter(self._fh, fieldnames=LOG_COLUMNS)
+
+    def write(self, row: dict) -> None:
+        self._writer.writerow(row)
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def prepare_cases(cases: Sequence[CaseSpec], cache_dir: Path, settings: dict, gmm_config,
+                  info: dd.DistInfo, reporter: Optional[ProgressReporter], json_mode: bool):
+    """Every rank prepares its share (case i on rank i mod world), then all load all (cache hits)."""
+    prob_fn = _gmm_prob_fn(gmm_config, settings["modalities"])
+    n = len(cases)
+    for i, spec in enumerate(cases):
+        if i % info.world_size != info.rank:
+            continue
+        if info.is_main:
+            msg = f"preparing case {i + 1}/{n}: {spec.name}"
+            if json_mode:
+                emit_json("prepare", index=i + 1, total=n, case=spec.name, message=msg)
+            elif reporter is not None:
+                reporter.update(0.0, msg)
+        t = time.perf_counter()
+        prepare_case(spec, cache_dir, settings, prob_fn)
+        if info.is_main and json_mode:
+            emit_json("prepared", index=i + 1, total=n, case=spec.name, seconds=round(time.perf_counter() - t, 2))
+    dd.barrier(info)
+    out = []
+    for spec in cases:
+        c = load_cached(cache_dir, spec, settings)
+        if c is None:
+            raise RuntimeError(f"cache entry of {spec.name} missing after preparation in {cache_dir}")
+        out.append(c)
+    return out
+
+
+def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConfig, output_dir: str | os.PathLike,
+          *, gmm_config=None, normalization: NormalizationConfig = NormalizationConfig(),
+          spacing_xyz: Optional[Sequence[float]] = None, resume: bool = False, device: str = "auto",
+          progress: str = "bar", record_samples: bool = False,
+          should_stop: Optional[Callable[[], bool]] = None) -> TrainResult:
+    """Train the CGC network on ``cases``; writes ``RUN_DIR/last.pt``, ``loss_log.csv``, ``run.json``
+    and the cache ``RUN_DIR/cache``. See docs/TRAINING.md."""
+    t_start = time.monotonic()
+    info = dd.from_env()
+    dev = pick_device(device, info.local_rank)
+    dd.init(info, dev)
+    try:
+        return _train(cases, train_cfg, net_config, Path(output_dir), gmm_config, normalization, spacing_xyz,
+                      resume, dev, progress, record_samples, should_stop, info, t_start)
+    finally:
+        dd.cleanup()
+
+
+def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_config, normalization,
+           spacing_xyz, resume: bool, dev: torch.device, progress: str, record_samples: bool, should_stop,
+           info: dd.DistInfo, t_start: float) -> TrainResult:
+    if net_config.in_channels != len(train_cfg.modalities):
+        raise ValueError(f"the network has {net_config.in_channels} input channel(s) but {len(train_cfg.modalities)} "
+                         f"modalities were given ({' '.join(train_cfg.modalities)})")
+    if not net_config.coarse and train_cfg.loss.patch_label_source == "coarse" and net_config.fine:
+        raise ValueError("patch labels from the coarse map need the coarse path; use --patch-labels prob or switch "
+                         "the coarse path on")
+    if gmm_config is None:
+        from CGCLesionSegLib.gmm import GMMConfig
+        gmm_config = GMMConfig(channels=(0,))
+    last = out / LAST
+    if resume and not last.exists():
+        raise ValueError(f"--resume: no {LAST} in {out}; start without --resume")
+    if not resume and last.exists():
+        raise ValueError(f"{out} already holds a run ({LAST}); continue it with --resume or choose another --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    if spacing_xyz is None:
+        spacing_xyz = read_spacing_xyz(next(iter(cases[0].images.values())))
+    channels = list(train_cfg.modalities)
+    settings = preprocessing_settings(channels, gmm_config, normalization, spacing_xyz)
+    json_mode = progress == "json"
+    reporter = ProgressReporter(progress if info.is_main else "none", description="training")
+    try:
+        cached = prepare_cases(cases, out / "cache", settings, gmm_config, info, reporter, json_mode)
+
+        torch.manual_seed(train_cfg.seed)
+        np.random.seed(train_cfg.seed)
+        model = CGCNet(net_config).to(dev)
+        optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+        start_step = 0
+        if resume:
+            ckpt = read_checkpoint(last, map_location=dev)
+            _check_resume_compatible(ckpt, net_config, train_cfg, channels, settings, last)
+            model.load_state_dict(ckpt["model"])
+            if ckpt.get("optimizer"):
+                optimizer.load_state_dict(ckpt["optimizer"])
+            start_step = int(ckpt["step"])
+            del ckpt
+
+        spe = steps_per_epoch(len(cached), train_cfg.batch_size, info.world_size)
+        total = int(train_cfg.steps) if train_cfg.steps is not None else int(train_cfg.epochs) * spe
+        sampler = StepBatchSampler(len(cached), train_cfg.batch_size, train_cfg.seed, total, start_step,
+                                   info.rank, info.world_size)
+        dataset = CropDataset(cached, train_cfg.crop_zyx, train_cfg.seed, train_cfg.lesion_crop_fraction,
+                              train_cfg.flip, train_cfg.intensity_jitter)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=train_cfg.workers,
+                                             pin_memory=dev.type == "cuda")
+        net = model
+        if info.enabled:
+            unused = (net_config.fine and train_cfg.loss.lambda_fg == 0) or (
+                net_config.coarse and net_config.fusion == "none" and train_cfg.loss.lambda_cg == 0)
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=unused)
+        use_amp = train_cfg.amp and dev.type == "cuda"
+        patch_zyx = net_config.patch_size_zyx
+        tcfg_dict = train_config_to_dict(train_cfg)
+        run_meta = {"cases": [c.name for c in cached], "world_size": info.world_size, "device": str(dev),
+                    "steps_per_epoch": spe, "total_steps": total}
+
+        def checkpoint(step: int) -> None:
+            if not info.is_main:
+                return
+            ckpt = build_checkpoint(model, net_config, channels, settings, tcfg_dict, optimizer, step,
+                                    epoch=step // spe, extra={**run_meta, "elapsed_s": round(time.monotonic() - t_start, 1)})
+            save_checkpoint_dict(last, ckpt)
+
+        if info.is_main:
+            (out / "run.json").write_text(json.dumps({"train_config": tcfg_dict, "net_config": config_to_dict(net_config),
+                                                      "preprocessing": settings, **run_meta}, indent=1))
+        log = LossLog(out / LOG, start_step if resume else None) if info.is_main else None
+        samples_fh = open(out / f"samples_rank{info.rank}.jsonl", "a") if record_samples else None
+
+        stop_requested = {"flag": False}
+        old_handler = None
+        if info.is_main and hasattr(signal, "SIGTERM"):
+            try:
+                old_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.__setitem__("flag", True))
+            except ValueError:  # not the main thread
+                old_handler = None
+        budget_s = train_cfg.max_minutes * 60.0 if train_cfg.max_minutes else None
+        step, last_loss, stopped_early = start_step, None, False
+        model.train()
+        t_loop = time.monotonic()
+        try:
+            for batch in loader:
+                x = batch["image"].to(dev, non_blocking=True)
+                p = batch["prob"].to(dev, non_blocking=True)
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                    outputs = net(x)
+                loss, terms = cgc_loss(outputs, p, train_cfg.loss, patch_zyx)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                vec = dd.mean_across(torch.stack([terms[k].float() for k in LOG_COLUMNS[2:7]]).detach(), info)
+                vals = dict(zip(LOG_COLUMNS[2:7], (float(v) for v in vec.cpu())))
+                last_loss = vals["total"]
+                epoch = (step - 1) // spe
+                if samples_fh is not None:
+                    samples_fh.write(json.dumps({"step": step, "rank": info.rank,
+                                                 "cases": [int(c) for c in batch["case"]]}) + "\n")
+                    samples_fh.flush()
+                if log is not None:
+                    log.write({"step": step, "epoch": epoch, **{k: f"{v:.6g}" for k, v in vals.items()},
+                               "lr": train_cfg.lr, "seconds": round(time.monotonic() - t_start, 2)})
+                if info.is_main:
+                    frac = step / total
+                    if json_mode:
+                        emit_json("progress", epoch=epoch, step=step, fraction=round(frac, 5),
+                                  loss=round(last_loss, 6), message=f"step {step}/{total}")
+                    else:
+                        reporter.update(frac, f"epoch {epoch} step {step}/{total} loss {last_loss:.4f}")
+                over = budget_s is not None and time.monotonic() - t_start >= budget_s
+                halt = over or stop_requested["flag"] or bool(should_stop and should_stop())
+                halt = dd.any_rank(halt, info, dev)
+                if step % train_cfg.checkpoint_every == 0 or step == total or halt:
+                    checkpoint(step)
+                if halt:
+                    stopped_early = step < total
+                    break
+            if step == start_step and info.is_main and not last.exists():
+                checkpoint(step)  # nothing to do (e.g. resume of a finished run): still leave a model
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            if log is not None:
+                log.close()
+            if samples_fh is not None:
+                samples_fh.close()
+        if record_samples:
+            digest = torch.cat([q.detach().double().flatten().cpu() for q in model.parameters()])
+            with open(out / f"params_rank{info.rank}.json", "w") as fh:
+                json.dump({"step": step, "sum": float(digest.sum()), "abs_sum": float(digest.abs().sum()),
+                           "first": [float(v) for v in digest[:16]]}, fh)
+        elapsed = time.monotonic() - t_start
+        if info.is_main:
+            summary = {"checkpoint": str(last), "step": step, "total_steps": total, "stopped_early": stopped_early,
+                       "loss": last_loss, "elapsed_s": round(elapsed, 1),
+                       "steps_per_s": round((step - start_step) / max(time.monotonic() - t_loop, 1e-9), 4)}
+            if json_mode:
+                emit_json("done", **summary)
+            else:
+                reporter.close()
+                why = " (time budget reached)" if stopped_early else ""
+                print(f"trained to step {step}/{total}{why}; model: {last}", file=sys.stderr)
+        dd.barrier(info)
+        return TrainResult(last, step, total, stopped_early, last_loss, elapsed)
+    finally:
+        reporter.close()
