@@ -84,20 +84,25 @@ class LossConfig:
             object.__setattr__(self, name, float(getattr(self, name)))
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bf16 tensors (autocast outputs); float64 stays float64 (reference tests)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def bce_loss(logits: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
     """Eq. 1: mean BCE of ``logits`` ``(B, 1, Z, Y, X)`` against soft targets ``prob`` (same shape)."""
     if logits.shape != prob.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and P {tuple(prob.shape)} differ in shape")
-    return F.binary_cross_entropy_with_logits(logits.float(), prob.detach().float())
+    return F.binary_cross_entropy_with_logits(_wide(logits), prob.detach().to(_wide(logits).dtype))
 
 
 def coarse_loss(coarse_logits: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
     """``L_cg``: BCE of ``coarse_logits`` ``(B, 1, z, y, x)`` against P ``(B, 1, Z, Y, X)`` averaged per cell."""
-    target = downsample_to_bottleneck(prob.detach().float())
+    target = downsample_to_bottleneck(prob.detach().to(_wide(coarse_logits).dtype))
     if target.shape != coarse_logits.shape:
         raise ValueError(f"coarse logits {tuple(coarse_logits.shape)} do not lie on P's bottleneck grid "
                          f"{tuple(target.shape)}")
-    return F.binary_cross_entropy_with_logits(coarse_logits.float(), target)
+    return F.binary_cross_entropy_with_logits(_wide(coarse_logits), target)
 
 
 def patch_labels(label_map: torch.Tensor, patch_zyx: tuple[int, int, int], threshold: float = 0.5,
@@ -106,7 +111,7 @@ def patch_labels(label_map: torch.Tensor, patch_zyx: tuple[int, int, int], thres
 
     ``rule="any"``: some cell of the patch ≥ ``threshold``; ``"mean"``: the patch mean ≥ ``threshold``.
     """
-    m = label_map.detach().float()
+    m = _wide(label_map.detach())
     if rule == "mean":
         return patch_pool(m, patch_zyx)[..., 0] >= threshold
     if rule != "any":
@@ -133,7 +138,7 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
     if anchors not in ANCHOR_MODES:
         raise ValueError(f"anchors must be one of {ANCHOR_MODES}, got {anchors!r}")
     d = embeddings.shape[-1]
-    e = F.normalize(embeddings.float().reshape(-1, d), dim=1)
+    e = F.normalize(_wide(embeddings).reshape(-1, d), dim=1)
     lab = labels.reshape(-1).to(torch.bool)
     if lab.numel() != e.shape[0]:
         raise ValueError(f"{e.shape[0]} embeddings but {lab.numel()} labels")
@@ -180,9 +185,9 @@ def cgc_loss(out: dict, prob: torch.Tensor, config: LossConfig = LossConfig(),
         if config.patch_label_source == "coarse":
             if coarse is None:
                 raise ValueError("patch_label_source='coarse' needs the coarse path; switch it on or use 'prob'")
-            label_map = torch.sigmoid(coarse.detach().float())
+            label_map = torch.sigmoid(_wide(coarse.detach()))
         else:
-            label_map = downsample_to_bottleneck(prob.detach().float())
+            label_map = downsample_to_bottleneck(_wide(prob.detach()))
         labels = patch_labels(label_map, patch_zyx, config.patch_threshold, config.patch_rule)
         l_fg = supervised_contrastive_loss(emb, labels, config.tau, config.anchors)
         total = total + config.lambda_fg * l_fg

@@ -28,6 +28,8 @@ from .config import xyz_to_zyx
 
 #: The encoder down-samples 3 times by 2 in every axis (192×192×64 → 24×24×8).
 DOWNSAMPLE_FACTOR = 8
+#: Inputs are zero-padded to at least this many voxels per axis (bottleneck ≥ 2 cells).
+MIN_INPUT_SIZE = 16
 
 FUSIONS = ("concat_residual", "concat", "none")
 NORMS = ("instance", "group", "batch", "none")
@@ -144,25 +146,34 @@ class ResBlock(nn.Module):
         return self.act(x + self.norm2(self.conv2(self.conv1(x))))
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Zero-pad the last three axes of ``(B, C, Z, Y, X)`` at their end up to a multiple of ``multiple``.
+def pad_to_multiple(x: torch.Tensor, multiple: int,
+                    min_size: int = 0) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Zero-pad the last three axes of ``(B, C, Z, Y, X)`` at their end up to a multiple of ``multiple``
+    (and to at least ``min_size``).
 
     Zero is the background value of normalised images (and of P), so padding adds no fake contrast.
     Returns the padded tensor and the original ``(Z, Y, X)``.
     """
     size = tuple(int(s) for s in x.shape[-3:])
-    pads = [(-s) % multiple for s in size]
+    pads = [max(-(-s // multiple) * multiple, min_size) - s for s in size]
     if any(pads):
         x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
     return x, size  # type: ignore[return-value]
 
 
+def bottleneck_pad(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """The padding the network applies: a multiple of 8 and at least 16 voxels per axis (so the
+    bottleneck has ≥ 2 cells per axis: instance norm needs more than one element)."""
+    return pad_to_multiple(x, DOWNSAMPLE_FACTOR, MIN_INPUT_SIZE)
+
+
 def downsample_to_bottleneck(prob: torch.Tensor) -> torch.Tensor:
-    """P ``(B, 1, Z, Y, X)`` → its mean over each bottleneck cell ``(B, 1, ⌈Z/8⌉, ⌈Y/8⌉, ⌈X/8⌉)``.
+    """P ``(B, 1, Z, Y, X)`` → its mean over each bottleneck cell ``(B, 1, ⌈Z/8⌉, ⌈Y/8⌉, ⌈X/8⌉)``
+    (at least 2 per axis).
 
     Pads like the network does, so the result lies exactly on ``coarse_logits``' grid.
     """
-    padded, _ = pad_to_multiple(prob, DOWNSAMPLE_FACTOR)
+    padded, _ = bottleneck_pad(prob)
     return F.avg_pool3d(padded, DOWNSAMPLE_FACTOR)
 
 
@@ -191,11 +202,12 @@ def patch_pool(t: torch.Tensor, patch_zyx: tuple[int, int, int]) -> torch.Tensor
 class CGCNet(nn.Module):
     """Residual 3-D encoder–decoder with the CGC module. See :class:`NetConfig`.
 
-    ``forward(x)`` with ``x`` ``(B, C, Z, Y, X)`` (any size; padded internally to a multiple of 8 and
-    cropped back) returns a dict:
+    ``forward(x)`` with ``x`` ``(B, C, Z, Y, X)`` (any size; zero-padded internally to a multiple of 8,
+    at least 16, and cropped back) returns a dict:
 
     * ``"logits"`` ``(B, 1, Z, Y, X)``: lesion logit per voxel at input size;
-    * ``"coarse_logits"`` ``(B, 1, ⌈Z/8⌉, ⌈Y/8⌉, ⌈X/8⌉)`` on the (padded) bottleneck grid, or ``None``
+    * ``"coarse_logits"`` ``(B, 1, ⌈Z/8⌉, ⌈Y/8⌉, ⌈X/8⌉)`` (≥ 2 per axis) on the padded bottleneck grid
+      (:func:`downsample_to_bottleneck` maps P onto it), or ``None``
       when the coarse path is off;
     * ``"embeddings"`` ``(B, N, projection_dim)`` one un-normalised embedding per mini-patch
       (patches in (z, y, x) raster order, see :func:`patch_pool`), or ``None`` when the fine path is off.
@@ -270,7 +282,7 @@ class CGCNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict:
         self._check_input(x)
-        xp, size = pad_to_multiple(x, DOWNSAMPLE_FACTOR)
+        xp, size = bottleneck_pad(x)
         z, skips = self._encode(xp)
         enhanced, coarse = self._enhance(z)
         logits = self._decode(enhanced, skips)[..., :size[0], :size[1], :size[2]]
@@ -280,7 +292,7 @@ class CGCNet(nn.Module):
     def segment_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Lesion logits ``(B, 1, Z, Y, X)`` only — the inference path (no projection head)."""
         self._check_input(x)
-        xp, size = pad_to_multiple(x, DOWNSAMPLE_FACTOR)
+        xp, size = bottleneck_pad(x)
         z, skips = self._encode(xp)
         enhanced, _ = self._enhance(z)
         return self._decode(enhanced, skips)[..., :size[0], :size[1], :size[2]]
