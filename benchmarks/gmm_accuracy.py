@@ -55,7 +55,7 @@ POSTPROCESS = {                       # binarize() options applied to P >= THRES
 }
 BIC_CANDIDATES = (3, 4, 5, 6)         # K = "bic": lowest BIC on the fit subsample (label-free)
 THRESHOLD = 0.5
-BASE = GMMConfig(covariance_type="full", seed=0, subsample=100_000)
+BASE = GMMConfig(covariance_type="full", seed=0, subsample=100_000, channels=None)  # every listed channel
 
 # Round 1 (run first): channel sets × K × brightest-n × post-processing.
 ROUND1 = [Cfg(ch, False, k, f"top{n}", pp)

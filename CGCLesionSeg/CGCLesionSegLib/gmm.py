@@ -73,8 +73,10 @@ class GMMConfig:
     reg_covar: added to covariance diagonals (features are z-scored, so this is in units of SD²).
     init: "kmeans" (k-means++ then Lloyd iterations on the subsample) or "quantile" (equal-count
         split of the reference channel; deterministic).
-    channels: indices of the given channels that enter the GMM (None = all). Index 0 must be
-        included: the first channel is the reference channel that orders the components.
+    channels: indices of the given channels that enter the GMM; default ``(0,)`` = the reference
+        channel only (the paper's FLAIR-only configuration; see docs/GMM.md for why more channels
+        are not the default); None = all. Index 0 must come first: the first channel is the
+        reference channel that orders the components.
     modality: "mri" (default) or "ct". CT: the mask defaults to an HU window (``ct_brain_hu``)
         instead of non-zero voxels, and the foreground rule is the blood range ``ct_foreground_hu``.
     ct_foreground_hu: (low, high) HU range of component means counted as acute blood.
@@ -95,7 +97,7 @@ class GMMConfig:
     tol: float = 1e-3
     reg_covar: float = 1e-6
     init: str = "kmeans"
-    channels: Optional[tuple[int, ...]] = None
+    channels: Optional[tuple[int, ...]] = (0,)
     modality: str = "mri"
     ct_foreground_hu: tuple[float, float] = (50.0, 90.0)
     ct_brain_hu: tuple[float, float] = (0.0, 100.0)

@@ -1,12 +1,163 @@
-"""`cgcseg gmm` (being implemented)."""
+"""``cgcseg gmm``: the foreground probability map P of one case (the method's first stage).
+
+A Gaussian mixture is fitted to the brain voxels; the components with the highest mean in the
+reference channel (the first input: FLAIR for MRI) are lesion, and P is their summed posterior
+(0..1, 0 outside the brain). Skull-stripped MRI uses its non-zero voxels as the brain; MRI with
+skull needs --mask (in Slicer: SwissSkullStripper, HD-BET or SynthStrip extensions). CT inputs
+(named ct=PATH, in Hounsfield units) get an HU-window brain mask and the blood-range rule.
+
+Examples:
+  cgcseg gmm --input flair=case_flair.nii.gz --output P.nii.gz
+  cgcseg gmm --input flair=f.nii.gz --input t2=t2.nii.gz --all-channels --clusters 5 \\
+             --output P.nii.gz --binary-output lesion.nii.gz --labels-output clusters.nii.gz
+  cgcseg gmm --input ct=head_ct.nii.gz --output P.nii.gz
+"""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import add_input_args, add_progress_args
+
+DESCRIPTION = __doc__
+
+_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    from ..gmm import COVARIANCE_TYPES, FOREGROUND_RULES, GMMConfig
+    d = GMMConfig()
+    add_input_args(p)
+    g = p.add_argument_group("GMM")
+    g.add_argument("--clusters", type=int, default=d.n_clusters, metavar="K",
+                   help=f"number of Gaussian components, 2-10 (default {d.n_clusters})")
+    g.add_argument("--foreground-components", type=int, default=d.n_foreground, metavar="N",
+                   help=f"brightest-rule: the N components with the highest reference mean are lesion (default {d.n_foreground})")
+    g.add_argument("--components", type=int, nargs="+", metavar="L",
+                   help="explicit lesion components by label number 1..K as in --labels-output "
+                        "(1 = darkest in the reference channel); overrides the rule")
+    g.add_argument("--foreground-rule", choices=FOREGROUND_RULES, default=d.foreground_rule,
+                   help="brightest: N brightest components (paper); outlier: components >= --outlier-z SD above "
+                        "the brain average; hu_range: CT blood range; auto: hu_range for ct, else "
+                        f"the MRI default (default {d.foreground_rule})")
+    g.add_argument("--outlier-z", type=float, default=d.outlier_z, metavar="Z",
+                   help=f"threshold of the outlier rule in SD (default {d.outlier_z})")
+    g.add_argument("--covariance", choices=COVARIANCE_TYPES, default=d.covariance_type,
+                   help=f"covariance type (default {d.covariance_type})")
+    g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    g.add_argument("--subsample", type=int, default=d.subsample, metavar="N",
+                   help=f"fit on N random brain voxels, 0 = all (default {d.subsample})")
+    g.add_argument("--all-channels", action="store_true",
+                   help="fit the GMM on every input (default: the reference input only, the paper's configuration)")
+    g.add_argument("--n4", action="store_true", help="N4 bias-field correction of MRI inputs first (a few seconds each)")
+    g.add_argument("--ct-blood-hu", type=float, nargs=2, default=d.ct_foreground_hu, metavar=("LOW", "HIGH"),
+                   help=f"CT: component means in this HU range are lesion (default {d.ct_foreground_hu[0]:g} {d.ct_foreground_hu[1]:g})")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--output", required=True, metavar="P.nii.gz", help="probability map P (float, 0..1)")
+    o.add_argument("--binary-output", metavar="FILE", help="also write the thresholded, cleaned lesion mask")
+    o.add_argument("--labels-output", metavar="FILE", help="also write the component label map (0 outside the brain, 1..K)")
+    o.add_argument("--threshold", type=float, default=0.5, help="binary output: P >= threshold (default 0.5)")
+    o.add_argument("--min-size", type=int, default=0, metavar="V",
+                   help="binary output: drop connected components smaller than V voxels (default 0: keep all)")
+    o.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d"), default=None,
+                   help="binary output: fill holes per axial slice (2d, the default when given) or in 3-D")
+    o.add_argument("--keep-largest", type=int, default=0, metavar="N",
+                   help="binary output: keep only the N largest components (default 0: all)")
+    add_progress_args(p)
+
+
+def _check_output_path(path: str, what: str, inputs: list[str]) -> Path:
+    out = Path(path)
+    if not any(out.name.lower().endswith(s) for s in _SUFFIXES):
+        raise ValueError(f"{what} {out.name}: unsupported format; use one of {', '.join(_SUFFIXES)}")
+    if any(out.resolve() == Path(i).resolve() for i in inputs):
+        raise ValueError(f"{what} {out} is also an input; choose another file name")
+    return out
+
+
+def build_config(args: argparse.Namespace, modality: str, n_inputs: int):
+    from ..gmm import GMMConfig
+    comps = None
+    if args.components:
+        bad = [c for c in args.components if not 1 <= c <= args.clusters]
+        if bad:
+            raise ValueError(f"--components {bad}: label numbers run from 1 to --clusters {args.clusters}")
+        comps = tuple(c - 1 for c in args.components)
+    return GMMConfig(n_clusters=args.clusters, n_foreground=args.foreground_components, foreground_components=comps,
+                     foreground_rule=args.foreground_rule, outlier_z=args.outlier_z,
+                     covariance_type=args.covariance, seed=args.seed, subsample=args.subsample,
+                     channels=tuple(range(n_inputs)) if args.all_channels else (0,), modality=modality,
+                     ct_foreground_hu=tuple(args.ct_blood_hu), n4=bool(args.n4))
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("cgcseg gmm is not implemented yet")
+    from ..gmm import ProbabilityMapSession, config_to_dict
+    from ..image_io import check_same_grid, read_image, write_image
+    from ..inputs import parse_input_specs
+    from ..postprocess import binarize
+    from ..progress import ProgressReporter
+    from ..sidecar import write_sidecar
+
+    t0 = time.perf_counter()
+    specs = parse_input_specs(args.inputs)
+    names = [n or f"input{i + 1}" for i, (n, _) in enumerate(specs)]
+    paths = [p for _, p in specs]
+    # Check every output name before any work, so a typo costs nothing and writes nothing.
+    outputs = {"--output": _check_output_path(args.output, "--output", paths)}
+    for flag, val in (("--binary-output", args.binary_output), ("--labels-output", args.labels_output)):
+        if val:
+            outputs[flag] = _check_output_path(val, flag, paths)
+    if len({o.resolve() for o in outputs.values()}) != len(outputs):
+        raise ValueError("the output files must have different names")
+    if not 0.0 < args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if args.min_size < 0 or args.keep_largest < 0:
+        raise ValueError("--min-size and --keep-largest must be >= 0")
+    modality = "ct" if "ct" in [n for n, _ in specs if n] else "mri"
+    config = build_config(args, modality, len(paths))
+
+    images = [read_image(p) for p in paths]
+    ref_geom = images[0].geometry
+    for name, img in zip(names[1:], images[1:]):
+        check_same_grid(ref_geom, img.geometry, names[0], name)
+    mask = None
+    if args.mask:
+        mask_img = read_image(args.mask, dtype=None)
+        check_same_grid(ref_geom, mask_img.geometry, names[0], "--mask")
+        mask = mask_img.array_zyx
+
+    reporter = ProgressReporter(args.progress, description="gmm")
+    try:
+        session = ProbabilityMapSession([im.array_zyx for im in images], mask, names=names,
+                                        spacing_xyz=ref_geom.spacing)
+        result = session.run(config, progress=reporter)
+    finally:
+        reporter.close()
+    for w in result.warnings:
+        print(f"cgcseg gmm: warning: {w}", file=sys.stderr)
+    post = {"threshold": args.threshold, "min_component_voxels": args.min_size,
+            "fill_holes": args.fill_holes or False, "keep_largest": args.keep_largest}
+    binary = None
+    if "--binary-output" in outputs:
+        binary = binarize(result.probability, args.threshold, min_component_voxels=args.min_size,
+                          fill_holes=args.fill_holes or False, keep_largest=args.keep_largest, mask_zyx=result.mask)
+    elapsed = time.perf_counter() - t0
+    inputs = {n: str(Path(p).resolve()) for n, p in zip(names, paths)}
+    if args.mask:
+        inputs["mask"] = str(Path(args.mask).resolve())
+    common = dict(inputs=inputs, gmm_settings=config_to_dict(config), elapsed_s=elapsed, device="cpu",
+                  gmm_result=result.summary())
+    write_image(outputs["--output"], result.probability, ref_geom)
+    write_sidecar(outputs["--output"], kind="probability_map", **common)
+    if binary is not None:
+        write_image(outputs["--binary-output"], binary, ref_geom)
+        write_sidecar(outputs["--binary-output"], kind="binary_lesion_mask", postprocess=post, **common)
+    if "--labels-output" in outputs:
+        write_image(outputs["--labels-output"], result.labels, ref_geom)
+        write_sidecar(outputs["--labels-output"], kind="component_labels", **common)
+    fg = ", ".join(str(c + 1) for c in result.foreground_components) or "none"
+    print(f"P written to {outputs['--output']} (K={config.n_clusters}, lesion label(s) {fg}, "
+          f"{int(result.mask.sum())} brain voxels, {elapsed:.1f} s)", file=sys.stderr)
+    return 0

@@ -1,0 +1,156 @@
+"""`cgcseg gmm` end to end: geometry round trip, sidecars, every bad input (exit 2, no output file),
+and one real BraTS case when ../shared/data is present."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from CGCLesionSegLib.cli import main
+from CGCLesionSegLib.image_io import Geometry, read_image, write_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from test_gmm import phantom  # noqa: E402
+
+# Oblique direction, anisotropic spacing, non-zero origin: a geometry that any axis mix-up breaks.
+_theta = np.deg2rad(20)
+_R = np.array([[np.cos(_theta), -np.sin(_theta), 0], [np.sin(_theta), np.cos(_theta), 0], [0, 0, 1]])
+
+
+def geometry(shape_zyx, origin=(-91.5, 120.25, -33.0)):
+    return Geometry(tuple(shape_zyx), (0.9, 1.1, 2.5), origin, tuple(_R.ravel()))
+
+
+@pytest.fixture()
+def case(tmp_path):
+    flair, t2, mask, lesion = phantom()
+    g = geometry(flair.shape)
+    paths = {"flair": write_image(tmp_path / "flair.nii.gz", flair, g),
+             "t2": write_image(tmp_path / "t2.nrrd", t2, g),
+             "mask": write_image(tmp_path / "mask.nii.gz", mask.astype(np.uint8), g)}
+    return tmp_path, paths, g, lesion
+
+
+def run(*argv):
+    return main(["gmm", "--progress", "none", *map(str, argv)])
+
+
+def test_round_trip_keeps_geometry_and_writes_sidecars(case):
+    tmp, paths, g, lesion = case
+    out, binary, labels = tmp / "out" / "P.nii.gz", tmp / "out" / "B.nrrd", tmp / "out" / "L.nii.gz"
+    rc = run("--input", f"flair={paths['flair']}", "--input", f"t2={paths['t2']}", "--clusters", 3,
+             "--output", out, "--binary-output", binary, "--labels-output", labels,
+             "--fill-holes", "--min-size", 5, "--seed", 2)
+    assert rc == 0
+    for f in (out, binary, labels):
+        img = read_image(f, dtype=None)
+        assert img.geometry.shape_zyx == g.shape_zyx
+        np.testing.assert_allclose(img.geometry.spacing, g.spacing, atol=1e-5)
+        np.testing.assert_allclose(img.geometry.origin, g.origin, atol=1e-4)
+        np.testing.assert_allclose(img.geometry.direction, g.direction, atol=1e-6)
+        # one voxel maps to the same physical point as in the input
+        np.testing.assert_allclose(img.geometry.index_to_lps((3, 5, 7)), g.index_to_lps((3, 5, 7)), atol=1e-3)
+    p = read_image(out)
+    assert p.array_zyx.dtype == np.float32 and 0 <= p.array_zyx.min() and p.array_zyx.max() <= 1
+    b = read_image(binary, dtype=None).array_zyx
+    from CGCLesionSegLib.metrics import dice
+    assert dice(b, lesion) > 0.9
+    lab = read_image(labels, dtype=None).array_zyx
+    assert set(np.unique(lab)) == {0, 1, 2, 3}
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert side["gmm_settings"]["n_clusters"] == 3 and side["gmm_settings"]["seed"] == 2
+    assert set(side["inputs"]) == {"flair", "t2"} and side["elapsed_s"] is not None
+    assert side["gmm_result"]["foreground_labels"] == [3]
+    bside = json.loads(Path(str(binary) + ".json").read_text())
+    assert bside["postprocess"]["min_component_voxels"] == 5 and bside["postprocess"]["fill_holes"] == "2d"
+
+
+def test_explicit_components_and_mask(case):
+    tmp, paths, g, lesion = case
+    out = tmp / "P2.nii.gz"
+    assert run("--input", paths["flair"], "--mask", paths["mask"], "--clusters", 3, "--components", 2, 3,
+               "--output", out) == 0
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert side["gmm_result"]["foreground_labels"] == [2, 3]
+    assert side["inputs"]["mask"].endswith("mask.nii.gz")
+
+
+def _assert_fails(capsys, tmp, argv, word):
+    outs = [tmp / "bad_P.nii.gz", tmp / "bad_B.nii.gz"]
+    rc = run(*argv, "--output", outs[0], "--binary-output", outs[1])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "error:" in err and word.lower() in err.lower(), err
+    leftovers = [f.name for f in tmp.iterdir() if f.name.startswith(("bad_", ".tmp"))]
+    assert leftovers == []
+
+
+def test_bad_inputs_exit_2_without_output(case, capsys):
+    tmp, paths, g, lesion = case
+    flair = read_image(paths["flair"]).array_zyx
+    # mismatched grid (origin moved)
+    shifted = write_image(tmp / "shifted.nii.gz", flair, geometry(flair.shape, origin=(0.0, 0.0, 0.0)))
+    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--input", shifted], "origin")
+    # mismatched size
+    small = write_image(tmp / "small.nii.gz", flair[:, :, :-2], geometry(flair[:, :, :-2].shape))
+    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--input", small], "size")
+    # NaN
+    nan = flair.copy()
+    nan[2, 3, 4] = np.nan
+    # (NRRD: ITK's NIfTI reader turns NaN into 0 on reading)
+    _assert_fails(capsys, tmp, ["--input", write_image(tmp / "nan.nrrd", nan, g)], "NaN")
+    # empty mask
+    empty = write_image(tmp / "empty.nii.gz", np.zeros(flair.shape, np.uint8), g)
+    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--mask", empty], "empty")
+    # mask on another grid
+    mask_off = write_image(tmp / "mask_off.nii.gz", np.ones(flair.shape, np.uint8), geometry(flair.shape, (1.0, 2.0, 3.0)))
+    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--mask", mask_off], "--mask")
+    # constant image
+    const = write_image(tmp / "const.nii.gz", np.full(flair.shape, 3.0, np.float32), g)
+    _assert_fails(capsys, tmp, ["--input", const], "constant")
+    # more clusters than distinct intensities
+    two = write_image(tmp / "two.nii.gz", np.where(flair > 0, np.where(flair > 130, 2.0, 1.0), 0.0).astype(np.float32), g)
+    _assert_fails(capsys, tmp, ["--input", two, "--clusters", 4], "distinct")
+    # MRI with skull, no mask
+    skull = write_image(tmp / "skull.nii.gz", phantom(skull=True)[0], g)
+    _assert_fails(capsys, tmp, ["--input", skull], "skull")
+    # bad values
+    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--clusters", 12], "n_clusters")
+    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--clusters", 3, "--components", 4], "label numbers")
+    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--threshold", 0], "threshold")
+    # missing file, unsupported output format
+    _assert_fails(capsys, tmp, ["--input", tmp / "nope.nii.gz"], "not found")
+    rc = run("--input", paths["flair"], "--output", tmp / "bad_P.png")
+    assert rc == 2 and "unsupported" in capsys.readouterr().err
+    assert not (tmp / "bad_P.png").exists()
+
+
+def test_ct_input(tmp_path):
+    from test_gmm import ct_phantom
+    ct, brain, bleed = ct_phantom()
+    g = geometry(ct.shape)
+    path = write_image(tmp_path / "ct.nii.gz", ct, g)
+    out = tmp_path / "P.nii.gz"
+    assert run("--input", f"ct={path}", "--clusters", 3, "--output", out) == 0
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert side["gmm_settings"]["modality"] == "ct"
+    from CGCLesionSegLib.metrics import dice
+    assert dice(read_image(out).array_zyx >= 0.5, bleed) > 0.9
+
+
+def test_real_case(brats_case, tmp_path):
+    """One real BraTS case through the CLI: P is sensible against the reference whole lesion."""
+    name = brats_case.name
+    out, binary = tmp_path / "P.nii.gz", tmp_path / "B.nii.gz"
+    rc = run("--input", f"flair={brats_case / f'{name}_flair.nii.gz'}", "--input", f"t2={brats_case / f'{name}_t2.nii.gz'}",
+             "--output", out, "--binary-output", binary, "--fill-holes", "--keep-largest", 1)
+    assert rc == 0
+    ref = read_image(brats_case / f"{name}_seg.nii.gz", dtype=None)
+    p = read_image(out)
+    assert p.geometry == ref.geometry or np.allclose(p.geometry.origin, ref.geometry.origin, atol=1e-4)
+    from CGCLesionSegLib.metrics import dice
+    assert dice(read_image(binary, dtype=None).array_zyx, ref.array_zyx > 0) > 0.3
