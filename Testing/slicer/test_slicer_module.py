@@ -42,3 +42,33 @@ def test_module_self_test_runs_under_slicer_core(mrml):
     """Slicer's own self-test class (registered with slicer_add_python_unittest) passes here too."""
     pytest.importorskip("CGCLesionSegLib.gmm")
     CGCLesionSeg.CGCLesionSegTest().runTest()
+
+
+def test_ui_file_matches_widget_and_parameter_node():
+    """Every widget the Widget code uses exists in the .ui, and every SlicerParameterName is a parameter."""
+    import ast
+    import re
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    source_path = Path(CGCLesionSeg.__file__)
+    ui = ET.parse(source_path.parent / "Resources" / "UI" / "CGCLesionSeg.ui")
+    widgets = {w.get("name"): w for w in ui.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", source_path.read_text()))
+    assert used and used <= set(widgets), f"missing in the .ui: {sorted(used - set(widgets))}"
+
+    tree = ast.parse(source_path.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CGCLesionSegParameterNode")
+    parameters = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    bound = {}
+    for name, widget in widgets.items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[name] = prop.find("string").text
+    assert set(bound.values()) <= parameters, sorted(set(bound.values()) - parameters)
+    # Every user setting has a widget (the computed output nodes included).
+    assert parameters == set(bound.values())
+    # Node selectors get the scene from the top-level qMRMLWidget.
+    receivers = {c.findtext("receiver") for c in ui.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    combos = {n for n, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
+    assert combos and combos <= receivers
