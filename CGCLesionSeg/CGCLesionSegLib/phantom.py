@@ -383,6 +383,36 @@ def _insert_lesion(rng: np.random.Generator, labels: np.ndarray, pz: np.ndarray,
     sub[necrosis & brain] = _NEC
 
 
+def _white_matter_hyperintensities(rng: np.random.Generator, tissue: np.ndarray, labels: np.ndarray,
+                                   depth: np.ndarray, spacing_zyx: np.ndarray, n: int | None) -> np.ndarray:
+    """Fraction map ``(z, y, x)`` float32 of a few small round white-matter hyperintensities placed in
+    white matter, away from the lesion (> 10 mm) and the surface (> 8 mm)."""
+    out = np.zeros(tissue.shape, np.float32)
+    n = int(rng.integers(3, 8)) if n is None else int(n)
+    if n == 0:
+        return out
+    ok = (tissue == 3) & (labels == 0) & (depth > 8.0)
+    if labels.any():
+        ok &= ndimage.distance_transform_edt(labels == 0, sampling=spacing_zyx) > 10.0
+    cand = np.argwhere(ok)
+    if len(cand) == 0:
+        return out
+    h = float(spacing_zyx.min())
+    for c in cand[rng.choice(len(cand), size=min(n, len(cand)), replace=False)]:
+        r = float(rng.uniform(1.5, 3.5))
+        c_mm = c * spacing_zyx + rng.uniform(-0.5, 0.5, 3) * spacing_zyx
+        reach = np.ceil((r + 2 * h) / spacing_zyx).astype(int)
+        lo = np.maximum(c - reach, 0)
+        hi = np.minimum(c + reach + 1, tissue.shape)
+        zz, yy, xx = (np.arange(a, b) * s for a, b, s in zip(lo, hi, spacing_zyx))
+        d = np.sqrt(((zz - c_mm[0]) ** 2)[:, None, None] + ((yy - c_mm[1]) ** 2)[None, :, None]
+                    + ((xx - c_mm[2]) ** 2)[None, None, :])
+        f = np.clip((r - d) / h + 0.5, 0.0, 1.0).astype(np.float32)   # partial volume at the edge
+        box = out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        np.maximum(box, f, out=box)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
@@ -390,7 +420,8 @@ def _insert_lesion(rng: np.random.Generator, labels: np.ndarray, pz: np.ndarray,
 def make_phantom(shape_xyz: Sequence[int] = (128, 128, 80), spacing_xyz: Sequence[float] = (1.5, 1.5, 1.5),
                  seed: int = 0, snr: float = 20.0, n_lesions: int = 1, lesion_radius_mm: float | None = None,
                  oedema_mm: float | None = None, irregularity: float = 0.28, cortex_mm: float = 2.8,
-                 texture: float = 0.05, bias: float = 0.10, oversample: int = 2) -> Phantom:
+                 texture: float = 0.05, bias: float = 0.10, oversample: int = 2,
+                 oedema_fade: float = 0.55, n_wmh: int | None = None) -> Phantom:
     """Generate a four-channel brain MRI phantom with ground truth.
 
     ``shape_xyz``: voxels x×y×z (default 128×128×80). ``spacing_xyz``: mm (default 1.5 isotropic);
@@ -403,6 +434,10 @@ def make_phantom(shape_xyz: Sequence[int] = (128, 128, 80), spacing_xyz: Sequenc
     tumour radius (0 → a sphere). ``cortex_mm``: cortical ribbon thickness. ``texture``: relative std
     of the within-tissue texture in healthy tissue (twice that in the lesion). ``bias``: std of the
     log bias field (0 → none). ``oversample``: sub-voxels per axis for partial-volume rendering.
+    ``oedema_fade``: how much of the oedema's contrast is lost at its outer edge (infiltrative oedema
+    fades into white matter over ~12 mm; 0 → uniform oedema). ``n_wmh``: number of small white-matter
+    hyperintensities (1.5-3.5 mm, FLAIR/T2 bright, *not* part of the ground truth, as incidental
+    small-vessel lesions are not in BraTS labels); None → 3-7.
     """
     shape_xyz = tuple(int(v) for v in shape_xyz)
     # NIfTI stores spacing and origin as float32: use float32-exact values so files round-trip exactly.
@@ -419,15 +454,19 @@ def make_phantom(shape_xyz: Sequence[int] = (128, 128, 80), spacing_xyz: Sequenc
         raise ValueError(f"oversample must be 1-4, got {oversample}")
     if irregularity < 0 or texture < 0 or bias < 0:
         raise ValueError(f"irregularity, texture and bias must be >= 0, got {irregularity}, {texture}, {bias}")
+    if not 0.0 <= oedema_fade <= 1.0:
+        raise ValueError(f"oedema_fade must be in [0, 1], got {oedema_fade}")
+    if n_wmh is not None and n_wmh < 0:
+        raise ValueError(f"n_wmh must be 0 or more, got {n_wmh}")
     if cortex_mm <= 0:
         raise ValueError(f"cortex_mm must be positive, got {cortex_mm}")
     params = dict(shape_xyz=list(shape_xyz), spacing_xyz=list(spacing_xyz), seed=int(seed), snr=float(snr),
                   n_lesions=int(n_lesions), lesion_radius_mm=lesion_radius_mm, oedema_mm=oedema_mm,
                   irregularity=irregularity, cortex_mm=cortex_mm, texture=texture, bias=bias,
-                  oversample=oversample)
+                  oversample=oversample, oedema_fade=oedema_fade, n_wmh=n_wmh)
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 20241]))
-    anat_rng, lesion_rng, image_rng = (np.random.default_rng(s) for s in rng.bit_generator.seed_seq.spawn(3))
+    anat_rng, lesion_rng, image_rng, wmh_rng = (np.random.default_rng(s) for s in rng.bit_generator.seed_seq.spawn(4))
 
     nx, ny, nz = shape_xyz
     sx, sy, sz = spacing_xyz
@@ -480,6 +519,20 @@ def make_phantom(shape_xyz: Sequence[int] = (128, 128, 80), spacing_xyz: Sequenc
     labels[core & brain_mask] = 4
     labels[necro & brain_mask] = 1
 
+    # Oedema contrast fades with distance from the tumour core (infiltrative margin).
+    core_any = (frac[_NEC] + frac[_RIM]) > 0.05
+    if core_any.any() and oedema_fade > 0:
+        d_core = ndimage.distance_transform_edt(~core_any, sampling=spacing_zyx).astype(np.float32)
+        fade = 1.0 - np.float32(oedema_fade) * np.clip(d_core / 12.0, 0.0, 1.0)
+        del d_core
+    else:
+        fade = np.ones(shape_zyx, np.float32)
+
+    # Incidental small white-matter hyperintensities (not lesion in the ground truth).
+    wmh = _white_matter_hyperintensities(wmh_rng, tissue, labels, depth, spacing_zyx, n_wmh)
+    wmh = np.minimum(wmh, frac[_WM])
+    frac[_WM] = frac[_WM] - wmh
+
     # Texture: a field shared by all channels (anatomy) plus a per-channel one.
     pz1, py1, px1 = (_axis_positions(n, s, 1) for n, s in zip(shape_zyx, spacing_zyx))
     tex_wavelength = max(3.0, 2.0 * float(spacing_zyx.min()))
@@ -492,10 +545,13 @@ def make_phantom(shape_xyz: Sequence[int] = (128, 128, 80), spacing_xyz: Sequenc
     for name in MODALITIES:
         table = TISSUE_INTENSITIES[name]
         signal = np.zeros(shape_zyx, np.float32)
+        wm_level, oed_level = np.float32(table["wm"]), np.float32(table["oedema"])
         for k, cls in enumerate(_CLASS_NAMES):
-            if k == _BG:
+            if k in (_BG, _OED):
                 continue
             signal += frac[k] * np.float32(table[cls])
+        signal += frac[_OED] * (wm_level + fade * (oed_level - wm_level))
+        signal += wmh * (wm_level + np.float32(0.55) * (oed_level - wm_level))
         own_tex = _SmoothNoise(image_rng, box_lo, box_hi, tex_wavelength).grid(pz1, py1, px1)
         signal *= 1.0 + tex_amp * (0.8 * shared_tex + 0.6 * own_tex)
         if bias > 0:

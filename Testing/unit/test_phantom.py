@@ -88,7 +88,7 @@ def test_intensity_distributions_overlap(phantom):
 
 @pytest.mark.parametrize("snr", [10.0, 25.0])
 def test_snr_measured_in_flat_white_matter(snr):
-    ph = make_phantom(seed=1, snr=snr, texture=0.0, bias=0.0, n_lesions=0, **SMALL)
+    ph = make_phantom(seed=1, snr=snr, texture=0.0, bias=0.0, n_lesions=0, n_wmh=0, **SMALL)
     flat = ndimage.binary_erosion(ph.tissue == 3, iterations=2)  # deep white matter: one intensity
     assert flat.sum() > 1000
     for m in MODALITIES:
@@ -99,7 +99,7 @@ def test_snr_measured_in_flat_white_matter(snr):
 
 
 def test_noise_free_phantom_is_flat_without_texture_and_bias_and_has_partial_volume():
-    ph = make_phantom(seed=1, snr=float("inf"), texture=0.0, bias=0.0, n_lesions=0, **SMALL)
+    ph = make_phantom(seed=1, snr=float("inf"), texture=0.0, bias=0.0, n_lesions=0, n_wmh=0, **SMALL)
     t1 = ph.channels["t1"]
     flat = ndimage.binary_erosion(ph.tissue == 3, iterations=2)
     # (a few deep-WM voxels hold a sliver of a sulcus or deep grey matter, hence "most")
@@ -110,7 +110,7 @@ def test_noise_free_phantom_is_flat_without_texture_and_bias_and_has_partial_vol
     between = (brain > gm_level + 5) & (brain < wm_level - 5)
     assert between.mean() > 0.05, "no partial-volume mixing at tissue borders"
     # A bias field makes the same region vary smoothly.
-    biased = make_phantom(seed=1, snr=float("inf"), texture=0.0, bias=0.1, n_lesions=0, **SMALL)
+    biased = make_phantom(seed=1, snr=float("inf"), texture=0.0, bias=0.1, n_lesions=0, n_wmh=0, **SMALL)
     v = biased.channels["t1"][flat]
     assert v.std() / v.mean() > 0.015
 
