@@ -1,0 +1,123 @@
+"""`cgcseg segment` end to end: single case, anisotropic input, wrong inputs, cohort mode with resume."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from CGCLesionSegLib.checkpoint import save_checkpoint
+from CGCLesionSegLib.config import config_to_dict
+from CGCLesionSegLib.gmm import GMMConfig, config_to_dict as gmm_to_dict
+from CGCLesionSegLib.image_io import Geometry, read_image, write_image
+from CGCLesionSegLib.network import CGCNet, NetConfig
+from CGCLesionSegLib.phantom import make_cohort, make_phantom, save_phantom
+from CGCLesionSegLib.preprocess import NormalizationConfig
+
+MODS = ["flair", "t1", "t1ce", "t2"]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "CGCLesionSegLib.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = NetConfig(in_channels=4, widths=(4, 8, 8, 16), blocks=(0, 0, 1, 1), decoder_width=4, projection_dim=8)
+    pre = {"normalization": config_to_dict(NormalizationConfig()), "gmm": gmm_to_dict(GMMConfig()),
+           "spacing_xyz": [1.5, 1.5, 1.5]}
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, CGCNet(cfg), cfg, MODS, pre)
+    return path
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    ph = make_phantom(shape_xyz=(48, 48, 32), spacing_xyz=(1.5, 1.5, 1.5), seed=3)
+    return save_phantom(ph, tmp_path_factory.mktemp("case"), "p1")
+
+
+def _inputs(case, order=MODS):
+    out = []
+    for m in order:
+        out += ["--input", f"{m}={case[m]}"]
+    return out
+
+
+def test_segment_one_case_writes_outputs_on_the_input_grid(tmp_path, tiny_model, case):
+    seg, prob = tmp_path / "seg.nii.gz", tmp_path / "prob.nii.gz"
+    r = cli("segment", *_inputs(case, ["t2", "flair", "t1ce", "t1"]), "--model", tiny_model, "--output", seg,
+            "--probability-output", prob, "--gmm-output", tmp_path / "gmm.nii.gz", "--progress", "json")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events[-1]["event"] == "done" and any(e["event"] == "progress" for e in events)
+    ref = read_image(case["flair"])
+    s, p = read_image(seg, dtype=None), read_image(prob)
+    assert s.geometry == ref.geometry and p.geometry == ref.geometry
+    assert set(np.unique(s.array_zyx)) <= {0, 1}
+    assert p.array_zyx.min() >= 0 and p.array_zyx.max() <= 1
+    assert np.all(p.array_zyx[ref.array_zyx == 0] == 0)  # nothing outside the brain
+    np.testing.assert_array_equal(s.array_zyx, (p.array_zyx >= 0.5).astype(np.uint8))
+    side = json.loads((tmp_path / "seg.nii.gz.json").read_text())
+    assert side["model"]["sha256"] and side["channels"] == MODS and side["inputs"]["t2"] == str(case["t2"])
+    assert (tmp_path / "gmm.nii.gz").exists()
+
+
+def test_anisotropic_input_is_resampled_and_returned_on_its_grid(tmp_path, tiny_model):
+    ph = make_phantom(shape_xyz=(48, 48, 12), spacing_xyz=(1.5, 1.5, 5.0), seed=4)
+    paths = save_phantom(ph, tmp_path, "thick")
+    seg = tmp_path / "seg.nii.gz"
+    r = cli("segment", *_inputs(paths), "--model", tiny_model, "--output", seg, "--probability-output", tmp_path / "p.nii.gz")
+    assert r.returncode == 0, r.stderr
+    out = read_image(seg)
+    assert out.geometry == read_image(paths["flair"]).geometry
+
+
+def test_wrong_modalities_error_lists_expected_and_writes_nothing(tmp_path, tiny_model, case):
+    seg = tmp_path / "seg.nii.gz"
+    r = cli("segment", "--input", f"flair={case['flair']}", "--input", f"pd={case['t1']}", "--model", tiny_model,
+            "--output", seg)
+    assert r.returncode == 2
+    assert "flair=PATH t1=PATH t1ce=PATH t2=PATH" in r.stderr
+    assert not seg.exists() and not list(tmp_path.iterdir())
+
+
+def test_mismatched_grid_and_foreign_model_are_refused(tmp_path, tiny_model, case):
+    img = read_image(case["t1"])
+    g = img.geometry
+    shifted = Geometry(g.shape_zyx, g.spacing, (g.origin[0] + 7.0, g.origin[1], g.origin[2]), g.direction)
+    moved = write_image(tmp_path / "t1_moved.nii.gz", img.array_zyx, shifted)
+    seg = tmp_path / "seg.nii.gz"
+    r = cli("segment", "--input", f"flair={case['flair']}", "--input", f"t1={moved}", "--input", f"t1ce={case['t1ce']}",
+            "--input", f"t2={case['t2']}", "--model", tiny_model, "--output", seg)
+    assert r.returncode == 2 and "origin" in r.stderr and not seg.exists()
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    r = cli("segment", *_inputs(case), "--model", foreign, "--output", seg)
+    assert r.returncode == 2 and "not a CGC Lesion Seg model" in r.stderr and not seg.exists()
+
+
+def test_cohort_mode_skips_done_cases_and_survives_a_bad_case(tmp_path, tiny_model):
+    cohort = tmp_path / "cohort"
+    make_cohort(cohort, 2, seed=10, shape_xyz=(40, 40, 24), spacing_xyz=(1.5, 1.5, 1.5))
+    bad = cohort / "zz_broken"
+    bad.mkdir()
+    for m in MODS:
+        (bad / f"zz_broken_{m}.nii.gz").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    r = cli("segment", "--cases", cohort, "--output-dir", out, "--model", tiny_model, "--progress", "none")
+    assert r.returncode == 1  # one case failed, the others were segmented
+    assert "2 segmented, 0 skipped" in r.stderr and "1 failed" in r.stderr and "zz_broken" in r.stderr
+    done = sorted(p.name for p in out.glob("*.nii.gz"))
+    assert done == ["phantom_000.nii.gz", "phantom_000_probability.nii.gz", "phantom_001.nii.gz",
+                    "phantom_001_probability.nii.gz"]
+    shutil.rmtree(bad)
+    before = (out / "phantom_000.nii.gz").stat().st_mtime_ns
+    r = cli("segment", "--cases", cohort, "--output-dir", out, "--model", tiny_model, "--progress", "none")
+    assert r.returncode == 0 and "0 segmented, 2 skipped" in r.stderr
+    assert (out / "phantom_000.nii.gz").stat().st_mtime_ns == before
