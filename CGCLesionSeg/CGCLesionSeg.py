@@ -14,10 +14,7 @@ nodes only, so it runs under the ``slicer-core`` wheel in CI as it does inside S
 
 Research use only, not for clinical diagnosis.
 """
-from __future__ import annotations
-
 import json
-import logging
 import os
 import pathlib
 import shutil
@@ -157,12 +154,13 @@ class CGCLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic: Optional[CGCLesionSegLogic] = None
+        self.logic: "Optional[CGCLesionSegLogic]" = None
         self._parameterNode: Optional[CGCLesionSegParameterNode] = None
         self._parameterNodeGuiTag = None
-        self._job: Optional[ChildJob] = None
+        self._job: "Optional[ChildJob]" = None
         self._previewTimer = None
         self._pollTimer = None
+        self._lastPreviewKey = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -197,7 +195,7 @@ class CGCLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         if self._job is not None:
-            self._job.cancel()
+            self._job.process.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -233,11 +231,44 @@ class CGCLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self.updateButtons()
 
+    def _previewKey(self) -> tuple:
+        """What the GMM preview depends on; a refit is scheduled only when this changes."""
+        p = self._parameterNode
+        volumes = tuple((name, node.GetID()) for name, node in self.logic.inputVolumesByName(p).items())
+        return (volumes, p.maskVolume.GetID() if p.maskVolume else None, p.modality, p.gmmChannels,
+                p.numberOfClusters, p.numberOfForegroundClusters, p.foregroundComponents)
+
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         self.updateButtons()
         p = self._parameterNode
-        if p and p.autoUpdatePreview and p.probabilityVolume and self._job is None:
+        # Writing the preview's output nodes modifies the parameter node too: compare keys, not events.
+        if (p and p.autoUpdatePreview and p.probabilityVolume and self._job is None
+                and self._lastPreviewKey is not None and self._previewKey() != self._lastPreviewKey):
             self._previewTimer.start()
+
+    def ensurePythonDependencies(self, needTorch: bool) -> bool:
+        """Offer to install what the core needs into Slicer's Python (GUI only; the Logic never asks)."""
+        import importlib.util
+        missing = [name for name in ("scipy", "tqdm") if importlib.util.find_spec(name) is None]
+        if missing:
+            if not slicer.util.confirmOkCancelDisplay(
+                    f"CGC Lesion Seg needs the Python package(s) {', '.join(missing)}. Install them now?"):
+                return False
+            with slicer.util.WaitCursor():
+                slicer.util.pip_install(" ".join(missing))
+        if needTorch and importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils  # the PyTorch extension picks the build that matches the GPU driver
+            except ImportError:
+                if not slicer.util.confirmOkCancelDisplay("PyTorch is needed. Install it now with pip "
+                                                          "(CPU/GPU build chosen by pip)?"):
+                    return False
+                with slicer.util.WaitCursor():
+                    slicer.util.pip_install("torch")
+            else:
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+                    return False
+        return True
 
     def updateButtons(self) -> None:
         p = self._parameterNode
@@ -257,6 +288,9 @@ class CGCLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPreview(self) -> None:
         p = self._parameterNode
+        if not self.ensurePythonDependencies(needTorch=False):
+            return
+        self._lastPreviewKey = self._previewKey()
         with slicer.util.tryWithErrorDisplay("GMM preview failed.", waitCursor=True):
             volumes = self.logic.inputVolumesByName(p)
             config = self.logic.gmmConfigFromParameters(p)
@@ -270,18 +304,22 @@ class CGCLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegment(self) -> None:
         p = self._parameterNode
+        if not self.ensurePythonDependencies(needTorch=True):
+            return
         with slicer.util.tryWithErrorDisplay("Could not start segmentation.", waitCursor=True):
-            job = self.logic.prepareSegmentJob(self.logic.inputVolumesByName(p), maskNode=p.maskVolume,
+            job = self.logic.prepareSegmentJob(self.logic.namedInputs(p), maskNode=p.maskVolume,
                                                modelPath=_pathOrNone(p.modelPath), threshold=p.threshold,
                                                device=p.device)
             self._startJob(job, "Segmenting")
 
     def onTrain(self) -> None:
         p = self._parameterNode
+        if not self.ensurePythonDependencies(needTorch=True):
+            return
         with slicer.util.tryWithErrorDisplay("Could not start training."):
             command = self.logic.buildTrainCommand(
                 _pathOrNone(p.trainingCasesFolder), _pathOrNone(p.trainingOutputFolder),
-                modalities=list(self.logic.inputVolumesByName(p).keys()) or list(MODALITIES),
+                modalities=list(self.logic.namedInputs(p).keys()) or list(MODALITIES),
                 epochs=p.trainingEpochs, maxMinutes=p.trainingMaxMinutes or None, device=p.device)
             self._startJob(ChildJob(command=command, env=self.logic.childEnvironment(), kind="train"), "Training")
 
@@ -320,7 +358,7 @@ class CGCLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif job.kind == "segment":
                 p = self._parameterNode
                 segmentation = self.logic.finishSegmentJob(job, segmentationNode=p.outputSegmentation,
-                                                           probabilityNode=p.probabilityVolume)
+                                                           loadProbability=True)
                 p.outputSegmentation = segmentation
                 self.log("Segmentation done.")
             else:
@@ -801,6 +839,13 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
                 out[name] = node
         return out
 
+    def namedInputs(self, parameterNode) -> dict:
+        """Inputs named as models and the CLI expect them: the first slot is ``ct`` for CT."""
+        volumes = self.inputVolumesByName(parameterNode)
+        if parameterNode.modality == "ct" and "flair" in volumes:
+            volumes = {("ct" if name == "flair" else name): node for name, node in volumes.items()}
+        return volumes
+
     @staticmethod
     def gmmConfigFromParameters(parameterNode):
         """The core's GMMConfig from the GUI settings.
@@ -1022,20 +1067,25 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
                         referenceVolumeNode.GetName(), os.path.basename(path))
         return array
 
-    def finishSegmentJob(self, job: ChildJob, segmentationNode=None, probabilityNode=None):
-        """Load a finished job's output into a segmentation node (and P into ``probabilityNode`` if given).
+    def finishSegmentJob(self, job: ChildJob, segmentationNode=None, probabilityNode=None,
+                         loadProbability: bool = False):
+        """Load a finished job's output into a segmentation node.
 
-        Everything is read and checked before the scene is modified.
+        The network's probability map goes into ``probabilityNode`` when given, or into a new
+        "CGC probability" volume with ``loadProbability``. Everything is read and checked before the
+        scene is modified.
         """
         if not job.outputPath or not os.path.isfile(job.outputPath):
             raise ValueError("The segmentation process wrote no output file.")
         mask = self._readArrayOnGrid(job.outputPath, job.referenceVolumeNode, labelmap=True)
         probability = None
-        if probabilityNode is not None and job.probabilityOutputPath and os.path.isfile(job.probabilityOutputPath):
+        wanted = probabilityNode is not None or loadProbability
+        if wanted and job.probabilityOutputPath and os.path.isfile(job.probabilityOutputPath):
             probability = self._readArrayOnGrid(job.probabilityOutputPath, job.referenceVolumeNode, labelmap=False)
         segmentationNode = self.arrayToSegmentation(mask, job.referenceVolumeNode, segmentationNode, job.segmentName)
         if probability is not None:
-            self.arrayToVolume(probability.astype(np.float32), job.referenceVolumeNode, probabilityNode)
+            self.arrayToVolume(probability.astype(np.float32), job.referenceVolumeNode, probabilityNode,
+                               name="CGC probability")
         return segmentationNode
 
     @staticmethod
@@ -1055,17 +1105,17 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
         return code
 
     def segment(self, inputVolumes, maskNode=None, modelPath: Optional[str] = None, threshold: Optional[float] = None,
-                device: str = "auto", segmentationNode=None, probabilityNode=None, onProgress=None, onLog=None,
-                shouldStop=None):
+                device: str = "auto", segmentationNode=None, probabilityNode=None, loadProbability: bool = False,
+                onProgress=None, onLog=None, shouldStop=None):
         """Network segmentation in a child process, blocking (scripts, tests). Returns the segmentation node.
 
         On failure or cancel the scene is unchanged and the temporary files are removed.
         """
         job = self.prepareSegmentJob(inputVolumes, maskNode, modelPath, threshold, device,
-                                     withProbability=probabilityNode is not None)
+                                     withProbability=probabilityNode is not None or loadProbability)
         try:
             self.runJob(job, onProgress, onLog, shouldStop)
-            return self.finishSegmentJob(job, segmentationNode, probabilityNode)
+            return self.finishSegmentJob(job, segmentationNode, probabilityNode, loadProbability)
         finally:
             self.cleanupJob(job)
 

@@ -207,6 +207,14 @@ def test_segment_end_to_end_reads_result_into_scene(logic, scene, tiny_model):
     np.testing.assert_allclose(logic.ijkToRasArray(probability), logic.ijkToRasArray(flair))
     segment = seg.GetSegmentation().GetSegment(seg.GetSegmentation().GetSegmentIdBySegmentName("Lesion"))
     assert segment is not None
+    # Into the same segmentation again, with a new "CGC probability" volume this time.
+    n_volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    again = logic.segment({"flair": flair}, modelPath=tiny_model, device="cpu", segmentationNode=seg,
+                          loadProbability=True)
+    assert again is seg and seg.GetSegmentation().GetNumberOfSegments() == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes + 1
+    created = scene.GetFirstNodeByName("CGC probability")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(created), p)
 
 
 def test_failed_segment_leaves_scene_unchanged(logic, scene, tmp_path, tiny_model):

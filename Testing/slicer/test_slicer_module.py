@@ -34,6 +34,9 @@ def test_parameter_node_lives_in_the_scene(scene, logic):
     assert scene.GetSingletonNode("CGCLesionSeg", "vtkMRMLScriptedModuleNode") is params.parameterNode
     assert again.flairVolume is volume and again.numberOfClusters == 6
     assert logic.inputVolumesByName(again) == {"flair": volume}
+    assert logic.namedInputs(again) == {"flair": volume}
+    again.modality = "ct"  # the first slot holds the CT: models and the CLI call it "ct"
+    assert logic.namedInputs(again) == {"ct": volume}
     with pytest.raises(ValueError):
         params.threshold = 1.5
 
