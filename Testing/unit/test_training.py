@@ -75,7 +75,7 @@ def test_one_optimisation_step_lowers_the_loss():
     for _ in range(2):
         opt.zero_grad()
         total, terms = cgc_loss(net(x), prob, LossConfig(), cfg.patch_size_zyx)
-        losses.append(float(total))
+        losses.append(float(total.detach()))
         total.backward()
         opt.step()
     assert terms["fg"] > 0 and terms["cg"] > 0
