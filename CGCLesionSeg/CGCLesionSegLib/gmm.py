@@ -770,69 +770,99 @@ class GMMResult:
                 "mask_voxels": int(self.mask.sum()), "warnings": list(self.warnings)}
 
 
+@dataclass
+class _Fit:
+    """One fitted model of a session and what it yields on every mask voxel."""
+
+    model: ForegroundGMM
+    comp: np.ndarray          # (K, n) float32 posteriors
+    labels: np.ndarray        # (z, y, x) uint8 arg-max labels 1..K, 0 outside the mask
+    comp_means: np.ndarray    # (K,) posterior-weighted reference mean in input units
+
+
 class ProbabilityMapSession:
     """Keeps the work of one case between GMM runs (for the GUI's live preview).
 
     ``channels_zyx`` and ``mask_zyx`` are fixed for the session; :meth:`run` takes a
     :class:`GMMConfig` and only redoes what changed: normalisation when channel/mask settings
-    change, EM when K/covariance/seed/subsample change, and just the foreground sum otherwise.
+    change, EM when K/covariance/seed/subsample change (the last ``max_cached_fits`` fits are kept,
+    so going back to a previous K is instant), and just the foreground sum otherwise.
     """
 
     def __init__(self, channels_zyx: Sequence[np.ndarray], mask_zyx: Optional[np.ndarray] = None,
-                 names: Optional[Sequence[str]] = None, spacing_xyz: Optional[Sequence[float]] = None) -> None:
+                 names: Optional[Sequence[str]] = None, spacing_xyz: Optional[Sequence[float]] = None,
+                 max_cached_fits: int = 3) -> None:
         self._channels = list(channels_zyx)
         self._mask = mask_zyx
         self._names = names
         self._spacing = spacing_xyz
+        self.max_cached_fits = max(1, int(max_cached_fits))
         self.prepared: Optional[PreparedData] = None
-        self._fit_key: Optional[tuple] = None
-        self._model: Optional[ForegroundGMM] = None
-        self._comp: Optional[np.ndarray] = None  # (K, n) posteriors of all mask voxels
-        self._labels: Optional[np.ndarray] = None
-        self._comp_means: Optional[np.ndarray] = None
+        self._fits: "dict[tuple, _Fit]" = {}  # insertion order = least recently used first
+
+    def clear_fits(self) -> None:
+        """Forget the fitted models (the prepared voxels stay); the next run refits."""
+        self._fits.clear()
+
+    @staticmethod
+    def _fit_key(config: GMMConfig) -> tuple:
+        return (config.n_clusters, config.covariance_type, config.seed, config.subsample, config.max_iter,
+                config.tol, config.reg_covar, config.init)
+
+    def _fit(self, config: GMMConfig, progress, should_stop) -> _Fit:
+        key = self._fit_key(config)
+        if key in self._fits:
+            self._fits[key] = self._fits.pop(key)  # mark as most recently used
+            return self._fits[key]
+        prep = self.prepared
+        call_progress(progress, 0.3, f"fitting {config.n_clusters} Gaussian components")
+        samples = prep.fit_samples_t(config.subsample, config.seed)
+        model = ForegroundGMM.from_config(config)._fit_t(samples, should_stop=should_stop)
+        check_stop(should_stop)
+        call_progress(progress, 0.7, "posterior of every mask voxel")
+        comp = model._component_proba_t(prep.features_t, should_stop)  # (K, n)
+        labels = prep.to_volume(_argmax0(comp) + 1, np.uint8)
+        # Component means in input units (HU for CT): posterior-weighted raw reference values.
+        w = comp.sum(axis=1, dtype=np.float64)
+        comp_means = (comp @ prep.reference_raw).astype(np.float64) / np.maximum(w, 1e-12)
+        fit = _Fit(model, comp, labels, comp_means)
+        self._fits[key] = fit
+        while len(self._fits) > self.max_cached_fits:
+            self._fits.pop(next(iter(self._fits)))
+        return fit
 
     def run(self, config: GMMConfig, progress: Optional[ProgressCallback] = None,
             should_stop: Optional[StopCallback] = None) -> GMMResult:
+        """P for ``config``; see the class docstring for what is reused."""
+        import copy
         import time
         t0 = time.perf_counter()
         if self.prepared is None or self.prepared.key != _prep_key(config):
             self.prepared = prepare_data(self._channels, self._mask, config, self._names, self._spacing,
                                          progress=_sub(progress, 0.0, 0.3), should_stop=should_stop)
-            self._fit_key = None
+            self._fits.clear()
         prep = self.prepared
-        fit_key = (config.n_clusters, config.covariance_type, config.seed, config.subsample, config.max_iter,
-                   config.tol, config.reg_covar, config.init)
-        if self._fit_key != fit_key:
-            call_progress(progress, 0.3, f"fitting {config.n_clusters} Gaussian components")
-            samples = prep.fit_samples_t(config.subsample, config.seed)
-            model = ForegroundGMM.from_config(config)._fit_t(samples, should_stop=should_stop)
-            check_stop(should_stop)
-            call_progress(progress, 0.7, "posterior of every mask voxel")
-            comp = model._component_proba_t(prep.features_t, should_stop)  # (K, n)
-            self._labels = prep.to_volume(_argmax0(comp) + 1, np.uint8)
-            # Component means in input units (HU for CT): posterior-weighted raw reference values.
-            w = comp.sum(axis=1, dtype=np.float64)
-            self._comp_means = (comp @ prep.reference_raw).astype(np.float64) / np.maximum(w, 1e-12)
-            self._model, self._comp, self._fit_key = model, comp, fit_key
-        model, comp = self._model, self._comp
+        fit = self._fit(config, progress, should_stop)
+        comp = fit.comp
         warnings: list[str] = []
         rule = config.effective_foreground_rule
         if rule == "explicit":
-            fg = select_foreground(self._comp_means, components=config.foreground_components)
+            fg = select_foreground(fit.comp_means, components=config.foreground_components)
         elif rule == "hu_range":
-            fg = select_foreground(self._comp_means, value_range=tuple(config.ct_foreground_hu))
+            fg = select_foreground(fit.comp_means, value_range=tuple(config.ct_foreground_hu))
             if not fg:
                 warnings.append(f"no component has a mean in the range {config.ct_foreground_hu} "
-                                f"(means: {', '.join(f'{m:.0f}' for m in self._comp_means)}); P is 0. "
+                                f"(means: {', '.join(f'{m:.0f}' for m in fit.comp_means)}); P is 0. "
                                 "Pick components explicitly or change the range")
         elif rule == "outlier":
-            fg = select_foreground(model.means_[:, 0], value_range=(float(config.outlier_z), np.inf))
+            fg = select_foreground(fit.model.means_[:, 0], value_range=(float(config.outlier_z), np.inf))
             if not fg:
                 fg = (config.n_clusters - 1,)
                 warnings.append(f"no component is {config.outlier_z} SD above the brain average; "
                                 "the brightest one is used")
         else:
-            fg = select_foreground(model.means_[:, 0], n_foreground=config.n_foreground)
+            fg = select_foreground(fit.model.means_[:, 0], n_foreground=config.n_foreground)
+        model = copy.copy(fit.model)  # shallow: shares the arrays, own foreground_components_
         model.foreground_components_ = tuple(fg)
         p = np.zeros(comp.shape[1], np.float32)
         for j in fg:
@@ -840,8 +870,8 @@ class ProbabilityMapSession:
         np.clip(p, 0.0, 1.0, out=p)
         probability = prep.to_volume(p, np.float32)
         call_progress(progress, 1.0, "P ready")
-        return GMMResult(probability=probability, mask=prep.mask, labels=self._labels, model=model,
-                         foreground_components=tuple(fg), component_means=self._comp_means.copy(),
+        return GMMResult(probability=probability, mask=prep.mask.copy(), labels=fit.labels.copy(), model=model,
+                         foreground_components=tuple(fg), component_means=fit.comp_means.copy(),
                          config=config, elapsed_s=time.perf_counter() - t0, warnings=tuple(warnings))
 
 

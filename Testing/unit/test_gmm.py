@@ -274,16 +274,25 @@ def test_explicit_and_outlier_rules_in_pipeline():
 
 def test_session_reuses_work():
     flair, t2, mask, lesion = phantom()
-    s = ProbabilityMapSession([flair, t2], None)
+    s = ProbabilityMapSession([flair, t2], None, max_cached_fits=2)
     r1 = s.run(GMMConfig(n_clusters=3))
-    prepared, model = s.prepared, r1.model
+    prepared, means = s.prepared, r1.model.means_
     r2 = s.run(GMMConfig(n_clusters=3, foreground_components=(1, 2)))
-    assert s.prepared is prepared and r2.model is model  # no new normalisation, no refit
+    assert s.prepared is prepared and r2.model.means_ is means  # no new normalisation, no refit
+    assert r1.model.foreground_components_ == (2,) and r2.model.foreground_components_ == (1, 2)
     assert np.all(r2.probability >= r1.probability - 1e-6)
     r3 = s.run(GMMConfig(n_clusters=4))
-    assert s.prepared is prepared and r3.model is not model and r3.model.means_.shape[0] == 4
+    assert s.prepared is prepared and r3.model.means_.shape[0] == 4
+    assert s.run(GMMConfig(n_clusters=3)).model.means_ is means   # back to K=3: cached fit
+    s.run(GMMConfig(n_clusters=5))
+    s.run(GMMConfig(n_clusters=6))                                  # evicts K=3 (cache of 2)
+    assert s.run(GMMConfig(n_clusters=3)).model.means_ is not means
+    r1.labels[:] = 0                                                # results are copies
+    assert s.run(GMMConfig(n_clusters=3)).labels.max() == 3
     s.run(GMMConfig(n_clusters=4, channels=None))
     assert s.prepared is not prepared
+    s.clear_fits()
+    assert s.run(GMMConfig(n_clusters=4, channels=None)).model.means_.shape == (4, 2)
 
 
 def test_subsample_is_seeded_and_used():
