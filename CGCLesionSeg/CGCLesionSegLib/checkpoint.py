@@ -106,6 +106,16 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, net_config:
     return save_checkpoint_dict(path, ckpt)
 
 
+def make_checkpoint_for_inference(model: CGCNet, path: str | os.PathLike, channels: Sequence[str],
+                                  preprocessing: Optional[dict] = None) -> Path:
+    """Save a bare inference checkpoint of ``model`` (its own ``config``; default preprocessing, no
+    optimizer) — for benchmarks and tests that need a model file without training one."""
+    from .preprocess import NormalizationConfig
+    pre = {"normalization": config_to_dict(NormalizationConfig()), "gmm": None, "spacing_xyz": None}
+    pre.update(preprocessing or {})
+    return save_checkpoint(path, model, _unwrap(model).config, channels, pre)
+
+
 def save_checkpoint_dict(path: str | os.PathLike, ckpt: dict) -> Path:
     """Atomic write of an already built checkpoint dict."""
     path = Path(path)

@@ -65,6 +65,13 @@ def test_ddp_like_wrapper_is_unwrapped(tmp_path):
     load_checkpoint(tmp_path / "w.pt")
 
 
+def test_inference_only_checkpoint(tmp_path):
+    from CGCLesionSegLib.checkpoint import make_checkpoint_for_inference
+    path = make_checkpoint_for_inference(CGCNet(CFG), tmp_path / "m.pt", ["flair", "t2"])
+    model, info = load_checkpoint(path)
+    assert info.net_config == CFG and info.step == 0 and "normalization" in info.preprocessing
+
+
 def test_channel_count_must_match_network(tmp_path):
     with pytest.raises(ValueError, match="channel"):
         save_checkpoint(tmp_path / "x.pt", CGCNet(CFG), CFG, ["flair"], PRE)
