@@ -27,7 +27,7 @@ lesion = label > 0). What it models, and why:
   voxel outside the brain mask is exactly 0, every voxel inside is > 0.
 
 The default size, 128×128×80 voxels (x×y×z) at 1.5 mm isotropic (192×192×120 mm), takes about
-2–3 s to generate on 2 CPU cores with ``oversample=2``, and keeps the GMM stage of the demo fast.
+3–4 s to generate on 2 CPU cores with ``oversample=2``, and keeps the GMM stage of the demo fast.
 The result is deterministic for a given ``seed`` and parameter set.
 
 Arrays are ``(z, y, x)``. The geometry has identity direction in LPS: array x runs from the patient's
@@ -66,7 +66,7 @@ TISSUE_INTENSITIES: dict[str, dict[str, float]] = {
     "flair": dict(csf=150., gm=620., deep_gm=570., wm=480., necrosis=700., enhancing=1000., oedema=1050.),
     "t1":    dict(csf=250., gm=560., deep_gm=630., wm=760., necrosis=230., enhancing=420., oedema=470.),
     "t1ce":  dict(csf=260., gm=580., deep_gm=650., wm=770., necrosis=250., enhancing=1250., oedema=490.),
-    "t2":    dict(csf=1500., gm=780., deep_gm=720., wm=600., necrosis=1350., enhancing=950., oedema=1150.),
+    "t2":    dict(csf=1500., gm=780., deep_gm=720., wm=600., necrosis=1350., enhancing=950., oedema=1250.),
 }
 
 
@@ -265,7 +265,7 @@ def _render_healthy(rng: np.random.Generator, pz: np.ndarray, py: np.ndarray, px
     wob_noise = _SmoothNoise(rng, box_lo, box_hi, 50.0)
     wob = 2.0 * wob_noise.grid(pz, py, np.zeros(1))               # (Z, Y, 1)
     s = an.scale
-    yc, zc, vy, vz = 4.0 * s, -8.0 * s, 30.0 * s, 14.0 * s     # ventricle arc: centre and semi-axes
+    yc, zc, vy, vz = 4.0 * s, -13.0 * s, 30.0 * s, 16.0 * s    # ventricle arc: centre and semi-axes
     core = (((Y - yc) / (vy + 10.0 * s)) ** 2 + ((Z - zc + 4.0 * s) / (vz + 12.0 * s)) ** 2) < 1.0
     mid = np.abs(X - wob)
     fissure_csf = icv & (mid < 0.9) & ~core
@@ -304,6 +304,9 @@ def _render_healthy(rng: np.random.Generator, pz: np.ndarray, py: np.ndarray, px
         xc = side * (half_x + 1.2 * s)               # septum pellucidum between the two
         ev = ((X - xc) / np.maximum(half_x, 1e-3)) ** 2 + (rho / np.maximum(half_r, 1e-3)) ** 2
         labels[(ev < 1.0) & icv] = _CSF
+    # Third ventricle: a thin midline slit between the thalami.
+    third = (np.abs(X) < 1.5 * s) & ((((Y - 5.0 * s) / (12.0 * s)) ** 2 + ((Z + 14.0 * s) / (7.0 * s)) ** 2) < 1.0)
+    labels[third & icv] = _CSF
     return labels, depth
 
 

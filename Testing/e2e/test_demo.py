@@ -56,7 +56,7 @@ def test_demo_on_the_phantom(tmp_path):
     seg = read_image(out / "segmentation.nii.gz", dtype=None).array_zyx
     truth = read_image(case / "phantom_seg.nii.gz", dtype=None).array_zyx > 0
     assert dice(seg, truth) == pytest.approx(ev["dice"], abs=1e-4)
-    # The GMM stage overlaps the lesion: measured 0.82 for seed 0 (0.62-0.87 over seeds 0-5).
+    # The GMM stage overlaps the lesion: measured 0.81 for seed 0 (0.53-0.92 over seeds 0-5).
     gmm = (read_image(out / "gmm_probability.nii.gz").array_zyx >= 0.5)
     assert dice(gmm, truth) == pytest.approx(ev["gmm_dice"], abs=1e-4)
     assert ev["gmm_dice"] > 0.6

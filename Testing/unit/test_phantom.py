@@ -138,9 +138,11 @@ def test_labels_are_brats_and_nested(phantom):
     grown = ndimage.binary_dilation(core)
     assert (whole[grown]).mean() > 0.97, "tumour core is not enclosed by oedema"
     assert not (whole & (phantom.brain_mask == 0)).any(), "lesion outside the brain"
-    # One connected lesion for n_lesions=1 (oedema islands are removed).
-    _, n = ndimage.label(whole, structure=np.ones((3, 3, 3)))
-    assert n == 1
+    # One lesion for n_lesions=1: oedema islands are removed on the fine grid, so at most a sliver
+    # cut off by voxelisation lies outside the main component.
+    comp, n = ndimage.label(whole, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(comp.ravel())[1:]
+    assert sizes.max() >= 0.97 * sizes.sum(), f"lesion split into components of {sorted(sizes)[::-1]} voxels"
 
 
 def test_several_lesions():
