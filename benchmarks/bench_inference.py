@@ -55,8 +55,12 @@ def main(argv=None) -> int:
     model_note = "shipped 4-channel model"
     if model_path is None:
         # Speed does not depend on the weights: a randomly initialised default network is measured.
-        from CGCLesionSegLib.checkpoint import make_checkpoint_for_inference
-        model_path = make_checkpoint_for_inference(CGCNet(NetConfig(in_channels=4)), tmp / "random.pt", channels=mods)
+        from CGCLesionSegLib.config import config_to_dict
+        from CGCLesionSegLib.preprocess import NormalizationConfig
+        net_cfg = NetConfig(in_channels=4)
+        model_path = save_checkpoint(tmp / "random.pt", CGCNet(net_cfg), net_cfg, mods,
+                                     {"normalization": config_to_dict(NormalizationConfig()), "gmm": None,
+                                      "spacing_xyz": [1.5, 1.5, 1.5]})
         model_note = "default NetConfig, random weights"
     device = torch.device(args.device)
     model, info = load_checkpoint(model_path, device=str(device))

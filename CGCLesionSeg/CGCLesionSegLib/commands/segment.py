@@ -108,20 +108,36 @@ def _segment_one(args) -> int:
     if model_path and not Path(model_path).is_file():
         raise FileNotFoundError(f"--model file not found: {model_path}")
     extra = {}
+    adapt_dir = None
     if args.adapt:
+        import tempfile
         from ..adapt import AdaptConfig, adapt_to_case
         t = time.perf_counter()
-        model_path = adapt_to_case(channels, geometry, names, mask, base_model=model_path,
-                                   config=AdaptConfig(minutes=args.adapt_minutes, steps=args.adapt_steps,
-                                                      device=args.device),
-                                   workdir=Path(args.output).parent, progress_mode=args.progress)
-        extra["adapted"] = {"base_model": args.model, "seconds": round(time.perf_counter() - t, 1)}
+        adapt_dir = Path(tempfile.mkdtemp(prefix="cgc-adapt-"))
+        model_path = adapt_to_case(pairs, args.mask, model_path,
+                                   AdaptConfig(minutes=args.adapt_minutes, steps=args.adapt_steps, device=args.device),
+                                   run_dir=adapt_dir / "run", progress=args.progress)
+        extra["adapted"] = {"base_model": args.model or "shipped default (or from scratch when none fits)",
+                            "minutes": args.adapt_minutes, "steps": args.adapt_steps,
+                            "seconds": round(time.perf_counter() - t, 1)}
     reporter = _reporter(args, "segment")
     try:
         result = segment_case(channels, geometry, names, model_path, mask, _inference_config(args),
                               progress=reporter, compute_gmm=bool(args.gmm_output))
+    except BaseException:
+        if adapt_dir is not None:
+            import shutil
+            shutil.rmtree(adapt_dir, ignore_errors=True)
+        raise
     finally:
         reporter.close()
+    if adapt_dir is not None:
+        # Keep the adapted model beside the output (the sidecar's model hash refers to it).
+        import shutil
+        kept = Path(str(args.output) + ".adapted.pt")
+        shutil.move(str(model_path), kept)
+        shutil.rmtree(adapt_dir, ignore_errors=True)
+        result.model_path = kept
     inputs = {n or f"input{i + 1}": str(p) for i, (n, p) in enumerate(pairs)}
     written = _write_outputs(result, geometry, inputs, args, Path(args.output), args.probability_output,
                              args.gmm_output, extra)
