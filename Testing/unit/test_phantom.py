@@ -208,6 +208,11 @@ def test_make_cohort_writes_brats_layout(tmp_path):
     a = read_image(dirs[0] / "phantom_000_flair.nii.gz").array_zyx
     b = read_image(dirs[1] / "phantom_001_flair.nii.gz").array_zyx
     assert not np.array_equal(a, b)
+    # The training package reads it as a cohort (labels are never used there).
+    from CGCTraining.data import discover_cases
+    found = discover_cases(tmp_path, list(MODALITIES))
+    assert [c.name for c in found] == ["phantom_000", "phantom_001"]
+    assert found[0].images["t1ce"].endswith("phantom_000_t1ce.nii.gz")
 
 
 @pytest.mark.parametrize("kwargs", [dict(shape_xyz=(4, 64, 64)), dict(spacing_xyz=(1, 0, 1)), dict(snr=0),
