@@ -169,11 +169,21 @@ def _axis_positions(n: int, spacing: float, oversample: int) -> np.ndarray:
 
 
 def _block_mean(a: np.ndarray, o: int) -> np.ndarray:
-    """Average ``o × o × o`` blocks: fine ``(Z*o, Y*o, X*o)`` → ``(Z, Y, X)`` float32."""
+    """Average ``o × o × o`` blocks: fine ``(Z*o, Y*o, X*o)`` → ``(Z, Y, X)`` float32.
+
+    Summed axis by axis with strided slices (much faster than a mean over a 6-D reshape); booleans
+    are summed as uint8 (at most 64 per block).
+    """
     if o == 1:
         return a.astype(np.float32)
-    z, y, x = (s // o for s in a.shape)
-    return a.reshape(z, o, y, o, x, o).mean(axis=(1, 3, 5), dtype=np.float32)
+    acc = a.view(np.uint8) if a.dtype == np.bool_ else a.astype(np.float32, copy=False)
+    for axis in (2, 1, 0):
+        parts = [acc[(slice(None),) * axis + (slice(k, None, o),)] for k in range(o)]
+        total = parts[0].copy()
+        for part in parts[1:]:
+            total += part
+        acc = total
+    return acc.astype(np.float32) / np.float32(o ** 3)
 
 
 @dataclass(frozen=True)

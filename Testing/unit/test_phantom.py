@@ -225,3 +225,37 @@ def test_bad_arguments_raise_value_error(kwargs):
 def test_bad_case_name(tmp_path, phantom):
     with pytest.raises(ValueError):
         save_phantom(phantom, tmp_path, "../escape")
+
+
+def test_block_mean_matches_reshape_reference():
+    from CGCLesionSegLib.phantom import _block_mean
+    rng = np.random.default_rng(0)
+    for o in (1, 2, 3):
+        shape = (5 * o, 3 * o, 4 * o)
+        for a in (rng.random(shape) > 0.4, rng.random(shape).astype(np.float32)):
+            ref = a.reshape(5, o, 3, o, 4, o).mean(axis=(1, 3, 5))
+            assert np.allclose(_block_mean(a, o), ref, atol=1e-6)
+
+
+def test_smooth_noise_matches_direct_bspline_sum():
+    from CGCLesionSegLib.phantom import _bspline3, _SmoothNoise
+    rng = np.random.default_rng(1)
+    noise = _SmoothNoise(rng, (-10.0, -8.0, -6.0), (10.0, 8.0, 6.0), wavelength_mm=7.0)
+    pz, py, px = rng.uniform(-10, 10, 2), rng.uniform(-8, 8, 2), rng.uniform(-6, 6, 3)
+    fast = noise.grid(pz, py, px)
+    nodes = [noise.start[a] + noise.h * np.arange(noise.coef.shape[a]) for a in range(3)]
+    for i, z in enumerate(pz):
+        for j, y in enumerate(py):
+            for k, x in enumerate(px):
+                total = 0.0
+                for a, nz in enumerate(nodes[0]):
+                    for b, ny in enumerate(nodes[1]):
+                        for c, nx in enumerate(nodes[2]):
+                            w = (_bspline3(np.array([(z - nz) / noise.h]))[0] * _bspline3(np.array([(y - ny) / noise.h]))[0]
+                                 * _bspline3(np.array([(x - nx) / noise.h]))[0])
+                            total += w * noise.coef[a, b, c]
+                assert fast[i, j, k] == pytest.approx(total * noise.scale, rel=1e-4, abs=1e-5)
+    # Unit variance over a large grid.
+    big = _SmoothNoise(np.random.default_rng(2), (-60.0,) * 3, (60.0,) * 3, 8.0)
+    p = np.arange(-50.0, 50.0, 1.0)
+    assert big.grid(p, p, p).std() == pytest.approx(1.0, abs=0.15)
