@@ -121,3 +121,36 @@ def test_demo_on_a_real_case(brats_case, tmp_path):
     # Measured 0.32 on BraTS2021_00000 with the default GMM settings (the cortex ribbon is bright in
     # FLAIR too); the bound only checks that P overlaps the tumour at all.
     assert ev["gmm_dice"] > 0.2, f"GMM P does not overlap the tumour of {name}: Dice {ev['gmm_dice']}"
+
+
+def test_demo_runs_a_flair_only_model_on_the_four_channel_phantom(tmp_path):
+    torch = pytest.importorskip("torch")
+    from CGCLesionSegLib.checkpoint import save_checkpoint
+    from CGCLesionSegLib.network import CGCNet, NetConfig
+    torch.manual_seed(0)
+    config = NetConfig(in_channels=1, widths=(4, 8, 8, 8), blocks=(0, 0, 0, 1), decoder_width=4)
+    model = save_checkpoint(tmp_path / "flair.pt", CGCNet(config), config, ["flair"], {})
+    out = tmp_path / "demo"
+    proc = _cgcseg("demo", "--output-dir", str(out), "--model", str(model), "--device", "cpu", "--progress", "none",
+                   "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    side = json.loads((out / "segmentation.nii.gz.json").read_text())
+    assert side["stage"] == "cgc" and "flair.pt" in side["stage_note"]
+
+
+def test_demo_falls_back_to_a_shipped_flair_only_model(tmp_path, monkeypatch, capsys):
+    """Only a FLAIR-only default model installed: the four-channel phantom still gets the CGC stage."""
+    torch = pytest.importorskip("torch")
+    from CGCLesionSegLib import cli, default_models
+    from CGCLesionSegLib.checkpoint import save_checkpoint
+    from CGCLesionSegLib.network import CGCNet, NetConfig
+    torch.manual_seed(0)
+    config = NetConfig(in_channels=1, widths=(4, 8, 8, 8), blocks=(0, 0, 0, 1), decoder_width=4)
+    models = tmp_path / "models"
+    save_checkpoint(models / "cgc_flair.pt", CGCNet(config), config, ["flair"], {})
+    monkeypatch.setattr(default_models, "MODELS_DIR", models)
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--output-dir", str(out), "--device", "cpu", "--progress", "none"]) == 0
+    side = json.loads((out / "segmentation.nii.gz.json").read_text())
+    assert side["stage"] == "cgc" and side["model"]["path"].endswith("cgc_flair.pt")
+    assert "CGC network (cgc_flair.pt)" in capsys.readouterr().out

@@ -58,7 +58,13 @@ def _load_cgc(model_path: Optional[str], names: Sequence[Optional[str]], device:
         try:
             path = default_model_path(list(names))
         except ValueError as exc:
-            return None, None, None, str(exc)
+            # No model for all the given channels: a FLAIR-only model still runs on the FLAIR channel.
+            try:
+                if "flair" not in names or len(names) == 1:
+                    raise exc
+                path = default_model_path(["flair"])
+            except ValueError:
+                return None, None, None, str(exc)
     else:
         path = Path(model_path)
         if not path.is_file():
@@ -81,6 +87,15 @@ def _run_cgc(channels_zyx: list, geometry, modalities: Sequence[Optional[str]], 
     return segment_case(channels_zyx, geometry, list(modalities), model_path=model_path, mask_zyx=mask_zyx,
                         config=config, progress=progress, should_stop=should_stop, compute_gmm=False,
                         model=model, info=info)
+
+
+def _channels_for_model(channels: list, names: Sequence[Optional[str]], expected: Sequence[str]):
+    """When every input is named and the model needs a subset of them (e.g. a FLAIR-only model on the
+    four-channel phantom), pass just that subset; otherwise pass all and let the model check them."""
+    if all(n is not None for n in names) and set(expected) < set(names):
+        keep = [i for i, n in enumerate(names) if n in expected]
+        return [channels[i] for i in keep], [names[i] for i in keep]
+    return list(channels), list(names)
 
 
 def _gmm_config(info):
@@ -188,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
         if model is not None:
             reporter(0.5, "CGC network")
             t = time.perf_counter()
-            cgc = _run_cgc(channels, geometry, names, model_path, brain, threshold=args.threshold,
+            cgc_channels, cgc_names = _channels_for_model(channels, names, list(info.channels))
+            cgc = _run_cgc(cgc_channels, geometry, cgc_names, model_path, brain, threshold=args.threshold,
                            device=args.device, model=model, info=info,
                            progress=lambda f, m: reporter(0.5 + 0.4 * f, f"CGC: {m}"))
             times["cgc_s"] = time.perf_counter() - t
