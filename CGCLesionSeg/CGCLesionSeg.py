@@ -37,7 +37,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if MODULE_DIR not in sys.path:  # CGCLesionSegLib lives beside this file
@@ -114,7 +114,7 @@ class CGCLesionSegParameterNode:
     t1Volume: vtkMRMLScalarVolumeNode
     t1ceVolume: vtkMRMLScalarVolumeNode
     t2Volume: vtkMRMLScalarVolumeNode
-    maskVolume: vtkMRMLScalarVolumeNode
+    maskVolume: vtkMRMLScalarVolumeNode  # labelmaps are scalar volumes too
 
     modality: Annotated[str, Choice(["mri", "ct"])] = "mri"
     gmmChannels: Annotated[str, Choice(["reference", "all"])] = "reference"
@@ -123,7 +123,7 @@ class CGCLesionSegParameterNode:
     foregroundComponents: str = ""
     autoUpdatePreview: bool = True
     probabilityVolume: vtkMRMLScalarVolumeNode
-    componentsVolume: vtkMRMLScalarVolumeNode
+    componentsVolume: vtkMRMLLabelMapVolumeNode
 
     modelPath: pathlib.Path
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
