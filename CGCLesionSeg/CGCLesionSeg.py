@@ -679,7 +679,10 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
                 segmentId = segmentation.AddEmptySegment("", segmentName, list(LESION_COLOR))
             segment = segmentation.GetSegment(segmentId)
             segment.SetColor(*LESION_COLOR)
-            segment.SetTerminology(self.lesionTerminology())
+            if hasattr(segment, "SetTerminology"):
+                segment.SetTerminology(self.lesionTerminology())
+            else:  # Slicer before 5.8 stores the entry as a plain segment tag
+                segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), self.lesionTerminology())
             slicer.util.updateSegmentBinaryLabelmapFromArray((mask != 0).astype(np.uint8), segmentationNode,
                                                             segmentId, referenceVolumeNode)
         except Exception:

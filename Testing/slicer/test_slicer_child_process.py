@@ -243,3 +243,38 @@ def test_cancelled_segment_leaves_scene_and_temp_files_clean(logic, scene, tiny_
         logic.cleanupJob(job)
     assert not os.path.exists(job.tempDir)
     assert _state(scene) == before
+
+
+def test_train_command_is_accepted_by_the_real_training_parser(logic):
+    from CGCTraining.__main__ import build_parser
+    cmd = logic.buildTrainCommand("/c", "/o", modalities=["flair", "t2"], steps=3, maxMinutes=2.5, crop=(64, 64, 32),
+                                  device="cpu", resume=True)
+    assert cmd[1:3] == ["-m", "CGCTraining"]
+    args = build_parser().parse_args(cmd[3:])
+    assert args.cases == "/c" and args.output_dir == "/o" and args.modalities == ["flair", "t2"]
+    assert args.steps == 3 and args.max_minutes == 2.5 and list(args.crop) == [64, 64, 32]
+    assert args.resume and args.progress == "json" and args.device == "cpu"
+
+
+@pytest.mark.slow
+def test_train_then_segment_through_the_module(logic, scene, tmp_path):
+    """Train (child process, JSON progress) on a tiny phantom cohort, then Segment with the checkpoint."""
+    from CGCLesionSegLib.phantom import make_cohort
+    case_dirs = make_cohort(tmp_path / "cases", 2, seed=0, shape_xyz=(48, 48, 24))
+    run = tmp_path / "run"
+    cmd = logic.buildTrainCommand(str(tmp_path / "cases"), str(run), modalities=["flair"], steps=1,
+                                  crop=(48, 48, 32), device="cpu")
+    child = ChildProcess(cmd, env=logic.childEnvironment())
+    child.start()
+    progress = []
+    assert child.wait(onProgress=lambda f, m: progress.append(f)) == 0, child.errorSummary()
+    assert progress and progress[-1] == 1.0
+    checkpoint = run / "last.pt"
+    assert checkpoint.is_file()
+
+    case = case_dirs[0]
+    flair = logic.readVolume(str(next(case.glob("*_flair.nii.gz"))))
+    seg = logic.segment({"flair": flair}, modelPath=str(checkpoint), device="cpu")
+    mask = logic.segmentationToArray(seg, flair)
+    assert mask.shape == slicer.util.arrayFromVolume(flair).shape
+    assert not mask[slicer.util.arrayFromVolume(flair) == 0].any()  # nothing outside the brain
