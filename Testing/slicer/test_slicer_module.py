@@ -75,3 +75,20 @@ def test_ui_file_matches_widget_and_parameter_node():
     receivers = {c.findtext("receiver") for c in ui.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
     combos = {n for n, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
     assert combos and combos <= receivers
+
+
+def test_logic_never_uses_the_application_or_dialogs():
+    """DESIGN.md: the Logic runs under slicer-core, so no slicer.app, no dialogs, no loadVolume/saveNode, no Qt."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    source = Path(CGCLesionSeg.__file__).read_text()
+    tree = ast.parse(source)
+    logic_cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CGCLesionSegLogic")
+    logic_source = ast.get_source_segment(source, logic_cls)
+    for forbidden in ("slicer.app", "loadVolume(", "saveNode(", "Display(", "qt.", "ctk."):
+        assert forbidden not in logic_source, forbidden
+    for helper in (CGCLesionSeg.ChildProcess, CGCLesionSeg.parseProgressLine, CGCLesionSeg.killProcessTree):
+        text = inspect.getsource(helper)
+        assert "slicer.app" not in text and "qt." not in text
