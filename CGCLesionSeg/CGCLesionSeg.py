@@ -470,6 +470,7 @@ class ChildProcess:
         self._events: deque = deque()
         self._stderrTail: deque = deque(maxlen=20)
         self._threads: list[threading.Thread] = []
+        self._exitedAt: Optional[float] = None
         self.lastProgress: Optional[dict] = None
 
     def start(self) -> None:
@@ -512,9 +513,27 @@ class ChildProcess:
 
     @property
     def finished(self) -> bool:
-        """True once the process exited and both output streams were read to the end."""
-        return (self.process is not None and self.process.poll() is not None
-                and not any(t.is_alive() for t in self._threads))
+        """True once the process exited and both output streams were read to the end.
+
+        A leftover grandchild that keeps the pipes open (e.g. an orphaned data-loader worker) is
+        killed 2 s after the child exited, so a finished job never hangs the GUI.
+        """
+        if self.process is None or self.process.poll() is None:
+            return False
+        if not any(t.is_alive() for t in self._threads):
+            return True
+        if self._exitedAt is None:
+            self._exitedAt = time.monotonic()
+        elif time.monotonic() - self._exitedAt > 2.0:
+            if os.name != "nt":
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            for t in self._threads:
+                t.join(timeout=1.0)
+            return True
+        return False
 
     @property
     def returncode(self) -> Optional[int]:

@@ -278,3 +278,17 @@ def test_train_then_segment_through_the_module(logic, scene, tmp_path):
     mask = logic.segmentationToArray(seg, flair)
     assert mask.shape == slicer.util.arrayFromVolume(flair).shape
     assert not mask[slicer.util.arrayFromVolume(flair) == 0].any()  # nothing outside the brain
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
+def test_orphaned_grandchild_holding_the_pipe_does_not_hang(tmp_path):
+    cmd = _script(tmp_path, """
+        import json, subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # inherits stdout
+        print(json.dumps({"event": "progress", "fraction": 1.0, "message": "done"}), flush=True)
+    """)
+    child = ChildProcess(cmd)
+    child.start()
+    t0 = time.time()
+    assert child.wait() == 0
+    assert time.time() - t0 < 15
