@@ -157,8 +157,8 @@ def _install_parameter_node_wrapper() -> None:
     try:
         importlib.import_module("slicer.parameterNodeWrapper")
         return
-    except ImportError:
-        pass
+    except Exception:  # absent, or present but needing the Qt that slicer-core lacks
+        sys.modules.pop("slicer.parameterNodeWrapper", None)
     module = types.ModuleType("slicer.parameterNodeWrapper", "stand-in for Slicer's parameterNodeWrapper")
 
     class _Validator:
