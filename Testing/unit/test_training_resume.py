@@ -71,3 +71,28 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
             assert torch.equal(value, b["optimizer"]["state"][k][name]), (k, name)
     # The loss log has each step once, with the same values as the uninterrupted run.
     assert _log_rows(ref) == _log_rows(run)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs POSIX signals")
+def test_sigterm_checkpoints_and_stops_cleanly(tmp_path):
+    cases = write_csv_with_prob(tmp_path / "list", n_cases=2)
+    run = tmp_path / "run"
+    args = ["--cases", cases, "--modalities", *MODS, "--output-dir", run, "--crop", "16", "16", "16",
+            "--workers", "0", "--device", "cpu", "--checkpoint-every", "1000", "--steps", "200",
+            "--progress", "json", *TINY_NET_ARGS]
+    proc = subprocess.Popen([sys.executable, "-m", "CGCTraining", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=subprocess_env(1), cwd=str(REPO))
+    try:
+        for line in proc.stdout:
+            if '"progress"' in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    done = [json.loads(l) for l in out.splitlines() if '"done"' in l]
+    assert done and done[0]["stopped_early"]
+    step = read_checkpoint(run / "last.pt")["step"]
+    assert 1 <= step < 200 and step == done[0]["step"]
