@@ -46,6 +46,34 @@ def remove_small_components(binary_zyx: np.ndarray, min_voxels: int = 0, keep_la
     return keep[lab]
 
 
+def open_and_keep(binary_zyx: np.ndarray, radius: int, keep_largest: int = 1) -> np.ndarray:
+    """Keep the ``keep_largest`` largest objects after cutting thin bridges, without eroding them.
+
+    The mask is opened (eroded then dilated by ``radius`` voxels, 6-connected steps) so that thin
+    structures (a cortical ribbon, vessels) no longer connect the lesion to other bright tissue; the
+    largest opened components are chosen, and the result is every original voxel within ``radius``
+    steps of them. Returns bool (z, y, x)."""
+    from scipy import ndimage
+    binary = np.asarray(binary_zyx, dtype=bool)
+    if radius <= 0 or not binary.any():
+        return remove_small_components(binary, 0, keep_largest)
+    # Work in the bounding box (plus margin) of the foreground: morphology on the whole volume is slow.
+    idx = np.argwhere(binary)
+    lo = np.maximum(idx.min(axis=0) - radius - 1, 0)
+    hi = np.minimum(idx.max(axis=0) + radius + 2, binary.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    sub = binary[box]
+    st = ndimage.generate_binary_structure(3, 1)
+    opened = ndimage.binary_opening(sub, st, iterations=int(radius))
+    if not opened.any():  # everything is thinner than the opening: fall back to no opening
+        return remove_small_components(binary, 0, keep_largest)
+    kept = remove_small_components(opened, 0, keep_largest)
+    grown = ndimage.binary_dilation(kept, st, iterations=int(radius)) & sub
+    out = np.zeros_like(binary)
+    out[box] = grown
+    return out
+
+
 def fill_holes(binary_zyx: np.ndarray, mode: FillHoles = True) -> np.ndarray:
     """Fill enclosed holes: ``True``/"3d" = cavities enclosed in 3-D, "2d" = holes of each axial
     (z) slice (catches necrotic cores open towards one side in 3-D). Returns bool (z, y, x)."""
@@ -67,21 +95,25 @@ _fill = fill_holes  # binarize's parameter of the same name shadows the function
 def binarize(prob_zyx: np.ndarray, threshold: float = 0.5, min_component_voxels: int = 0,
              fill_holes: FillHoles = False, spacing_xyz: Optional[Sequence[float]] = None,
              min_component_mm3: Optional[float] = None, keep_largest: int = 0,
-             mask_zyx: Optional[np.ndarray] = None) -> np.ndarray:
+             mask_zyx: Optional[np.ndarray] = None, opening_radius: int = 0) -> np.ndarray:
     """Threshold a probability map and optionally clean it: uint8 (z, y, x), 1 = lesion.
 
     ``prob_zyx >= threshold`` is lesion. Then, in this order: holes are filled (``fill_holes``:
     False, True/"3d" or "2d"), components smaller than ``min_component_voxels`` (or
     ``min_component_mm3`` with ``spacing_xyz``) are removed, and with ``keep_largest`` > 0 only that
-    many of the largest components are kept. ``mask_zyx`` (optional) limits the result to the brain.
+    many of the largest components are kept; with ``opening_radius`` > 0 as well, components are
+    ranked after an opening of that radius (see :func:`open_and_keep`) so thin bridges to other
+    bright tissue do not make them one object. ``mask_zyx`` (optional) limits the result to the brain.
     """
     prob = np.asarray(prob_zyx)
     if prob.ndim != 3:
         raise ValueError(f"the probability map must be a 3-D (z, y, x) array, got shape {prob.shape}")
     if not 0.0 < float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    if min_component_voxels < 0 or keep_largest < 0:
-        raise ValueError("min_component_voxels and keep_largest must be >= 0")
+    if min_component_voxels < 0 or keep_largest < 0 or opening_radius < 0:
+        raise ValueError("min_component_voxels, keep_largest and opening_radius must be >= 0")
+    if opening_radius and not keep_largest:
+        raise ValueError("opening_radius only applies together with keep_largest")
     if fill_holes not in _FILL_MODES:
         raise ValueError(f"fill_holes must be one of {_FILL_MODES}, got {fill_holes!r}")
     min_vox = int(min_component_voxels)
@@ -92,8 +124,11 @@ def binarize(prob_zyx: np.ndarray, threshold: float = 0.5, min_component_voxels:
     out = prob >= float(threshold)
     if fill_holes:
         out = _fill(out, fill_holes)
-    if min_vox > 1 or keep_largest > 0:
-        out = remove_small_components(out, min_vox, keep_largest)
+    if min_vox > 1:
+        out = remove_small_components(out, min_vox)
+    if keep_largest > 0:
+        out = open_and_keep(out, int(opening_radius), keep_largest) if opening_radius else \
+            remove_small_components(out, 0, keep_largest)
     if mask_zyx is not None:
         out &= np.asarray(mask_zyx, dtype=bool)
     return out.astype(np.uint8)
