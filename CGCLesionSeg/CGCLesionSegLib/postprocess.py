@@ -51,8 +51,9 @@ def open_and_keep(binary_zyx: np.ndarray, radius: int, keep_largest: int = 1) ->
 
     The mask is opened (eroded then dilated by ``radius`` voxels, 6-connected steps) so that thin
     structures (a cortical ribbon, vessels) no longer connect the lesion to other bright tissue; the
-    largest opened components are chosen, and the result is every original voxel within ``radius``
-    steps of them. Returns bool (z, y, x)."""
+    largest opened components are chosen and grown back inside the original mask by ``2 * radius``
+    geodesic steps (enough to restore the corners an opening cuts off; a bridge keeps at most a stub of
+    that length). Returns bool (z, y, x)."""
     from scipy import ndimage
     binary = np.asarray(binary_zyx, dtype=bool)
     if radius <= 0 or not binary.any():
@@ -68,7 +69,7 @@ def open_and_keep(binary_zyx: np.ndarray, radius: int, keep_largest: int = 1) ->
     if not opened.any():  # everything is thinner than the opening: fall back to no opening
         return remove_small_components(binary, 0, keep_largest)
     kept = remove_small_components(opened, 0, keep_largest)
-    grown = ndimage.binary_dilation(kept, st, iterations=int(radius)) & sub
+    grown = ndimage.binary_dilation(kept, st, iterations=2 * int(radius), mask=sub)
     out = np.zeros_like(binary)
     out[box] = grown
     return out

@@ -84,3 +84,25 @@ def test_bad_arguments(kwargs, word):
         binarize(blobs(), **kwargs)
     with pytest.raises(ValueError, match="3-D"):
         binarize(np.zeros((4, 4)))
+
+
+def test_opening_cuts_thin_bridges_before_keeping_the_largest():
+    from CGCLesionSegLib.postprocess import open_and_keep
+    b = np.zeros((16, 30, 40), bool)
+    b[3:13, 5:15, 3:13] = True        # big blob, 1000 voxels
+    b[5:11, 8:14, 25:31] = True       # smaller blob, 216 voxels
+    b[8, 10, 13:25] = True            # one-voxel-thin bridge between them
+    p = b.astype(np.float32)
+    assert binarize(p, keep_largest=1).sum() == b.sum()           # one object through the bridge
+    kept = binarize(p, keep_largest=1, opening_radius=2).astype(bool)
+    big = np.zeros_like(b)
+    big[3:13, 5:15, 3:13] = True
+    assert kept[big].all()                                         # big blob back in full, not eroded
+    assert not kept[5:11, 8:14, 25:31].any()                       # small blob dropped
+    assert kept.sum() <= big.sum() + 2 * 2 + 1                     # at most a short bridge stub
+    # thinner than the opening everywhere: falls back to the plain largest component
+    line = np.zeros((5, 5, 20), bool)
+    line[2, 2, 2:18] = True
+    np.testing.assert_array_equal(open_and_keep(line, 2), line)
+    with pytest.raises(ValueError, match="keep_largest"):
+        binarize(p, opening_radius=2)
