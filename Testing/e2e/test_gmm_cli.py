@@ -122,6 +122,7 @@ def test_bad_inputs_exit_2_without_output(case, capsys):
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--clusters", 12], "n_clusters")
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--clusters", 3, "--components", 4], "label numbers")
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--threshold", 0], "threshold")
+    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--open-radius", 2], "--keep-largest")
     # missing file, unsupported output format
     _assert_fails(capsys, tmp, ["--input", tmp / "nope.nii.gz"], "not found")
     rc = run("--input", paths["flair"], "--output", tmp / "bad_P.png")
@@ -147,7 +148,7 @@ def test_real_case(brats_case, tmp_path):
     name = brats_case.name
     out, binary = tmp_path / "P.nii.gz", tmp_path / "B.nii.gz"
     rc = run("--input", f"flair={brats_case / f'{name}_flair.nii.gz'}", "--input", f"t2={brats_case / f'{name}_t2.nii.gz'}",
-             "--output", out, "--binary-output", binary, "--fill-holes", "--keep-largest", 1)
+             "--output", out, "--binary-output", binary, "--fill-holes", "--keep-largest", 1, "--open-radius", 2)
     assert rc == 0
     ref = read_image(brats_case / f"{name}_seg.nii.gz", dtype=None)
     p = read_image(out)

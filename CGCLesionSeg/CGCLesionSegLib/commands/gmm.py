@@ -65,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="binary output: fill holes per axial slice (2d, the default when given) or in 3-D")
     o.add_argument("--keep-largest", type=int, default=0, metavar="N",
                    help="binary output: keep only the N largest components (default 0: all)")
+    o.add_argument("--open-radius", type=int, default=0, metavar="R",
+                   help="with --keep-largest: rank components after an opening of R voxels, so thin bridges "
+                        "to other bright tissue do not join them (default 0: off)")
     add_progress_args(p)
 
 
@@ -113,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the output files must have different names")
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.min_size < 0 or args.keep_largest < 0:
-        raise ValueError("--min-size and --keep-largest must be >= 0")
+    if args.min_size < 0 or args.keep_largest < 0 or args.open_radius < 0:
+        raise ValueError("--min-size, --keep-largest and --open-radius must be >= 0")
+    if args.open_radius and not args.keep_largest:
+        raise ValueError("--open-radius needs --keep-largest N")
     modality = "ct" if "ct" in [n for n, _ in specs if n] else "mri"
     config = build_config(args, modality, len(paths))
 
@@ -138,11 +143,13 @@ def run(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(f"cgcseg gmm: warning: {w}", file=sys.stderr)
     post = {"threshold": args.threshold, "min_component_voxels": args.min_size,
-            "fill_holes": args.fill_holes or False, "keep_largest": args.keep_largest}
+            "fill_holes": args.fill_holes or False, "keep_largest": args.keep_largest,
+            "opening_radius": args.open_radius}
     binary = None
     if "--binary-output" in outputs:
         binary = binarize(result.probability, args.threshold, min_component_voxels=args.min_size,
-                          fill_holes=args.fill_holes or False, keep_largest=args.keep_largest, mask_zyx=result.mask)
+                          fill_holes=args.fill_holes or False, keep_largest=args.keep_largest,
+                          opening_radius=args.open_radius, mask_zyx=result.mask)
     elapsed = time.perf_counter() - t0
     inputs = {n: str(Path(p).resolve()) for n, p in zip(names, paths)}
     if args.mask:
