@@ -83,13 +83,17 @@ class GMMConfig:
     ct_brain_hu: (low, high) HU window of brain tissue for the default CT mask.
     clip_percentiles: percentile clipping before z-scoring, inside the mask (see preprocess).
     n4: N4 bias-field correction of MRI channels before normalisation (on a shrunk image).
+    ensemble_clusters: if given, P is the mean of the P maps obtained with each of these K (same
+        rule and seed), which is steadier than any single K; ``labels``/``model`` still come from
+        ``n_clusters``. Not combinable with explicit ``foreground_components``. See
+        :func:`recommended_config`.
     """
 
     n_clusters: int = 4
     n_foreground: int = 1
     foreground_components: Optional[tuple[int, ...]] = None
     foreground_rule: str = "auto"
-    outlier_z: float = 1.5
+    outlier_z: float = 1.0
     covariance_type: str = "full"
     seed: int = 0
     subsample: int = 100_000
@@ -103,6 +107,7 @@ class GMMConfig:
     ct_brain_hu: tuple[float, float] = (0.0, 100.0)
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     n4: bool = False
+    ensemble_clusters: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
         # Normalise list inputs (from JSON) to tuples so the dataclass stays hashable.
@@ -160,6 +165,18 @@ class GMMConfig:
             if not lo < hi:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {getattr(self, name)}")
         NormalizationConfig(tuple(self.clip_percentiles))  # validates the percentiles
+        if isinstance(self.ensemble_clusters, list):
+            object.__setattr__(self, "ensemble_clusters", tuple(self.ensemble_clusters))
+        if self.ensemble_clusters is not None:
+            ks = tuple(sorted(int(k) for k in self.ensemble_clusters))
+            if not ks or any(not MIN_CLUSTERS <= k <= MAX_CLUSTERS for k in ks) or len(set(ks)) != len(ks):
+                raise ValueError(f"ensemble_clusters must be distinct K values from {MIN_CLUSTERS} to {MAX_CLUSTERS}, "
+                                 f"got {self.ensemble_clusters}")
+            if self.foreground_components is not None:
+                raise ValueError("explicit foreground_components need a single K; set ensemble_clusters=None")
+            if self.effective_foreground_rule == "brightest" and self.n_foreground >= ks[0]:
+                raise ValueError(f"n_foreground={self.n_foreground} must be less than the smallest ensemble K {ks[0]}")
+            object.__setattr__(self, "ensemble_clusters", ks)
 
     @property
     def effective_foreground_rule(self) -> str:
@@ -183,6 +200,21 @@ def config_to_dict(cfg: GMMConfig) -> dict:
 def config_from_dict(data: dict) -> GMMConfig:
     """Inverse of :func:`config_to_dict`; unknown keys raise ``ValueError``."""
     return _config_from_dict(GMMConfig, data)
+
+
+#: Binary post-processing chosen with the configuration of :func:`recommended_config` (keyword
+#: arguments of :func:`CGCLesionSegLib.postprocess.binarize`); see docs/BENCHMARKS.md, gmm-accuracy.
+RECOMMENDED_POSTPROCESS = {"threshold": 0.5, "fill_holes": "2d", "keep_largest": 1, "opening_radius": 3}
+
+
+def recommended_config(**overrides) -> GMMConfig:
+    """The configuration selected on the real BraTS cases by leave-one-case-out (docs/BENCHMARKS.md):
+    FLAIR only, P averaged over K = 4..8, components >= 1 SD above the brain average are lesion.
+    Use with :data:`RECOMMENDED_POSTPROCESS` for the binary output. ``GMMConfig()`` itself stays the
+    paper's single-K configuration (K = 4, brightest component), which the live preview tunes."""
+    base = dict(n_clusters=6, foreground_rule="outlier", outlier_z=1.0, ensemble_clusters=(4, 5, 6, 7, 8))
+    base.update(overrides)
+    return GMMConfig(**base)
 
 
 # --------------------------------------------------------------------------------- foreground rules
@@ -757,6 +789,7 @@ class GMMResult:
     config: GMMConfig
     elapsed_s: float = 0.0
     warnings: tuple[str, ...] = ()
+    ensemble_members: tuple = ()  # ((K, foreground components), ...) when config.ensemble_clusters is set
 
     def summary(self) -> dict:
         """JSON-able description for sidecars and logs."""
@@ -767,7 +800,9 @@ class GMMResult:
                 "component_reference_means": [round(float(m), 4) for m in self.component_means],
                 "converged": bool(self.model.converged_), "n_iter": int(self.model.n_iter_),
                 "mean_log_likelihood": round(float(self.model.lower_bound_), 6),
-                "mask_voxels": int(self.mask.sum()), "warnings": list(self.warnings)}
+                "mask_voxels": int(self.mask.sum()), "warnings": list(self.warnings),
+                "ensemble_members": [{"K": k, "foreground_labels": [c + 1 for c in fg]}
+                                     for k, fg in self.ensemble_members]}
 
 
 @dataclass
@@ -797,6 +832,7 @@ class ProbabilityMapSession:
         self._names = names
         self._spacing = spacing_xyz
         self.max_cached_fits = max(1, int(max_cached_fits))
+        self._cache_size = self.max_cached_fits
         self.prepared: Optional[PreparedData] = None
         self._fits: "dict[tuple, _Fit]" = {}  # insertion order = least recently used first
 
@@ -827,7 +863,7 @@ class ProbabilityMapSession:
         comp_means = (comp @ prep.reference_raw).astype(np.float64) / np.maximum(w, 1e-12)
         fit = _Fit(model, comp, labels, comp_means)
         self._fits[key] = fit
-        while len(self._fits) > self.max_cached_fits:
+        while len(self._fits) > self._cache_size:
             self._fits.pop(next(iter(self._fits)))
         return fit
 
@@ -837,13 +873,46 @@ class ProbabilityMapSession:
         import copy
         import time
         t0 = time.perf_counter()
+        # An ensemble keeps all its members (and the display fit) cached, or every call would refit.
+        self._cache_size = max(self.max_cached_fits, len(config.ensemble_clusters or ()) + 1)
         if self.prepared is None or self.prepared.key != _prep_key(config):
             self.prepared = prepare_data(self._channels, self._mask, config, self._names, self._spacing,
                                          progress=_sub(progress, 0.0, 0.3), should_stop=should_stop)
             self._fits.clear()
         prep = self.prepared
         fit = self._fit(config, progress, should_stop)
-        comp = fit.comp
+        fg, warnings = self._foreground(fit, config)
+        model = copy.copy(fit.model)  # shallow: shares the arrays, own foreground_components_
+        model.foreground_components_ = tuple(fg)
+        p = self._p(fit, fg)
+        members: tuple = ()
+        if config.ensemble_clusters is not None:
+            # Mean of the members' P; each member is a single-K run of the same rule and seed.
+            total = np.zeros_like(p)
+            parts = []
+            for i, k in enumerate(config.ensemble_clusters):
+                check_stop(should_stop)
+                call_progress(progress, 0.3 + 0.6 * i / len(config.ensemble_clusters), f"ensemble member K={k}")
+                ck = replace(config, n_clusters=k, ensemble_clusters=None,
+                             n_foreground=min(config.n_foreground, k - 1))
+                fk = self._fit(ck, None, should_stop)
+                fgk, wk = self._foreground(fk, ck)
+                total += self._p(fk, fgk)
+                parts.append((k, tuple(fgk)))
+                warnings.extend(f"K={k}: {w}" for w in wk)
+            p = total / np.float32(len(config.ensemble_clusters))
+            members = tuple(parts)
+        np.clip(p, 0.0, 1.0, out=p)
+        probability = prep.to_volume(p, np.float32)
+        call_progress(progress, 1.0, "P ready")
+        return GMMResult(probability=probability, mask=prep.mask.copy(), labels=fit.labels.copy(), model=model,
+                         foreground_components=tuple(fg), component_means=fit.comp_means.copy(),
+                         config=config, elapsed_s=time.perf_counter() - t0, warnings=tuple(warnings),
+                         ensemble_members=members)
+
+    @staticmethod
+    def _foreground(fit: _Fit, config: GMMConfig) -> tuple[tuple[int, ...], list[str]]:
+        """Lesion components of ``fit`` under the rule of ``config``, and any warnings."""
         warnings: list[str] = []
         rule = config.effective_foreground_rule
         if rule == "explicit":
@@ -862,17 +931,15 @@ class ProbabilityMapSession:
                                 "the brightest one is used")
         else:
             fg = select_foreground(fit.model.means_[:, 0], n_foreground=config.n_foreground)
-        model = copy.copy(fit.model)  # shallow: shares the arrays, own foreground_components_
-        model.foreground_components_ = tuple(fg)
-        p = np.zeros(comp.shape[1], np.float32)
+        return tuple(fg), warnings
+
+    @staticmethod
+    def _p(fit: _Fit, fg: Sequence[int]) -> np.ndarray:
+        """Summed posterior of components ``fg`` for every mask voxel: (n,) float32."""
+        p = np.zeros(fit.comp.shape[1], np.float32)
         for j in fg:
-            p += comp[j]
-        np.clip(p, 0.0, 1.0, out=p)
-        probability = prep.to_volume(p, np.float32)
-        call_progress(progress, 1.0, "P ready")
-        return GMMResult(probability=probability, mask=prep.mask.copy(), labels=fit.labels.copy(), model=model,
-                         foreground_components=tuple(fg), component_means=fit.comp_means.copy(),
-                         config=config, elapsed_s=time.perf_counter() - t0, warnings=tuple(warnings))
+            p += fit.comp[j]
+        return p
 
 
 def _argmax0(a: np.ndarray) -> np.ndarray:

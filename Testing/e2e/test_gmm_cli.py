@@ -79,6 +79,34 @@ def test_explicit_components_and_mask(case):
     assert side["inputs"]["mask"].endswith("mask.nii.gz")
 
 
+def test_presets_and_overrides(case):
+    tmp, paths, g, lesion = case
+    out = tmp / "rec.nii.gz"
+    assert run("--input", paths["flair"], "--output", out, "--binary-output", tmp / "rec_b.nii.gz") == 0
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert side["gmm_settings"]["ensemble_clusters"] == [4, 5, 6, 7, 8]
+    assert side["gmm_settings"]["foreground_rule"] == "outlier"
+    assert [m["K"] for m in side["gmm_result"]["ensemble_members"]] == [4, 5, 6, 7, 8]
+    bside = json.loads(Path(str(tmp / "rec_b.nii.gz") + ".json").read_text())
+    assert bside["postprocess"] == {"threshold": 0.5, "fill_holes": "2d", "min_component_voxels": 0,
+                                    "keep_largest": 1, "opening_radius": 3}
+    out = tmp / "paper.nii.gz"
+    assert run("--preset", "paper", "--input", paths["flair"], "--output", out, "--binary-output", tmp / "paper_b.nii.gz") == 0
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert side["gmm_settings"]["n_clusters"] == 4 and side["gmm_settings"]["ensemble_clusters"] is None
+    assert side["gmm_settings"]["foreground_rule"] == "auto" and side["gmm_settings"]["n_foreground"] == 1
+    bside = json.loads(Path(str(tmp / "paper_b.nii.gz") + ".json").read_text())
+    assert bside["postprocess"]["keep_largest"] == 0 and bside["postprocess"]["fill_holes"] is False
+    # overrides: a single K turns the ensemble off; --no-postprocess / --keep-largest 0 turn clean-up off
+    out = tmp / "k5.nii.gz"
+    assert run("--input", paths["flair"], "--clusters", 5, "--foreground-components", 2, "--output", out,
+               "--binary-output", tmp / "k5_b.nii.gz", "--no-postprocess") == 0
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert side["gmm_settings"]["ensemble_clusters"] is None and side["gmm_settings"]["n_clusters"] == 5
+    assert side["gmm_settings"]["foreground_rule"] == "brightest" and side["gmm_result"]["foreground_labels"] == [4, 5]
+    assert json.loads(Path(str(tmp / "k5_b.nii.gz") + ".json").read_text())["postprocess"]["keep_largest"] == 0
+
+
 def _assert_fails(capsys, tmp, argv, word):
     outs = [tmp / "bad_P.nii.gz", tmp / "bad_B.nii.gz"]
     rc = run(*argv, "--output", outs[0], "--binary-output", outs[1])
@@ -122,7 +150,7 @@ def test_bad_inputs_exit_2_without_output(case, capsys):
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--clusters", 12], "n_clusters")
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--clusters", 3, "--components", 4], "label numbers")
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--threshold", 0], "threshold")
-    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--open-radius", 2], "--keep-largest")
+    _assert_fails(capsys, tmp, ["--input", paths["flair"], "--preset", "paper", "--open-radius", 2], "--keep-largest")
     # missing file, unsupported output format
     _assert_fails(capsys, tmp, ["--input", tmp / "nope.nii.gz"], "not found")
     rc = run("--input", paths["flair"], "--output", tmp / "bad_P.png")

@@ -410,3 +410,35 @@ def test_ct_without_blood_gives_empty_p_and_warning():
 def test_ct_window_without_brain_fails_clearly():
     with pytest.raises(ValueError, match="Hounsfield"):
         G.ct_brain_mask(np.full((8, 8, 8), 2000.0, np.float32))
+
+
+def test_ensemble_is_mean_of_member_maps_and_cached():
+    from CGCLesionSegLib.gmm import RECOMMENDED_POSTPROCESS, recommended_config
+    flair, _, mask, lesion = phantom()
+    cfg = GMMConfig(n_clusters=3, foreground_rule="outlier", outlier_z=1.0, ensemble_clusters=(3, 4), subsample=0)
+    s = ProbabilityMapSession([flair], None)
+    res = s.run(cfg)
+    singles = [compute_probability_map([flair], None, GMMConfig(n_clusters=k, foreground_rule="outlier",
+                                                                 outlier_z=1.0, subsample=0)).probability
+               for k in (3, 4)]
+    np.testing.assert_allclose(res.probability, (singles[0] + singles[1]) / 2, atol=1e-6)
+    assert [k for k, _ in res.ensemble_members] == [3, 4]
+    assert res.labels.max() == 3  # labels from n_clusters
+    means = [f.model.means_ for f in s._fits.values()]
+    assert len(means) == 2  # K=3 (display and member) and K=4
+    s.run(cfg)
+    assert all(a is b for a, b in zip([f.model.means_ for f in s._fits.values()], means))  # no refit
+    json.dumps(res.summary())
+    rec = recommended_config()
+    assert rec.ensemble_clusters == (4, 5, 6, 7, 8) and rec.effective_foreground_rule == "outlier"
+    assert RECOMMENDED_POSTPROCESS["keep_largest"] == 1
+    r = compute_probability_map([flair], None, recommended_config(subsample=0))
+    from CGCLesionSegLib.metrics import dice
+    from CGCLesionSegLib.postprocess import binarize
+    assert dice(binarize(r.probability, **RECOMMENDED_POSTPROCESS), lesion) > 0.9
+    with pytest.raises(ValueError, match="single K"):
+        GMMConfig(foreground_components=(1,), ensemble_clusters=(3, 4))
+    with pytest.raises(ValueError, match="ensemble_clusters"):
+        GMMConfig(ensemble_clusters=(1, 4))
+    with pytest.raises(ValueError, match="smallest ensemble"):
+        GMMConfig(n_foreground=3, ensemble_clusters=(3, 4))

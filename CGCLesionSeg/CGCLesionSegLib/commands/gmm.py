@@ -1,15 +1,20 @@
 """``cgcseg gmm``: the foreground probability map P of one case (the method's first stage).
 
-A Gaussian mixture is fitted to the brain voxels; the components with the highest mean in the
-reference channel (the first input: FLAIR for MRI) are lesion, and P is their summed posterior
-(0..1, 0 outside the brain). Skull-stripped MRI uses its non-zero voxels as the brain; MRI with
+A Gaussian mixture is fitted to the brain voxels of the reference channel (the first input: FLAIR
+for MRI); its brightest components are lesion, and P is their summed posterior (0..1, 0 outside
+the brain). Two presets: "recommended" (default; selected on real BraTS cases, see
+docs/BENCHMARKS.md): P averaged over K = 4..8 with components >= 1 SD above the brain average as
+lesion, binary output with 2-D hole filling and the largest lesion after an opening of 3 voxels;
+"paper": K = 4, the brightest component, plain threshold. Any option given overrides the preset;
+--clusters K means a single K. Skull-stripped MRI uses its non-zero voxels as the brain; MRI with
 skull needs --mask (in Slicer: SwissSkullStripper, HD-BET or SynthStrip extensions). CT inputs
 (named ct=PATH, in Hounsfield units) get an HU-window brain mask and the blood-range rule.
 
 Examples:
-  cgcseg gmm --input flair=case_flair.nii.gz --output P.nii.gz
-  cgcseg gmm --input flair=f.nii.gz --input t2=t2.nii.gz --all-channels --clusters 5 \\
-             --output P.nii.gz --binary-output lesion.nii.gz --labels-output clusters.nii.gz
+  cgcseg gmm --input flair=case_flair.nii.gz --output P.nii.gz --binary-output lesion.nii.gz
+  cgcseg gmm --preset paper --input flair=f.nii.gz --output P.nii.gz --binary-output lesion.nii.gz
+  cgcseg gmm --input flair=f.nii.gz --clusters 5 --components 4 5 \\
+             --output P.nii.gz --labels-output clusters.nii.gz
   cgcseg gmm --input ct=head_ct.nii.gz --output P.nii.gz
 """
 from __future__ import annotations
@@ -31,17 +36,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = GMMConfig()
     add_input_args(p)
     g = p.add_argument_group("GMM")
-    g.add_argument("--clusters", type=int, default=d.n_clusters, metavar="K",
-                   help=f"number of Gaussian components, 2-10 (default {d.n_clusters})")
-    g.add_argument("--foreground-components", type=int, default=d.n_foreground, metavar="N",
-                   help=f"brightest-rule: the N components with the highest reference mean are lesion (default {d.n_foreground})")
+    g.add_argument("--preset", choices=("recommended", "paper"), default="recommended",
+                   help="starting configuration (default recommended, see above)")
+    g.add_argument("--clusters", type=int, default=None, metavar="K",
+                   help=f"a single K, 2-10 (paper preset: {d.n_clusters}; turns the recommended K ensemble off)")
+    g.add_argument("--ensemble", type=int, nargs="+", default=None, metavar="K",
+                   help="average P over these K (recommended preset: 4 5 6 7 8)")
+    g.add_argument("--foreground-components", type=int, default=None, metavar="N",
+                   help=f"brightest rule: the N components with the highest reference mean are lesion (default {d.n_foreground})")
     g.add_argument("--components", type=int, nargs="+", metavar="L",
                    help="explicit lesion components by label number 1..K as in --labels-output "
                         "(1 = darkest in the reference channel); overrides the rule")
-    g.add_argument("--foreground-rule", choices=FOREGROUND_RULES, default=d.foreground_rule,
+    g.add_argument("--foreground-rule", choices=FOREGROUND_RULES, default=None,
                    help="brightest: N brightest components (paper); outlier: components >= --outlier-z SD above "
-                        "the brain average; hu_range: CT blood range; auto: hu_range for ct, else "
-                        f"the MRI default (default {d.foreground_rule})")
+                        "the brain average (recommended); hu_range: CT blood range (default for ct inputs); "
+                        "auto: hu_range for ct, brightest for MRI")
     g.add_argument("--outlier-z", type=float, default=d.outlier_z, metavar="Z",
                    help=f"threshold of the outlier rule in SD (default {d.outlier_z})")
     g.add_argument("--covariance", choices=COVARIANCE_TYPES, default=d.covariance_type,
@@ -59,15 +68,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--binary-output", metavar="FILE", help="also write the thresholded, cleaned lesion mask")
     o.add_argument("--labels-output", metavar="FILE", help="also write the component label map (0 outside the brain, 1..K)")
     o.add_argument("--threshold", type=float, default=0.5, help="binary output: P >= threshold (default 0.5)")
-    o.add_argument("--min-size", type=int, default=0, metavar="V",
+    o.add_argument("--min-size", type=int, default=None, metavar="V",
                    help="binary output: drop connected components smaller than V voxels (default 0: keep all)")
-    o.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d"), default=None,
-                   help="binary output: fill holes per axial slice (2d, the default when given) or in 3-D")
-    o.add_argument("--keep-largest", type=int, default=0, metavar="N",
-                   help="binary output: keep only the N largest components (default 0: all)")
-    o.add_argument("--open-radius", type=int, default=0, metavar="R",
+    o.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d", "none"), default=None,
+                   help="binary output: fill holes per axial slice (2d, the default when given), in 3-D, or none "
+                        "(recommended preset: 2d)")
+    o.add_argument("--keep-largest", type=int, default=None, metavar="N",
+                   help="binary output: keep only the N largest components, 0 = all (recommended preset: 1)")
+    o.add_argument("--open-radius", type=int, default=None, metavar="R",
                    help="with --keep-largest: rank components after an opening of R voxels, so thin bridges "
-                        "to other bright tissue do not join them (default 0: off)")
+                        "to other bright tissue do not join them (recommended preset: 3)")
+    o.add_argument("--no-postprocess", action="store_true",
+                   help="binary output: plain threshold, ignore the preset's clean-up")
     add_progress_args(p)
 
 
@@ -81,18 +93,61 @@ def _check_output_path(path: str, what: str, inputs: list[str]) -> Path:
 
 
 def build_config(args: argparse.Namespace, modality: str, n_inputs: int):
-    from ..gmm import GMMConfig
-    comps = None
+    """GMMConfig from the preset and the options given (an option given always wins)."""
+    from ..gmm import GMMConfig, recommended_config
+    common = dict(covariance_type=args.covariance, seed=args.seed, subsample=args.subsample,
+                  channels=tuple(range(n_inputs)) if args.all_channels else (0,), modality=modality,
+                  ct_foreground_hu=tuple(args.ct_blood_hu), n4=bool(args.n4), outlier_z=args.outlier_z)
+    single_k = args.clusters is not None or bool(args.components)
+    if args.preset == "recommended" and modality == "mri" and not single_k:
+        base = dict(n_clusters=recommended_config().n_clusters, foreground_rule="outlier",
+                    ensemble_clusters=recommended_config().ensemble_clusters)
+    else:
+        base = dict(n_clusters=4, foreground_rule="auto",
+                    ensemble_clusters=None)
+        if args.preset == "recommended" and modality == "mri":
+            base["foreground_rule"] = "outlier"
+    if args.clusters is not None:
+        base["n_clusters"] = args.clusters
+    if args.ensemble:
+        base["ensemble_clusters"] = tuple(args.ensemble)
+    if args.foreground_rule is not None:
+        base["foreground_rule"] = args.foreground_rule
+    if args.foreground_components is not None:
+        base["n_foreground"] = args.foreground_components
+        if args.foreground_rule is None:
+            base["foreground_rule"] = "brightest"
     if args.components:
-        bad = [c for c in args.components if not 1 <= c <= args.clusters]
+        k = base["n_clusters"]
+        bad = [c for c in args.components if not 1 <= c <= k]
         if bad:
-            raise ValueError(f"--components {bad}: label numbers run from 1 to --clusters {args.clusters}")
-        comps = tuple(c - 1 for c in args.components)
-    return GMMConfig(n_clusters=args.clusters, n_foreground=args.foreground_components, foreground_components=comps,
-                     foreground_rule=args.foreground_rule, outlier_z=args.outlier_z,
-                     covariance_type=args.covariance, seed=args.seed, subsample=args.subsample,
-                     channels=tuple(range(n_inputs)) if args.all_channels else (0,), modality=modality,
-                     ct_foreground_hu=tuple(args.ct_blood_hu), n4=bool(args.n4))
+            raise ValueError(f"--components {bad}: label numbers run from 1 to --clusters {k}")
+        base["foreground_components"] = tuple(c - 1 for c in args.components)
+        base["ensemble_clusters"] = None
+    return GMMConfig(**base, **common)
+
+
+def build_postprocess(args: argparse.Namespace) -> dict:
+    """binarize() keyword arguments from the preset and the options given."""
+    from ..gmm import RECOMMENDED_POSTPROCESS
+    post = {"fill_holes": False, "min_component_voxels": 0, "keep_largest": 0, "opening_radius": 0}
+    if args.preset == "recommended" and not args.no_postprocess:
+        post.update({k: v for k, v in RECOMMENDED_POSTPROCESS.items() if k != "threshold"})
+    if args.fill_holes is not None:
+        post["fill_holes"] = False if args.fill_holes == "none" else args.fill_holes
+    if args.min_size is not None:
+        post["min_component_voxels"] = args.min_size
+    if args.keep_largest is not None:
+        post["keep_largest"] = args.keep_largest
+        if args.keep_largest == 0 and args.open_radius is None:
+            post["opening_radius"] = 0
+    if args.open_radius is not None:
+        post["opening_radius"] = args.open_radius
+    if min(post["min_component_voxels"], post["keep_largest"], post["opening_radius"]) < 0:
+        raise ValueError("--min-size, --keep-largest and --open-radius must be >= 0")
+    if post["opening_radius"] and not post["keep_largest"]:
+        raise ValueError("--open-radius needs --keep-largest N")
+    return post
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,10 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the output files must have different names")
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.min_size < 0 or args.keep_largest < 0 or args.open_radius < 0:
-        raise ValueError("--min-size, --keep-largest and --open-radius must be >= 0")
-    if args.open_radius and not args.keep_largest:
-        raise ValueError("--open-radius needs --keep-largest N")
+    post = build_postprocess(args)
     modality = "ct" if "ct" in [n for n, _ in specs if n] else "mri"
     config = build_config(args, modality, len(paths))
 
@@ -142,14 +194,9 @@ def run(args: argparse.Namespace) -> int:
         reporter.close()
     for w in result.warnings:
         print(f"cgcseg gmm: warning: {w}", file=sys.stderr)
-    post = {"threshold": args.threshold, "min_component_voxels": args.min_size,
-            "fill_holes": args.fill_holes or False, "keep_largest": args.keep_largest,
-            "opening_radius": args.open_radius}
     binary = None
     if "--binary-output" in outputs:
-        binary = binarize(result.probability, args.threshold, min_component_voxels=args.min_size,
-                          fill_holes=args.fill_holes or False, keep_largest=args.keep_largest,
-                          opening_radius=args.open_radius, mask_zyx=result.mask)
+        binary = binarize(result.probability, args.threshold, mask_zyx=result.mask, **post)
     elapsed = time.perf_counter() - t0
     inputs = {n: str(Path(p).resolve()) for n, p in zip(names, paths)}
     if args.mask:
@@ -160,11 +207,13 @@ def run(args: argparse.Namespace) -> int:
     write_sidecar(outputs["--output"], kind="probability_map", **common)
     if binary is not None:
         write_image(outputs["--binary-output"], binary, ref_geom)
-        write_sidecar(outputs["--binary-output"], kind="binary_lesion_mask", postprocess=post, **common)
+        write_sidecar(outputs["--binary-output"], kind="binary_lesion_mask",
+                      postprocess={"threshold": args.threshold, **post}, **common)
     if "--labels-output" in outputs:
         write_image(outputs["--labels-output"], result.labels, ref_geom)
         write_sidecar(outputs["--labels-output"], kind="component_labels", **common)
     fg = ", ".join(str(c + 1) for c in result.foreground_components) or "none"
-    print(f"P written to {outputs['--output']} (K={config.n_clusters}, lesion label(s) {fg}, "
+    ks = f"K={'/'.join(map(str, config.ensemble_clusters))} averaged" if config.ensemble_clusters else f"K={config.n_clusters}"
+    print(f"P written to {outputs['--output']} ({ks}, lesion label(s) {fg} of K={config.n_clusters}, "
           f"{int(result.mask.sum())} brain voxels, {elapsed:.1f} s)", file=sys.stderr)
     return 0
