@@ -245,6 +245,8 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=unused)
         use_amp = train_cfg.amp and dev.type == "cuda"
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
         patch_zyx = net_config.patch_size_zyx
         tcfg_dict = train_config_to_dict(train_cfg)
         run_meta = {"cases": [c.name for c in cached], "world_size": info.world_size, "device": str(dev),

@@ -110,8 +110,7 @@ def test_run_folder_contents_json_progress_and_resume_rules(tmp_path, capsys):
     assert info.channels == list(MODS) and info.step == 3
     assert set(info.preprocessing) >= {"normalization", "gmm", "spacing_xyz"}
     assert info.preprocessing["spacing_xyz"] == [1.0, 1.0, 1.0]
-    assert info.train_config["loss"]["tau"] == 0.2 and info.train_config["crop_xyz"] == [16, 16, 16] or \
-        tuple(info.train_config["crop_xyz"]) == (16, 16, 16)
+    assert info.train_config["loss"]["tau"] == 0.2 and tuple(info.train_config["crop_xyz"]) == (16, 16, 16)
 
     # An existing run is never overwritten by accident.
     assert main(base + ["--steps", "3"]) == 2
