@@ -164,22 +164,28 @@ def test_ct_input(tmp_path):
     g = geometry(ct.shape)
     path = write_image(tmp_path / "ct.nii.gz", ct, g)
     out = tmp_path / "P.nii.gz"
-    assert run("--input", f"ct={path}", "--clusters", 3, "--output", out) == 0
+    assert run("--input", f"ct={path}", "--clusters", 3, "--output", out, "--binary-output", tmp_path / "b.nii.gz") == 0
     side = json.loads(Path(str(out) + ".json").read_text())
-    assert side["gmm_settings"]["modality"] == "ct"
+    assert side["gmm_settings"]["modality"] == "ct" and side["gmm_settings"]["foreground_rule"] == "auto"
+    # the MRI clean-up preset is not applied to CT (several bleeds may exist)
+    assert json.loads(Path(str(tmp_path / "b.nii.gz") + ".json").read_text())["postprocess"]["keep_largest"] == 0
     from CGCLesionSegLib.metrics import dice
     assert dice(read_image(out).array_zyx >= 0.5, bleed) > 0.9
 
 
 def test_real_case(brats_case, tmp_path):
-    """One real BraTS case through the CLI: P is sensible against the reference whole lesion."""
+    """One real BraTS case through the CLI with the default (recommended) preset: P keeps the
+    reference geometry and the binary output overlaps the whole lesion as benchmarked."""
     name = brats_case.name
     out, binary = tmp_path / "P.nii.gz", tmp_path / "B.nii.gz"
     rc = run("--input", f"flair={brats_case / f'{name}_flair.nii.gz'}", "--input", f"t2={brats_case / f'{name}_t2.nii.gz'}",
-             "--output", out, "--binary-output", binary, "--fill-holes", "--keep-largest", 1, "--open-radius", 2)
+             "--output", out, "--binary-output", binary)
     assert rc == 0
     ref = read_image(brats_case / f"{name}_seg.nii.gz", dtype=None)
     p = read_image(out)
-    assert p.geometry == ref.geometry or np.allclose(p.geometry.origin, ref.geometry.origin, atol=1e-4)
+    assert p.geometry.shape_zyx == ref.geometry.shape_zyx
+    np.testing.assert_allclose(p.geometry.origin, ref.geometry.origin, atol=1e-4)
+    np.testing.assert_allclose(p.geometry.direction, ref.geometry.direction, atol=1e-6)
     from CGCLesionSegLib.metrics import dice
-    assert dice(read_image(binary, dtype=None).array_zyx, ref.array_zyx > 0) > 0.3
+    # docs/BENCHMARKS.md (gmm-accuracy) reports 0.64-0.95 per case for this configuration
+    assert dice(read_image(binary, dtype=None).array_zyx, ref.array_zyx > 0) > 0.6

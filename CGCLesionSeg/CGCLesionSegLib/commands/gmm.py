@@ -127,11 +127,12 @@ def build_config(args: argparse.Namespace, modality: str, n_inputs: int):
     return GMMConfig(**base, **common)
 
 
-def build_postprocess(args: argparse.Namespace) -> dict:
-    """binarize() keyword arguments from the preset and the options given."""
+def build_postprocess(args: argparse.Namespace, modality: str = "mri") -> dict:
+    """binarize() keyword arguments from the preset and the options given. The recommended clean-up
+    was selected on MRI tumours (one lesion); CT bleeds may be several, so CT keeps the plain threshold."""
     from ..gmm import RECOMMENDED_POSTPROCESS
     post = {"fill_holes": False, "min_component_voxels": 0, "keep_largest": 0, "opening_radius": 0}
-    if args.preset == "recommended" and not args.no_postprocess:
+    if args.preset == "recommended" and modality == "mri" and not args.no_postprocess:
         post.update({k: v for k, v in RECOMMENDED_POSTPROCESS.items() if k != "threshold"})
     if args.fill_holes is not None:
         post["fill_holes"] = False if args.fill_holes == "none" else args.fill_holes
@@ -171,8 +172,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the output files must have different names")
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
-    post = build_postprocess(args)
     modality = "ct" if "ct" in [n for n, _ in specs if n] else "mri"
+    post = build_postprocess(args, modality)
     config = build_config(args, modality, len(paths))
 
     images = [read_image(p) for p in paths]
