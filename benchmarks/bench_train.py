@@ -20,6 +20,7 @@ Also re-measures the forward time of one 4-channel 128³ window for a few widths
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -60,7 +61,7 @@ def _saved_bytes(net, x, p, cfg, amp_dtype, torch, cgc_loss, LossConfig):
     return total[0]
 
 
-def _time_steps(net, opt, x, p, cfg, repeats, amp, torch, cgc_loss, LossConfig):
+def _make_step(net, opt, x, p, cfg, amp, torch, cgc_loss, LossConfig):
     def step():
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
             out = net(x)
@@ -70,14 +71,20 @@ def _time_steps(net, opt, x, p, cfg, repeats, amp, torch, cgc_loss, LossConfig):
         opt.step()
         if x.device.type == "cuda":
             torch.cuda.synchronize()
+    return step
 
-    step()  # warm-up (allocator, oneDNN/cuDNN kernels)
-    times = []
+
+def _interleaved_medians(steps: dict, repeats: int) -> dict:
+    """Warm up each step once, then time them in turn (so background load hits all alike)."""
+    for f in steps.values():
+        f()
+    times = {k: [] for k in steps}
     for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for k, f in steps.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv=None) -> int:
@@ -94,6 +101,7 @@ def main(argv=None) -> int:
     from CGCLesionSegLib.network import CGCNet, NetConfig, count_parameters
 
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -131,21 +139,27 @@ def main(argv=None) -> int:
     for crop in crops:
         crop_zyx = xyz_to_zyx(crop)
         x, p = _batch(crop_zyx, PAPER_BATCH, device, torch)
-        results = {}
-        for name, cfg in (("full", default), ("backbone", NetConfig(coarse=False, fine=False))):
-            torch.manual_seed(0)
-            net = CGCNet(cfg).to(device).train()
-            opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-            amp = device.type == "cuda"
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            t = _time_steps(net, opt, x, p, cfg, args.repeats, amp, torch, cgc_loss, LossConfig)
-            peak_cuda = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-            saved32 = _saved_bytes(net, x, p, cfg, None, torch, cgc_loss, LossConfig) if name == "full" else None
-            saved16 = (_saved_bytes(net, x, p, cfg, torch.bfloat16, torch, cgc_loss, LossConfig)
-                       if name == "full" else None)
-            results[name] = (t, peak_cuda, saved32, saved16)
-            del net, opt
+        amp = device.type == "cuda"
+        full_cfg, bb_cfg = default, NetConfig(coarse=False, fine=False)
+        torch.manual_seed(0)
+        full = CGCNet(full_cfg).to(device).train()
+        torch.manual_seed(0)
+        bb = CGCNet(bb_cfg).to(device).train()
+        steps = {"full": _make_step(full, torch.optim.Adam(full.parameters(), lr=1e-4), x, p, full_cfg, amp,
+                                    torch, cgc_loss, LossConfig),
+                 "backbone": _make_step(bb, torch.optim.Adam(bb.parameters(), lr=1e-4), x, p, bb_cfg, amp,
+                                        torch, cgc_loss, LossConfig)}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            steps["full"]()
+            peak_cuda = torch.cuda.max_memory_allocated()
+        else:
+            peak_cuda = None
+        med = _interleaved_medians(steps, args.repeats)
+        s32 = _saved_bytes(full, x, p, full_cfg, None, torch, cgc_loss, LossConfig)
+        s16 = _saved_bytes(full, x, p, full_cfg, torch.bfloat16, torch, cgc_loss, LossConfig)
+        results = {"full": (med["full"], peak_cuda, s32, s16), "backbone": (med["backbone"],)}
+        del full, bb, steps
         t_full, peak_cuda, s32, s16 = results["full"]
         t_bb = results["backbone"][0]
         gib = 1024 ** 3
@@ -176,6 +190,9 @@ def main(argv=None) -> int:
                 "Adam state; it is what a GPU needs beyond the CUDA context (~0.5 GB). The 7 GB target at "
                 "192×192×64 batch 2 with bf16 is met when the bf16 column is well under 6 GiB.")
     body.append(f"Peak RSS of this process (CPU, all runs above): {peak_rss_gib:.2f} GiB.")
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    body.append(f"1-minute load average at start / end: {load_start:.1f} / {load_end:.1f} (the box is shared; with "
+                f"load above the core count, absolute times are inflated — ratios from interleaved runs less so).")
     if device.type == "cpu":
         body.append("No GPU on this machine: GPU steps/s and the paper-schedule estimate are not measured here; run "
                     "`python benchmarks/bench_train.py --device cuda` on a GPU machine to add them.")
