@@ -150,6 +150,22 @@ class CachedCase:
     prob: np.ndarray
     mask: np.ndarray
     meta: dict = field(default_factory=dict)
+    source: Optional[str] = None  # cache path stem; lets worker processes re-open the memory maps
+
+    def __getstate__(self) -> dict:
+        # With the "spawn" start method (Windows, macOS) DataLoader workers receive the dataset by
+        # pickling: send the cache paths, not the arrays, so every worker maps the same files.
+        state = dict(self.__dict__)
+        if self.source is not None:
+            for n in ("image", "prob", "mask"):
+                state[n] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.source is not None and self.image is None:
+            for n in ("image", "prob", "mask"):
+                setattr(self, n, np.load(f"{self.source}.{n}.npy", mmap_mode="r"))
 
 
 def _file_fingerprint(path: str) -> dict:
@@ -206,7 +222,7 @@ def load_cached(cache_dir: Path, spec: CaseSpec, settings: dict) -> Optional[Cac
         arrays = {n: np.load(cache_dir / f"{stem}.{n}.npy", mmap_mode="r") for n in ("image", "prob", "mask")}
     except (OSError, ValueError):
         return None
-    return CachedCase(spec.name, arrays["image"], arrays["prob"], arrays["mask"], meta)
+    return CachedCase(spec.name, arrays["image"], arrays["prob"], arrays["mask"], meta, str(cache_dir / stem))
 
 
 def prepare_case(spec: CaseSpec, cache_dir: str | os.PathLike, settings: dict,

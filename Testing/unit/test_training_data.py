@@ -181,3 +181,13 @@ def test_flips_move_image_and_p_together(tmp_path):
                     rp = np.flip(r["prob"].numpy(), axes) if axes else r["prob"].numpy()
                     found |= np.array_equal(ri, img) and np.array_equal(rp, p)
         assert found
+
+
+def test_cached_case_pickles_as_paths_for_spawned_workers(tmp_path):
+    import pickle
+    case = _cached(tmp_path)[0]
+    blob = pickle.dumps(case)
+    assert len(blob) < 10_000  # paths only, not the arrays
+    back = pickle.loads(blob)
+    assert isinstance(back.image, np.memmap) and np.array_equal(np.asarray(back.image), np.asarray(case.image))
+    assert np.array_equal(np.asarray(back.prob), np.asarray(case.prob))
