@@ -265,13 +265,24 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
         log = LossLog(out / LOG, start_step if resume else None) if info.is_main else None
         samples_fh = open(out / f"samples_rank{info.rank}.jsonl", "a") if record_samples else None
 
+        # SIGTERM (and a first Ctrl-C) ask for a clean stop after the current step: checkpoint, then exit.
+        # A second Ctrl-C interrupts at once.
         stop_requested = {"flag": False}
-        old_handler = None
-        if info.is_main and hasattr(signal, "SIGTERM"):
-            try:
-                old_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.__setitem__("flag", True))
-            except ValueError:  # not the main thread
-                old_handler = None
+        old_handlers = {}
+
+        def request_stop(signum, frame):
+            if signum == getattr(signal, "SIGINT", None) and stop_requested["flag"]:
+                raise KeyboardInterrupt
+            stop_requested["flag"] = True
+            if signum == getattr(signal, "SIGINT", None):
+                print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)", file=sys.stderr)
+
+        for name in ("SIGTERM", "SIGINT"):
+            if hasattr(signal, name):
+                try:
+                    old_handlers[name] = signal.signal(getattr(signal, name), request_stop)
+                except ValueError:  # not the main thread: keep the defaults
+                    pass
         budget_s = train_cfg.max_minutes * 60.0 if train_cfg.max_minutes else None
         step, last_loss, stopped_early = start_step, None, False
         model.train()
@@ -316,8 +327,8 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
             if step == start_step and info.is_main and not last.exists():
                 checkpoint(step)  # nothing to do (e.g. resume of a finished run): still leave a model
         finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
+            for name, handler in old_handlers.items():
+                signal.signal(getattr(signal, name), handler)
             if log is not None:
                 log.close()
             if samples_fh is not None:
