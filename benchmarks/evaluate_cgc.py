@@ -120,7 +120,6 @@ def main(argv=None) -> int:
     else:
         ap.error("give --model CKPT or --folds K")
     print(text)
-    (Path(args.work_dir) if args.work_dir else Path(tempfile.gettempdir())).mkdir(parents=True, exist_ok=True)
     if not args.no_write:
         from _report import machine_line, write_section
         name = "cgc-accuracy" + (f"-{args.name}" if args.name else "")
