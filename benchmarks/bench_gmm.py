@@ -79,7 +79,8 @@ def one_round(chans, repeats: int) -> dict:
     out["sk_full"] = time.perf_counter() - t
     out["sk_sub"] = timed(lambda: GaussianMixture(4, covariance_type="full", random_state=0).fit(sub).predict_proba(X),
                           max(1, repeats // 2))
-    out["ll"] = (float(out.pop("model").score(X)), float(gm.score(X)))
+    gm_sub = GaussianMixture(4, covariance_type="full", random_state=0).fit(sub)
+    out["ll"] = (float(out.pop("model").score(X)), float(gm.score(X)), float(gm_sub.score(X)))
     out["n"] = X.shape[0]
     return out
 
@@ -132,13 +133,20 @@ def main() -> int:
         fg = f"{med((label, 'fg')) * 1000:.0f} ms" if (label, "fg") in rounds[0] else "—"
         lines.append(f"| {label} | {med((label, 'first')):.2f} s | **{med((label, 'refit')):.3f} s** | {fg} | "
                      f"{rounds[0][(label, 'iters')]} |")
-    ll_ours, ll_sk = rounds[-1]["ll"]
+    ll_ours, ll_sk, ll_sk_sub = rounds[-1]["ll"]
     lines += ["", "| reference, same voxels (4 channels, K=4, full covariance) | time | ratio to our refit |", "|---|---|---|",
               f"| scikit-learn GaussianMixture fit on all voxels + predict_proba | {med('sk_full'):.2f} s | ×{ratio_full:.0f} |",
               f"| scikit-learn fit on the same 100k subsample + predict_proba on all | {med('sk_sub'):.2f} s | ×{ratio_sub:.1f} |",
               "", f"Target: ≤ 0.3 s per refit for K = 4 on a four-channel case, 2 cores: **{med((TARGET, 'refit')):.3f} s**. "
               f"Mean log-likelihood per voxel on all voxels: ours (fit on the subsample) {ll_ours:.4f}, scikit-learn "
-              f"(fit on all voxels) {ll_sk:.4f}. Threads: numpy/OpenBLAS default, torch {torch.get_num_threads()} (unused here)."]
+              f"fit on the same subsample {ll_sk_sub:.4f}, scikit-learn fit on all voxels {ll_sk:.4f} (differences "
+              f"of this size are other local optima of EM — they change with the seed — not fitting error). Threads: numpy/OpenBLAS default, torch {torch.get_num_threads()} (unused here)."]
+    if busy:
+        # The issue measured the subsampled scikit-learn run at 0.55-0.9 s on this machine when quiet;
+        # the within-round ratio carries over to that state.
+        lines += ["", f"On a quiet machine the subsampled scikit-learn run takes 0.55–0.9 s (issue 3); with the "
+                  f"within-round ratio ×{ratio_sub:.1f} that corresponds to a refit of about "
+                  f"{0.55 / ratio_sub:.2f}–{0.9 / ratio_sub:.2f} s (an inference from the ratio, not a measurement)."]
     md = "\n".join(lines)
     print(md)
     if not args.no_write:
