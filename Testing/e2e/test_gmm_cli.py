@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from CGCLesionSegLib.cli import main
 from CGCLesionSegLib.image_io import Geometry, read_image, write_image
