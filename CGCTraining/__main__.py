@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int, help="optimisation steps instead of epochs")
     g.add_argument("--max-minutes", type=float, help="wall-clock budget; then checkpoint and stop cleanly")
     g.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt (same settings)")
+    g.add_argument("--init-from", metavar="CKPT", help="start from this model's weights (fine-tuning; same architecture "
+                   "and modalities; the optimizer and step count start fresh)")
     g.add_argument("--crop", nargs=3, type=int, default=list(t.crop_xyz), metavar=("X", "Y", "Z"),
                    help="random crop size, multiples of 8 (default 192 192 64 as the paper; use smaller on CPU)")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help=f"crops per step and process (default {t.batch_size})")
@@ -200,7 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cases = discover_cases(args.cases, train_cfg.modalities)
         result = train(cases, train_cfg, net_cfg, args.output_dir, gmm_config=gmm_cfg,
                        spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=args.resume,
-                       device=args.device, progress=args.progress, record_samples=args.record_samples)
+                       device=args.device, progress=args.progress, record_samples=args.record_samples,
+                       init_checkpoint=args.init_from)
     except (ValueError, ImageIOError, GeometryMismatchError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -115,6 +115,17 @@ def _check_resume_compatible(ckpt: dict, net_config: NetConfig, train_cfg: Train
                          f"may change), or start a new run in another --output-dir")
 
 
+def _init_from(model: torch.nn.Module, path: Path, net_config: NetConfig, channels: list, dev: torch.device) -> None:
+    """Start from another run's weights (fine-tuning, e.g. ``cgcseg segment --adapt``): same architecture
+    and modalities required; the optimizer and the step count start fresh."""
+    ckpt = read_checkpoint(path, map_location=dev)
+    if _json_roundtrip(ckpt["net_config"]) != _json_roundtrip(config_to_dict(net_config)):
+        raise ValueError(f"{path}: its network configuration differs from this run's; fine-tuning needs the same architecture")
+    if list(ckpt["channels"]) != list(channels):
+        raise ValueError(f"{path} was trained on {ckpt['channels']}, this run uses {channels}")
+    model.load_state_dict(ckpt["model"])
+
+
 class LossLog:
     """CSV of every loss term per step; on resume, rows after the checkpoint's step are dropped
     (they belong to the interrupted part that is about to be redone)."""
@@ -175,7 +186,8 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
           *, gmm_config=None, normalization: NormalizationConfig = NormalizationConfig(),
           spacing_xyz: Optional[Sequence[float]] = None, resume: bool = False, device: str = "auto",
           progress: str = "bar", record_samples: bool = False,
-          should_stop: Optional[Callable[[], bool]] = None) -> TrainResult:
+          should_stop: Optional[Callable[[], bool]] = None,
+          init_checkpoint: Optional[str | os.PathLike] = None) -> TrainResult:
     """Train the CGC network on ``cases``; writes ``RUN_DIR/last.pt``, ``loss_log.csv``, ``run.json``
     and the cache ``RUN_DIR/cache``. See docs/TRAINING.md."""
     t_start = time.monotonic()
@@ -184,14 +196,14 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
     dd.init(info, dev)
     try:
         return _train(cases, train_cfg, net_config, Path(output_dir), gmm_config, normalization, spacing_xyz,
-                      resume, dev, progress, record_samples, should_stop, info, t_start)
+                      resume, dev, progress, record_samples, should_stop, info, t_start, init_checkpoint)
     finally:
         dd.cleanup()
 
 
 def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_config, normalization,
            spacing_xyz, resume: bool, dev: torch.device, progress: str, record_samples: bool, should_stop,
-           info: dd.DistInfo, t_start: float) -> TrainResult:
+           info: dd.DistInfo, t_start: float, init_checkpoint=None) -> TrainResult:
     if net_config.in_channels != len(train_cfg.modalities):
         raise ValueError(f"the network has {net_config.in_channels} input channel(s) but {len(train_cfg.modalities)} "
                          f"modalities were given ({' '.join(train_cfg.modalities)})")
@@ -221,6 +233,8 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
         model = CGCNet(net_config).to(dev)
         optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
         start_step = 0
+        if init_checkpoint is not None and not resume:
+            _init_from(model, Path(init_checkpoint), net_config, channels, dev)
         if resume:
             ckpt = read_checkpoint(last, map_location=dev)
             _check_resume_compatible(ckpt, net_config, train_cfg, channels, settings, last)
@@ -249,7 +263,8 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
         patch_zyx = net_config.patch_size_zyx
         tcfg_dict = train_config_to_dict(train_cfg)
-        run_meta = {"cases": [c.name for c in cached], "world_size": info.world_size, "device": str(dev),
+        run_meta = {"init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+                    "cases": [c.name for c in cached], "world_size": info.world_size, "device": str(dev),
                     "steps_per_epoch": spe, "total_steps": total}
 
         def checkpoint(step: int) -> None:

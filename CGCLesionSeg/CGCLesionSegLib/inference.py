@@ -95,6 +95,16 @@ def order_channels(channels_zyx: Sequence[np.ndarray], names: Sequence[str | Non
     return [channels_zyx[int(i)] for i in index]
 
 
+def _brain_mask(channels: Sequence[np.ndarray], preprocessing: dict) -> np.ndarray:
+    """The mask rule the model was trained with: non-zero voxels (skull-stripped MRI) or, for CT
+    models, the GMM stage's HU window on the first channel."""
+    if preprocessing.get("brain_mask") == "ct_window":
+        from .gmm import ct_brain_mask
+        window = tuple((preprocessing.get("gmm") or {}).get("ct_brain_hu", (0.0, 100.0)))
+        return ct_brain_mask(channels[0], window)
+    return default_brain_mask(channels)
+
+
 def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: InferenceConfig,
                         device: torch.device, progress: Optional[ProgressCallback] = None,
                         should_stop: Optional[StopCallback] = None) -> np.ndarray:
@@ -140,14 +150,14 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     for ch in channels:
         if ch.shape != tuple(geometry.shape_zyx):
             raise ValueError(f"channel shape {ch.shape} does not match the geometry {geometry.shape_zyx}")
-    brain = default_brain_mask(channels) if mask_zyx is None else np.asarray(mask_zyx) != 0
+    pre = dict(info.preprocessing or {})
+    brain = _brain_mask(channels, pre) if mask_zyx is None else np.asarray(mask_zyx) != 0
     if mask_zyx is not None and brain.shape != tuple(geometry.shape_zyx):
         raise ValueError(f"mask shape {brain.shape} does not match the image shape {geometry.shape_zyx}")
     if not brain.any():
         raise ValueError("the brain mask is empty: give a mask with non-zero brain voxels (--mask)")
     check_stop(should_stop)
 
-    pre = dict(info.preprocessing or {})
     gmm_probability = None
     if compute_gmm:
         from .gmm import GMMConfig, compute_probability_map

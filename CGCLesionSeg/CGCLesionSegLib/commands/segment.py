@@ -135,6 +135,7 @@ def _segment_one(args) -> int:
         # Keep the adapted model beside the output (the sidecar's model hash refers to it).
         import shutil
         kept = Path(str(args.output) + ".adapted.pt")
+        kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(model_path), kept)
         shutil.rmtree(adapt_dir, ignore_errors=True)
         result.model_path = kept

@@ -1,0 +1,68 @@
+"""`cgcseg segment --adapt` and fine-tuning from a checkpoint (`--init-from`)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from CGCLesionSegLib.checkpoint import read_checkpoint, save_checkpoint
+from CGCLesionSegLib.config import config_to_dict
+from CGCLesionSegLib.gmm import GMMConfig, config_to_dict as gmm_to_dict
+from CGCLesionSegLib.image_io import read_image
+from CGCLesionSegLib.network import CGCNet, NetConfig
+from CGCLesionSegLib.phantom import make_phantom, save_phantom
+from CGCLesionSegLib.preprocess import NormalizationConfig
+
+TINY = dict(widths=(4, 8, 8, 16), blocks=(0, 0, 1, 1), decoder_width=4, projection_dim=8, patch_size_xyz=(2, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return save_phantom(make_phantom(shape_xyz=(48, 48, 32), spacing_xyz=(1.5, 1.5, 1.5), seed=5),
+                        tmp_path_factory.mktemp("c"), "p")
+
+
+def _base(tmp_path, channels):
+    torch.manual_seed(0)
+    cfg = NetConfig(in_channels=len(channels), **TINY)
+    pre = {"normalization": config_to_dict(NormalizationConfig()), "gmm": gmm_to_dict(GMMConfig()),
+           "spacing_xyz": [1.5, 1.5, 1.5]}
+    model = CGCNet(cfg)
+    return save_checkpoint(tmp_path / "base.pt", model, cfg, channels, pre), model
+
+
+def test_adapt_fine_tunes_base_model_and_keeps_it_beside_output(tmp_path, case):
+    base, model = _base(tmp_path, ["flair", "t2"])
+    seg = tmp_path / "out" / "seg.nii.gz"
+    r = subprocess.run([sys.executable, "-m", "CGCLesionSegLib.cli", "segment", "--input", f"t2={case['t2']}",
+                        "--input", f"flair={case['flair']}", "--model", str(base), "--output", str(seg), "--adapt",
+                        "--adapt-steps", "2", "--adapt-minutes", "5", "--progress", "none"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    adapted = seg.parent / "seg.nii.gz.adapted.pt"
+    ck = read_checkpoint(adapted)
+    assert ck["step"] == 2 and ck["channels"] == ["flair", "t2"]
+    assert ck["preprocessing"]["spacing_xyz"] == [1.5, 1.5, 1.5]
+    # Fine-tuned: weights moved away from the base, but started from it (not re-initialised).
+    base_sd = model.state_dict()
+    diffs = [float((ck["model"][k].float() - v.float()).abs().max()) for k, v in base_sd.items() if v.is_floating_point()]
+    assert max(diffs) > 0 and max(diffs) < 0.05
+    side = json.loads((seg.parent / "seg.nii.gz.json").read_text())
+    assert side["adapted"]["steps"] == 2 and side["model"]["path"] == str(adapted)
+    assert read_image(seg).geometry == read_image(case["flair"]).geometry
+    assert sorted(p.name for p in seg.parent.iterdir()) == ["seg.nii.gz", "seg.nii.gz.adapted.pt", "seg.nii.gz.json"]
+
+
+def test_init_from_refuses_other_architecture(tmp_path, case):
+    base, _ = _base(tmp_path, ["flair"])
+    r = subprocess.run([sys.executable, "-m", "CGCTraining", "--cases", str(case["case_dir"].parent),
+                        "--modalities", "flair", "t2", "--output-dir", str(tmp_path / "run"), "--steps", "1",
+                        "--crop", "16", "16", "16", "--widths", "4", "8", "8", "16",
+                        "--blocks", "0", "0", "1", "1", "--decoder-width", "4", "--projection-dim", "8",
+                        "--patch", "2", "2", "2", "--init-from", str(base), "--progress", "none", "--workers", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "network configuration differs" in r.stderr and not (tmp_path / "run" / "last.pt").exists()
