@@ -37,7 +37,9 @@ class InferenceConfig:
     sigma_scale: float = 0.125
     threshold: float = 0.5
     min_component_voxels: int = 0
-    fill_holes: bool = False
+    fill_holes: bool | str = False
+    keep_largest: int = 0
+    opening_radius: int = 0
     device: str = "auto"
     amp: bool = True
     margin_voxels: int = 4
@@ -51,8 +53,13 @@ class InferenceConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.min_component_voxels < 0:
-            raise ValueError(f"min_component_voxels must be >= 0, got {self.min_component_voxels}")
+        if self.min_component_voxels < 0 or self.keep_largest < 0 or self.opening_radius < 0:
+            raise ValueError("min_component_voxels, keep_largest and opening_radius must be >= 0, got "
+                             f"{self.min_component_voxels}, {self.keep_largest}, {self.opening_radius}")
+        if self.opening_radius and not self.keep_largest:
+            raise ValueError("opening_radius ranks components for keep_largest; set keep_largest too")
+        if self.fill_holes not in (False, True, "2d", "3d"):
+            raise ValueError(f"fill_holes must be False, True, '2d' or '3d', got {self.fill_holes!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -193,7 +200,8 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
         prob = np.clip(resample_to_grid(prob, work_geometry, geometry, "linear"), 0.0, 1.0)
         prob[~brain] = 0.0
     mask = binarize(prob, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
-                    fill_holes=config.fill_holes)
+                    fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain,
+                    opening_radius=config.opening_radius)
     call_progress(progress, 1.0, "done")
     return SegmentationResult(prob.astype(np.float32), mask.astype(np.uint8), brain, gmm_probability,
                               Path(model_path) if model_path is not None else Path(getattr(info, "path", "")),

@@ -121,3 +121,15 @@ def test_cohort_mode_skips_done_cases_and_survives_a_bad_case(tmp_path, tiny_mod
     r = cli("segment", "--cases", cohort, "--output-dir", out, "--model", tiny_model, "--progress", "none")
     assert r.returncode == 0 and "0 segmented, 2 skipped" in r.stderr
     assert (out / "phantom_000.nii.gz").stat().st_mtime_ns == before
+
+
+def test_postprocessing_options_keep_one_component(tmp_path, tiny_model, case):
+    from scipy import ndimage
+    seg = tmp_path / "seg.nii.gz"
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", seg, "--threshold", "0.3",
+            "--keep-largest", "1", "--open-radius", "1", "--fill-holes")
+    assert r.returncode == 0, r.stderr
+    _, n = ndimage.label(read_image(seg, dtype=None).array_zyx)
+    assert n <= 1
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", tmp_path / "b.nii.gz", "--open-radius", "2")
+    assert r.returncode == 2 and "keep_largest" in r.stderr and not (tmp_path / "b.nii.gz").exists()

@@ -34,7 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modalities", nargs="+", metavar="NAME", help="cohort mode: modalities to read (default: the model's)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the mask (default 0.5)")
     p.add_argument("--min-size", type=int, default=0, metavar="VOXELS", help="remove lesion components smaller than this (default 0: keep all)")
-    p.add_argument("--fill-holes", action="store_true", help="fill holes inside lesion components")
+    p.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d"), default=None,
+                   help="fill holes inside lesion components, slice by slice (2d, the default when given alone) or in 3-D")
+    p.add_argument("--keep-largest", type=int, default=0, metavar="N", help="keep only the N largest lesion components (default 0: all)")
+    p.add_argument("--open-radius", type=int, default=0, metavar="R",
+                   help="with --keep-largest: rank components after an opening of R voxels (thin bridges do not merge lesions)")
     p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size (default 160 192 160)")
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction (default 0.25)")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
@@ -47,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _inference_config(args):
     from ..inference import InferenceConfig
-    kw = dict(threshold=args.threshold, min_component_voxels=args.min_size, fill_holes=args.fill_holes,
+    kw = dict(threshold=args.threshold, min_component_voxels=args.min_size, fill_holes=args.fill_holes or False,
+              keep_largest=args.keep_largest, opening_radius=args.open_radius,
               overlap=args.overlap, batch_size=args.batch_size, device=args.device)
     if args.window:
         kw["window_xyz"] = tuple(args.window)
