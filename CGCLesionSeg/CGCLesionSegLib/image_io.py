@@ -7,7 +7,9 @@ LPS/RAS sign flip by hand.
 """
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +124,64 @@ def _has_supported_suffix(path: Path) -> bool:
     return any(name.endswith(s) for s in SUPPORTED_SUFFIXES)
 
 
+#: NIfTI datatype codes of real floating-point voxels (the only ones that can hold NaN/inf) → numpy type.
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _nifti_nonfinite_count(path: Path, chunk_bytes: int = 1 << 24) -> int:
+    """Number of NaN/inf voxels stored in a float NIfTI file (0 for integer types).
+
+    Needed because the NIfTI reader inside ITK/SimpleITK silently replaces NaN and inf by 0, so the
+    array it returns cannot show them. Reads the header (NIfTI-1 or -2, either byte order) and scans
+    the voxel data in chunks; returns 0 when the header is not understood (SimpleITK read it, so
+    that only means an exotic variant, not a reason to refuse the file).
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        head = fh.read(540)
+        if len(head) < 348:
+            return 0
+        for endian in ("<", ">"):
+            sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
+            if sizeof_hdr in (348, 540):
+                break
+        else:
+            return 0
+        if sizeof_hdr == 348:
+            dim = struct.unpack(endian + "8h", head[40:56])
+            datatype = struct.unpack(endian + "h", head[70:72])[0]
+            vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
+        else:
+            if len(head) < 540:
+                return 0
+            datatype = struct.unpack(endian + "h", head[12:14])[0]
+            dim = struct.unpack(endian + "8q", head[16:80])
+            vox_offset = int(struct.unpack(endian + "q", head[168:176])[0])
+        if datatype not in _NIFTI_FLOAT_TYPES or not 1 <= dim[0] <= 7:
+            return 0
+        n_voxels = int(np.prod([max(int(d), 1) for d in dim[1:dim[0] + 1]]))
+        dt = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype])
+        fh.seek(vox_offset)
+        remaining = n_voxels * dt.itemsize
+        chunk_bytes -= chunk_bytes % dt.itemsize
+        bad = 0
+        while remaining > 0:
+            block = fh.read(min(chunk_bytes, remaining))
+            if not block:
+                break
+            block = block[:len(block) - len(block) % dt.itemsize]
+            bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(block, dtype=dt))))
+            remaining -= len(block)
+        return bad
+
+
 def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> Image:
-    """Read a 3-D NIfTI, NRRD or MHA file; ``dtype=None`` keeps the stored pixel type."""
+    """Read a 3-D NIfTI, NRRD or MHA file; ``dtype=None`` keeps the stored pixel type.
+
+    A file with NaN or inf voxels is refused with :class:`ImageIOError` (for NIfTI this needs a look at
+    the raw data, because SimpleITK's NIfTI reader turns them into 0 without a word, which would make
+    them look like background).
+    """
     path = Path(path)
     if not path.exists():
         raise ImageIOError(f"Image file not found: {path}")
@@ -143,6 +201,16 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> 
         raise ImageIOError(f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
                            "give one scalar volume per channel.")
     array = sitk.GetArrayFromImage(img)
+    n_bad = 0
+    if np.issubdtype(array.dtype, np.floating):
+        n_bad = int(np.count_nonzero(~np.isfinite(array)))
+        name = path.name.lower()
+        # NaN/inf became exact zeros in a NIfTI; without any zero there is nothing to look for.
+        if n_bad == 0 and (name.endswith(".nii") or name.endswith(".nii.gz")) and not array.all():
+            n_bad = _nifti_nonfinite_count(path)
+    if n_bad:
+        raise ImageIOError(f"{path} contains {n_bad} NaN/inf voxel(s); they are not valid intensities. Replace "
+                           "them first (e.g. with 0 outside the brain, or re-export the image without them).")
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return Image(array, Geometry.from_sitk(img))

@@ -128,8 +128,9 @@ def test_bad_inputs_exit_2_without_output(case, capsys):
     # NaN
     nan = flair.copy()
     nan[2, 3, 4] = np.nan
-    # (NRRD: ITK's NIfTI reader turns NaN into 0 on reading)
     _assert_fails(capsys, tmp, ["--input", write_image(tmp / "nan.nrrd", nan, g)], "NaN")
+    # NIfTI too, although ITK's NIfTI reader turns NaN into 0 (background) on reading
+    _assert_fails(capsys, tmp, ["--input", write_image(tmp / "nan.nii.gz", nan, g)], "NaN")
     # empty mask
     empty = write_image(tmp / "empty.nii.gz", np.zeros(flair.shape, np.uint8), g)
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--mask", empty], "empty")

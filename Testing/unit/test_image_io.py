@@ -79,3 +79,49 @@ def test_sidecar_records_hash_and_settings(tmp_path):
     assert rec["model"]["sha256"] == file_sha256(model)
     assert rec["gmm_settings"] == {"n_clusters": 4} and rec["elapsed_s"] == 1.235
     assert rec["inputs"] == {"flair": "f.nii.gz"} and rec["threshold"] == 0.5 and rec["version"]
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_voxels_are_refused_in_every_format(tmp_path, suffix, bad):
+    # SimpleITK's NIfTI reader silently turns NaN/inf into 0 (background); read_image must not.
+    a = np.random.default_rng(2).normal(size=(4, 5, 6)).astype(np.float32)
+    a[0] = 0.0
+    a[2, 3, 4] = bad
+    path = tmp_path / f"bad{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(path))
+    with pytest.raises(ImageIOError, match=r"1 NaN/inf voxel"):
+        read_image(path)
+    with pytest.raises(ImageIOError, match="NaN/inf"):
+        read_image(path, dtype=None)
+
+
+def test_nan_check_reads_float64_nifti2_and_big_endian(tmp_path):
+    from CGCLesionSegLib.image_io import _nifti_nonfinite_count
+    a = np.zeros((3, 4, 5), dtype=np.float64)
+    a[1, 2, 3] = np.nan
+    a[2, 0, 0] = np.inf
+    path = tmp_path / "d.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(path))
+    assert _nifti_nonfinite_count(path) == 2
+    # Hand-made NIfTI-2, big-endian float32: 540-byte header, data at offset 544.
+    import struct
+    hdr = bytearray(544)
+    struct.pack_into(">i", hdr, 0, 540)
+    struct.pack_into(">h", hdr, 12, 16)
+    struct.pack_into(">8q", hdr, 16, 3, 5, 4, 3, 1, 1, 1, 1)
+    struct.pack_into(">q", hdr, 168, 544)
+    data = np.ones((3, 4, 5), dtype=">f4")
+    data[0, 0, 1] = np.nan
+    (tmp_path / "n2.nii").write_bytes(bytes(hdr) + data.tobytes())
+    assert _nifti_nonfinite_count(tmp_path / "n2.nii") == 1
+    # Integer NIfTI cannot hold NaN: no scan, 0.
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 2), np.int16)), str(tmp_path / "i.nii.gz"))
+    assert _nifti_nonfinite_count(tmp_path / "i.nii.gz") == 0
+
+
+def test_finite_float_nifti_with_zero_background_still_reads(tmp_path):
+    a = np.random.default_rng(3).normal(size=(4, 5, 6)).astype(np.float32)
+    a[:, :, 0] = 0.0
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / "ok.nii.gz"))
+    np.testing.assert_array_equal(read_image(tmp_path / "ok.nii.gz").array_zyx, a)
