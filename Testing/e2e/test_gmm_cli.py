@@ -151,6 +151,14 @@ def test_bad_inputs_exit_2_without_output(case, capsys):
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--clusters", 3, "--components", 4], "label numbers")
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--threshold", 0], "threshold")
     _assert_fails(capsys, tmp, ["--input", paths["flair"], "--preset", "paper", "--open-radius", 2], "--keep-largest")
+    # an output named like an input (the mask included) is refused; the input stays untouched
+    before = {k: Path(v).read_bytes() for k, v in paths.items()}
+    for flag in ("--output", "--binary-output", "--labels-output"):
+        rc = run("--input", paths["flair"], "--mask", paths["mask"], "--output", tmp / "bad_P.nii.gz",
+                 flag, paths["mask"])
+        assert rc == 2 and "is also an input" in capsys.readouterr().err
+    assert {k: Path(v).read_bytes() for k, v in paths.items()} == before
+    assert not (tmp / "bad_P.nii.gz").exists()
     # missing file, unsupported output format
     _assert_fails(capsys, tmp, ["--input", tmp / "nope.nii.gz"], "not found")
     rc = run("--input", paths["flair"], "--output", tmp / "bad_P.png")

@@ -163,11 +163,13 @@ def run(args: argparse.Namespace) -> int:
     specs = parse_input_specs(args.inputs)
     names = [n or f"input{i + 1}" for i, (n, _) in enumerate(specs)]
     paths = [p for _, p in specs]
-    # Check every output name before any work, so a typo costs nothing and writes nothing.
-    outputs = {"--output": _check_output_path(args.output, "--output", paths)}
+    # Check every output name before any work, so a typo costs nothing and writes nothing; an output
+    # must never replace an input file (the mask included).
+    protected = paths + ([args.mask] if args.mask else [])
+    outputs = {"--output": _check_output_path(args.output, "--output", protected)}
     for flag, val in (("--binary-output", args.binary_output), ("--labels-output", args.labels_output)):
         if val:
-            outputs[flag] = _check_output_path(val, flag, paths)
+            outputs[flag] = _check_output_path(val, flag, protected)
     if len({o.resolve() for o in outputs.values()}) != len(outputs):
         raise ValueError("the output files must have different names")
     if not 0.0 < args.threshold <= 1.0:
