@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -234,16 +235,18 @@ def write_image(path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geomet
     if array.dtype == np.float64:
         array = array.astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name.split(".")[0] + "-", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    # The file is written under its final name inside a temporary folder beside the target: a MetaImage
+    # header (.mhd) names its data file (.raw/.zraw), which must therefore carry the final name too.
+    tmp_dir = tempfile.mkdtemp(prefix=".tmp-" + path.name.split(".")[0] + "-", dir=path.parent)
     try:
+        tmp = os.path.join(tmp_dir, path.name)
         sitk.WriteImage(to_sitk(array, geometry), tmp, compress)
+        for name in os.listdir(tmp_dir):  # data file(s) first, the header (the file asked for) last
+            if name != path.name:
+                os.replace(os.path.join(tmp_dir, name), path.parent / name)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 

@@ -125,3 +125,25 @@ def test_finite_float_nifti_with_zero_background_still_reads(tmp_path):
     a[:, :, 0] = 0.0
     sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / "ok.nii.gz"))
     np.testing.assert_array_equal(read_image(tmp_path / "ok.nii.gz").array_zyx, a)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_mhd_output_names_its_data_file_after_itself(tmp_path, compress):
+    g = _geometry()
+    a = np.random.default_rng(4).normal(size=g.shape_zyx).astype(np.float32)
+    write_image(tmp_path / "P.mhd", a, g, compress=compress)
+    data = "P.zraw" if compress else "P.raw"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["P.mhd", data]
+    assert f"ElementDataFile = {data}" in (tmp_path / "P.mhd").read_text()
+    write_image(tmp_path / "P.mhd", a + 1, g, compress=compress)  # overwriting leaves no orphan either
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["P.mhd", data]
+    np.testing.assert_array_equal(read_image(tmp_path / "P.mhd").array_zyx, a + 1)
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(sitk, "WriteImage", boom)
+    with pytest.raises(RuntimeError):
+        write_image(tmp_path / "x.nii.gz", np.zeros((2, 3, 4), np.float32), _geometry((2, 3, 4)))
+    assert list(tmp_path.iterdir()) == []
