@@ -2,7 +2,8 @@
 
 Either one pair (``--prediction P --reference R``) or a folder of predictions matched by case name
 to a BraTS-layout folder (``--predictions-dir D --cases DIR``: ``D/<case>*.nii.gz`` against
-``DIR/<case>/<case>_seg.nii.gz``). The reference foreground is ``label > 0`` unless ``--labels`` names
+``DIR/<case>/<case>_seg.nii.gz``; ``D/<case>.nii.gz`` is preferred, else one ``D/<case>_<tag>`` file that is
+not a ``_probability`` map and not another case's file). The reference foreground is ``label > 0`` unless ``--labels`` names
 the label values to count (e.g. ``--labels 1 4`` for the tumour core).
 """
 from __future__ import annotations
@@ -43,8 +44,74 @@ def _score(pred_path: Path, ref_path: Path, labels, threshold: float) -> dict:
             "predicted_voxels": int(p.sum()), "reference_voxels": int(r.sum())}
 
 
+_TABLE_SUFFIXES = (".csv", ".json")
+
+
+def _image_stem(path: Path) -> str | None:
+    """File name without its image suffix, or None when it is not an image file."""
+    from ..image_io import SUPPORTED_SUFFIXES
+    name = path.name
+    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return None
+
+
+def _find_prediction(files: dict[str, Path], case: str, all_cases: list[str]) -> Path | None:
+    """The prediction of ``case`` among ``files`` ({stem: path}). ``<case>`` itself wins; otherwise one
+    ``<case>_<tag>`` / ``<case>-<tag>`` file, never a probability map and never a file of another case
+    whose name starts with this one (case ``X_1`` must not take ``X_10``'s prediction)."""
+    if case in files:
+        return files[case]
+    longer = [c for c in all_cases if c != case and c.startswith(case)]
+    hits = sorted(stem for stem in files
+                  if stem[len(case):len(case) + 1] in ("_", "-") and stem.startswith(case)
+                  and not stem.endswith("_probability")
+                  and not any(stem == c or stem.startswith((c + "_", c + "-")) for c in longer))
+    if len(hits) > 1:
+        raise ValueError(f"case {case}: several predictions match ({', '.join(files[h].name for h in hits)}); "
+                         f"name the one to score {case}.nii.gz")
+    return files[hits[0]] if hits else None
+
+
+def _check_table_output(path: str, inputs: list[Path]) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in _TABLE_SUFFIXES:
+        raise ValueError(f"--output {out.name}: the table is written as .csv or .json; choose such a file name")
+    if any(out.resolve() == Path(i).resolve() for i in inputs):
+        raise ValueError(f"--output {out} is also an input; choose another file name")
+    return out
+
+
+def _write_table(out: Path, rows: list[dict], mean_dice: float, mean_sen: float) -> None:
+    """Write atomically (temp file + rename): an interrupted run never leaves half a table."""
+    import io
+    import os
+    import tempfile
+    if out.suffix.lower() == ".json":
+        text = json.dumps({"cases": rows, "mean_dice": mean_dice, "mean_sensitivity": mean_sen}, indent=2)
+    else:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        text = buf.getvalue()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + out.name + "-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     rows = []
+    inputs = [Path(p) for p in (args.prediction, args.reference) if p]
+    out = _check_table_output(args.output, inputs) if args.output else None
     if args.prediction or args.reference:
         if not (args.prediction and args.reference):
             raise ValueError("give both --prediction and --reference")
@@ -54,12 +121,16 @@ def run(args: argparse.Namespace) -> int:
         pred_dir, cases = Path(args.predictions_dir), Path(args.cases)
         if not cases.is_dir():
             raise FileNotFoundError(f"--cases folder not found: {cases}")
-        for case_dir in sorted(d for d in cases.iterdir() if d.is_dir()):
+        if not pred_dir.is_dir():
+            raise FileNotFoundError(f"--predictions-dir folder not found: {pred_dir}")
+        files = {stem: q for q in pred_dir.iterdir() if q.is_file() and (stem := _image_stem(q)) is not None}
+        case_dirs = sorted(d for d in cases.iterdir() if d.is_dir())
+        names = [d.name for d in case_dirs]
+        for case_dir in case_dirs:
             ref = case_dir / f"{case_dir.name}_seg.nii.gz"
-            preds = sorted(pred_dir.glob(f"{case_dir.name}*.nii*")) if ref.exists() else []
-            preds = [q for q in preds if not q.name.endswith(".json")]
-            if preds:
-                rows.append({"case": case_dir.name, **_score(preds[0], ref, args.labels, args.threshold)})
+            pred = _find_prediction(files, case_dir.name, names) if ref.exists() else None
+            if pred is not None:
+                rows.append({"case": case_dir.name, **_score(pred, ref, args.labels, args.threshold)})
         if not rows:
             raise ValueError(f"no prediction in {pred_dir} matched a case with labels in {cases}")
     else:
@@ -70,15 +141,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['case']:<40} dice {r['dice']:.4f}  sensitivity {r['sensitivity']:.4f}")
     if len(rows) > 1:
         print(f"{'mean':<40} dice {mean_dice:.4f}  sensitivity {mean_sen:.4f}")
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".json":
-            out.write_text(json.dumps({"cases": rows, "mean_dice": mean_dice, "mean_sensitivity": mean_sen}, indent=2))
-        else:
-            with out.open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+    if out is not None:
+        _write_table(out, rows, mean_dice, mean_sen)
         print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -1,0 +1,67 @@
+"""`cgcseg evaluate`: case matching in a predictions folder and the --output table."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from CGCLesionSegLib.cli import main
+from CGCLesionSegLib.image_io import Geometry, write_image
+
+G = Geometry((4, 5, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def _mask(*boxes):
+    m = np.zeros(G.shape_zyx, np.uint8)
+    for b in boxes:
+        m[b] = 1
+    return m
+
+
+@pytest.fixture()
+def cohort(tmp_path):
+    """Cases X_1 and X_10 (one name is a prefix of the other) with labels; predictions for X_10 only
+    (X_1 failed, as a per-case error in a cohort run would leave it)."""
+    cases, preds = tmp_path / "cases", tmp_path / "preds"
+    ref1, ref10 = _mask(np.s_[0:2, 0:2, 0:2]), _mask(np.s_[2:4, 3:5, 3:6])
+    for name, ref in (("X_1", ref1), ("X_10", ref10)):
+        write_image(cases / name / f"{name}_seg.nii.gz", ref, G)
+    write_image(preds / "X_10.nii.gz", ref10, G)
+    write_image(preds / "X_10_probability.nii.gz", ref10.astype(np.float32), G)
+    return tmp_path, cases, preds
+
+
+def test_a_case_never_takes_the_prediction_of_a_case_with_a_longer_name(cohort, capsys):
+    tmp, cases, preds = cohort
+    out = tmp / "table.json"
+    assert main(["evaluate", "--predictions-dir", str(preds), "--cases", str(cases), "--output", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert [r["case"] for r in table["cases"]] == ["X_10"]
+    assert table["cases"][0]["dice"] == 1.0
+
+
+def test_tagged_prediction_is_found_but_not_a_probability_map(cohort):
+    tmp, cases, preds = cohort
+    (preds / "X_10.nii.gz").rename(preds / "X_10_seg.nii.gz")
+    out = tmp / "t.csv"
+    assert main(["evaluate", "--predictions-dir", str(preds), "--cases", str(cases), "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("case,dice") and len(lines) == 2 and lines[1].startswith("X_10,1.0")
+    write_image(preds / "X_10_other.nii.gz", _mask(), G)
+    assert main(["evaluate", "--predictions-dir", str(preds), "--cases", str(cases)]) == 2
+
+
+def test_output_must_be_a_table_and_never_an_input(cohort, capsys):
+    tmp, cases, preds = cohort
+    ref = cases / "X_10" / "X_10_seg.nii.gz"
+    before = ref.read_bytes()
+    for bad in (ref, tmp / "table.nii.gz", tmp / "table.txt"):
+        rc = main(["evaluate", "--prediction", str(preds / "X_10.nii.gz"), "--reference", str(ref),
+                   "--output", str(bad)])
+        assert rc == 2
+        assert ".csv or .json" in capsys.readouterr().err
+    assert ref.read_bytes() == before
+    assert not (tmp / "table.nii.gz").exists() and not (tmp / "table.txt").exists()
+    rc = main(["evaluate", "--prediction", str(ref), "--reference", str(ref), "--output", str(tmp / "x.csv")])
+    assert rc == 0 and not list(tmp.glob(".tmp-*"))
