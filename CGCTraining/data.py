@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -28,8 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from CGCLesionSegLib.checkpoint import _default_file_mode
-from CGCLesionSegLib.image_io import ImageIOError, check_same_grid, read_image
+from CGCLesionSegLib.image_io import ImageIOError, atomic_write, check_same_grid, read_image
 from CGCLesionSegLib.preprocess import NormalizationConfig, default_brain_mask, normalize_channels
 
 CACHE_VERSION = 1
@@ -187,19 +185,6 @@ def _cache_stem(spec: CaseSpec) -> str:
     return f"{safe}-{digest}"
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def brain_box(mask_zyx: np.ndarray, margin: int = BOX_MARGIN) -> tuple[slice, slice, slice]:
     idx = np.nonzero(mask_zyx)
     return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, s))
@@ -289,15 +274,13 @@ def prepare_case(spec: CaseSpec, cache_dir: str | os.PathLike, settings: dict,
     if manifest.exists():
         manifest.unlink()  # invalidate first: arrays and manifest must never disagree
     for n, a in arrays.items():
-        _atomic_save_npy(cache_dir / f"{stem}.{n}.npy", a)
+        with atomic_write(cache_dir / f"{stem}.{n}.npy", "wb") as fh:
+            np.save(fh, a)
     meta = {"key": cache_key(spec, settings), "case": spec.name, "box_zyx": [[s.start, s.stop] for s in box],
             "shape_zyx": list(mask.shape), "spacing_xyz": list(geometry.spacing),
             "lesion_fraction": float((arrays["prob"][arrays["mask"]] >= 0.5).mean())}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=cache_dir)
-    with os.fdopen(fd, "w") as fh:
+    with atomic_write(manifest) as fh:  # the manifest is written last: it marks a complete entry
         json.dump(meta, fh, indent=1)
-    os.chmod(tmp, _default_file_mode())
-    os.replace(tmp, manifest)  # the manifest is written last: it marks a complete entry
     return load_cached(cache_dir, spec, settings)  # type: ignore[return-value]
 
 

@@ -22,6 +22,7 @@ import torch
 
 from CGCLesionSegLib.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint_dict
 from CGCLesionSegLib.config import config_to_dict
+from CGCLesionSegLib.image_io import atomic_write
 from CGCLesionSegLib.losses import cgc_loss
 from CGCLesionSegLib.network import CGCNet, NetConfig
 from CGCLesionSegLib.preprocess import NormalizationConfig, default_brain_mask
@@ -136,13 +137,11 @@ class LossLog:
         if resume_step is not None and path.exists():
             with open(path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
-        tmp = path.with_name("." + path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_write(path, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
             w.writeheader()
             for r in rows:
                 w.writerow({k: r.get(k, "") for k in LOG_COLUMNS})
-        os.replace(tmp, path)
         self._fh = open(path, "a", newline="")
         self._writer = csv.DictWriter(self._fh, fieldnames=LOG_COLUMNS)
 
@@ -275,8 +274,9 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
             save_checkpoint_dict(last, ckpt)
 
         if info.is_main:
-            (out / "run.json").write_text(json.dumps({"train_config": tcfg_dict, "net_config": config_to_dict(net_config),
-                                                      "preprocessing": settings, **run_meta}, indent=1))
+            with atomic_write(out / "run.json") as fh:
+                json.dump({"train_config": tcfg_dict, "net_config": config_to_dict(net_config),
+                           "preprocessing": settings, **run_meta}, fh, indent=1)
         log = LossLog(out / LOG, start_step if resume else None) if info.is_main else None
         samples_fh = open(out / f"samples_rank{info.rank}.jsonl", "a") if record_samples else None
 

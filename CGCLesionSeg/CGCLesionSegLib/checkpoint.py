@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .config import config_from_dict, config_to_dict
+from .image_io import atomic_write
 from .network import CGCNet, NetConfig
 
 FORMAT = "cgc-lesion-seg-checkpoint"
@@ -119,26 +119,9 @@ def make_checkpoint_for_inference(model: CGCNet, path: str | os.PathLike, channe
 def save_checkpoint_dict(path: str | os.PathLike, ckpt: dict) -> Path:
     """Atomic write of an already built checkpoint dict."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name + "-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(ckpt, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; a model file is shared like any output
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb", fsync=True) as fh:
+        torch.save(ckpt, fh)
     return path
-
-
-def _default_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

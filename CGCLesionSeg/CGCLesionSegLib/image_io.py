@@ -12,9 +12,10 @@ import os
 import shutil
 import struct
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -215,6 +216,37 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> 
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return Image(array, Geometry.from_sitk(img))
+
+
+def default_file_mode() -> int:
+    """Permissions of an ordinary new file under the current umask (``mkstemp`` alone gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", *, fsync: bool = False,
+                 newline: str | None = None) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; it replaces ``path`` only when the block ends
+    without an exception, so a crash or a cancel never leaves half a file (and never damages an
+    existing one). On an exception the temporary file is removed. The result gets the permissions of
+    an ordinary new file. ``fsync``: flush to disk before the rename (checkpoints)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name + "-", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": newline})) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def to_sitk(array_zyx: np.ndarray, geometry: Geometry) -> sitk.Image:

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .image_io import Geometry
+from .image_io import Geometry, atomic_write
 
 #: Default contour colours by mask name (RGB); other names take :data:`FALLBACK_COLORS` in order.
 NAMED_COLORS: dict[str, tuple[int, int, int]] = {
@@ -251,14 +251,8 @@ def write_overview(png_path: str | os.PathLike, background_zyx: np.ndarray, geom
         x += 28 + int(draw.textlength(label, font=small))
 
     path = Path(png_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        canvas.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "wb") as fh:
+        canvas.save(fh, format="PNG")
     orig_slices = [s if not flips[0] else bg.shape[0] - 1 - s for s in slices]
     return OverviewInfo(path=path, size=(width, height), slices=orig_slices, panels=panels,
                         display_axes=axes, flips=flips, colors=palette)

@@ -5,12 +5,12 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .image_io import atomic_write
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -62,10 +62,7 @@ def write_sidecar(output: str | os.PathLike, *, inputs: dict[str, str] | None = 
         record["model"] = {"path": str(model_path), "sha256": file_sha256(model_path)}
     record.update(extra)
     path = sidecar_path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-sidecar-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
+    with atomic_write(path) as fh:
         json.dump(_jsonable(record), fh, indent=2)
         fh.write("\n")
-    os.replace(tmp, path)
     return path

@@ -147,3 +147,31 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_image(tmp_path / "x.nii.gz", np.zeros((2, 3, 4), np.float32), _geometry((2, 3, 4)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_replaces_only_on_success_with_normal_permissions(tmp_path):
+    from CGCLesionSegLib.image_io import atomic_write, default_file_mode
+    target = tmp_path / "sub" / "t.txt"
+    with atomic_write(target) as fh:
+        fh.write("one")
+    assert target.read_text() == "one"
+    assert (target.stat().st_mode & 0o777) == default_file_mode()
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(target) as fh:
+            fh.write("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "one"
+    assert [f.name for f in target.parent.iterdir()] == ["t.txt"]
+    with atomic_write(target, "wb", fsync=True) as fh:
+        fh.write(b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+
+
+def test_sidecar_is_readable_like_the_output_it_describes(tmp_path):
+    # mkstemp creates 0600 files: a sidecar written that way could not be read by the other users
+    # who can read the image beside it.
+    from CGCLesionSegLib.image_io import default_file_mode
+    out = write_image(tmp_path / "o.nii.gz", np.zeros((2, 3, 4), np.float32), _geometry((2, 3, 4)))
+    side = write_sidecar(out, inputs={"flair": "f.nii.gz"})
+    assert (side.stat().st_mode & 0o777) == default_file_mode() == (out.stat().st_mode & 0o777)
+    assert not list(tmp_path.glob(".tmp-*"))

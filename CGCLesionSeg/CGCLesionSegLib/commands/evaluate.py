@@ -86,8 +86,8 @@ def _check_table_output(path: str, inputs: list[Path]) -> Path:
 def _write_table(out: Path, rows: list[dict], mean_dice: float, mean_sen: float) -> None:
     """Write atomically (temp file + rename): an interrupted run never leaves half a table."""
     import io
-    import os
-    import tempfile
+
+    from ..image_io import atomic_write
     if out.suffix.lower() == ".json":
         text = json.dumps({"cases": rows, "mean_dice": mean_dice, "mean_sensitivity": mean_sen}, indent=2)
     else:
@@ -96,16 +96,8 @@ def _write_table(out: Path, rows: list[dict], mean_dice: float, mean_sen: float)
         w.writeheader()
         w.writerows(rows)
         text = buf.getvalue()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + out.name + "-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(out, newline="") as fh:
+        fh.write(text)
 
 
 def run(args: argparse.Namespace) -> int:
