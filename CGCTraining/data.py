@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from CGCLesionSegLib.image_io import ImageIOError, atomic_write, check_same_grid, read_image
 from CGCLesionSegLib.preprocess import NormalizationConfig, default_brain_mask, normalize_channels
+from CGCLesionSegLib.sliding_window import brain_bounding_box
 
 CACHE_VERSION = 1
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -185,12 +186,6 @@ def _cache_stem(spec: CaseSpec) -> str:
     return f"{safe}-{digest}"
 
 
-def brain_box(mask_zyx: np.ndarray, margin: int = BOX_MARGIN) -> tuple[slice, slice, slice]:
-    idx = np.nonzero(mask_zyx)
-    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, s))
-                 for i, s in zip(idx, mask_zyx.shape))  # type: ignore[return-value]
-
-
 def load_cached(cache_dir: Path, spec: CaseSpec, settings: dict) -> Optional[CachedCase]:
     """The cached case when its manifest matches ``settings`` and the input files; else None."""
     stem = _cache_stem(spec)
@@ -266,7 +261,7 @@ def prepare_case(spec: CaseSpec, cache_dir: str | os.PathLike, settings: dict,
                                       for k, v in settings["normalization"].items()})
     image = normalize_channels(channels, mask, norm_cfg)
     prob = np.where(mask, np.asarray(prob, dtype=np.float32), np.float32(0.0))
-    box = brain_box(mask)
+    box = brain_bounding_box(mask, BOX_MARGIN)  # the same box rule as inference
     arrays = {"image": np.ascontiguousarray(image[(slice(None),) + box]),
               "prob": np.ascontiguousarray(prob[box]), "mask": np.ascontiguousarray(mask[box])}
     stem = _cache_stem(spec)

@@ -23,6 +23,7 @@ import torch
 from CGCLesionSegLib.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint_dict
 from CGCLesionSegLib.config import config_to_dict
 from CGCLesionSegLib.image_io import atomic_write
+from CGCLesionSegLib.inference import resolve_device
 from CGCLesionSegLib.losses import cgc_loss
 from CGCLesionSegLib.network import CGCNet, NetConfig
 from CGCLesionSegLib.preprocess import NormalizationConfig, default_brain_mask
@@ -50,14 +51,14 @@ class TrainResult:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
-    if name in ("cuda", "auto") and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    """:func:`~CGCLesionSegLib.inference.resolve_device` (auto/cpu/cuda, the same errors as inference),
+    then this process's own GPU under torchrun (``local_rank`` modulo the GPUs present)."""
+    dev = resolve_device(name)
+    if dev.type == "cuda":
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return dev
 
 
 def read_spacing_xyz(path: str) -> tuple[float, float, float]:

@@ -173,3 +173,14 @@ def test_script_path_with_separator_and_cgcseg_help(tmp_path):
     r = subprocess.run([sys.executable, "-m", "CGCLesionSegLib.cli", "train", "--help"], capture_output=True,
                        text=True, env=subprocess_env(), timeout=120)
     assert r.returncode == 0 and "--cases" in r.stdout and "--no-coarse" in r.stdout
+
+
+def test_pick_device_uses_the_inference_rule():
+    from CGCTraining.train import pick_device
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        pick_device("gpu")  # a typo was silently trained on the CPU
+    if not torch.cuda.is_available():
+        assert pick_device("auto", local_rank=1) == torch.device("cpu")
+        with pytest.raises(ValueError, match="--device cpu or auto"):
+            pick_device("cuda")
