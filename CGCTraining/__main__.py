@@ -210,7 +210,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (Cancelled, KeyboardInterrupt) as exc:
         print(f"{prog}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+    except MemoryError as exc:  # host RAM (numpy, the P cache)
+        print(f"{prog}: error: out of memory ({exc or 'MemoryError'}). {_oom_advice(args)}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        print(f"{prog}: error: out of memory on the {'GPU' if 'CUDA' in str(exc) else 'device'} "
+              f"({str(exc).splitlines()[0][:160]}). {_oom_advice(args)}", file=sys.stderr)
+        return 2
     return 0 if result.step > 0 or result.total_steps == 0 else 1
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or "out of memory" in str(exc).lower()
+
+
+def _oom_advice(args) -> str:
+    crop = " ".join(str(max(8, c // 16 * 8) if i < 2 else c) for i, c in enumerate(args.crop))  # x, y halved, multiples of 8
+    return (f"Use a smaller --crop (e.g. {crop}) or --batch-size, or fewer --widths; the last checkpoint in "
+            f"{args.output_dir} is intact and --resume continues it with the same settings, so a smaller "
+            "crop needs a new --output-dir")
 
 
 if __name__ == "__main__":

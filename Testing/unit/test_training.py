@@ -184,3 +184,19 @@ def test_pick_device_uses_the_inference_rule():
         assert pick_device("auto", local_rank=1) == torch.device("cpu")
         with pytest.raises(ValueError, match="--device cpu or auto"):
             pick_device("cuda")
+
+
+@pytest.mark.parametrize("exc", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                 MemoryError("Unable to allocate 3.4 GiB")])
+def test_out_of_memory_is_one_error_line_with_advice(tmp_path, capsys, monkeypatch, exc):
+    import CGCTraining.train as T
+    import CGCTraining.data as D
+
+    def boom(*a, **k):
+        raise exc
+    monkeypatch.setattr(D, "discover_cases", lambda *a, **k: [])
+    monkeypatch.setattr(T, "train", boom)
+    rc = main(["--cases", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--crop", "96", "96", "32"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "out of memory" in err and "--crop (e.g. 48 48 32)" in err and "--batch-size" in err
