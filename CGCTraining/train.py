@@ -267,7 +267,10 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                     "cases": [c.name for c in cached], "world_size": info.world_size, "device": str(dev),
                     "steps_per_epoch": spe, "total_steps": total}
 
+        saved = {"step": start_step if resume else None}
+
         def checkpoint(step: int) -> None:
+            saved["step"] = step
             if not info.is_main:
                 return
             ckpt = build_checkpoint(model, net_config, channels, settings, tcfg_dict, optimizer, step,
@@ -316,6 +319,15 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                 step += 1
                 vec = dd.mean_across(torch.stack([terms[k].float() for k in LOG_COLUMNS[2:7]]).detach(), info)
                 vals = dict(zip(LOG_COLUMNS[2:7], (float(v) for v in vec.cpu())))
+                if not np.isfinite(vals["total"]):
+                    # The mean over ranks is non-finite on every rank alike, so all stop together. The
+                    # weights are spoilt from here on: never checkpoint them over the last good model.
+                    kept = (f"{last} still holds step {saved['step']}" if saved["step"] is not None
+                            else "no checkpoint was written")
+                    raise ValueError(
+                        f"the loss became {vals['total']} at step {step} (bce {vals['bce']}, cg {vals['cg']}, "
+                        f"fg {vals['fg']}); training stopped and {kept}. Lower --lr, or check the cases "
+                        "(their images and P) for extreme values")
                 last_loss = vals["total"]
                 epoch = (step - 1) // spe
                 if samples_fh is not None:

@@ -200,3 +200,28 @@ def test_out_of_memory_is_one_error_line_with_advice(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert "out of memory" in err and "--crop (e.g. 48 48 32)" in err and "--batch-size" in err
+
+
+def test_non_finite_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    import CGCTraining.train as T
+    cases = write_csv_with_prob(tmp_path / "list", n_cases=1)
+    run = tmp_path / "run"
+    real_loss = T.cgc_loss
+    calls = {"n": 0}
+
+    def loss_nan_from_step_3(*a, **k):
+        calls["n"] += 1
+        loss, terms = real_loss(*a, **k)
+        if calls["n"] >= 3:
+            loss = loss * float("nan")
+            terms = {**terms, "total": loss}
+        return loss, terms
+    monkeypatch.setattr(T, "cgc_loss", loss_nan_from_step_3)
+    rc = main([str(a) for a in ["--cases", cases, "--modalities", *MODS, "--output-dir", run, "--crop", "16", "16",
+                                "16", "--workers", "0", "--steps", "5", "--checkpoint-every", "2",
+                                "--progress", "none", "--device", "cpu", *TINY_NET_ARGS]])
+    err = capsys.readouterr().err
+    assert rc == 2 and "loss became nan at step 3" in err and "still holds step 2" in err, err
+    ckpt = read_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
