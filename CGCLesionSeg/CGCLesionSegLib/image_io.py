@@ -15,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -216,6 +216,29 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> 
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return Image(array, Geometry.from_sitk(img))
+
+
+def check_output_paths(outputs: Mapping[str, str | os.PathLike], inputs: Iterable[str | os.PathLike | None], *,
+                       formats: Sequence[str] | None = SUPPORTED_SUFFIXES) -> dict[str, Path]:
+    """Check output file names before any work is done, so a typo costs nothing and writes nothing.
+
+    ``outputs``: {what (e.g. the flag "--output"): path}. Each must end in one of ``formats`` (None:
+    any name), must not be one of ``inputs`` (same file, also through a link: inputs are never
+    overwritten), and no two may be the same file. Raises ``ValueError``; returns {what: Path}.
+    """
+    ins = [Path(i) for i in inputs if i]
+    out: dict[str, Path] = {}
+    for what, value in outputs.items():
+        path = Path(value)
+        if formats is not None and not any(path.name.lower().endswith(s) for s in formats):
+            raise ValueError(f"{what} {path.name}: unsupported format; use one of {', '.join(formats)}")
+        if path.exists() and any(i.exists() and os.path.samefile(path, i) for i in ins):
+            raise ValueError(f"{what} {path} is also an input; choose another file name")
+        for other_what, other in out.items():
+            if path.resolve() == other.resolve():
+                raise ValueError(f"{what} and {other_what} are the same file {path}; the outputs need different names")
+        out[what] = path
+    return out
 
 
 def default_file_mode() -> int:

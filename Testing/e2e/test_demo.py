@@ -154,3 +154,15 @@ def test_demo_falls_back_to_a_shipped_flair_only_model(tmp_path, monkeypatch, ca
     side = json.loads((out / "segmentation.nii.gz.json").read_text())
     assert side["stage"] == "cgc" and side["model"]["path"].endswith("cgc_flair.pt")
     assert "CGC network (cgc_flair.pt)" in capsys.readouterr().out
+
+
+def test_demo_never_writes_over_a_given_input(tmp_path, capsys):
+    from CGCLesionSegLib.cli import main
+    from CGCLesionSegLib.image_io import Geometry, write_image
+    g = Geometry((4, 5, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    flair = write_image(tmp_path / "segmentation.nii.gz", np.arange(120, dtype=np.float32).reshape(4, 5, 6), g)
+    before = flair.read_bytes()
+    rc = main(["demo", "--output-dir", str(tmp_path), "--input", f"flair={flair}", "--progress", "none"])
+    assert rc == 2 and "also an input" in capsys.readouterr().err
+    assert flair.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segmentation.nii.gz"]

@@ -175,3 +175,17 @@ def test_sidecar_is_readable_like_the_output_it_describes(tmp_path):
     side = write_sidecar(out, inputs={"flair": "f.nii.gz"})
     assert (side.stat().st_mode & 0o777) == default_file_mode() == (out.stat().st_mode & 0o777)
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_check_output_paths_protects_inputs_and_checks_names(tmp_path):
+    from CGCLesionSegLib.image_io import check_output_paths
+    inp = write_image(tmp_path / "in.nii.gz", np.zeros((2, 3, 4), np.float32), _geometry((2, 3, 4)))
+    (tmp_path / "link.nii.gz").symlink_to(inp)
+    assert check_output_paths({"--output": tmp_path / "o.nii.gz"}, [inp, None]) == {"--output": tmp_path / "o.nii.gz"}
+    for bad, word in ((inp, "also an input"), (tmp_path / "link.nii.gz", "also an input"),
+                      (tmp_path / "o.png", "unsupported format")):
+        with pytest.raises(ValueError, match=word):
+            check_output_paths({"--output": bad}, [inp])
+    with pytest.raises(ValueError, match="same file"):
+        check_output_paths({"--output": tmp_path / "o.nii.gz", "--binary-output": tmp_path / "." / "o.nii.gz"}, [])
+    assert check_output_paths({"png": tmp_path / "o.png"}, [inp], formats=None)

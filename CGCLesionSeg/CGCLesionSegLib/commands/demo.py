@@ -177,6 +177,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.inputs and (args.mask or args.reference):
         raise ValueError("--mask and --reference belong to --input; the phantom brings its own")
     out_dir = Path(args.output_dir)
+    if args.inputs:  # the fixed output names must not be one of the given files
+        from ..image_io import check_output_paths
+        from ..inputs import parse_input_specs
+        check_output_paths({f"output {n}": out_dir / n for n in OUTPUT_NAMES},
+                           [p for _, p in parse_input_specs(args.inputs)] + [args.mask, args.reference], formats=None)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     reporter = ProgressReporter(args.progress, "cgcseg demo")

@@ -75,12 +75,10 @@ def _find_prediction(files: dict[str, Path], case: str, all_cases: list[str]) ->
 
 
 def _check_table_output(path: str, inputs: list[Path]) -> Path:
-    out = Path(path)
-    if out.suffix.lower() not in _TABLE_SUFFIXES:
-        raise ValueError(f"--output {out.name}: the table is written as .csv or .json; choose such a file name")
-    if any(out.resolve() == Path(i).resolve() for i in inputs):
-        raise ValueError(f"--output {out} is also an input; choose another file name")
-    return out
+    from ..image_io import check_output_paths
+    if Path(path).suffix.lower() not in _TABLE_SUFFIXES:
+        raise ValueError(f"--output {Path(path).name}: the table is written as .csv or .json; choose such a file name")
+    return check_output_paths({"--output": path}, inputs, formats=_TABLE_SUFFIXES)["--output"]
 
 
 def _write_table(out: Path, rows: list[dict], mean_dice: float, mean_sen: float) -> None:

@@ -28,9 +28,6 @@ from . import add_input_args, add_progress_args
 
 DESCRIPTION = __doc__
 
-_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..gmm import COVARIANCE_TYPES, FOREGROUND_RULES, GMMConfig
     d = GMMConfig()
@@ -81,15 +78,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-postprocess", action="store_true",
                    help="binary output: plain threshold, ignore the preset's clean-up")
     add_progress_args(p)
-
-
-def _check_output_path(path: str, what: str, inputs: list[str]) -> Path:
-    out = Path(path)
-    if not any(out.name.lower().endswith(s) for s in _SUFFIXES):
-        raise ValueError(f"{what} {out.name}: unsupported format; use one of {', '.join(_SUFFIXES)}")
-    if any(out.resolve() == Path(i).resolve() for i in inputs):
-        raise ValueError(f"{what} {out} is also an input; choose another file name")
-    return out
 
 
 def build_config(args: argparse.Namespace, modality: str, n_inputs: int):
@@ -153,7 +141,7 @@ def build_postprocess(args: argparse.Namespace, modality: str = "mri") -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..gmm import ProbabilityMapSession, config_to_dict
-    from ..image_io import check_same_grid, read_image, write_image
+    from ..image_io import check_output_paths, check_same_grid, read_image, write_image
     from ..inputs import parse_input_specs
     from ..postprocess import binarize
     from ..progress import ProgressReporter
@@ -163,15 +151,11 @@ def run(args: argparse.Namespace) -> int:
     specs = parse_input_specs(args.inputs)
     names = [n or f"input{i + 1}" for i, (n, _) in enumerate(specs)]
     paths = [p for _, p in specs]
-    # Check every output name before any work, so a typo costs nothing and writes nothing; an output
-    # must never replace an input file (the mask included).
-    protected = paths + ([args.mask] if args.mask else [])
-    outputs = {"--output": _check_output_path(args.output, "--output", protected)}
-    for flag, val in (("--binary-output", args.binary_output), ("--labels-output", args.labels_output)):
-        if val:
-            outputs[flag] = _check_output_path(val, flag, protected)
-    if len({o.resolve() for o in outputs.values()}) != len(outputs):
-        raise ValueError("the output files must have different names")
+    # Every output name is checked before any work; an output never replaces an input (the mask included).
+    outputs = check_output_paths({flag: val for flag, val in (("--output", args.output),
+                                                              ("--binary-output", args.binary_output),
+                                                              ("--labels-output", args.labels_output)) if val},
+                                 paths + [args.mask])
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
     modality = "ct" if "ct" in [n for n, _ in specs if n] else "mri"
