@@ -6,10 +6,10 @@ order. The loss weights and choices live in :class:`CGCLesionSegLib.losses.LossC
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from CGCLesionSegLib.config import xyz_to_zyx
+from CGCLesionSegLib.config import config_from_dict, xyz_to_zyx
 from CGCLesionSegLib.losses import LossConfig
 from CGCLesionSegLib.network import DOWNSAMPLE_FACTOR
 
@@ -92,11 +92,6 @@ def train_config_to_dict(cfg: TrainConfig) -> dict:
 
 
 def train_config_from_dict(data: dict) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"TrainConfig: unknown field(s) {unknown}; the checkpoint may come from a newer version")
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
-    if isinstance(kwargs.get("loss"), dict):
-        kwargs["loss"] = LossConfig(**kwargs["loss"])
-    return TrainConfig(**kwargs)
+    """Inverse of :func:`train_config_to_dict` (the nested ``loss`` dict becomes a LossConfig in
+    ``__post_init__``); unknown keys raise ``ValueError`` naming them."""
+    return config_from_dict(TrainConfig, data)
