@@ -115,10 +115,15 @@ def discover_cases(cases: str | os.PathLike, modalities: Sequence[str]) -> list[
     if root.is_dir():
         found = _cases_from_folder(root, modalities)
     elif root.suffix.lower() == ".csv":
-        with open(root, newline="") as fh:
+        # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte-order mark, which would
+        # otherwise become part of the first column's name.
+        with open(root, newline="", encoding="utf-8-sig") as fh:
             found = _cases_from_records(list(csv.DictReader(fh)), root.parent, modalities, root)
     elif root.suffix.lower() == ".json":
-        data = json.loads(root.read_text())
+        try:
+            data = json.loads(root.read_text(encoding="utf-8-sig"))
+        except ValueError as exc:
+            raise ValueError(f"--cases {root} is not valid JSON ({exc})") from None
         records = data.get("cases") if isinstance(data, dict) else data
         if not isinstance(records, list):
             raise ValueError(f"{root}: expected a JSON list of cases or {{\"cases\": [...]}}")

@@ -191,3 +191,16 @@ def test_cached_case_pickles_as_paths_for_spawned_workers(tmp_path):
     back = pickle.loads(blob)
     assert isinstance(back.image, np.memmap) and np.array_equal(np.asarray(back.image), np.asarray(case.image))
     assert np.array_equal(np.asarray(back.prob), np.asarray(case.prob))
+
+
+def test_csv_saved_by_a_spreadsheet_with_a_byte_order_mark(tmp_path):
+    csv_path = write_csv_with_prob(tmp_path / "list", n_cases=2)
+    text = csv_path.read_text()
+    assert text.startswith("case")
+    bom = csv_path.with_name("excel.csv")
+    bom.write_text(text, encoding="utf-8-sig")  # what "CSV UTF-8" export of a spreadsheet writes
+    assert [c.name for c in discover_cases(bom, MODS)] == ["s0", "s1"]
+    broken = csv_path.with_name("broken.json")
+    broken.write_text('[{"case": "s0",')
+    with pytest.raises(ValueError, match=r"broken.json is not valid JSON"):
+        discover_cases(broken, MODS)
