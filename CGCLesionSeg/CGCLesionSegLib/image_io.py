@@ -280,7 +280,8 @@ def to_sitk(array_zyx: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 def write_image(path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geometry,
                 compress: bool = True) -> Path:
-    """Write atomically (temp file in the same folder, then rename): a crash never leaves half a file."""
+    """Write atomically (written in a temporary folder beside ``path``, then renamed into place): a crash
+    never leaves half a file. ``bool`` arrays are stored as uint8, float64 as float32."""
     path = Path(path)
     if not _has_supported_suffix(path):
         raise ImageIOError(f"Unsupported output format: {path.name}. Use one of {', '.join(SUPPORTED_SUFFIXES)}.")
