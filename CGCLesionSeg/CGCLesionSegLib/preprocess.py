@@ -40,7 +40,10 @@ def validate_channels(channels_zyx: Sequence[np.ndarray], names: Sequence[str] |
             raise ValueError(f"{name} has shape {ch.shape} but {names[0]} has {shape}; resample onto one grid first")
         bad = ~np.isfinite(ch)
         if bad.any():
-            raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf voxel(s); fix or mask them before segmenting")
+            # Every voxel must be a number: a brain mask does not help (normalisation, the default
+            # mask and the network all read the whole volume), so do not suggest one.
+            raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf voxel(s); replace them with numbers "
+                             "(e.g. 0 outside the brain) before segmenting")
 
 
 def default_brain_mask(channels_zyx: Sequence[np.ndarray]) -> np.ndarray:

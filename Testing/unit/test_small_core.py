@@ -64,7 +64,8 @@ def test_validation_and_default_mask():
     assert default_brain_mask([a, np.zeros_like(a)]).sum() == 1
     b = a.copy()
     b[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN") as err:
         validate_channels([a, b], ["flair", "t1"])
+    assert "mask" not in str(err.value)  # a mask does not help: the advice must not send users there
     with pytest.raises(ValueError, match="shape"):
         validate_channels([a, np.zeros((4, 4, 5))])
