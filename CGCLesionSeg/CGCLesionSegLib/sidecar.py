@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from datetime import datetime, timezone
@@ -26,18 +27,25 @@ def sidecar_path(output: str | os.PathLike) -> Path:
 
 
 def _jsonable(value: Any) -> Any:
+    """Plain JSON types for anything a caller records: numpy/torch scalars and arrays become numbers
+    and lists, non-finite floats null (``NaN`` is not JSON), other objects (a torch.device, an enum)
+    their ``str``. A sidecar is written after its image, so it must never fail on a value's type."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return value.item()
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy / torch scalars and arrays
+        return _jsonable(value.tolist())
     if hasattr(value, "__dataclass_fields__"):
         from dataclasses import asdict
         return _jsonable(asdict(value))
-    return value
+    return str(value)
 
 
 def write_sidecar(output: str | os.PathLike, *, inputs: dict[str, str] | None = None,

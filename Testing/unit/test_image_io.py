@@ -189,3 +189,14 @@ def test_check_output_paths_protects_inputs_and_checks_names(tmp_path):
     with pytest.raises(ValueError, match="same file"):
         check_output_paths({"--output": tmp_path / "o.nii.gz", "--binary-output": tmp_path / "." / "o.nii.gz"}, [])
     assert check_output_paths({"png": tmp_path / "o.png"}, [inp], formats=None)
+
+
+def test_sidecar_accepts_numpy_torch_and_non_finite_values(tmp_path):
+    import torch
+    out = tmp_path / "o.nii.gz"
+    side = write_sidecar(out, spacing=np.array([1.0, 2.0, 3.0], np.float32), scalar=np.float32(0.5),
+                         device=torch.device("cpu"), t=torch.tensor([1, 2]), loss=float("nan"), n=np.int64(3))
+    record = json.loads(side.read_text())  # strict JSON: NaN would not parse in other tools either
+    assert record["spacing"] == [1.0, 2.0, 3.0] and record["scalar"] == 0.5 and record["n"] == 3
+    assert record["device"] == "cpu" and record["t"] == [1, 2] and record["loss"] is None
+    assert "NaN" not in side.read_text()
