@@ -169,7 +169,12 @@ def prepare_cases(cases: Sequence[CaseSpec], cache_dir: Path, settings: dict, gm
             elif reporter is not None:
                 reporter.update(0.0, msg)
         t = time.perf_counter()
-        prepare_case(spec, cache_dir, settings, prob_fn)
+        try:
+            prepare_case(spec, cache_dir, settings, prob_fn)
+        except ValueError as exc:  # bad images, empty mask, constant channel ...: say which case
+            if spec.name in str(exc):
+                raise
+            raise ValueError(f"case {spec.name}: {exc}") from exc
         if info.is_main and json_mode:
             emit_json("prepared", index=i + 1, total=n, case=spec.name, seconds=round(time.perf_counter() - t, 2))
     dd.barrier(info)

@@ -225,3 +225,16 @@ def test_non_finite_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_
     ckpt = read_checkpoint(run / "last.pt")
     assert ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_a_bad_case_is_named_in_the_error(tmp_path, capsys):
+    from CGCLesionSegLib.image_io import read_image, write_image
+    data = write_brats_folder(tmp_path / "data", n_cases=2)
+    bad = data / "Case001" / "Case001_flair.nii.gz"
+    img = read_image(bad)
+    write_image(bad, np.where(img.array_zyx != 0, 7.0, 0.0).astype(np.float32), img.geometry)  # no contrast
+    rc = main([str(a) for a in ["--cases", data, "--modalities", *MODS, "--output-dir", tmp_path / "run",
+                                "--crop", "16", "16", "16", "--workers", "0", "--steps", "1", "--progress", "none",
+                                *TINY_NET_ARGS]])
+    err = capsys.readouterr().err
+    assert rc == 2 and "case Case001:" in err and "constant" in err, err
