@@ -234,11 +234,33 @@ def check_output_paths(outputs: Mapping[str, str | os.PathLike], inputs: Iterabl
             raise ValueError(f"{what} {path.name}: unsupported format; use one of {', '.join(formats)}")
         if path.exists() and any(i.exists() and os.path.samefile(path, i) for i in ins):
             raise ValueError(f"{what} {path} is also an input; choose another file name")
+        _check_writable_folder(path, what)
         for other_what, other in out.items():
             if path.resolve() == other.resolve():
                 raise ValueError(f"{what} and {other_what} are the same file {path}; the outputs need different names")
         out[what] = path
     return out
+
+
+def _check_writable_folder(path: Path, what: str = "output") -> None:
+    """Raise ``ValueError`` when ``path``'s folder cannot exist or be written (checked on the nearest
+    existing ancestor, since missing folders are created)."""
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is a file, not a folder; choose another output path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: the folder {parent} is not writable; choose a folder you can write to")
+
+
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder, turning the OS error into a message that says what to do."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageIOError(f"cannot create the folder of {path} ({exc.strerror or exc}); choose an output "
+                           "path in a folder you can write to") from exc
 
 
 def default_file_mode() -> int:
@@ -256,8 +278,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, fsync: bool = Fals
     existing one). On an exception the temporary file is removed. The result gets the permissions of
     an ordinary new file. ``fsync``: flush to disk before the rename (checkpoints)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name + "-", dir=path.parent)
+    _make_parent(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name + "-", dir=path.parent)
+    except OSError as exc:
+        raise ImageIOError(f"cannot write {path} ({exc.strerror or exc}); choose a folder you can write to") from exc
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": newline})) as fh:
             yield fh
@@ -290,13 +315,20 @@ def write_image(path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geomet
         array = array.astype(np.uint8)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     # The file is written under its final name inside a temporary folder beside the target: a MetaImage
     # header (.mhd) names its data file (.raw/.zraw), which must therefore carry the final name too.
-    tmp_dir = tempfile.mkdtemp(prefix=".tmp-" + path.name.split(".")[0] + "-", dir=path.parent)
+    try:
+        tmp_dir = tempfile.mkdtemp(prefix=".tmp-" + path.name.split(".")[0] + "-", dir=path.parent)
+    except OSError as exc:
+        raise ImageIOError(f"cannot write {path} ({exc.strerror or exc}); choose a folder you can write to") from exc
     try:
         tmp = os.path.join(tmp_dir, path.name)
-        sitk.WriteImage(to_sitk(array, geometry), tmp, compress)
+        try:
+            sitk.WriteImage(to_sitk(array, geometry), tmp, compress)
+        except RuntimeError as exc:  # ITK: disk full, file system refuses, ...
+            raise ImageIOError(f"could not write {path} ({str(exc).strip().splitlines()[-1]}); "
+                               "check the free space and the folder") from exc
         for name in os.listdir(tmp_dir):  # data file(s) first, the header (the file asked for) last
             if name != path.name:
                 os.replace(os.path.join(tmp_dir, name), path.parent / name)

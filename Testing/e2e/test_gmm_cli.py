@@ -159,6 +159,11 @@ def test_bad_inputs_exit_2_without_output(case, capsys):
         assert rc == 2 and "is also an input" in capsys.readouterr().err
     assert {k: Path(v).read_bytes() for k, v in paths.items()} == before
     assert not (tmp / "bad_P.nii.gz").exists()
+    # an output folder that cannot exist: refused before any work
+    (tmp / "bad_file").write_text("x")
+    rc = run("--input", paths["flair"], "--output", tmp / "bad_file" / "P.nii.gz")
+    assert rc == 2 and "not a folder" in capsys.readouterr().err
+    (tmp / "bad_file").unlink()
     # missing file, unsupported output format
     _assert_fails(capsys, tmp, ["--input", tmp / "nope.nii.gz"], "not found")
     rc = run("--input", paths["flair"], "--output", tmp / "bad_P.png")

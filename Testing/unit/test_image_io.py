@@ -144,9 +144,23 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
     monkeypatch.setattr(sitk, "WriteImage", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ImageIOError, match="could not write .*disk full"):
         write_image(tmp_path / "x.nii.gz", np.zeros((2, 3, 4), np.float32), _geometry((2, 3, 4)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path):
+    from CGCLesionSegLib.image_io import atomic_write, check_output_paths
+    (tmp_path / "afile").write_text("x")
+    bad = tmp_path / "afile" / "sub" / "P.nii.gz"
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        check_output_paths({"--output": bad}, [])
+    with pytest.raises(ImageIOError, match="cannot create the folder"):
+        write_image(bad, np.zeros((2, 3, 4), np.float32), _geometry((2, 3, 4)))
+    with pytest.raises(ImageIOError, match="cannot create the folder"):
+        with atomic_write(bad.with_suffix(".json")) as fh:
+            fh.write("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_atomic_write_replaces_only_on_success_with_normal_permissions(tmp_path):
