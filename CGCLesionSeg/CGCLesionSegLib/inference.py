@@ -170,7 +170,8 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
         from .gmm import GMMConfig, compute_probability_map
         gmm_cfg = config_from_dict(GMMConfig, pre["gmm"]) if pre.get("gmm") else GMMConfig()
         t = time.perf_counter()
-        gmm_probability = compute_probability_map(channels, brain, gmm_cfg).probability
+        gmm_probability = compute_probability_map(channels, brain, gmm_cfg, names=expected,
+                                                  spacing_xyz=geometry.spacing).probability
         timings["gmm_s"] = time.perf_counter() - t
 
     # Resample to the model's spacing when the input differs (e.g. 5 mm clinical FLAIR).

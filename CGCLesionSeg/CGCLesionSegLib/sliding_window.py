@@ -3,7 +3,8 @@
 Windows are cut on a regular grid (last window flush with the far edge), run in batches through a
 ``predict_fn`` mapping ``(B, C, z, y, x)`` → ``(B, 1, z, y, x)`` logits, turned into probabilities and
 blended with a separable Gaussian weight (centre voxels of a window are more reliable than its
-border, where the receptive field sees zero padding). Volumes smaller than a window are padded.
+border, where the receptive field sees zero padding). Along an axis shorter than the window, the
+window shrinks to the volume (the network pads internally to its stride).
 """
 from __future__ import annotations
 

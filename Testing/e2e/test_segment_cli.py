@@ -133,3 +133,19 @@ def test_postprocessing_options_keep_one_component(tmp_path, tiny_model, case):
     assert n <= 1
     r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", tmp_path / "b.nii.gz", "--open-radius", "2")
     assert r.returncode == 2 and "keep_largest" in r.stderr and not (tmp_path / "b.nii.gz").exists()
+
+
+def test_output_over_an_input_or_bad_name_is_refused_before_any_work(tmp_path, tiny_model, case):
+    import hashlib
+    before = hashlib.sha256(case["flair"].read_bytes()).hexdigest()
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", case["flair"])
+    assert r.returncode == 2 and "also an input" in r.stderr
+    assert hashlib.sha256(case["flair"].read_bytes()).hexdigest() == before
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", tmp_path / "seg.png")
+    assert r.returncode == 2 and "unsupported format" in r.stderr and not list(tmp_path.iterdir())
+
+
+def test_cohort_mode_refuses_single_case_flags(tmp_path, tiny_model):
+    r = cli("segment", "--cases", tmp_path, "--output-dir", tmp_path / "o", "--model", tiny_model,
+            "--mask", tmp_path / "nope.nii.gz", "--adapt")
+    assert r.returncode == 2 and "--mask, --adapt apply to one case" in r.stderr

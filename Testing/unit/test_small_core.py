@@ -69,3 +69,16 @@ def test_validation_and_default_mask():
     assert "mask" not in str(err.value)  # a mask does not help: the advice must not send users there
     with pytest.raises(ValueError, match="shape"):
         validate_channels([a, np.zeros((4, 4, 5))])
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")])
+def test_cli_turns_out_of_memory_into_one_error_line(monkeypatch, capsys, exc):
+    from CGCLesionSegLib import cli
+    from CGCLesionSegLib.commands import evaluate
+
+    def boom(args):
+        raise exc
+    monkeypatch.setattr(evaluate, "run", boom)
+    assert cli.main(["evaluate"]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "--batch-size 1" in err and "Traceback" not in err

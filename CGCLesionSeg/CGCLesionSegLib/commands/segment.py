@@ -72,10 +72,8 @@ def _write_outputs(result, geometry, inputs, args, output: Path, probability_out
     common = dict(inputs=inputs, model_path=result.model_path, device=result.device,
                   elapsed_s=result.elapsed_s, inference=config_to_dict(_inference_config(args)),
                   channels=result.channels, timings=result.timings, **(extra or {}))
+    # The mask goes last: in cohort mode its existence marks a finished case.
     written = []
-    write_image(output, result.mask, geometry)
-    write_sidecar(output, kind="segmentation", **common)
-    written.append(output)
     if probability_output:
         write_image(probability_output, result.probability, geometry)
         write_sidecar(probability_output, kind="cgc_probability", **common)
@@ -84,6 +82,9 @@ def _write_outputs(result, geometry, inputs, args, output: Path, probability_out
         write_image(gmm_output, result.gmm_probability, geometry)
         write_sidecar(gmm_output, kind="gmm_probability", **common)
         written.append(Path(gmm_output))
+    write_sidecar(output, kind="segmentation", **common)
+    write_image(output, result.mask, geometry)
+    written.insert(0, output)
     return written
 
 
@@ -107,7 +108,13 @@ def _segment_one(args) -> int:
     from ..inputs import parse_input_specs
     if not args.output:
         raise ValueError("--output SEG.nii.gz is required (or use --cases DIR --output-dir OUT for a cohort)")
+    from ..image_io import check_output_paths
+    if args.modalities:
+        raise ValueError("--modalities is for cohort mode (--cases); name single-case inputs as --input NAME=PATH")
     pairs = parse_input_specs(args.inputs)
+    outputs = {"--output": args.output, "--probability-output": args.probability_output,
+               "--gmm-output": args.gmm_output}
+    check_output_paths({k: v for k, v in outputs.items() if v}, [p for _, p in pairs] + [args.mask])
     channels, geometry, names, mask = _read_case(pairs, args.mask)
     model_path = args.model
     if model_path and not Path(model_path).is_file():
@@ -158,8 +165,9 @@ def _segment_one(args) -> int:
     return 0
 
 
-def list_cases(source: Path, modalities) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Cases as ``[(case, [(modality, path), ...])]`` from a BraTS-layout folder or a CSV."""
+def list_cases(source: Path, modalities) -> list[tuple[str, list[tuple[str, str]], str | None]]:
+    """Cases as ``[(case, [(modality, path), ...], mask path or None)]`` from a BraTS-layout folder
+    (``<case>_mask.nii.gz`` is used when present) or a CSV (optional ``mask`` column)."""
     import csv
     if source.is_file():
         with source.open(newline="") as fh:
@@ -170,7 +178,9 @@ def list_cases(source: Path, modalities) -> list[tuple[str, list[tuple[str, str]
         if missing:
             raise ValueError(f"{source}: no column for modality {', '.join(missing)} (columns: {', '.join(rows[0])})")
         base = source.parent
-        return [(r["case"], [(m, str((base / r[m]) if not os.path.isabs(r[m]) else r[m])) for m in modalities]) for r in rows]
+        resolve = lambda v: str(base / v) if not os.path.isabs(v) else v
+        return [(r["case"], [(m, resolve(r[m])) for m in modalities], resolve(r["mask"]) if r.get("mask") else None)
+                for r in rows]
     if not source.is_dir():
         raise FileNotFoundError(f"--cases not found: {source}")
     cases = []
@@ -180,7 +190,8 @@ def list_cases(source: Path, modalities) -> list[tuple[str, list[tuple[str, str]
             hits = [d / f"{d.name}_{m}{s}" for s in (".nii.gz", ".nii", ".nrrd", ".mha")]
             hit = next((h for h in hits if h.exists()), None)
             pairs.append((m, str(hit) if hit else str(hits[0])))
-        cases.append((d.name, pairs))
+        mask = d / f"{d.name}_mask.nii.gz"
+        cases.append((d.name, pairs, str(mask) if mask.exists() else None))
     if not cases:
         raise ValueError(f"no case folders in {source} (expected <case>/<case>_<modality>.nii.gz)")
     return cases
@@ -194,6 +205,13 @@ def _segment_cohort(args) -> int:
     from ..progress import ProgressReporter, emit_json
     if not args.output_dir:
         raise ValueError("cohort mode needs --output-dir OUT")
+    ignored = [flag for flag, value in (("--mask", args.mask), ("--output", args.output),
+                                        ("--probability-output", args.probability_output),
+                                        ("--gmm-output", args.gmm_output), ("--adapt", args.adapt)) if value]
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)} apply to one case (--input), not to a cohort; cohort mode writes "
+                         "OUT/<case>.nii.gz and OUT/<case>_probability.nii.gz (per-case masks: <case>_mask.nii.gz "
+                         "in the case folder, or a `mask` column in a CSV list)")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg = _inference_config(args)
     if world > 1 and torch.cuda.is_available() and args.device != "cpu":
@@ -207,14 +225,14 @@ def _segment_cohort(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     done, skipped, failed = [], [], []
     bar = ProgressReporter(args.progress if args.progress != "json" else "none", f"cohort (rank {rank})", total=max(len(cases), 1))
-    for i, (case, pairs) in enumerate(cases):
+    for i, (case, pairs, mask_path) in enumerate(cases):
         output = out_dir / f"{case}.nii.gz"
         if output.exists():
             skipped.append(case)
         else:
             try:
-                channels, geometry, names, _ = _read_case(pairs, None)
-                result = segment_case(channels, geometry, names, model_path, None, cfg, compute_gmm=False,
+                channels, geometry, names, mask = _read_case(pairs, mask_path)
+                result = segment_case(channels, geometry, names, model_path, mask, cfg, compute_gmm=False,
                                       model=model, info=info)
                 _write_outputs(result, geometry, dict(pairs), args, output,
                                out_dir / f"{case}_probability.nii.gz", None)
