@@ -149,3 +149,17 @@ def test_cohort_mode_refuses_single_case_flags(tmp_path, tiny_model):
     r = cli("segment", "--cases", tmp_path, "--output-dir", tmp_path / "o", "--model", tiny_model,
             "--mask", tmp_path / "nope.nii.gz", "--adapt")
     assert r.returncode == 2 and "--mask, --adapt apply to one case" in r.stderr
+
+
+def test_cohort_under_torchrun_splits_cases_between_ranks(tmp_path, tiny_model):
+    cohort = tmp_path / "cohort"
+    make_cohort(cohort, 3, seed=20, shape_xyz=(40, 40, 24), spacing_xyz=(1.5, 1.5, 1.5))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "CGCLesionSegLib.cli", "segment", "--cases", str(cohort), "--output-dir", str(out),
+                        "--model", str(tiny_model), "--device", "cpu", "--progress", "none"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "rank 0/2: 2 segmented" in r.stderr and "rank 1/2: 1 segmented" in r.stderr
+    assert sorted(p.name for p in out.glob("phantom_*[0-9].nii.gz")) == ["phantom_000.nii.gz", "phantom_001.nii.gz",
+                                                                         "phantom_002.nii.gz"]
