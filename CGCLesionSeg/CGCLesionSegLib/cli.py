@@ -61,18 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImageIOError, GeometryMismatchError, ValueError, FileNotFoundError) as exc:
         print(f"cgcseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except MemoryError:
-        print(f"cgcseg {args.command}: error: out of memory. Use a smaller --window or --batch-size 1, or --device "
-              "cpu if the GPU is too small; nothing was written.", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"cgcseg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        if "out of memory" not in str(exc).lower():
+    except (MemoryError, OSError, RuntimeError) as exc:
+        oom = isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+        if isinstance(exc, RuntimeError) and not oom:
             raise
-        print(f"cgcseg {args.command}: error: out of memory on the device ({str(exc).splitlines()[0][:200]}). Use a "
-              "smaller --window or --batch-size 1, or --device cpu; nothing was written.", file=sys.stderr)
+        detail = f" ({str(exc).splitlines()[0][:200]})" if str(exc) else ""
+        hint = (". Use a smaller --window or --batch-size 1, or --device cpu if the GPU is too small; nothing was written"
+                if oom else "")
+        print(f"cgcseg {args.command}: error: {'out of memory' if oom else ''}{detail if oom else exc}{hint}",
+              file=sys.stderr)
         return 2
     except Cancelled as exc:
         print(f"cgcseg {args.command}: {exc}", file=sys.stderr)
