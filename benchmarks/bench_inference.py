@@ -110,7 +110,8 @@ def main(argv=None) -> int:
         "",
         f"Case {case.name} (240×240×155, 4 channels), model: {model_note} "
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), window "
-        f"{'×'.join(map(str, cfg.window_xyz))}, device {device.type}, torch threads {threads}.",
+        f"{'×'.join(map(str, cfg.window_xyz))}, model spacing {info.preprocessing.get('spacing_xyz')} mm (the case is "
+        f"resampled to it and the outputs back to 1 mm; included in the times), device {device.type}, torch threads {threads}.",
         "",
         "| measure | value |",
         "|---|---|",
