@@ -106,7 +106,8 @@ class CGCLesionSegParameterNode:
     GMM: which channels enter it ("reference" = the first volume only, as in the paper, or "all"),
     the number of clusters, how many of them are lesion (highest reference mean), or an explicit
     list of lesion labels (1-based, as shown in the components labelmap).
-    Segment: model file (empty = the model shipped for these modalities), threshold, device.
+    Segment: model file (empty = the model shipped for these modalities), threshold, output rule
+    (``cgcseg segment --postprocess``: auto, none, single-lesion), device.
     Train: cohort folder (BraTS layout), run folder, epochs and an optional time limit.
     """
 
@@ -127,6 +128,7 @@ class CGCLesionSegParameterNode:
 
     modelPath: pathlib.Path
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    outputRule: Annotated[str, Choice(["auto", "none", "single-lesion"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
 
@@ -309,7 +311,7 @@ class CGCLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not start segmentation.", waitCursor=True):
             job = self.logic.prepareSegmentJob(self.logic.namedInputs(p), maskNode=p.maskVolume,
                                                modelPath=_pathOrNone(p.modelPath), threshold=p.threshold,
-                                               device=p.device)
+                                               device=p.device, postprocess=p.outputRule)
             self._startJob(job, "Segmenting")
 
     def onTrain(self) -> None:
@@ -984,12 +986,17 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
 
     def buildSegmentCommand(self, inputs: Sequence[tuple[str, str]], outputPath: str, maskPath: Optional[str] = None,
                             modelPath: Optional[str] = None, probabilityOutputPath: Optional[str] = None,
-                            threshold: Optional[float] = None, device: str = "auto") -> list:
-        """``python -m CGCLesionSegLib.cli segment --input NAME=PATH ... --output OUT --progress json``."""
+                            threshold: Optional[float] = None, device: str = "auto",
+                            postprocess: str = "auto") -> list:
+        """``python -m CGCLesionSegLib.cli segment --input NAME=PATH ... --output OUT --progress json``.
+
+        ``postprocess``: the output rule (auto, none, single-lesion; see ``cgcseg segment --help``)."""
         if not inputs:
             raise ValueError("At least one input is needed.")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+        if postprocess not in ("auto", "none", "single-lesion"):
+            raise ValueError(f"output rule must be auto, none or single-lesion, got {postprocess!r}")
         command = [self.pythonExecutable, "-m", "CGCLesionSegLib.cli", "segment"]
         for name, path in inputs:
             command += ["--input", f"{name}={path}" if name else str(path)]
@@ -1004,7 +1011,7 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
             if not 0.0 <= float(threshold) <= 1.0:
                 raise ValueError(f"threshold must be in [0, 1], got {threshold}")
             command += ["--threshold", repr(float(threshold))]
-        command += ["--device", device, "--progress", "json"]
+        command += ["--postprocess", postprocess, "--device", device, "--progress", "json"]
         return command
 
     def buildTrainCommand(self, casesDir: str, outputDir: str, modalities: Sequence[str] = MODALITIES,
@@ -1039,7 +1046,8 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
 
     def prepareSegmentJob(self, inputVolumes, maskNode=None, modelPath: Optional[str] = None,
                           threshold: Optional[float] = None, device: str = "auto",
-                          withProbability: bool = True, segmentName: str = "Lesion") -> ChildJob:
+                          withProbability: bool = True, segmentName: str = "Lesion",
+                          postprocess: str = "auto") -> ChildJob:
         """Write the inputs to a temporary folder (NIfTI, through storage nodes) and build the command.
 
         ``inputVolumes``: ``{"flair": node, ...}`` (names as the model expects) or a list of nodes
@@ -1069,7 +1077,7 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
             probabilityPath = os.path.join(tempDir, "probability.nii.gz") if withProbability else None
             command = self.buildSegmentCommand(inputs, outputPath, maskPath=maskPath, modelPath=modelPath,
                                                probabilityOutputPath=probabilityPath, threshold=threshold,
-                                               device=device)
+                                               device=device, postprocess=postprocess)
         except Exception:
             shutil.rmtree(tempDir, ignore_errors=True)
             raise
@@ -1128,13 +1136,14 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, inputVolumes, maskNode=None, modelPath: Optional[str] = None, threshold: Optional[float] = None,
                 device: str = "auto", segmentationNode=None, probabilityNode=None, loadProbability: bool = False,
-                onProgress=None, onLog=None, shouldStop=None):
+                onProgress=None, onLog=None, shouldStop=None, postprocess: str = "auto"):
         """Network segmentation in a child process, blocking (scripts, tests). Returns the segmentation node.
 
         On failure or cancel the scene is unchanged and the temporary files are removed.
         """
         job = self.prepareSegmentJob(inputVolumes, maskNode, modelPath, threshold, device,
-                                     withProbability=probabilityNode is not None or loadProbability)
+                                     withProbability=probabilityNode is not None or loadProbability,
+                                     postprocess=postprocess)
         try:
             self.runJob(job, onProgress, onLog, shouldStop)
             return self.finishSegmentJob(job, segmentationNode, probabilityNode, loadProbability)

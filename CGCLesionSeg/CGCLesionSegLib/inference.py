@@ -29,6 +29,11 @@ class InferenceConfig:
     140×175×145) is one window on CPU: fewer overlapping windows is the main CPU cost saving, and
     the network is fully convolutional. On GPU or for larger fields of view, windows tile with
     ``overlap`` and Gaussian blending (``sigma_scale`` × window).
+
+    ``gmm_weight`` w > 0 thresholds the fused map ``(1 − w)·CGC + w·P`` instead of the CGC map alone
+    (P: the GMM map of the model's own GMM settings). The two err differently — P misses lesion that
+    is not the brightest in FLAIR, the network extends into regions where its training targets leaked
+    — so their mean is the safer estimate; see :data:`OUTPUT_PRESETS`.
     """
 
     window_xyz: tuple[int, int, int] = (160, 192, 160)
@@ -40,6 +45,7 @@ class InferenceConfig:
     fill_holes: bool | str = False
     keep_largest: int = 0
     opening_radius: int = 0
+    gmm_weight: float = 0.0
     device: str = "auto"
     amp: bool = True
     margin_voxels: int = 4
@@ -62,11 +68,34 @@ class InferenceConfig:
             raise ValueError(f"fill_holes must be False, True, '2d' or '3d', got {self.fill_holes!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0.0 <= self.gmm_weight < 1.0:
+            raise ValueError(f"gmm_weight must be in [0, 1), got {self.gmm_weight}")
+
+
+# Output rules, selectable by name (``cgcseg segment --postprocess NAME``).
+#  * ``none``: the paper's output, CGC probability ≥ threshold, nothing else.
+#  * ``single-lesion``: for one contiguous lesion per scan (gliomas, the shipped BraTS models): the
+#    fused map 0.5·CGC + 0.5·P, 2-D hole filling, and the largest lesion after an opening of radius 3
+#    (the GMM's recommended clean-up, docs/GMM.md). Fixed before the leave-cases-out run, from the
+#    shipped model's in-sample numbers (docs/BENCHMARKS.md); wrong for multi-focal disease (MS).
+OUTPUT_PRESETS: dict[str, dict] = {
+    "none": dict(gmm_weight=0.0, fill_holes=False, keep_largest=0, opening_radius=0, min_component_voxels=0),
+    "single-lesion": dict(gmm_weight=0.5, fill_holes="2d", keep_largest=1, opening_radius=3, min_component_voxels=0),
+}
+
+
+def output_preset(name: str) -> dict:
+    """The :class:`InferenceConfig` fields of an output preset; unknown names list the known ones."""
+    try:
+        return dict(OUTPUT_PRESETS[name])
+    except KeyError:
+        raise ValueError(f"unknown output preset {name!r}; choose one of {', '.join(OUTPUT_PRESETS)}") from None
 
 
 @dataclass
 class SegmentationResult:
-    """Outputs on the input grid: ``probability`` float32 and ``mask`` uint8 ``(z, y, x)``."""
+    """Outputs on the input grid: ``probability`` float32 and ``mask`` uint8 ``(z, y, x)``.
+    ``probability`` is the map that was thresholded (the fused map when ``gmm_weight`` > 0)."""
 
     probability: np.ndarray
     mask: np.ndarray
@@ -77,6 +106,7 @@ class SegmentationResult:
     device: str
     elapsed_s: float
     timings: dict = field(default_factory=dict)
+    network_probability: Optional[np.ndarray] = None  # the CGC map alone, when it differs from ``probability``
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,10 +164,13 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
                  modalities: Sequence[str | None] | None = None, model_path: str | Path | None = None,
                  mask_zyx: np.ndarray | None = None, config: InferenceConfig = InferenceConfig(),
                  progress: Optional[ProgressCallback] = None, should_stop: Optional[StopCallback] = None,
-                 compute_gmm: bool = True, model: torch.nn.Module | None = None, info=None) -> SegmentationResult:
+                 compute_gmm: bool = True, model: torch.nn.Module | None = None, info=None,
+                 gmm_probability_zyx: np.ndarray | None = None) -> SegmentationResult:
     """Segment one case with a CGC checkpoint (``model_path``; None → the shipped default for
     ``modalities``). Preprocessing (channel order, normalisation, spacing, GMM settings) comes from the
-    checkpoint. ``model``/``info`` may be passed pre-loaded (cohort mode). Nothing is written here."""
+    checkpoint. ``model``/``info`` may be passed pre-loaded (cohort mode); ``gmm_probability_zyx`` is a
+    P already computed with the model's GMM settings on this grid (used instead of a new fit). Nothing
+    is written here."""
     from .checkpoint import load_checkpoint
     from .default_models import default_model_path
     from .postprocess import binarize
@@ -166,7 +199,11 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     check_stop(should_stop)
 
     gmm_probability = None
-    if compute_gmm:
+    if gmm_probability_zyx is not None:
+        if gmm_probability_zyx.shape != tuple(geometry.shape_zyx):
+            raise ValueError(f"GMM map shape {gmm_probability_zyx.shape} does not match the image {geometry.shape_zyx}")
+        gmm_probability = np.asarray(gmm_probability_zyx, np.float32)
+    elif compute_gmm or config.gmm_weight > 0:
         from .gmm import GMMConfig, compute_probability_map
         gmm_cfg = config_from_dict(GMMConfig, pre["gmm"]) if pre.get("gmm") else GMMConfig()
         t = time.perf_counter()
@@ -200,10 +237,14 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     if work_geometry is not geometry:
         prob = np.clip(resample_to_grid(prob, work_geometry, geometry, "linear"), 0.0, 1.0)
         prob[~brain] = 0.0
+    network_prob = None
+    if config.gmm_weight > 0:
+        network_prob = prob.astype(np.float32)
+        prob = (1.0 - config.gmm_weight) * prob + config.gmm_weight * gmm_probability
     mask = binarize(prob, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
                     fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain,
                     opening_radius=config.opening_radius)
     call_progress(progress, 1.0, "done")
     return SegmentationResult(prob.astype(np.float32), mask.astype(np.uint8), brain, gmm_probability,
                               Path(model_path) if model_path is not None else Path(getattr(info, "path", "")),
-                              expected, str(device), time.perf_counter() - t0, timings)
+                              expected, str(device), time.perf_counter() - t0, timings, network_prob)

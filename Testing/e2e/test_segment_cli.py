@@ -163,3 +163,74 @@ def test_cohort_under_torchrun_splits_cases_between_ranks(tmp_path, tiny_model):
     assert "rank 0/2: 2 segmented" in r.stderr and "rank 1/2: 1 segmented" in r.stderr
     assert sorted(p.name for p in out.glob("phantom_*[0-9].nii.gz")) == ["phantom_000.nii.gz", "phantom_001.nii.gz",
                                                                          "phantom_002.nii.gz"]
+
+
+def test_gmm_weight_thresholds_the_fused_map(tmp_path, tiny_model, case):
+    # Reference: the network map alone (weight 0) and the GMM map, fused by hand.
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", tmp_path / "a.nii.gz",
+            "--probability-output", tmp_path / "cgc.nii.gz", "--gmm-output", tmp_path / "gmm.nii.gz")
+    assert r.returncode == 0, r.stderr
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", tmp_path / "b.nii.gz",
+            "--probability-output", tmp_path / "fused.nii.gz", "--gmm-weight", "0.3")
+    assert r.returncode == 0, r.stderr
+    cgc, gmm = read_image(tmp_path / "cgc.nii.gz").array_zyx, read_image(tmp_path / "gmm.nii.gz").array_zyx
+    fused = read_image(tmp_path / "fused.nii.gz").array_zyx
+    np.testing.assert_allclose(fused, 0.7 * cgc + 0.3 * gmm, atol=1e-5)
+    seg = read_image(tmp_path / "b.nii.gz", dtype=None).array_zyx
+    np.testing.assert_array_equal(seg, (fused >= 0.5).astype(np.uint8))
+    side = json.loads((tmp_path / "b.nii.gz.json").read_text())
+    assert side["postprocess"] == "none" and side["inference"]["gmm_weight"] == 0.3  # own model: auto → none
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", tmp_path / "c.nii.gz", "--gmm-weight", "1")
+    assert r.returncode == 2 and "gmm_weight" in r.stderr and not (tmp_path / "c.nii.gz").exists()
+
+
+def test_single_lesion_preset_keeps_one_component_of_the_fused_map(tmp_path, tiny_model, case):
+    from scipy import ndimage
+    seg = tmp_path / "seg.nii.gz"
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", seg, "--postprocess", "single-lesion",
+            "--threshold", "0.3")
+    assert r.returncode == 0, r.stderr
+    _, n = ndimage.label(read_image(seg, dtype=None).array_zyx)
+    assert n <= 1
+    side = json.loads((tmp_path / "seg.nii.gz.json").read_text())
+    assert side["postprocess"] == "single-lesion"
+    assert side["inference"]["gmm_weight"] == 0.5 and side["inference"]["keep_largest"] == 1
+
+
+def test_auto_output_rule_depends_on_whose_model_it_is(tmp_path):
+    import argparse
+    from CGCLesionSegLib.commands.segment import _inference_config, add_arguments, resolve_postprocess
+    from CGCLesionSegLib.default_models import available_default_models
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    parse = lambda *a: p.parse_args(["--input", "x.nii.gz", *a])
+    shipped = next(iter(available_default_models().values()))
+    assert resolve_postprocess(parse()) == "single-lesion"                        # no --model: shipped model
+    assert resolve_postprocess(parse("--model", str(shipped))) == "single-lesion"
+    assert resolve_postprocess(parse("--model", str(tmp_path / "mine.pt"))) == "none"
+    assert resolve_postprocess(parse("--postprocess", "none")) == "none"
+    cfg = _inference_config(parse())
+    assert (cfg.gmm_weight, cfg.keep_largest, cfg.opening_radius, cfg.fill_holes) == (0.5, 1, 3, "2d")
+    # Explicit flags override the rule; without keep-largest the ranking opening is dropped.
+    cfg = _inference_config(parse("--keep-largest", "0", "--fill-holes", "off", "--gmm-weight", "0.2"))
+    assert (cfg.gmm_weight, cfg.keep_largest, cfg.opening_radius, cfg.fill_holes) == (0.2, 0, 0, False)
+    cfg = _inference_config(parse("--model", str(tmp_path / "mine.pt")))
+    assert (cfg.gmm_weight, cfg.keep_largest, cfg.fill_holes) == (0.0, 0, False)
+
+
+def test_segment_case_fuses_a_given_gmm_map_and_keeps_the_network_map(tiny_model, case):
+    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    images = [read_image(case[m]) for m in MODS]
+    chans, geom = [i.array_zyx for i in images], images[0].geometry
+    rng = np.random.default_rng(0)
+    given = rng.random(geom.shape_zyx).astype(np.float32) * (chans[0] != 0)
+    plain = segment_case(chans, geom, MODS, tiny_model, config=InferenceConfig(device="cpu"), compute_gmm=False)
+    fused = segment_case(chans, geom, MODS, tiny_model, config=InferenceConfig(device="cpu", gmm_weight=0.25),
+                         gmm_probability_zyx=given)
+    assert plain.network_probability is None and plain.gmm_probability is None
+    np.testing.assert_allclose(fused.network_probability, plain.probability, atol=1e-6)
+    np.testing.assert_allclose(fused.probability, 0.75 * plain.probability + 0.25 * given, atol=1e-6)
+    np.testing.assert_array_equal(fused.mask, (fused.probability >= 0.5).astype(np.uint8))
+    with pytest.raises(ValueError, match="GMM map shape"):
+        segment_case(chans, geom, MODS, tiny_model, config=InferenceConfig(device="cpu", gmm_weight=0.5),
+                     gmm_probability_zyx=given[:-1])

@@ -43,14 +43,17 @@ def test_segment_command(logic):
     logic.pythonExecutable = "/opt/Slicer/bin/PythonSlicer"
     cmd = logic.buildSegmentCommand([("flair", "/t/f.nii.gz"), ("t1", "/t/t1.nii.gz")], "/t/seg.nii.gz",
                                     maskPath="/t/m.nii.gz", modelPath="/m/cgc.pt",
-                                    probabilityOutputPath="/t/p.nii.gz", threshold=0.4, device="cpu")
+                                    probabilityOutputPath="/t/p.nii.gz", threshold=0.4, device="cpu",
+                                    postprocess="none")
     assert cmd == ["/opt/Slicer/bin/PythonSlicer", "-m", "CGCLesionSegLib.cli", "segment",
                    "--input", "flair=/t/f.nii.gz", "--input", "t1=/t/t1.nii.gz", "--mask", "/t/m.nii.gz",
                    "--model", "/m/cgc.pt", "--output", "/t/seg.nii.gz", "--probability-output", "/t/p.nii.gz",
-                   "--threshold", "0.4", "--device", "cpu", "--progress", "json"]
+                   "--threshold", "0.4", "--postprocess", "none", "--device", "cpu", "--progress", "json"]
     minimal = logic.buildSegmentCommand([(None, "/t/f.nii.gz")], "/t/s.nii.gz")
-    assert minimal[4:] == ["--input", "/t/f.nii.gz", "--output", "/t/s.nii.gz", "--device", "auto",
-                           "--progress", "json"]
+    assert minimal[4:] == ["--input", "/t/f.nii.gz", "--output", "/t/s.nii.gz", "--postprocess", "auto",
+                           "--device", "auto", "--progress", "json"]
+    with pytest.raises(ValueError, match="output rule"):
+        logic.buildSegmentCommand([("flair", "f")], "s", postprocess="largest")
     with pytest.raises(ValueError, match="threshold"):
         logic.buildSegmentCommand([("flair", "f")], "s", threshold=1.5)
     with pytest.raises(ValueError, match="device"):

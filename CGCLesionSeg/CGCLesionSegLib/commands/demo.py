@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import add_device_args, add_input_args, add_progress_args
+from .segment import resolve_postprocess
 
 DESCRIPTION = __doc__
 
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0; same seed, same phantom)")
     p.add_argument("--model", metavar="CKPT", help="CGC checkpoint (default: the model shipped for these modalities)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
+    p.add_argument("--postprocess", choices=("auto", "none", "single-lesion"), default="auto",
+                   help="output rule of the CGC stage, as in `cgcseg segment` (auto: single-lesion with the shipped "
+                        "models, none with --model)")
     p.add_argument("--slices", type=int, default=4, metavar="N", help="axial slices in overview.png (default 4)")
     add_device_args(p)
     add_progress_args(p)
@@ -74,19 +78,18 @@ def _load_cgc(model_path: Optional[str], names: Sequence[Optional[str]], device:
 
 
 def _run_cgc(channels_zyx: list, geometry, modalities: Sequence[Optional[str]], model_path: Path,
-             mask_zyx, *, threshold: float, device: str, model=None, info=None, progress=None,
+             mask_zyx, *, config, gmm_probability=None, model=None, info=None, progress=None,
              should_stop=None):
     """The CGC network stage: ``segment_case`` of :mod:`CGCLesionSegLib.inference` on this case.
 
     ``channels_zyx``: (z, y, x) arrays named by ``modalities`` (None = unnamed, taken in order).
-    The GMM map is computed before this call, so ``compute_gmm=False``. Returns the
-    ``SegmentationResult`` (``probability`` float32 and ``mask`` uint8, (z, y, x)).
+    The GMM map P (model's settings) is computed before this call and passed for the output rule's
+    fusion. Returns the ``SegmentationResult`` (``probability`` float32 and ``mask`` uint8, (z, y, x)).
     """
-    from ..inference import InferenceConfig, segment_case
-    config = InferenceConfig(threshold=threshold, device=device)
+    from ..inference import segment_case
     return segment_case(channels_zyx, geometry, list(modalities), model_path=model_path, mask_zyx=mask_zyx,
                         config=config, progress=progress, should_stop=should_stop, compute_gmm=False,
-                        model=model, info=info)
+                        model=model, info=info, gmm_probability_zyx=gmm_probability)
 
 
 def _channels_for_model(channels: list, names: Sequence[Optional[str]], expected: Sequence[str]):
@@ -209,13 +212,14 @@ def run(args: argparse.Namespace) -> int:
             reporter(0.5, "CGC network")
             t = time.perf_counter()
             cgc_channels, cgc_names = _channels_for_model(channels, names, list(info.channels))
-            cgc = _run_cgc(cgc_channels, geometry, cgc_names, model_path, brain, threshold=args.threshold,
-                           device=args.device, model=model, info=info,
+            cgc = _run_cgc(cgc_channels, geometry, cgc_names, model_path, brain, config=_inference_config(args),
+                           gmm_probability=gmm.probability, model=model, info=info,
                            progress=lambda f, m: reporter(0.5 + 0.4 * f, f"CGC: {m}"))
             times["cgc_s"] = time.perf_counter() - t
         if cgc is not None:
             stage, segmentation, probability = "cgc", cgc.mask, cgc.probability
-            stage_note = f"CGC network ({model_path.name}) on the GMM map"
+            rule = resolve_postprocess(args)
+            stage_note = f"CGC network ({model_path.name}) on the GMM map, output rule {rule}"
         else:
             stage, segmentation, probability = "gmm", gmm_mask, gmm.probability
             stage_note = f"GMM stage only (P >= {args.threshold}); CGC not run: {no_cgc_reason}"
@@ -279,8 +283,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _inference_config(args):
-    from ..inference import InferenceConfig
-    return InferenceConfig(threshold=args.threshold, device=args.device)
+    from ..inference import InferenceConfig, output_preset
+    return InferenceConfig(threshold=args.threshold, device=args.device, **output_preset(resolve_postprocess(args)))
 
 
 def _print_summary(s: dict, fh) -> None:

@@ -27,17 +27,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_args(p, required=False)
     p.add_argument("--model", metavar="CKPT", help="CGC checkpoint (e.g. RUN_DIR/last.pt); default: the shipped model for these modalities")
     p.add_argument("--output", metavar="SEG.nii.gz", help="binary segmentation (uint8) on the first input's grid")
-    p.add_argument("--probability-output", metavar="P.nii.gz", help="also write the lesion probability map")
+    p.add_argument("--probability-output", metavar="P.nii.gz", help="also write the probability map that was thresholded (the CGC map; with --gmm-weight W > 0, (1-W)*CGC + W*P)")
     p.add_argument("--gmm-output", metavar="P.nii.gz", help="also write the GMM foreground map P the model was trained on")
     p.add_argument("--cases", metavar="DIR|CSV", help="cohort mode: BraTS-layout folder or CSV of paths")
     p.add_argument("--output-dir", metavar="DIR", help="cohort mode: output folder")
     p.add_argument("--modalities", nargs="+", metavar="NAME", help="cohort mode: modalities to read (default: the model's)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the mask (default 0.5)")
-    p.add_argument("--min-size", type=int, default=0, metavar="VOXELS", help="remove lesion components smaller than this (default 0: keep all)")
-    p.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d"), default=None,
-                   help="fill holes inside lesion components, slice by slice (2d, the default when given alone) or in 3-D")
-    p.add_argument("--keep-largest", type=int, default=0, metavar="N", help="keep only the N largest lesion components (default 0: all)")
-    p.add_argument("--open-radius", type=int, default=0, metavar="R",
+    p.add_argument("--postprocess", choices=("auto", "none", "single-lesion"), default="auto",
+                   help="output rule: none = the network's map >= threshold (the paper); single-lesion = mean of the "
+                        "network and GMM maps, hole filling, largest lesion (gliomas); auto (default) = single-lesion "
+                        "with the shipped BraTS models, none with your own --model. The flags below override it")
+    p.add_argument("--gmm-weight", type=float, default=None, metavar="W",
+                   help="threshold (1-W)*CGC + W*P, P = the model's GMM map (single-lesion: 0.5, none: 0)")
+    p.add_argument("--min-size", type=int, default=None, metavar="VOXELS", help="remove lesion components smaller than this (0: keep all)")
+    p.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d", "off"), default=None,
+                   help="fill holes inside lesion components, slice by slice (2d, the default when given alone), in 3-D, or off")
+    p.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest lesion components (0: all)")
+    p.add_argument("--open-radius", type=int, default=None, metavar="R",
                    help="with --keep-largest: rank components after an opening of R voxels (thin bridges do not merge lesions)")
     p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size (default 160 192 160)")
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction (default 0.25)")
@@ -49,11 +55,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_args(p)
 
 
+def resolve_postprocess(args) -> str:
+    """``auto`` → ``single-lesion`` when the shipped (BraTS glioma) models are used — no ``--model``, or
+    a file of the package's models folder — and ``none`` for the user's own checkpoints, whose lesions
+    may be multi-focal (MS)."""
+    if args.postprocess != "auto":
+        return args.postprocess
+    from ..default_models import MODELS_DIR
+    model = getattr(args, "model", None)
+    shipped = model is None or Path(model).resolve().parent == MODELS_DIR.resolve()
+    return "single-lesion" if shipped else "none"
+
+
 def _inference_config(args):
-    from ..inference import InferenceConfig
-    kw = dict(threshold=args.threshold, min_component_voxels=args.min_size, fill_holes=args.fill_holes or False,
-              keep_largest=args.keep_largest, opening_radius=args.open_radius,
-              overlap=args.overlap, batch_size=args.batch_size, device=args.device)
+    from ..inference import InferenceConfig, output_preset
+    kw = output_preset(resolve_postprocess(args))
+    overrides = dict(gmm_weight=args.gmm_weight, min_component_voxels=args.min_size, keep_largest=args.keep_largest,
+                     opening_radius=args.open_radius,
+                     fill_holes=None if args.fill_holes is None else (False if args.fill_holes == "off" else args.fill_holes))
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    if not kw["keep_largest"] and args.open_radius is None:
+        kw["opening_radius"] = 0  # the preset's opening only ranks components for keep-largest
+    kw.update(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size, device=args.device)
     if args.window:
         kw["window_xyz"] = tuple(args.window)
     return InferenceConfig(**kw)
@@ -71,6 +94,7 @@ def _write_outputs(result, geometry, inputs, args, output: Path, probability_out
     from ..config import config_to_dict
     common = dict(inputs=inputs, model_path=result.model_path, device=result.device,
                   elapsed_s=result.elapsed_s, inference=config_to_dict(_inference_config(args)),
+                  postprocess=resolve_postprocess(args),
                   channels=result.channels, timings=result.timings, **(extra or {}))
     # The mask goes last: in cohort mode its existence marks a finished case.
     written = []
