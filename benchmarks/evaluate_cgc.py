@@ -91,6 +91,47 @@ def _table(rows: list[dict], title: str, note: str) -> str:
     return "\n".join(lines)
 
 
+def _fold_runs(cases: list[Path], work: Path, k: int, modalities) -> list[tuple[Path, Path, list[Path]]]:
+    """``[(listing.csv, run dir, held-out cases)]`` of a K-fold split (round-robin over sorted names)."""
+    work.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i in range(k):
+        test = cases[i::k]
+        listing = work / f"fold{i}.csv"
+        with listing.open("w") as fh:
+            fh.write("case," + ",".join(modalities) + "\n")
+            for c in (c for c in cases if c not in test):
+                fh.write(c.name + "," + ",".join(str(c / f"{c.name}_{m}.nii.gz") for m in modalities) + "\n")
+        runs.append((listing, work / f"fold{i}", test))
+    return runs
+
+
+def _score_folds(runs, args) -> tuple[list[dict], list[int]]:
+    """Score each fold's ``last.pt`` on its held-out cases; checks no test case was trained on."""
+    from CGCLesionSegLib.checkpoint import info_from_dict, read_checkpoint
+    rows, steps = [], []
+    for _, run, test in runs:
+        if not (run / "last.pt").exists():
+            raise SystemExit(f"no model in {run}; run without --score-only first")
+        info = info_from_dict(read_checkpoint(run / "last.pt"), run / "last.pt")
+        trained_on = set((info.extra or {}).get("cases", []))
+        assert not trained_on & {c.name for c in test}, f"{run}: a test case was in its training set"
+        steps.append(info.step)
+        rows += [_score_case(c, run / "last.pt", args.modalities, args.device) for c in test]
+    return rows, steps
+
+
+def _curve_table(points: list[tuple[list[int], list[dict]]], title: str, note: str) -> str:
+    cols = [("gmm", "GMM"), ("cgc", "CGC"), ("cgc_clean", "CGC + clean-up"), ("default", "default (single-lesion)")]
+    lines = [f"### {title}", "", note, "", "| steps (per fold) | " + " | ".join(n for _, n in cols) + " | Δ CGC−GMM |",
+             "|---|" + "---|" * (len(cols) + 1)]
+    for steps, rows in points:
+        m = {k: statistics.mean(r[f"{k}_dice"] for r in rows) for k, _ in cols}
+        lines.append(f"| {', '.join(map(str, steps))} | " + " | ".join(f"{m[k]:.4f}" for k, _ in cols)
+                     + f" | {m['cgc'] - m['gmm']:+.4f} |")
+    return "\n".join(lines)
+
+
 def _train_fold(listing: Path, run: Path, args, threads: int) -> subprocess.Popen:
     import os
     cmd = [sys.executable, "-m", "CGCTraining", "--cases", str(listing), "--modalities", *args.modalities,
@@ -115,6 +156,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default=None, help="keep fold runs here (default: a temp folder)")
     ap.add_argument("--jobs", type=int, default=1, help="folds trained at once (cores are shared among them)")
     ap.add_argument("--score-only", action="store_true", help="score the fold models already in --work-dir")
+    ap.add_argument("--curve", nargs="+", metavar="DIR",
+                    help="score snapshot folders (each with foldK/last.pt of the same split) as a learning curve")
+    ap.add_argument("--curve-folds", type=int, default=2, help="folds of the --curve snapshots (default 2)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     cases = _cases(Path(args.data))
@@ -132,16 +176,7 @@ def main(argv=None) -> int:
     elif args.folds:
         import os
         work = Path(args.work_dir or tempfile.mkdtemp(prefix="cgc-folds-"))
-        work.mkdir(parents=True, exist_ok=True)
-        folds = [cases[i::args.folds] for i in range(args.folds)]
-        runs = []
-        for k, test in enumerate(folds):
-            listing = work / f"fold{k}.csv"
-            with listing.open("w") as fh:
-                fh.write("case," + ",".join(args.modalities) + "\n")
-                for c in (c for c in cases if c not in test):
-                    fh.write(c.name + "," + ",".join(str(c / f"{c.name}_{m}.nii.gz") for m in args.modalities) + "\n")
-            runs.append((listing, work / f"fold{k}", test))
+        runs = _fold_runs(cases, work, args.folds, args.modalities)
         if not args.score_only:
             threads = max(1, (os.cpu_count() or 1) // args.jobs)
             pending = list(runs)
@@ -153,17 +188,7 @@ def main(argv=None) -> int:
                     if proc.wait() != 0:
                         raise SystemExit(f"training {run} failed; see {run.parent / (run.name + '.log')}")
                 print(f"folds {[r.name for _, r, _ in batch]}: trained in {time.time() - t:.0f} s", file=sys.stderr)
-        rows = []
-        steps = []
-        for listing, run, test in runs:
-            if not (run / "last.pt").exists():
-                raise SystemExit(f"no model in {run}; run without --score-only first")
-            from CGCLesionSegLib.checkpoint import info_from_dict, read_checkpoint
-            info = info_from_dict(read_checkpoint(run / "last.pt"), run / "last.pt")
-            trained_on = set((info.extra or {}).get("cases", []))
-            assert not trained_on & {c.name for c in test}, f"{run}: a test case was in its training set"
-            steps.append(info.step)
-            rows += [_score_case(c, run / "last.pt", args.modalities, args.device) for c in test]
+        rows, steps = _score_folds(runs, args)
         rows.sort(key=lambda r: r["case"])
         note = (f"Leave-cases-out: {args.folds} folds (round-robin over sorted case names), each model trained "
                 f"{args.train_minutes:g} min ({args.jobs} fold(s) at a time on {os.cpu_count()} cores; "
@@ -171,8 +196,19 @@ def main(argv=None) -> int:
                 f"`{' '.join(FOLD_TRAIN_ARGS)}`; every case below was held out from its model's training. "
                 "No label was read in training or in choosing the output rules.")
         text = _table(rows, f"CGC vs GMM, leave-cases-out ({' '.join(args.modalities)})", note)
+    elif args.curve:
+        points = []
+        for d in args.curve:
+            runs = _fold_runs(cases, Path(d), args.curve_folds, args.modalities)
+            rows, steps = _score_folds(runs, args)
+            points.append((steps, rows))
+        points.sort(key=lambda p: sum(p[0]))
+        note = (f"Held-out mean Dice of the same {args.curve_folds}-fold leave-cases-out runs, scored on snapshots of "
+                f"their `last.pt` taken during training ({' '.join(args.modalities)}). Read it as a measurement of "
+                "how the held-out result moves with training length, not as a choice: no setting was changed from it.")
+        text = _curve_table(points, f"Held-out Dice vs training steps ({' '.join(args.modalities)})", note)
     else:
-        ap.error("give --model CKPT or --folds K")
+        ap.error("give --model CKPT, --folds K or --curve DIR ...")
     print(text)
     if not args.no_write:
         from _report import machine_line, write_section
