@@ -57,14 +57,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_postprocess(args) -> str:
     """``auto`` → ``single-lesion`` when the shipped (BraTS glioma) models are used — no ``--model``, or
-    a file of the package's models folder — and ``none`` for the user's own checkpoints, whose lesions
-    may be multi-focal (MS)."""
+    a file of the package's models folder, also as the base of ``--adapt`` — and ``none`` for the
+    user's own checkpoints and for ``--adapt`` from scratch, whose lesions may be multi-focal (MS)."""
     if args.postprocess != "auto":
         return args.postprocess
-    from ..default_models import MODELS_DIR
+    from ..default_models import MODELS_DIR, default_model_path
     model = getattr(args, "model", None)
-    shipped = model is None or Path(model).resolve().parent == MODELS_DIR.resolve()
-    return "single-lesion" if shipped else "none"
+    if model is not None:
+        return "single-lesion" if Path(model).resolve().parent == MODELS_DIR.resolve() else "none"
+    if getattr(args, "adapt", False):
+        # --adapt without a shipped model for these inputs trains from scratch: not a glioma model.
+        from ..inputs import parse_input_specs
+        try:
+            default_model_path([n for n, _ in parse_input_specs(args.inputs or [])])
+        except ValueError:
+            return "none"
+    return "single-lesion"
 
 
 def _inference_config(args):
