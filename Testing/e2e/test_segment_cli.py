@@ -215,7 +215,7 @@ def test_auto_output_rule_depends_on_whose_model_it_is(tmp_path):
     cfg = _inference_config(parse())
     assert (cfg.gmm_weight, cfg.keep_largest, cfg.opening_radius, cfg.fill_holes) == (0.5, 1, 3, "2d")
     # Explicit flags override the rule; without keep-largest the ranking opening is dropped.
-    cfg = _inference_config(parse("--keep-largest", "0", "--fill-holes", "off", "--gmm-weight", "0.2"))
+    cfg = _inference_config(parse("--keep-largest", "0", "--fill-holes", "none", "--gmm-weight", "0.2"))
     assert (cfg.gmm_weight, cfg.keep_largest, cfg.opening_radius, cfg.fill_holes) == (0.2, 0, 0, False)
     cfg = _inference_config(parse("--model", str(tmp_path / "mine.pt")))
     assert (cfg.gmm_weight, cfg.keep_largest, cfg.fill_holes) == (0.0, 0, False)

@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gmm-weight", type=float, default=None, metavar="W",
                    help="threshold (1-W)*CGC + W*P, P = the model's GMM map (single-lesion: 0.5, none: 0)")
     p.add_argument("--min-size", type=int, default=None, metavar="VOXELS", help="remove lesion components smaller than this (0: keep all)")
-    p.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d", "off"), default=None,
-                   help="fill holes inside lesion components, slice by slice (2d, the default when given alone), in 3-D, or off")
+    p.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d", "none"), default=None,
+                   help="fill holes inside lesion components, slice by slice (2d, the default when given alone), in 3-D, or none")
     p.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest lesion components (0: all)")
     p.add_argument("--open-radius", type=int, default=None, metavar="R",
                    help="with --keep-largest: rank components after an opening of R voxels (thin bridges do not merge lesions)")
@@ -80,7 +80,7 @@ def _inference_config(args):
     kw = output_preset(resolve_postprocess(args))
     overrides = dict(gmm_weight=args.gmm_weight, min_component_voxels=args.min_size, keep_largest=args.keep_largest,
                      opening_radius=args.open_radius,
-                     fill_holes=None if args.fill_holes is None else (False if args.fill_holes == "off" else args.fill_holes))
+                     fill_holes=None if args.fill_holes is None else (False if args.fill_holes == "none" else args.fill_holes))
     kw.update({k: v for k, v in overrides.items() if v is not None})
     if not kw["keep_largest"] and args.open_radius is None:
         kw["opening_radius"] = 0  # the preset's opening only ranks components for keep-largest
