@@ -44,6 +44,7 @@ if MODULE_DIR not in sys.path:  # CGCLesionSegLib lives beside this file
     sys.path.insert(0, MODULE_DIR)
 
 from CGCLesionSegLib.image_io import Geometry, check_same_grid  # noqa: E402  (numpy + SimpleITK only)
+from CGCLesionSegLib.commands import OUTPUT_RULES  # noqa: E402  (argparse only)
 
 RESEARCH_NOTICE = ("Research use only. CGC Lesion Seg is not a medical device and must not be used for "
                    "clinical diagnosis or treatment decisions.")
@@ -128,7 +129,7 @@ class CGCLesionSegParameterNode:
 
     modelPath: pathlib.Path
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    outputRule: Annotated[str, Choice(["auto", "none", "single-lesion"])] = "auto"
+    outputRule: Annotated[str, Choice(list(OUTPUT_RULES))] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
 
@@ -995,8 +996,8 @@ class CGCLesionSegLogic(ScriptedLoadableModuleLogic):
             raise ValueError("At least one input is needed.")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-        if postprocess not in ("auto", "none", "single-lesion"):
-            raise ValueError(f"output rule must be auto, none or single-lesion, got {postprocess!r}")
+        if postprocess not in OUTPUT_RULES:
+            raise ValueError(f"output rule must be one of {', '.join(OUTPUT_RULES)}, got {postprocess!r}")
         command = [self.pythonExecutable, "-m", "CGCLesionSegLib.cli", "segment"]
         for name, path in inputs:
             command += ["--input", f"{name}={path}" if name else str(path)]

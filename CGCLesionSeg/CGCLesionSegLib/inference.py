@@ -239,7 +239,7 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
         prob[~brain] = 0.0
     network_prob = None
     if config.gmm_weight > 0:
-        network_prob = prob.astype(np.float32)
+        network_prob = prob.astype(np.float32, copy=False)  # prob is rebound below, not modified
         prob = (1.0 - config.gmm_weight) * prob + config.gmm_weight * gmm_probability
     mask = binarize(prob, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
                     fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain,

@@ -20,3 +20,12 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 def add_progress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="bar: a progress bar on stderr; json: one JSON object per line on stdout (default: bar)")
+
+
+#: Output rules of the CGC stage: "auto" and the names of ``inference.OUTPUT_PRESETS`` (kept here so
+#: building the parsers, and the Slicer module, do not import torch).
+OUTPUT_RULES = ("auto", "none", "single-lesion")
+
+
+def add_output_rule_arg(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--postprocess", choices=OUTPUT_RULES, default="auto", help=help)

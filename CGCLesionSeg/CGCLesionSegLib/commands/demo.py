@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import add_device_args, add_input_args, add_progress_args
+from . import add_device_args, add_input_args, add_output_rule_arg, add_progress_args
 from .segment import resolve_postprocess
 
 DESCRIPTION = __doc__
@@ -40,9 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0; same seed, same phantom)")
     p.add_argument("--model", metavar="CKPT", help="CGC checkpoint (default: the model shipped for these modalities)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
-    p.add_argument("--postprocess", choices=("auto", "none", "single-lesion"), default="auto",
-                   help="output rule of the CGC stage, as in `cgcseg segment` (auto: single-lesion with the shipped "
-                        "models, none with --model)")
+    add_output_rule_arg(p, "output rule of the CGC stage, as in `cgcseg segment` (auto: single-lesion with the "
+                           "shipped models, none with --model)")
     p.add_argument("--slices", type=int, default=4, metavar="N", help="axial slices in overview.png (default 4)")
     add_device_args(p)
     add_progress_args(p)
@@ -208,11 +207,12 @@ def run(args: argparse.Namespace) -> int:
         brain = gmm.mask
 
         cgc = None
+        cgc_config = _inference_config(args)
         if model is not None:
             reporter(0.5, "CGC network")
             t = time.perf_counter()
             cgc_channels, cgc_names = _channels_for_model(channels, names, list(info.channels))
-            cgc = _run_cgc(cgc_channels, geometry, cgc_names, model_path, brain, config=_inference_config(args),
+            cgc = _run_cgc(cgc_channels, geometry, cgc_names, model_path, brain, config=cgc_config,
                            gmm_probability=gmm.probability, model=model, info=info,
                            progress=lambda f, m: reporter(0.5 + 0.4 * f, f"CGC: {m}"))
             times["cgc_s"] = time.perf_counter() - t
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
                       stage=stage, stage_note=stage_note, threshold=args.threshold,
                       phantom=case["phantom"], timings={k: round(v, 3) for k, v in times.items()})
         if cgc is not None:
-            common["inference"] = config_to_dict(_inference_config(args))
+            common["inference"] = config_to_dict(cgc_config)
         write_image(seg_path, segmentation.astype(np.uint8), geometry)
         write_sidecar(seg_path, kind="segmentation", elapsed_s=time.perf_counter() - t_start,
                       evaluation=evaluation, **common)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import add_device_args, add_input_args, add_progress_args
+from . import add_device_args, add_input_args, add_output_rule_arg, add_progress_args
 
 DESCRIPTION = __doc__
 
@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", metavar="DIR", help="cohort mode: output folder")
     p.add_argument("--modalities", nargs="+", metavar="NAME", help="cohort mode: modalities to read (default: the model's)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the mask (default 0.5)")
-    p.add_argument("--postprocess", choices=("auto", "none", "single-lesion"), default="auto",
-                   help="output rule: none = the network's map >= threshold (the paper); single-lesion = mean of the "
+    add_output_rule_arg(p,
+                        "output rule: none = the network's map >= threshold (the paper); single-lesion = mean of the "
                         "network and GMM maps, hole filling, largest lesion (gliomas); auto (default) = single-lesion "
                         "with the shipped BraTS models, none with your own --model. The flags below override it")
     p.add_argument("--gmm-weight", type=float, default=None, metavar="W",
@@ -95,14 +95,15 @@ def _reporter(args, description):
     return ProgressReporter(args.progress, description)
 
 
-def _write_outputs(result, geometry, inputs, args, output: Path, probability_output, gmm_output, extra=None):
-    """Write every output only after all computing succeeded, each atomically with its sidecar."""
+def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, probability_output, gmm_output,
+                   extra=None):
+    """Write every output only after all computing succeeded, each atomically with its sidecar.
+    ``config`` / ``rule``: the InferenceConfig and output rule the result was made with."""
     from ..image_io import write_image
     from ..sidecar import write_sidecar
     from ..config import config_to_dict
     common = dict(inputs=inputs, model_path=result.model_path, device=result.device,
-                  elapsed_s=result.elapsed_s, inference=config_to_dict(_inference_config(args)),
-                  postprocess=resolve_postprocess(args),
+                  elapsed_s=result.elapsed_s, inference=config_to_dict(config), postprocess=rule,
                   channels=result.channels, timings=result.timings, **(extra or {}))
     # The mask goes last: in cohort mode its existence marks a finished case.
     written = []
@@ -166,7 +167,8 @@ def _segment_one(args) -> int:
                             "seconds": round(time.perf_counter() - t, 1)}
     reporter = _reporter(args, "segment")
     try:
-        result = segment_case(channels, geometry, names, model_path, mask, _inference_config(args),
+        config = _inference_config(args)
+        result = segment_case(channels, geometry, names, model_path, mask, config,
                               progress=reporter, compute_gmm=bool(args.gmm_output))
     except BaseException:
         if adapt_dir is not None:
@@ -184,7 +186,8 @@ def _segment_one(args) -> int:
         shutil.rmtree(adapt_dir, ignore_errors=True)
         result.model_path = kept
     inputs = {n or f"input{i + 1}": str(p) for i, (n, p) in enumerate(pairs)}
-    written = _write_outputs(result, geometry, inputs, args, Path(args.output), args.probability_output,
+    written = _write_outputs(result, geometry, inputs, config, resolve_postprocess(args), Path(args.output),
+                             args.probability_output,
                              args.gmm_output, extra)
     voxel_ml = float(geometry.spacing[0] * geometry.spacing[1] * geometry.spacing[2]) / 1000.0
     msg = (f"lesion volume {result.mask.sum() * voxel_ml:.1f} mL, {result.elapsed_s:.1f} s on {result.device}; "
@@ -245,7 +248,7 @@ def _segment_cohort(args) -> int:
                          "OUT/<case>.nii.gz and OUT/<case>_probability.nii.gz (per-case masks: <case>_mask.nii.gz "
                          "in the case folder, or a `mask` column in a CSV list)")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    cfg = _inference_config(args)
+    cfg, rule = _inference_config(args), resolve_postprocess(args)
     if world > 1 and torch.cuda.is_available() and args.device != "cpu":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     device = resolve_device(args.device)
@@ -266,7 +269,7 @@ def _segment_cohort(args) -> int:
                 channels, geometry, names, mask = _read_case(pairs, mask_path)
                 result = segment_case(channels, geometry, names, model_path, mask, cfg, compute_gmm=False,
                                       model=model, info=info)
-                _write_outputs(result, geometry, dict(pairs), args, output,
+                _write_outputs(result, geometry, dict(pairs), cfg, rule, output,
                                out_dir / f"{case}_probability.nii.gz", None)
                 done.append(case)
             except Exception as exc:  # one bad case must not stop the cohort
