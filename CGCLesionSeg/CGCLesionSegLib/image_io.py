@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import tempfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,130 @@ def _has_supported_suffix(path: Path) -> bool:
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 
 
+#: Largest |intensity| read as float32: the square (variances, normalisation) must stay finite.
+MAX_ABS_INTENSITY = 1e18
+
+#: NIfTI datatype code → bytes per voxel (the types SimpleITK reads).
+_NIFTI_ITEMSIZE = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8, 32: 8, 1792: 16,
+                   128: 3, 2304: 4}
+
+
+@dataclass(frozen=True)
+class _NiftiHeader:
+    endian: str
+    dims: tuple[int, ...]      # sizes of the used dimensions (x, y, z, ...)
+    datatype: int
+    itemsize: int
+    vox_offset: int
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.prod([max(int(d), 1) for d in self.dims], dtype=np.float64))
+
+    @property
+    def data_bytes(self) -> int:
+        return self.n_voxels * self.itemsize
+
+
+def _nifti_header(head: bytes) -> "_NiftiHeader | None":
+    """The fields of a NIfTI-1/-2 header (either byte order) that say how much data follows; None
+    when the bytes are not a NIfTI header this code understands."""
+    if len(head) < 348:
+        return None
+    for endian in ("<", ">"):
+        sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
+        if sizeof_hdr in (348, 540):
+            break
+    else:
+        return None
+    if sizeof_hdr == 348:
+        dim = struct.unpack(endian + "8h", head[40:56])
+        datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+        vox_offset = struct.unpack(endian + "f", head[108:112])[0]
+    else:
+        if len(head) < 540:
+            return None
+        datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+        dim = struct.unpack(endian + "8q", head[16:80])
+        vox_offset = struct.unpack(endian + "q", head[168:176])[0]
+    if not 1 <= dim[0] <= 7 or any(int(d) < 0 for d in dim[1:dim[0] + 1]):
+        return None
+    itemsize = _NIFTI_ITEMSIZE.get(int(datatype)) or (int(bitpix) // 8 if bitpix > 0 else 0)
+    if itemsize <= 0 or not np.isfinite(vox_offset):
+        return None
+    return _NiftiHeader(endian, tuple(int(d) for d in dim[1:dim[0] + 1]), int(datatype), itemsize,
+                        max(int(vox_offset), sizeof_hdr))
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can still give this process (MemAvailable on Linux); None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _describe_dims(dims: Sequence[int]) -> str:
+    return "×".join(str(d) for d in dims)
+
+
+def check_nifti_complete(path: str | os.PathLike, check_memory: bool = True) -> None:
+    """Refuse a NIfTI file whose voxel data is shorter than its header says, or whose gzip stream
+    ends early, with :class:`ImageIOError` — SimpleITK reads such files without a word and fills the
+    missing voxels with 0. With ``check_memory``, also refuse a header whose voxels would not fit in
+    the memory still available (before any of it is allocated). Other formats are left to their
+    readers (NRRD and MetaImage readers raise on short data)."""
+    path = Path(path)
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    gz = name.endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as fh:
+            head = fh.read(540)
+    except (OSError, EOFError):
+        return  # not even a header: SimpleITK's reader says what is wrong
+    hdr = _nifti_header(head)
+    if hdr is None:
+        return  # not understood here: SimpleITK decides
+    if check_memory:
+        need = hdr.n_voxels * (hdr.itemsize + 4)  # the stored array and its float32 copy
+        avail = available_memory_bytes()
+        if avail is not None and need > avail:
+            raise ImageIOError(f"{path}: its header claims {_describe_dims(hdr.dims)} voxels ({need / 2**30:.1f} GiB "
+                               f"to read), more than the {avail / 2**30:.1f} GiB of memory available; check that the "
+                               "file is the image you meant (a damaged header?) or use a machine with more memory")
+    expected = hdr.vox_offset + hdr.data_bytes
+    if gz:
+        total = 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while True:
+                    block = fh.read(1 << 22)
+                    if not block:
+                        break
+                    total += len(block)
+        except EOFError:
+            raise ImageIOError(f"{path} is truncated: its gzip stream ends early after {total} of {expected} bytes "
+                               f"(header: {_describe_dims(hdr.dims)} voxels). Copy or export the file again.") from None
+        except (OSError, zlib.error) as exc:
+            raise ImageIOError(f"{path} is damaged: its gzip stream cannot be read ({exc}). "
+                               "Copy or export the file again.") from exc
+    else:
+        total = path.stat().st_size
+    if total < expected:
+        raise ImageIOError(f"{path} is truncated: its header claims {_describe_dims(hdr.dims)} voxels "
+                           f"({expected} bytes with the header) but the file holds {total} bytes. "
+                           "Copy or export the file again.")
+
+
 def _nifti_nonfinite_count(path: Path, chunk_bytes: int = 1 << 24) -> int:
     """Number of NaN/inf voxels stored in a float NIfTI file (0 for integer types).
 
@@ -192,6 +317,7 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> 
                            "DICOM series: load them in Slicer and save as NRRD or NIfTI first.")
     if not _has_supported_suffix(path):
         raise ImageIOError(f"Unsupported image format: {path.name}. Use one of {', '.join(SUPPORTED_SUFFIXES)}.")
+    check_nifti_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -213,6 +339,14 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> 
     if n_bad:
         raise ImageIOError(f"{path} contains {n_bad} NaN/inf voxel(s); they are not valid intensities. Replace "
                            "them first (e.g. with 0 outside the brain, or re-export the image without them).")
+    if dtype is not None and np.issubdtype(np.dtype(dtype), np.floating) and array.size:
+        big = float(np.max(np.abs(array))) if np.issubdtype(array.dtype, np.floating) else 0.0
+        if big > MAX_ABS_INTENSITY:
+            limit = float(np.finfo(dtype).max)
+            where = (f"beyond the {np.dtype(dtype).name} range (limit {limit:.3g})" if big > limit else
+                     f"beyond what {np.dtype(dtype).name} arithmetic handles (squares overflow above {MAX_ABS_INTENSITY:.0e})")
+            raise ImageIOError(f"{path} holds values {where}: the largest |value| is {big:.3g}. Rescale the image "
+                               "(e.g. to its original units) and save it again")
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return Image(array, Geometry.from_sitk(img))
@@ -303,38 +437,124 @@ def to_sitk(array_zyx: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array_zyx)))
 
 
-def write_image(path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geometry,
-                compress: bool = True) -> Path:
-    """Write atomically (written in a temporary folder beside ``path``, then renamed into place): a crash
-    never leaves half a file. ``bool`` arrays are stored as uint8, float64 as float32."""
-    path = Path(path)
-    if not _has_supported_suffix(path):
-        raise ImageIOError(f"Unsupported output format: {path.name}. Use one of {', '.join(SUPPORTED_SUFFIXES)}.")
+def _prepare_array(array_zyx: np.ndarray) -> np.ndarray:
     array = np.asarray(array_zyx)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    _make_parent(path)
-    # The file is written under its final name inside a temporary folder beside the target: a MetaImage
-    # header (.mhd) names its data file (.raw/.zraw), which must therefore carry the final name too.
+    return array
+
+
+def _verify_image_file(tmp: str, path: Path, array: np.ndarray, geometry: Geometry) -> None:
+    """Read a just-written image back and compare it with what was meant to be written: SimpleITK's
+    writers do not raise on a short write (a full disk, a file-size limit), so the file on disk is the
+    only proof. Raises :class:`ImageIOError`."""
+    hint = "check the free space (and any file-size limit) of the folder; nothing was replaced"
     try:
-        tmp_dir = tempfile.mkdtemp(prefix=".tmp-" + path.name.split(".")[0] + "-", dir=path.parent)
-    except OSError as exc:
-        raise ImageIOError(f"cannot write {path} ({exc.strerror or exc}); choose a folder you can write to") from exc
-    try:
+        check_nifti_complete(tmp, check_memory=False)
+        back = sitk.ReadImage(tmp)
+    except (ImageIOError, RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ImageIOError(f"could not write {path}: the file did not read back complete ({detail[:200]}); {hint}") from exc
+    if tuple(back.GetSize()) != tuple(geometry.shape_xyz) or not np.array_equal(
+            sitk.GetArrayViewFromImage(back), array, equal_nan=np.issubdtype(array.dtype, np.floating)):
+        raise ImageIOError(f"could not write {path}: the file read back differs from the data written; {hint}")
+
+
+class StagedWrites:
+    """Several output files written together: each is written under a temporary name beside its
+    target and verified (images are read back), and only when all are good are they renamed into
+    place, in the order they were added (put the file that marks completion last). On an error
+    nothing is renamed and every temporary file is removed, so a failed run leaves no file under a
+    final name and never replaces a good file with a bad one. Use as a context manager (commits at
+    the end of the block unless it raised) or call :meth:`commit` / :meth:`discard`."""
+
+    def __init__(self) -> None:
+        self._tmp_dirs: list[str] = []
+        self._moves: list[tuple[str, Path]] = []
+
+    def _tmp_dir(self, path: Path) -> str:
+        _make_parent(path)
+        try:
+            d = tempfile.mkdtemp(prefix=".tmp-" + path.name.split(".")[0] + "-", dir=path.parent)
+        except OSError as exc:
+            raise ImageIOError(f"cannot write {path} ({exc.strerror or exc}); choose a folder you can write to") from exc
+        self._tmp_dirs.append(d)
+        return d
+
+    def image(self, path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:
+        path = Path(path)
+        if not _has_supported_suffix(path):
+            raise ImageIOError(f"Unsupported output format: {path.name}. Use one of {', '.join(SUPPORTED_SUFFIXES)}.")
+        array = _prepare_array(array_zyx)
+        tmp_dir = self._tmp_dir(path)
+        # Written under its final name inside the temporary folder: a MetaImage header (.mhd) names its
+        # data file (.raw/.zraw), which must therefore carry the final name too.
         tmp = os.path.join(tmp_dir, path.name)
         try:
             sitk.WriteImage(to_sitk(array, geometry), tmp, compress)
         except RuntimeError as exc:  # ITK: disk full, file system refuses, ...
             raise ImageIOError(f"could not write {path} ({str(exc).strip().splitlines()[-1]}); "
                                "check the free space and the folder") from exc
-        for name in os.listdir(tmp_dir):  # data file(s) first, the header (the file asked for) last
+        _verify_image_file(tmp, path, array, geometry)
+        for name in sorted(os.listdir(tmp_dir)):  # data file(s) first, the header (the file asked for) last
             if name != path.name:
-                os.replace(os.path.join(tmp_dir, name), path.parent / name)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+                self._moves.append((os.path.join(tmp_dir, name), path.parent / name))
+        self._moves.append((tmp, path))
+        return path
+
+    def text(self, path: str | os.PathLike, text: str) -> Path:
+        path = Path(path)
+        tmp = os.path.join(self._tmp_dir(path), path.name)
+        data = text.encode("utf-8")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+            if os.path.getsize(tmp) != len(data):
+                raise OSError(f"wrote only {os.path.getsize(tmp)} of {len(data)} bytes")
+        except OSError as exc:
+            raise ImageIOError(f"could not write {path} ({exc.strerror or exc}); check the free space "
+                               "(and any file-size limit) of the folder; nothing was replaced") from exc
+        self._moves.append((tmp, path))
+        return path
+
+    def commit(self) -> list[Path]:
+        done = []
+        try:
+            for src, dst in self._moves:
+                os.chmod(src, default_file_mode())
+                os.replace(src, dst)
+                done.append(dst)
+        finally:
+            self.discard()
+        return done
+
+    def discard(self) -> None:
+        for d in self._tmp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self._tmp_dirs, self._moves = [], []
+
+    def __enter__(self) -> "StagedWrites":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def write_image(path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geometry,
+                compress: bool = True) -> Path:
+    """Write atomically and verified: written in a temporary folder beside ``path``, read back and
+    compared with ``array_zyx``, then renamed into place. A crash, a full disk or a file-size limit
+    never leaves half a file and never replaces an existing good one (:class:`ImageIOError`).
+    ``bool`` arrays are stored as uint8, float64 as float32."""
+    path = Path(path)
+    with StagedWrites() as staged:
+        staged.image(path, array_zyx, geometry, compress)
     return path
 
 
