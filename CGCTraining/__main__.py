@@ -38,7 +38,7 @@ def _prog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from CGCLesionSegLib.losses import ANCHOR_MODES, LABEL_SOURCES, PATCH_RULES, LossConfig
     from CGCLesionSegLib.network import FUSIONS, NORMS, NetConfig
-    from CGCTraining.config import TrainConfig
+    from CGCTraining.config import AUGMENTATIONS, LR_SCHEDULES, TrainConfig
 
     n, t, lo = NetConfig(), TrainConfig(), LossConfig()
     p = argparse.ArgumentParser(prog=_prog(), formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=int, help=f"epochs (one visit of every case; default {t.epochs})")
     length.add_argument("--steps", type=int, help="optimisation steps instead of epochs")
     g.add_argument("--max-minutes", type=float, help="wall-clock budget; then checkpoint and stop cleanly")
+    g.add_argument("--stop-file", metavar="PATH", help="stop cleanly (checkpoint, then exit 0) once this file exists; "
+                   "checked after every step (the Slicer module's Cancel writes it)")
     g.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt (same settings)")
     g.add_argument("--init-from", metavar="CKPT", help="start from this model's weights (fine-tuning; same architecture "
                    "and modalities; the optimizer and step count start fresh)")
@@ -83,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-flip", action="store_true", help="no random flips")
     a.add_argument("--intensity-jitter", type=float, default=t.intensity_jitter,
                    help=f"SD of per-channel scale/shift jitter (default {t.intensity_jitter}; 0 = off)")
+    a.add_argument("--augment", choices=AUGMENTATIONS, default=t.augment,
+                   help="basic: flips + jitter; scanner: also gamma, bias field, thick-slice blur and noise, "
+                        f"each with p = 0.3 per crop, to mimic other scanners (default {t.augment})")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=t.lr_schedule,
+                   help="constant (the paper) or cosine: 5 %% warm-up, then decay to 1 %% of --lr at the last step "
+                        f"(default {t.lr_schedule})")
+    g.add_argument("--ema", type=float, default=t.ema, metavar="DECAY",
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.99) and save it "
+                        f"as the model; 0 = off (default {t.ema:g})")
 
     m = p.add_argument_group("network (sizes x y z)")
     m.add_argument("--widths", nargs=4, type=int, default=list(n.widths), metavar="W",
@@ -173,7 +184,8 @@ def configs_from_args(args):
                             lr=args.lr, epochs=epochs, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed,
                             workers=args.workers, lesion_crop_fraction=args.lesion_crop_fraction,
                             flip=not args.no_flip, intensity_jitter=args.intensity_jitter,
-                            checkpoint_every=args.checkpoint_every, amp=not args.no_amp, loss=loss)
+                            checkpoint_every=args.checkpoint_every, amp=not args.no_amp, loss=loss,
+                            augment=args.augment, lr_schedule=args.lr_schedule, ema=args.ema)
     net_cfg = NetConfig(in_channels=len(modalities), widths=tuple(args.widths), blocks=tuple(args.blocks),
                         decoder_width=args.decoder_width, norm=args.norm, coarse=not args.no_coarse,
                         fine=not args.no_fine, fusion=args.fusion, patch_size_xyz=tuple(args.patch),
@@ -203,7 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = train(cases, train_cfg, net_cfg, args.output_dir, gmm_config=gmm_cfg,
                        spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=args.resume,
                        device=args.device, progress=args.progress, record_samples=args.record_samples,
-                       init_checkpoint=args.init_from)
+                       init_checkpoint=args.init_from,
+                       should_stop=(lambda: Path(args.stop_file).exists()) if args.stop_file else None)
     except (ValueError, ImageIOError, GeometryMismatchError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -6,12 +6,17 @@ order. The loss weights and choices live in :class:`CGCLesionSegLib.losses.LossC
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from CGCLesionSegLib.config import config_from_dict, xyz_to_zyx
 from CGCLesionSegLib.losses import LossConfig
 from CGCLesionSegLib.network import DOWNSAMPLE_FACTOR
+
+
+AUGMENTATIONS = ("basic", "scanner")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,18 @@ class TrainConfig:
     P makes most batches contain lesion patches, without which eq. 6 has no anchor. Uses P only,
     never labels. ``flip``: random flips along each axis (p = 0.5). ``intensity_jitter``: per channel
     ``x·(1+a) + b`` inside the brain with ``a, b ~ N(0, jitter)``.
+    ``augment``: ``basic`` (flips + jitter, as above) or ``scanner``: also, each with probability
+    0.3 per crop, a per-channel gamma, a smooth multiplicative bias field, a thick-slice blur (down-
+    and up-sampling along one axis by 2–4) and Gaussian noise, to mimic other scanners and other
+    preprocessing. P is left as computed on the clean image, so the network must map the perturbed
+    image to the same target (our choice; the paper uses no augmentation beyond random crops).
+    ``lr_schedule``: ``constant`` (the paper) or ``cosine``: linear warm-up over the first 5 % of the
+    steps, then cosine decay to 1 % of ``lr`` at the last step. It needs a known run length, so a
+    ``--max-minutes`` stop before the last step leaves the decay unfinished.
+    ``ema``: decay of an exponential moving average of the weights (0 = off). With it on, the
+    checkpoint's ``model`` holds the averaged weights (what inference uses) and ``train_model`` the raw
+    ones (what ``--resume`` continues from). The first steps use ``min(ema, (1+step)/(10+step))`` so
+    the average is not dominated by the random initialisation.
     ``checkpoint_every``: steps between ``last.pt`` writes (also written at the end and on budget stop).
     ``amp``: bf16 autocast on CUDA (ignored on CPU, where training runs in float32 for exact resume).
     """
@@ -46,6 +63,9 @@ class TrainConfig:
     intensity_jitter: float = 0.1
     checkpoint_every: int = 50
     amp: bool = True
+    augment: str = "basic"
+    lr_schedule: str = "constant"
+    ema: float = 0.0
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -78,12 +98,29 @@ class TrainConfig:
             raise ValueError(f"intensity_jitter must be in [0, 1), got {self.intensity_jitter}")
         if int(self.checkpoint_every) < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not (0.0 <= float(self.ema) < 1.0):
+            raise ValueError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", LossConfig(**self.loss))
 
     @property
     def crop_zyx(self) -> tuple[int, int, int]:
         return xyz_to_zyx(self.crop_xyz)
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Learning rate of optimisation step ``step`` (0-based) of ``total``."""
+        if self.lr_schedule == "constant" or total <= 1:
+            return float(self.lr)
+        warm = max(1, int(round(0.05 * total)))
+        if step < warm:
+            return float(self.lr) * (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total - 1 - warm))
+        floor = 0.01
+        return float(self.lr) * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 def train_config_to_dict(cfg: TrainConfig) -> dict:

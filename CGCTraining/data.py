@@ -331,7 +331,11 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, cases: Sequence[CachedCase], crop_zyx: Sequence[int], seed: int = 0,
-                 lesion_crop_fraction: float = 0.5, flip: bool = True, intensity_jitter: float = 0.1) -> None:
+                 lesion_crop_fraction: float = 0.5, flip: bool = True, intensity_jitter: float = 0.1,
+                 augment: str = "basic") -> None:
+        if augment not in ("basic", "scanner"):
+            raise ValueError(f"augment must be basic or scanner, got {augment!r}")
+        self.augment = augment
         self.cases = list(cases)
         self.crop = tuple(int(c) for c in crop_zyx)
         self.seed = seed
@@ -382,6 +386,9 @@ class CropDataset(Dataset):
             a = rng.normal(0.0, self.jitter, size=image.shape[0]).astype(np.float32)
             b = rng.normal(0.0, self.jitter, size=image.shape[0]).astype(np.float32)
             image = np.where(mask[None], image * (1 + a)[:, None, None, None] + b[:, None, None, None], image)
+        if self.augment == "scanner":
+            # Its own stream: the crop, jitter and flips stay those of the basic recipe.
+            image = scanner_augment(image, mask, np.random.default_rng([self.seed, epoch, slot, ci, 11]))
         if self.flip:
             for axis in range(3):
                 if rng.random() < 0.5:
@@ -390,3 +397,65 @@ class CropDataset(Dataset):
         return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
                 "prob": torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None],
                 "case": ci}
+
+
+# ----------------------------------------------------------------------------------------- scanner augmentation
+#: Probability of each scanner perturbation per crop (independently).
+SCANNER_P = 0.3
+
+
+def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Perturb a normalised crop ``(C, Z, Y, X)`` as another scanner or pipeline would; ``mask_zyx``
+    ``(Z, Y, X)`` is the brain (outside it the image stays 0). Each step fires with probability
+    :data:`SCANNER_P`, drawn from ``rng`` only (so crops stay a pure function of their key):
+
+    * gamma per channel: intensities mapped to [0, 1] inside the brain of the crop, raised to
+      ``exp(N(0, 0.3))``, mapped back (contrast curves of other sequences / windowing);
+    * bias field: one smooth multiplicative field ``exp(b)``, ``b`` a random quadratic in (z, y, x)
+      with |b| ≲ 0.25, applied to the intensities above the crop's brain minimum (coil shading
+      left by pipelines without N4);
+    * thick slices: along one random axis, average blocks of 2–4 voxels and linearly interpolate
+      back (scans acquired with thick slices and resampled, as the ISBI MS FLAIRs);
+    * noise: Gaussian, SD U(0, 0.1) in normalised units (brain SD = 1).
+    """
+    from scipy.ndimage import zoom
+
+    out = np.array(image_czyx, dtype=np.float32, copy=True)
+    brain = np.asarray(mask_zyx, dtype=bool)
+    if not brain.any():
+        return out
+    c = out.shape[0]
+    if rng.random() < SCANNER_P:
+        for ch in range(c):
+            v = out[ch][brain]
+            lo, hi = float(v.min()), float(v.max())
+            if hi - lo > 1e-6:
+                g = float(np.exp(rng.normal(0.0, 0.3)))
+                out[ch][brain] = ((v - lo) / (hi - lo)) ** g * (hi - lo) + lo
+    if rng.random() < SCANNER_P:
+        grids = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in out.shape[1:]], indexing="ij")
+        coef = rng.normal(0.0, 0.08, size=9).astype(np.float32)
+        z, y, x = grids
+        b = (coef[0] * z + coef[1] * y + coef[2] * x + coef[3] * z * z + coef[4] * y * y + coef[5] * x * x
+             + coef[6] * z * y + coef[7] * z * x + coef[8] * y * x)
+        field = np.exp(np.clip(b, -0.4, 0.4))
+        for ch in range(c):
+            floor = float(out[ch][brain].min())
+            out[ch] = np.where(brain, (out[ch] - floor) * field + floor, out[ch])
+    if rng.random() < SCANNER_P:
+        axis = int(rng.integers(3))
+        factor = int(rng.integers(2, 5))
+        n = out.shape[axis + 1]
+        if n >= 2 * factor:
+            for ch in range(c):
+                thick = zoom(out[ch], [1.0 / factor if a == axis else 1.0 for a in range(3)], order=1,
+                             mode="nearest", grid_mode=True)
+                back = zoom(thick, [n / thick.shape[axis] if a == axis else 1.0 for a in range(3)], order=1,
+                            mode="nearest", grid_mode=True)
+                back = back[tuple(slice(0, s) for s in out.shape[1:])]
+                if back.shape == out.shape[1:]:
+                    out[ch] = np.where(brain, back, out[ch])
+    if rng.random() < SCANNER_P:
+        sd = float(rng.uniform(0.0, 0.1))
+        out += np.where(brain[None], rng.normal(0.0, sd, size=out.shape).astype(np.float32), np.float32(0.0))
+    return out

@@ -103,7 +103,8 @@ def _check_resume_compatible(ckpt: dict, net_config: NetConfig, train_cfg: Train
         problems.append(f"modalities ({ckpt['channels']} vs {channels})")
     if _json_roundtrip(ckpt["preprocessing"]) != _json_roundtrip(preprocessing):
         problems.append("preprocessing/GMM settings or spacing")
-    old = dict(ckpt.get("train_config") or {})
+    # Settings added after a checkpoint was written count as their defaults (the run used them).
+    old = {**train_config_to_dict(TrainConfig()), **dict(ckpt.get("train_config") or {})}
     new = train_config_to_dict(train_cfg)
     for k in RESUMABLE_CHANGES:
         old.pop(k, None)
@@ -126,6 +127,19 @@ def _init_from(model: torch.nn.Module, path: Path, net_config: NetConfig, channe
     if list(ckpt["channels"]) != list(channels):
         raise ValueError(f"{path} was trained on {ckpt['channels']}, this run uses {channels}")
     model.load_state_dict(ckpt["model"])
+
+
+@torch.no_grad()
+def _ema_update(ema_state: dict, model: torch.nn.Module, decay: float, step: int) -> None:
+    """``ema ← d·ema + (1 − d)·weights`` with ``d = min(decay, (1 + step) / (10 + step))`` (a short
+    average early on, so the random initialisation fades quickly). Integer buffers are copied."""
+    d = min(float(decay), (1.0 + step) / (10.0 + step))
+    for k, v in model.state_dict().items():
+        e = ema_state[k]
+        if e.dtype.is_floating_point:
+            e.mul_(d).add_(v.detach(), alpha=1.0 - d)
+        else:
+            e.copy_(v)
 
 
 class LossLog:
@@ -240,10 +254,15 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
         start_step = 0
         if init_checkpoint is not None and not resume:
             _init_from(model, Path(init_checkpoint), net_config, channels, dev)
+        ema_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                     if train_cfg.ema > 0 else None)
         if resume:
             ckpt = read_checkpoint(last, map_location=dev)
             _check_resume_compatible(ckpt, net_config, train_cfg, channels, settings, last)
-            model.load_state_dict(ckpt["model"])
+            # With EMA on, "model" holds the averaged weights and "train_model" the raw ones.
+            model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+            if train_cfg.ema > 0:
+                ema_state = {k: v.detach().to(dev).clone() for k, v in ckpt["model"].items()}
             if ckpt.get("optimizer"):
                 optimizer.load_state_dict(ckpt["optimizer"])
             start_step = int(ckpt["step"])
@@ -254,7 +273,7 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
         sampler = StepBatchSampler(len(cached), train_cfg.batch_size, train_cfg.seed, total, start_step,
                                    info.rank, info.world_size)
         dataset = CropDataset(cached, train_cfg.crop_zyx, train_cfg.seed, train_cfg.lesion_crop_fraction,
-                              train_cfg.flip, train_cfg.intensity_jitter)
+                              train_cfg.flip, train_cfg.intensity_jitter, train_cfg.augment)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=train_cfg.workers,
                                              pin_memory=dev.type == "cuda")
         net = model
@@ -280,6 +299,9 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                 return
             ckpt = build_checkpoint(model, net_config, channels, settings, tcfg_dict, optimizer, step,
                                     epoch=step // spe, extra={**run_meta, "elapsed_s": round(time.monotonic() - t_start, 1)})
+            if ema_state is not None:  # inference reads "model": give it the averaged weights
+                ckpt["train_model"] = ckpt["model"]
+                ckpt["model"] = {k: v.detach().cpu().clone() for k, v in ema_state.items()}
             save_checkpoint_dict(last, ckpt)
 
         if info.is_main:
@@ -318,9 +340,14 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                     outputs = net(x)
                 loss, terms = cgc_loss(outputs, p, train_cfg.loss, patch_zyx)
+                lr_now = train_cfg.lr_at(step, total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_now
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if ema_state is not None:
+                    _ema_update(ema_state, model, train_cfg.ema, step)
                 step += 1
                 vec = dd.mean_across(torch.stack([terms[k].float() for k in LOG_COLUMNS[2:7]]).detach(), info)
                 vals = dict(zip(LOG_COLUMNS[2:7], (float(v) for v in vec.cpu())))
@@ -341,7 +368,7 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                     samples_fh.flush()
                 if log is not None:
                     log.write({"step": step, "epoch": epoch, **{k: f"{v:.6g}" for k, v in vals.items()},
-                               "lr": train_cfg.lr, "seconds": round(time.monotonic() - t_start, 2)})
+                               "lr": f"{lr_now:.6g}", "seconds": round(time.monotonic() - t_start, 2)})
                 if info.is_main:
                     frac = step / total
                     if json_mode:

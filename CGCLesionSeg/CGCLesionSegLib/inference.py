@@ -23,12 +23,17 @@ from .sliding_window import brain_bounding_box, sliding_window_probability
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Settings of one inference run (independent of the training crop).
+    """Settings of one inference run.
 
-    ``window_xyz`` defaults to 160×192×160 so a typical adult brain at 1 mm (bounding box about
-    140×175×145) is one window on CPU: fewer overlapping windows is the main CPU cost saving, and
-    the network is fully convolutional. On GPU or for larger fields of view, windows tile with
-    ``overlap`` and Gaussian blending (``sigma_scale`` × window).
+    ``window_xyz`` None (the default) means the **training crop recorded in the checkpoint**, tiled
+    with ``overlap`` and Gaussian blending (``sigma_scale`` × window). The network is fully
+    convolutional, but it uses instance normalisation and a receptive field of ~150 voxels: on a
+    window much larger than its training crop the normalisation statistics and the context differ
+    from what it learned (measured: the shipped models scored 0.670 / 0.699 Dice on their training
+    cases with one 160×192×160 window and 0.726 / 0.733 with 96×96×64 windows). A checkpoint without
+    a recorded crop falls back to :data:`LEGACY_WINDOW_XYZ`. An explicit ``window_xyz`` overrides.
+    ``overlap`` 0.5 (every voxel inside the volume is seen by up to 8 windows): the Gaussian weights
+    of neighbouring windows then cross well above their floor, so there are no seams.
 
     ``gmm_weight`` w > 0 thresholds the fused map ``(1 − w)·CGC + w·P`` instead of the CGC map alone
     (P: the GMM map of the model's own GMM settings). The two err differently — P misses lesion that
@@ -36,8 +41,8 @@ class InferenceConfig:
     — so their mean is the safer estimate; see :data:`OUTPUT_PRESETS`.
     """
 
-    window_xyz: tuple[int, int, int] = (160, 192, 160)
-    overlap: float = 0.25
+    window_xyz: Optional[tuple[int, int, int]] = None
+    overlap: float = 0.5
     batch_size: int = 1
     sigma_scale: float = 0.125
     threshold: float = 0.5
@@ -51,8 +56,10 @@ class InferenceConfig:
     margin_voxels: int = 4
 
     def __post_init__(self) -> None:
-        if len(self.window_xyz) != 3 or any(int(w) < 8 for w in self.window_xyz):
-            raise ValueError(f"window_xyz must be three sizes >= 8, got {self.window_xyz}")
+        if self.window_xyz is not None:
+            if len(self.window_xyz) != 3 or any(int(w) < 8 for w in self.window_xyz):
+                raise ValueError(f"window_xyz must be three sizes >= 8, got {self.window_xyz}")
+            object.__setattr__(self, "window_xyz", tuple(int(w) for w in self.window_xyz))
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
@@ -70,6 +77,22 @@ class InferenceConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0.0 <= self.gmm_weight < 1.0:
             raise ValueError(f"gmm_weight must be in [0, 1), got {self.gmm_weight}")
+
+
+#: Window of checkpoints that record no training crop (x, y, z): one window over a typical adult
+#: brain at 1 mm, as inference ran before the window followed the training crop.
+LEGACY_WINDOW_XYZ: tuple[int, int, int] = (160, 192, 160)
+
+
+def window_for_checkpoint(config: InferenceConfig, train_config: Optional[dict]) -> tuple[int, int, int]:
+    """The sliding-window size (x, y, z) for a model: ``config.window_xyz`` when given, else the
+    training crop recorded in ``train_config`` (``crop_xyz``), else :data:`LEGACY_WINDOW_XYZ`."""
+    if config.window_xyz is not None:
+        return tuple(config.window_xyz)  # type: ignore[return-value]
+    crop = (train_config or {}).get("crop_xyz")
+    if crop is not None and len(crop) == 3 and all(isinstance(c, (int, float)) and int(c) >= 8 for c in crop):
+        return tuple(int(c) for c in crop)  # type: ignore[return-value]
+    return LEGACY_WINDOW_XYZ
 
 
 # Output rules, selectable by name (``cgcseg segment --postprocess NAME``).
@@ -107,6 +130,7 @@ class SegmentationResult:
     elapsed_s: float
     timings: dict = field(default_factory=dict)
     network_probability: Optional[np.ndarray] = None  # the CGC map alone, when it differs from ``probability``
+    window_xyz: Optional[tuple] = None  # the sliding window that ran (x, y, z)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,8 +168,11 @@ def _brain_mask(channels: Sequence[np.ndarray], preprocessing: dict) -> np.ndarr
 
 def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: InferenceConfig,
                         device: torch.device, progress: Optional[ProgressCallback] = None,
-                        should_stop: Optional[StopCallback] = None) -> np.ndarray:
-    """Network probability for a normalised ``(C, Z, Y, X)`` array; returns ``(Z, Y, X)`` float32."""
+                        should_stop: Optional[StopCallback] = None,
+                        window_xyz: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Network probability for a normalised ``(C, Z, Y, X)`` array; returns ``(Z, Y, X)`` float32.
+    ``window_xyz``: the window to tile with (default ``config.window_xyz`` or the legacy window)."""
+    window_xyz = tuple(window_xyz or config.window_xyz or LEGACY_WINDOW_XYZ)
     image = torch.from_numpy(np.ascontiguousarray(image_czyx)).to(device)
     use_amp = config.amp and device.type == "cuda"
     segment = getattr(model, "segment_logits", model)
@@ -155,7 +182,7 @@ def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: 
             return segment(batch)
 
     with torch.inference_mode():
-        prob = sliding_window_probability(predict, image, xyz_to_zyx(config.window_xyz), config.overlap,
+        prob = sliding_window_probability(predict, image, xyz_to_zyx(window_xyz), config.overlap,
                                           config.batch_size, config.sigma_scale, progress, should_stop)
     return prob.float().cpu().numpy()
 
@@ -229,7 +256,8 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
 
     t = time.perf_counter()
     sub = lambda f, m: progress(0.05 + 0.9 * f, m) if progress else None
-    prob_box = predict_probability(model, image[(slice(None),) + box], config, device, sub, should_stop)
+    window = window_for_checkpoint(config, getattr(info, "train_config", None))
+    prob_box = predict_probability(model, image[(slice(None),) + box], config, device, sub, should_stop, window)
     timings["network_s"] = time.perf_counter() - t
     prob = np.zeros(work_brain.shape, np.float32)
     prob[box] = prob_box
@@ -247,4 +275,4 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     call_progress(progress, 1.0, "done")
     return SegmentationResult(prob.astype(np.float32), mask.astype(np.uint8), brain, gmm_probability,
                               Path(model_path) if model_path is not None else Path(getattr(info, "path", "")),
-                              expected, str(device), time.perf_counter() - t0, timings, network_prob)
+                              expected, str(device), time.perf_counter() - t0, timings, network_prob, window)

@@ -65,3 +65,31 @@ def test_output_must_be_a_table_and_never_an_input(cohort, capsys):
     assert not (tmp / "table.nii.gz").exists() and not (tmp / "table.txt").exists()
     rc = main(["evaluate", "--prediction", str(ref), "--reference", str(ref), "--output", str(tmp / "x.csv")])
     assert rc == 0 and not list(tmp.glob(".tmp-*"))
+
+
+def test_an_input_image_is_refused_as_a_prediction(cohort, capsys):
+    tmp, cases, _ = cohort
+    flair = np.random.default_rng(0).normal(300, 80, G.shape_zyx).astype(np.float32)
+    write_image(tmp / "flair.nii.gz", flair, G)
+    rc = main(["evaluate", "--prediction", str(tmp / "flair.nii.gz"), "--reference", str(cases / "X_1" / "X_1_seg.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a segmentation" in err and "flair.nii.gz" in err
+    labels = _mask(np.s_[0:2, 0:2, 0:2]) * 4  # a BraTS-style labelmap is a segmentation
+    write_image(tmp / "labels.nii.gz", labels, G)
+    assert main(["evaluate", "--prediction", str(tmp / "labels.nii.gz"), "--reference",
+                 str(cases / "X_1" / "X_1_seg.nii.gz")]) == 0
+
+
+def test_empty_reference_gives_undefined_sensitivity_and_distances(cohort, capsys):
+    tmp, cases, preds = cohort
+    write_image(tmp / "empty_seg.nii.gz", _mask(), G)
+    out = tmp / "t.json"
+    rc = main(["evaluate", "--prediction", str(preds / "X_10.nii.gz"), "--reference", str(tmp / "empty_seg.nii.gz"),
+               "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "sensitivity undefined" in printed and "HD95 undefined" in printed
+    assert "reference is empty" in printed
+    row = json.loads(out.read_text())["cases"][0]
+    assert row["sensitivity"] is None and row["hd95_mm"] is None and row["precision"] == 0.0
+    rc = main(["evaluate", "--prediction", str(preds / "X_10.nii.gz"), "--reference", str(cases / "X_10" / "X_10_seg.nii.gz")])
+    assert rc == 0 and "HD95 0.00 mm" in capsys.readouterr().out

@@ -28,16 +28,20 @@ def _log_rows(run):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
 
 
+RECIPES = {"paper": [], "ema-cosine-scanner": ["--ema", "0.9", "--lr-schedule", "cosine", "--augment", "scanner"]}
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_sigkill_then_resume_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_sigkill_then_resume_is_bit_exact(tmp_path, recipe):
     cases = write_csv_with_prob(tmp_path / "list", n_cases=3)
     ref, run = tmp_path / "ref", tmp_path / "run"
-
-    r = run_cli(_args(cases, ref, "--progress", "none"))
+    extra = RECIPES[recipe]
+    r = run_cli(_args(cases, ref, "--progress", "none", *extra))
     assert r.returncode == 0, r.stderr
 
     # Start the same run, kill it with SIGKILL as soon as step 3 has been reported.
-    proc = subprocess.Popen([sys.executable, "-m", "CGCTraining", *map(str, _args(cases, run, "--progress", "json"))],
+    proc = subprocess.Popen([sys.executable, "-m", "CGCTraining", *map(str, _args(cases, run, "--progress", "json", *extra))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(1),
                             cwd=str(REPO))
     killed_at = None
@@ -56,7 +60,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     interrupted_step = read_checkpoint(run / "last.pt")["step"]
     assert 2 <= interrupted_step < STEPS  # the kill landed mid-run; the checkpoint on disk is complete
 
-    r = run_cli(_args(cases, run, "--resume", "--progress", "json"))
+    r = run_cli(_args(cases, run, "--resume", "--progress", "json", *extra))
     assert r.returncode == 0, r.stderr
     resumed_steps = [json.loads(l)["step"] for l in r.stdout.splitlines() if '"progress"' in l]
     assert resumed_steps == list(range(interrupted_step + 1, STEPS + 1))
@@ -64,8 +68,14 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     a, b = read_checkpoint(ref / "last.pt"), read_checkpoint(run / "last.pt")
     assert a["step"] == b["step"] == STEPS
     assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    for key in ("model", "train_model"):  # train_model: the raw weights beside the EMA ones
+        assert (key in a) == (key in b) == (key == "model" or recipe != "paper"), key
+        for k in a.get(key, {}):
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    if recipe != "paper":  # the average differs from the raw weights, and the lr decayed
+        assert any(not torch.equal(a["model"][k], a["train_model"][k]) for k in a["model"])
+        lrs = [float(r["lr"]) for r in _log_rows(ref)]
+        assert lrs[-1] < max(lrs)
     for k, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][k][name]), (k, name)

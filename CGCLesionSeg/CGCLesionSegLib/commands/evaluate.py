@@ -1,4 +1,7 @@
-"""``cgcseg evaluate``: Dice and sensitivity of segmentations against reference labels.
+"""``cgcseg evaluate``: Dice, sensitivity, precision, HD95 and ASSD (mm) of segmentations against
+reference labels. Values that are undefined for a case (sensitivity with an empty reference,
+precision with an empty prediction, surface distances when either is empty) are printed as
+``undefined`` with the reason, written as empty cells / null, and left out of the means.
 
 Either one pair (``--prediction P --reference R``) or a folder of predictions matched by case name
 to a BraTS-layout folder (``--predictions-dir D --cases DIR``: ``D/<case>*.nii.gz`` against
@@ -32,16 +35,57 @@ def _foreground(ref, labels):
     return np.isin(ref, labels) if labels else ref > 0
 
 
+#: A labelmap prediction has at most this many distinct integer values.
+MAX_LABELS = 32
+
+
+def check_prediction_values(array, name: str) -> None:
+    """Refuse an image that is neither a mask/probability map (values in [0, 1]) nor a small integer
+    labelmap — e.g. a FLAIR given by mistake, which would otherwise be thresholded and scored."""
+    import numpy as np
+    a = np.asarray(array)
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return
+    values = np.unique(a) if a.size else a
+    if np.all(np.mod(values, 1) == 0) and values.size <= MAX_LABELS and lo >= 0:
+        return
+    raise ValueError(f"{name} is not a segmentation: its values run from {lo:g} to {hi:g} with "
+                     f"{min(values.size, 10**6)}{'+' if values.size >= 10**6 else ''} distinct values (a mask holds 0/1, a "
+                     f"probability map values in [0, 1], a labelmap at most {MAX_LABELS} integer labels). Give the "
+                     "mask written by `cgcseg segment`/`cgcseg gmm`, not an input image")
+
+
 def _score(pred_path: Path, ref_path: Path, labels, threshold: float) -> dict:
     from ..image_io import check_same_grid, read_image
-    from ..metrics import dice, sensitivity
+    from ..metrics import all_metrics
     pred = read_image(pred_path)
     ref = read_image(ref_path, dtype=None)
     check_same_grid(ref.geometry, pred.geometry, "reference", "prediction")
+    check_prediction_values(pred.array_zyx, f"the prediction {pred_path.name}")
     p = pred.array_zyx >= threshold
     r = _foreground(ref.array_zyx, labels)
-    return {"dice": dice(p, r), "sensitivity": sensitivity(p, r),
-            "predicted_voxels": int(p.sum()), "reference_voxels": int(r.sum())}
+    spacing_zyx = tuple(reversed(pred.geometry.spacing))
+    return {**all_metrics(p, r, spacing_zyx), "predicted_voxels": int(p.sum()), "reference_voxels": int(r.sum())}
+
+
+METRICS = (("dice", "dice", "{:.4f}"), ("sensitivity", "sensitivity", "{:.4f}"), ("precision", "precision", "{:.4f}"),
+           ("hd95_mm", "HD95", "{:.2f} mm"), ("assd_mm", "ASSD", "{:.2f} mm"))
+
+
+def _means(rows: list[dict]) -> dict:
+    """Mean of each metric over the cases where it is defined (None where it is nowhere defined)."""
+    out = {}
+    for key, _, _ in METRICS:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def _line(label: str, values: dict, reason=None) -> str:
+    cells = [f"{name} " + ("undefined" if values.get(key) is None else fmt.format(values[key]))
+             for key, name, fmt in METRICS]
+    return f"{label:<40} " + "  ".join(cells) + (f"  ({reason})" if reason else "")
 
 
 _TABLE_SUFFIXES = (".csv", ".json")
@@ -81,13 +125,13 @@ def _check_table_output(path: str, inputs: list[Path]) -> Path:
     return check_output_paths({"--output": path}, inputs, formats=_TABLE_SUFFIXES)["--output"]
 
 
-def _write_table(out: Path, rows: list[dict], mean_dice: float, mean_sen: float) -> None:
+def _write_table(out: Path, rows: list[dict], means: dict) -> None:
     """Write atomically (temp file + rename): an interrupted run never leaves half a table."""
     import io
 
     from ..image_io import atomic_write
     if out.suffix.lower() == ".json":
-        text = json.dumps({"cases": rows, "mean_dice": mean_dice, "mean_sensitivity": mean_sen}, indent=2)
+        text = json.dumps({"cases": rows, **{f"mean_{k}": v for k, v in means.items()}}, indent=2)
     else:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -125,13 +169,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"no prediction in {pred_dir} matched a case with labels in {cases}")
     else:
         raise ValueError("give --prediction and --reference, or --predictions-dir and --cases")
-    mean_dice = sum(r["dice"] for r in rows) / len(rows)
-    mean_sen = sum(r["sensitivity"] for r in rows) / len(rows)
+    means = _means(rows)
     for r in rows:
-        print(f"{r['case']:<40} dice {r['dice']:.4f}  sensitivity {r['sensitivity']:.4f}")
+        print(_line(r["case"], r, r.get("undefined")))
     if len(rows) > 1:
-        print(f"{'mean':<40} dice {mean_dice:.4f}  sensitivity {mean_sen:.4f}")
+        print(_line("mean (defined cases)", means))
     if out is not None:
-        _write_table(out, rows, mean_dice, mean_sen)
+        _write_table(out, rows, means)
         print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -1,0 +1,82 @@
+"""Recipe options of training: learning-rate schedule, weight averaging, scanner augmentation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from CGCTraining.config import TrainConfig
+from CGCTraining.data import CropDataset, scanner_augment
+from CGCTraining.train import _ema_update
+
+
+def test_cosine_schedule_warms_up_then_decays_to_one_percent():
+    cfg = TrainConfig(lr=1e-3, steps=200, lr_schedule="cosine")
+    lrs = [cfg.lr_at(s, 200) for s in range(200)]
+    warm = 10  # 5 % of 200
+    assert lrs[0] == pytest.approx(1e-3 / warm) and lrs[warm - 1] == pytest.approx(1e-3)
+    assert all(a <= b + 1e-15 for a, b in zip(lrs[:warm], lrs[1:warm]))       # rising
+    assert all(a >= b - 1e-15 for a, b in zip(lrs[warm:], lrs[warm + 1:]))    # then falling
+    assert lrs[-1] == pytest.approx(1e-5)
+    mid = warm + (199 - warm) // 2  # half way through the decay: the cosine is at its middle
+    t = (mid - warm) / (199 - warm)
+    assert lrs[mid] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))))
+    assert TrainConfig(lr=2e-4, steps=5).lr_at(3, 5) == 2e-4
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment="heavy")
+
+
+def test_ema_update_matches_a_loop():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = {k: v.double().clone() for k, v in model.state_dict().items()}
+    for step in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(5, 3))  # moves the running stats and num_batches_tracked
+        _ema_update(ema, model, 0.9, step)
+        d = min(0.9, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            ref[k] = d * ref[k] + (1 - d) * v.double() if v.dtype.is_floating_point else v.double()
+    for k in ema:
+        assert torch.allclose(ema[k].double(), ref[k], atol=1e-5), k
+    assert ema["1.num_batches_tracked"] == model.state_dict()["1.num_batches_tracked"]
+
+
+def test_scanner_augmentation_keeps_background_and_is_a_function_of_the_key():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 16, 20, 24)).astype(np.float32)
+    mask = np.zeros((16, 20, 24), bool)
+    mask[2:14, 3:17, 4:20] = True
+    image[:, ~mask] = 0
+    changed = 0
+    for seed in range(30):
+        out = scanner_augment(image, mask, np.random.default_rng(seed))
+        assert out.shape == image.shape and out.dtype == np.float32 and np.isfinite(out).all()
+        assert (out[:, ~mask] == 0).all()
+        changed += not np.array_equal(out, image)
+        np.testing.assert_array_equal(out, scanner_augment(image, mask, np.random.default_rng(seed)))
+    # Four steps at p = 0.3 each: a crop is left alone with p = 0.7**4 = 0.24.
+    assert 12 <= changed <= 30
+
+    class Case:
+        name, meta, source = "c", {}, None
+
+    case = Case()
+    case.image, case.prob, case.mask = image, (rng.random((16, 20, 24)) > 0.8).astype(np.float32), mask
+    basic = CropDataset([case], (8, 8, 8), seed=1, augment="basic")
+    scan = CropDataset([case], (8, 8, 8), seed=1, augment="scanner")
+    keys = [(0, s, 0) for s in range(12)]
+    # Same crops and the same P; only the image differs (P is the clean image's target).
+    for k in keys:
+        a, b = basic[k], scan[k]
+        assert torch.equal(a["prob"], b["prob"])
+    assert any(not torch.equal(basic[k]["image"], scan[k]["image"]) for k in keys)
