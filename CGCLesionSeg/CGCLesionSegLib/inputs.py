@@ -58,3 +58,17 @@ def order_inputs(specs: Sequence[tuple[str | None, str]], expected: Sequence[str
         raise ValueError(f"inputs do not match the expected modalities ({'; '.join(parts)}); "
                          f"expected: {want}")
     return [named[e] for e in expected]
+
+
+def names_in_order(names: Sequence[str | None], expected: Sequence[str] | None = None) -> list[str | None]:
+    """The modality each input is used as: its own name when named; unnamed inputs take ``expected``
+    (the model's modalities) in order when the counts match, else the documented order
+    (:data:`DEFAULT_ORDER`). Inputs that cannot be placed stay None (the channel check skips them)."""
+    names = [n.lower() if n else None for n in names]
+    if any(n is not None for n in names):
+        return names
+    if expected is not None and len(expected) == len(names):
+        return [e.lower() for e in expected]
+    if expected is None and len(names) <= len(DEFAULT_ORDER):
+        return list(DEFAULT_ORDER[:len(names)])
+    return names
