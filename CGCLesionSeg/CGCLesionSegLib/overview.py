@@ -60,6 +60,9 @@ class OverviewInfo:
     flips: tuple[bool, bool, bool]
     colors: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     convention: str = CONVENTION
+    #: Per mask: contour pixels drawn (all panels) and how many of them another contour covers.
+    contour_px: dict[str, int] = field(default_factory=dict)
+    overdrawn_px: dict[str, int] = field(default_factory=dict)
 
 
 def _font(size: int):
@@ -162,14 +165,15 @@ def _border(mask: np.ndarray, width: int) -> np.ndarray:
 def write_overview(png_path: str | os.PathLike, background_zyx: np.ndarray, geometry: Geometry,
                    masks: Mapping[str, np.ndarray] | None = None, n_slices: int = 4,
                    title: str | None = None, colors: Mapping[str, tuple[int, int, int]] | None = None,
-                   panel_px: int = 256, line_width: int = 2, window_percentiles: tuple[float, float] = (0.5, 99.5),
-                   background_name: str = "image") -> OverviewInfo:
+                   panel_px: int = 320, line_width: int = 2, window_percentiles: tuple[float, float] = (0.5, 99.5),
+                   background_name: str = "image", emphasize: str | None = None) -> OverviewInfo:
     """Write a PNG with ``n_slices`` axial slices of ``background_zyx`` and each mask's contour.
 
     ``background_zyx``: the reference channel, ``(z, y, x)``. ``geometry``: its grid (orientation
     and spacing set the display). ``masks``: name → ``(z, y, x)`` array (non-zero = inside), drawn in
     the given order, later ones on top; an empty mask is listed in the legend as empty.
-    ``panel_px``: longer side of each slice image. ``line_width``: contour width in pixels.
+    ``emphasize``: the name of the mask that is the result: drawn last (nothing covers it) and one
+    pixel thicker. ``panel_px``: longer side of each slice image. ``line_width``: contour width in pixels.
     The file is written atomically. Returns an :class:`OverviewInfo`.
     """
     from PIL import Image as PILImage
@@ -183,6 +187,10 @@ def write_overview(png_path: str | os.PathLike, background_zyx: np.ndarray, geom
     if panel_px < 16 or line_width < 1:
         raise ValueError(f"panel_px must be >= 16 and line_width >= 1, got {panel_px}, {line_width}")
     masks = dict(masks or {})
+    if emphasize is not None:
+        if emphasize not in masks:
+            raise ValueError(f"emphasize={emphasize!r} is not one of the masks ({', '.join(masks) or 'none'})")
+        masks[emphasize] = masks.pop(emphasize)  # drawn last
     for name, m in masks.items():
         if np.asarray(m).shape != background.shape:
             raise ValueError(f"mask {name!r} has shape {np.asarray(m).shape} but the image has {background.shape}")
@@ -218,6 +226,9 @@ def write_overview(png_path: str | os.PathLike, background_zyx: np.ndarray, geom
 
     lo, hi = _window(bg, window_percentiles)
     panels: list[tuple[int, int, int, int]] = []
+    contour_px: dict[str, int] = {}
+    overdrawn_px: dict[str, int] = {}
+    drawn: dict[str, list] = {}
     top = HEADER_PX + PAD_PX
     # Physical position of each slice along I-S (mm from the first voxel's plane) for captions.
     for i, s in enumerate(slices):
@@ -225,12 +236,21 @@ def write_overview(png_path: str | os.PathLike, background_zyx: np.ndarray, geom
         gray = np.clip((bg[s] - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
         tile = PILImage.fromarray(gray).resize((pw, ph), PILImage.BILINEAR).convert("RGB")
         rgb = np.asarray(tile).copy()
-        for name, m in disp_masks.items():
+        owner = np.full((ph, pw), -1, np.int16)
+        for k, (name, m) in enumerate(disp_masks.items()):
             sl = m[s]
             if not sl.any():
                 continue
             up = np.asarray(PILImage.fromarray(sl.astype(np.uint8) * 255).resize((pw, ph), PILImage.NEAREST)) > 127
-            rgb[_border(up, line_width)] = palette[name]
+            border = _border(up, line_width + (1 if name == emphasize else 0))
+            rgb[border] = palette[name]
+            owner[border] = k
+            contour_px[name] = contour_px.get(name, 0) + int(border.sum())
+            drawn[name] = drawn.get(name, []) + [(i, border)]
+        for k, name in enumerate(disp_masks):
+            for panel, border in drawn.get(name, []):
+                if panel == i:
+                    overdrawn_px[name] = overdrawn_px.get(name, 0) + int((border & (owner != k)).sum())
         canvas.paste(PILImage.fromarray(rgb), (left, top))
         panels.append((left, top, pw, ph))
         draw.text((left + 3, top + 2), "R", fill=(255, 255, 120), font=small)
@@ -255,4 +275,6 @@ def write_overview(png_path: str | os.PathLike, background_zyx: np.ndarray, geom
         canvas.save(fh, format="PNG")
     orig_slices = [s if not flips[0] else bg.shape[0] - 1 - s for s in slices]
     return OverviewInfo(path=path, size=(width, height), slices=orig_slices, panels=panels,
-                        display_axes=axes, flips=flips, colors=palette)
+                        display_axes=axes, flips=flips, colors=palette,
+                        contour_px={k: contour_px.get(k, 0) for k in masks},
+                        overdrawn_px={k: overdrawn_px.get(k, 0) for k in masks})

@@ -30,6 +30,9 @@ from .segment import resolve_postprocess
 DESCRIPTION = __doc__
 
 OUTPUT_NAMES = ("segmentation.nii.gz", "probability.nii.gz", "gmm_probability.nii.gz", "overview.png")
+#: Lists every file the demo wrote in DIR; the next demo in DIR removes those files (and nothing else)
+#: first, so a phantom's files do not stay beside a real case's outputs.
+MANIFEST = "demo-manifest.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_output_rule_arg(p, "output rule of the CGC stage, as in `cgcseg segment` (auto: single-lesion with the "
                            "shipped models, none with --model)")
     p.add_argument("--slices", type=int, default=4, metavar="N", help="axial slices in overview.png (default 4)")
+    p.add_argument("--overview-gmm", action="store_true",
+                   help="also draw the GMM mask's contour in overview.png (off by default: its speckle hides the result)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse inputs that may be swapped or misnamed (file name or intensity signature "
+                        "contradicts the --input name); without it they get a warning")
     add_device_args(p)
     add_progress_args(p)
 
@@ -120,6 +128,7 @@ def _phantom_case(out_dir: Path, seed: int, progress) -> dict[str, Any]:
             "inputs": {m: str(paths[m]) for m in ph.modalities},
             "reference_path": str(paths["seg"]), "phantom": {"seed": seed, "case_dir": str(paths["case_dir"]),
                                                              "params": ph.params},
+            "written": [str(v) for k, v in paths.items() if k != "case_dir"],
             "elapsed_s": time.perf_counter() - t0}
 
 
@@ -184,13 +193,20 @@ def run(args: argparse.Namespace) -> int:
         from ..inputs import parse_input_specs
         check_output_paths({f"output {n}": out_dir / n for n in OUTPUT_NAMES},
                            [p for _, p in parse_input_specs(args.inputs)] + [args.mask, args.reference], formats=None)
+    from ..output_probe import probe_writable
+    probe_writable({f"output {n}": out_dir / n for n in OUTPUT_NAMES + (MANIFEST,)})
     out_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_previous_outputs(out_dir)
     t_start = time.perf_counter()
     reporter = ProgressReporter(args.progress, "cgcseg demo")
     try:
         case = _given_case(args, reporter) if args.inputs else _phantom_case(out_dir, args.seed, reporter)
         channels, names, geometry = case["channels"], case["names"], case["geometry"]
         times = {"input_s": case["elapsed_s"]}
+        from ..channel_check import check_and_warn
+        from ..inputs import names_in_order
+        check = check_and_warn(channels, names_in_order(names), list(case["inputs"].values()), case["mask"],
+                               strict=args.strict, progress_mode=args.progress)
 
         # CGC model first (only loading): its GMM settings are the ones the network was trained with.
         model, info, model_path, no_cgc_reason = _load_cgc(args.model, names, args.device)
@@ -243,29 +259,42 @@ def run(args: argparse.Namespace) -> int:
         common = dict(inputs=case["inputs"], gmm_settings=gmm.summary(), device=cgc.device if cgc else "cpu",
                       model_path=model_path if cgc is not None else None, command="cgcseg demo",
                       stage=stage, stage_note=stage_note, threshold=args.threshold,
-                      phantom=case["phantom"], timings={k: round(v, 3) for k, v in times.items()})
+                      phantom=case["phantom"], timings={k: round(v, 3) for k, v in times.items()},
+                      channel_check=check.to_dict())
         if cgc is not None:
             common["inference"] = config_to_dict(cgc_config)
         write_image(seg_path, segmentation.astype(np.uint8), geometry)
         write_sidecar(seg_path, kind="segmentation", elapsed_s=time.perf_counter() - t_start,
                       evaluation=evaluation, **common)
         write_image(prob_path, probability.astype(np.float32), geometry)
-        write_sidecar(prob_path, kind=f"{stage}_probability", elapsed_s=time.perf_counter() - t_start, **common)
+        holds = ("the GMM map P" if cgc is None else
+                 "the CGC network's probability map" if not cgc_config.gmm_weight else
+                 f"{1 - cgc_config.gmm_weight:g} x the CGC network's map + {cgc_config.gmm_weight:g} x the GMM map P")
+        write_sidecar(prob_path, kind="probability", holds=holds + " (the map that was thresholded)",
+                      elapsed_s=time.perf_counter() - t_start, **common)
         write_image(gmm_path, gmm.probability.astype(np.float32), geometry)
         write_sidecar(gmm_path, kind="gmm_probability", elapsed_s=times["gmm_s"], **common)
 
-        masks = {}
-        if cgc is not None:
-            masks["CGC"] = cgc.mask
-        masks["GMM"] = gmm_mask
+        masks = {}  # drawn in this order; the result last and thicker, so nothing covers it
         if reference is not None:
             masks["reference"] = reference
+        if args.overview_gmm or cgc is None:
+            masks["GMM"] = gmm_mask
+        if cgc is not None:
+            masks["CGC"] = cgc.mask
+        result_name = "CGC" if cgc is not None else "GMM"
         ref_label = names[0].upper() if names[0] else Path(next(iter(case["inputs"].values()))).name
         source = f"phantom (seed {args.seed})" if case["phantom"] else "given case"
         title = f"CGC Lesion Seg demo: {source}, {ref_label}; segmentation by the {stage.upper()} stage"
-        write_overview(png_path, channels[0], geometry, masks, n_slices=args.slices, title=title,
-                       background_name=ref_label)
+        overview = write_overview(png_path, channels[0], geometry, masks, n_slices=args.slices, title=title,
+                                  background_name=ref_label, emphasize=result_name)
+        common["overview"] = {"contours": list(masks), "result": result_name, "size": list(overview.size),
+                              "contour_px": overview.contour_px, "overdrawn_px": overview.overdrawn_px}
         write_sidecar(png_path, kind="overview", evaluation=evaluation, **common)
+        written = [out_dir / n for n in OUTPUT_NAMES]
+        written += [Path(str(w) + ".json") for w in written]
+        written += [Path(p) for p in case.get("written", [])]
+        write_manifest(out_dir, written)
         times["write_s"] = time.perf_counter() - t
         times["total_s"] = time.perf_counter() - t_start
         reporter(1.0, "done")
@@ -280,6 +309,52 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary, sys.stdout)
     return 0
+
+
+def remove_previous_outputs(out_dir: Path) -> list[Path]:
+    """Delete the files a previous demo listed in ``out_dir/demo-manifest.json`` — only those, only
+    inside ``out_dir``, never a folder with anything left in it — and the manifest itself."""
+    import json
+    manifest = out_dir / MANIFEST
+    if not manifest.is_file():
+        return []
+    try:
+        listed = json.loads(manifest.read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    root = out_dir.resolve()
+    removed, folders = [], set()
+    for rel in listed:
+        path = (out_dir / str(rel))
+        try:
+            resolved = path.resolve()
+        except OSError:
+            continue
+        if root not in resolved.parents or not (path.is_file() or path.is_symlink()):
+            continue
+        path.unlink()
+        removed.append(path)
+        folders.add(path.parent)
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        while folder.resolve() != root and root in folder.resolve().parents:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+            folder = folder.parent
+    manifest.unlink()
+    return removed
+
+
+def write_manifest(out_dir: Path, files: Sequence[Path]) -> Path:
+    import json
+    from ..image_io import atomic_write
+    rel = sorted({str(Path(f).resolve().relative_to(out_dir.resolve())) for f in files if Path(f).exists()})
+    path = out_dir / MANIFEST
+    with atomic_write(path) as fh:
+        json.dump({"written_by": "cgcseg demo", "files": rel}, fh, indent=1)
+        fh.write("\n")
+    return path
 
 
 def _inference_config(args):

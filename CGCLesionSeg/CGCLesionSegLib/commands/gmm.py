@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "to other bright tissue do not join them (recommended preset: 3)")
     o.add_argument("--no-postprocess", action="store_true",
                    help="binary output: plain threshold, ignore the preset's clean-up")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse inputs that may be swapped or misnamed (file name or intensity signature "
+                        "contradicts the --input name); without it they get a warning")
     add_progress_args(p)
 
 
@@ -144,8 +147,11 @@ def run(args: argparse.Namespace) -> int:
     from ..image_io import check_output_paths, check_same_grid, read_image, write_image
     from ..inputs import parse_input_specs
     from ..postprocess import binarize
-    from ..progress import ProgressReporter
-    from ..sidecar import write_sidecar
+    from ..channel_check import check_and_warn
+    from ..inputs import names_in_order
+    from ..output_probe import probe_writable
+    from ..progress import ProgressReporter, emit_json
+    from ..sidecar import sidecar_path, write_sidecar
 
     t0 = time.perf_counter()
     specs = parse_input_specs(args.inputs)
@@ -156,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
                                                               ("--binary-output", args.binary_output),
                                                               ("--labels-output", args.labels_output)) if val},
                                  paths + [args.mask])
+    probe_writable({k: v for what, path in outputs.items() for k, v in ((what, path), (f"sidecar of {what}",
+                                                                                       sidecar_path(path)))})
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
     modality = "ct" if "ct" in [n for n, _ in specs if n] else "mri"
@@ -171,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         mask_img = read_image(args.mask, dtype=None)
         check_same_grid(ref_geom, mask_img.geometry, names[0], "--mask")
         mask = mask_img.array_zyx
+    check = check_and_warn([im.array_zyx for im in images], names_in_order([n for n, _ in specs]), paths, mask,
+                           strict=args.strict, progress_mode=args.progress)
 
     reporter = ProgressReporter(args.progress, description="gmm")
     try:
@@ -189,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mask:
         inputs["mask"] = str(Path(args.mask).resolve())
     common = dict(inputs=inputs, gmm_settings=config_to_dict(config), elapsed_s=elapsed, device="cpu",
-                  gmm_result=result.summary())
+                  gmm_result=result.summary(), channel_check=check.to_dict())
     write_image(outputs["--output"], result.probability, ref_geom)
     write_sidecar(outputs["--output"], kind="probability_map", **common)
     if binary is not None:
@@ -203,4 +213,6 @@ def run(args: argparse.Namespace) -> int:
     ks = f"K={'/'.join(map(str, config.ensemble_clusters))} averaged" if config.ensemble_clusters else f"K={config.n_clusters}"
     print(f"P written to {outputs['--output']} ({ks}, lesion label(s) {fg} of K={config.n_clusters}, "
           f"{int(result.mask.sum())} brain voxels, {elapsed:.1f} s)", file=sys.stderr)
+    if args.progress == "json":
+        emit_json("done", outputs=[str(v) for v in outputs.values()], seconds=round(elapsed, 2))
     return 0
