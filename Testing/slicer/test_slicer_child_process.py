@@ -12,6 +12,7 @@ import slicer
 
 import CGCLesionSeg
 from CGCLesionSeg import ChildProcess, parseProgressLine
+from CGCLesionSegSlicer.constants import PROBABILITY_REFERENCE_ROLE
 
 
 # ---- JSON progress parsing (pure) -----------------------------------------------------------
@@ -210,13 +211,18 @@ def test_segment_end_to_end_reads_result_into_scene(logic, scene, tiny_model):
     np.testing.assert_allclose(logic.ijkToRasArray(probability), logic.ijkToRasArray(flair))
     segment = seg.GetSegmentation().GetSegment(seg.GetSegmentation().GetSegmentIdBySegmentName("Lesion"))
     assert segment is not None
-    # Into the same segmentation again, with a new "CGC probability" volume this time.
+    # Into the same segmentation again: its probability volume is reused, no volume piles up.
     n_volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
     again = logic.segment({"flair": flair}, modelPath=tiny_model, device="cpu", segmentationNode=seg,
                           loadProbability=True)
     assert again is seg and seg.GetSegmentation().GetNumberOfSegments() == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes
+    assert seg.GetNodeReference(PROBABILITY_REFERENCE_ROLE) is probability
+    # A new segmentation gets a new probability volume, named after the input.
+    other = logic.segment({"flair": flair}, modelPath=tiny_model, device="cpu", loadProbability=True)
+    assert other is not seg
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes + 1
-    created = scene.GetFirstNodeByName("CGC probability")
+    created = scene.GetFirstNodeByName("flair CGC probability")
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(created), p)
 
 

@@ -34,7 +34,8 @@ def test_mask_round_trip_with_named_coloured_lesion_segment(logic):
     np.testing.assert_allclose(segment.GetColor(), CGCLesionSeg.LESION_COLOR)
     terminology = segment.GetTerminology()
     assert "49755003" in terminology and "Morphologically Altered Structure" in terminology
-    assert "52988006" in terminology and "Lesion" in terminology
+    # "Mass" (SCT 4147007): an entry of Slicer's own lists, so the terminology selector matches it.
+    assert "4147007" in terminology and "Mass" in terminology and "52988006" not in terminology
     back = logic.segmentationToArray(seg, ref)
     np.testing.assert_array_equal(back, mask.astype(np.uint8))
     # Replacing the segment keeps one segment and the new voxels.
@@ -78,7 +79,7 @@ def test_export_seg_nrrd_and_nifti_read_back_identical(logic, scene, tmp_path):
     assert segment_id
     segment = loaded.GetSegmentation().GetSegment(segment_id)
     np.testing.assert_allclose(segment.GetColor(), CGCLesionSeg.LESION_COLOR, atol=1e-3)
-    assert "52988006" in segment.GetTerminology()
+    assert "4147007" in segment.GetTerminology()
     np.testing.assert_array_equal(logic.segmentationToArray(loaded, ref), mask.astype(np.uint8))
 
     # NIfTI labelmap on the reference grid: identical voxels (label 1) and geometry.
@@ -107,3 +108,22 @@ def test_export_leaves_scene_as_it_was(logic, scene, tmp_path):
     assert scene.GetNumberOfNodes() == before
     with pytest.raises(ValueError, match="seg.nrrd"):
         logic.exportSegmentation(seg, str(tmp_path / "s.nrrd"))
+
+
+#: (context, category code, type code) of entries that exist in Slicer's terminology files
+#: SegmentationCategoryTypeModifier-DICOM-Master.json and -SlicerGeneralAnatomy.json, checked in
+#: Slicer's sources at tags v5.6.0, v5.8.0, v5.10.0 and main (slicer-core ships no JSON files).
+SLICER_LIST_ENTRIES = {
+    ("Segmentation category and type - 3D Slicer General Anatomy list", "49755003", "4147007"),  # Mass
+    ("Segmentation category and type - DICOM master list", "49755003", "4147007"),  # Mass
+    ("Segmentation category and type - DICOM master list", "49755003", "108369006"),  # Neoplasm
+}
+
+
+def test_lesion_terminology_is_an_entry_of_slicers_lists(logic):
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(logic.lesionTerminology(), entry)
+    key = (entry.GetTerminologyContextName(), entry.GetCategoryObject().GetCodeValue(),
+           entry.GetTypeObject().GetCodeValue())
+    assert key in SLICER_LIST_ENTRIES, key
+    assert entry.GetCategoryObject().GetCodingSchemeDesignator() == entry.GetTypeObject().GetCodingSchemeDesignator() == "SCT"

@@ -148,6 +148,8 @@ def test_every_module_python_file_is_listed(module_lists):
     scripts, _ = module_lists
     on_disk = {"CGCLesionSeg.py"} | {f"CGCLesionSegLib/{p}" for p in files_under(MODULE_DIR / "CGCLesionSegLib")
                                      if p.endswith(".py")}
+    on_disk |= {f"CGCLesionSegSlicer/{p}" for p in files_under(MODULE_DIR / "CGCLesionSegSlicer")
+                if p.endswith(".py")}  # the Slicer-side package (widget, logic, jobs, runner)
     other_py = {p for p in files_under(MODULE_DIR) if p.endswith(".py") and "/" not in p}
     on_disk |= other_py  # any helper .py beside the module file is installed as well
     message = _report(on_disk - scripts, {p for p in scripts if not (MODULE_DIR / p).is_file()},
