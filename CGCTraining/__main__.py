@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 EPILOG = """examples:
   python -m CGCTraining --cases /data/brats --output-dir runs/full --epochs 400
   python -m CGCTraining --cases cases.csv --modalities flair t2 --output-dir runs/a --steps 200 --crop 96 96 32
-  python -m CGCTraining --cases /data/brats --output-dir runs/full --resume
+  python -m CGCTraining --output-dir runs/full --resume      (the settings of the first call are reused)
   torchrun --nproc_per_node 2 -m CGCTraining --cases /data/brats --output-dir runs/ddp --epochs 400
 ablation rows of the paper (Table 2): --no-coarse --no-fine (backbone + P), --no-fine (+ global),
   --no-coarse (+ local), default (both); --patch 12 12 4 / 6 6 4 / 3 3 4; Table 3: --tau 0.07 ... 0.9
@@ -41,12 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     from CGCTraining.config import AUGMENTATIONS, LR_SCHEDULES, TrainConfig
 
     n, t, lo = NetConfig(), TrainConfig(), LossConfig()
-    p = argparse.ArgumentParser(prog=_prog(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    from CGCLesionSegLib.cli import ArgumentParser
+    p = ArgumentParser(prog=_prog(), formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Train the CGC lesion segmentation network without labels: P from a "
                                             "GMM per case, then Adam on eq. 8 (BCE to P + coarse + fine contrastive).",
                                 epilog=EPILOG)
     g = p.add_argument_group("data and run")
-    g.add_argument("--cases", required=True, metavar="DIR|LIST",
+    g.add_argument("--cases", metavar="DIR|LIST",
                    help="folder in BraTS layout <case>/<case>_<modality>.nii.gz (_seg files are ignored), or a "
                         ".csv/.json list with columns case,<modality>...[,mask][,prob]")
     g.add_argument("--modalities", nargs="+", default=list(t.modalities), metavar="NAME",
@@ -59,11 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-minutes", type=float, help="wall-clock budget; then checkpoint and stop cleanly")
     g.add_argument("--stop-file", metavar="PATH", help="stop cleanly (checkpoint, then exit 0) once this file exists; "
                    "checked after every step (the Slicer module's Cancel writes it)")
-    g.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt (same settings)")
+    g.add_argument("--resume", action="store_true",
+                   help=f"continue RUN_DIR/last.pt with the settings stored in RUN_DIR/{ARGS_FILE} (--output-dir alone "
+                        "is enough); a setting given again must match, except --epochs/--steps/--max-minutes/"
+                        "--workers/--checkpoint-every/--device/--progress/--stop-file")
     g.add_argument("--init-from", metavar="CKPT", help="start from this model's weights (fine-tuning; same architecture "
                    "and modalities; the optimizer and step count start fresh)")
     g.add_argument("--crop", nargs=3, type=int, default=list(t.crop_xyz), metavar=("X", "Y", "Z"),
-                   help="random crop size, multiples of 8 (default 192 192 64 as the paper; use smaller on CPU)")
+                   help="random crop size x y z (default 192 192 64 as the paper; smaller on CPU, e.g. 96 96 64). "
+                        "Each side / 8 (the bottleneck) must be a multiple of --patch on that axis, so with the "
+                        "default patch 6 6 4: x, y multiples of 48 and z of 32 (--no-fine: multiples of 8)")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help=f"crops per step and process (default {t.batch_size})")
     g.add_argument("--lr", type=float, default=t.lr, help=f"Adam learning rate (default {t.lr})")
     g.add_argument("--seed", type=int, default=t.seed, help="seed of initialisation and sampling (default 0)")
@@ -194,8 +200,84 @@ def configs_from_args(args):
     if net_cfg.fine and any(b % p for b, p in zip(bottleneck, net_cfg.patch_size_xyz)):
         raise ValueError(f"--patch {' '.join(map(str, net_cfg.patch_size_xyz))} does not tile the bottleneck "
                          f"{'×'.join(map(str, bottleneck))} of --crop {' '.join(map(str, train_cfg.crop_xyz))} "
-                         "(crop / 8 must be a multiple of the patch in x, y and z)")
+                         "(crop / 8 must be a multiple of the patch in x, y and z); nearest valid crops: "
+                         + " or ".join(" ".join(map(str, c)) for c in nearest_crops(train_cfg.crop_xyz,
+                                                                                    net_cfg.patch_size_xyz)))
     return train_cfg, net_cfg, _gmm_config(args, modalities)
+
+
+def nearest_crops(crop_xyz, patch_xyz) -> list[tuple[int, int, int]]:
+    """The valid crops just below and just above ``crop_xyz`` (each side a multiple of 8 × the patch),
+    e.g. 64 64 32 with patch 6 6 4 → [(48, 48, 32), (96, 96, 32)]."""
+    steps = [8 * p for p in patch_xyz]
+    lower = tuple(max(s, c // s * s) for c, s in zip(crop_xyz, steps))
+    upper = tuple(-(-c // s) * s for c, s in zip(crop_xyz, steps))
+    return [lower] if lower == upper else [lower, upper]
+
+
+#: The arguments of a run's first call, kept in the run folder so ``--resume`` needs nothing else.
+ARGS_FILE = "args.json"
+#: Options that belong to one call, not to the run (never taken from ARGS_FILE over what is given).
+_PER_CALL = ("resume", "output_dir")
+
+
+def _given(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Destinations of the options written on the command line (not their defaults)."""
+    import copy
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    for group in quiet._mutually_exclusive_groups:
+        group.required = False
+    return set(vars(quiet.parse_args(argv)))
+
+
+def apply_stored_args(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> argparse.Namespace:
+    """With ``--resume``, take every setting not given on the command line from RUN_DIR/args.json
+    (written by the run's first call); settings given must still match the checkpoint (checked by
+    ``train``). Without ``--resume``, ``--cases`` is required."""
+    if not args.resume:
+        if not args.cases:
+            parser.error("the following arguments are required: --cases (or --resume with the --output-dir of a run)")
+        return args
+    stored_path = Path(args.output_dir) / ARGS_FILE
+    if not stored_path.is_file():
+        if not args.cases:
+            raise ValueError(f"--resume: {stored_path} not found (a run started by an older version, or not a run "
+                             "folder); give the same arguments as the first call")
+        return args
+    try:
+        stored = json.loads(stored_path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"--resume: {stored_path} is not valid JSON ({exc}); give the arguments again") from None
+    given = _given(parser, argv)
+    merged = vars(args).copy()
+    known = set(merged)
+    for key, value in stored.items():
+        if key in known and key not in given and key not in _PER_CALL:
+            merged[key] = value
+    if given & {"epochs", "steps"}:  # a new length replaces the stored one, whichever kind it was
+        for key in {"epochs", "steps"} - given:
+            merged[key] = None
+    return argparse.Namespace(**merged)
+
+
+def _store_args(args: argparse.Namespace) -> None:
+    """Write RUN_DIR/args.json (rank 0 only) for a new run, or refresh it after a --resume ran."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    out = Path(args.output_dir)
+    if not args.resume and (out / "last.pt").exists():
+        return  # train() refuses to start over an existing run; leave its record alone
+    from CGCLesionSegLib.image_io import atomic_write
+    record = {k: v for k, v in vars(args).items() if k not in _PER_CALL}
+    if record.get("cases") and not args.resume:
+        record["cases"] = str(Path(record["cases"]).resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / ARGS_FILE) as fh:
+        json.dump(record, fh, indent=1)
+        fh.write("\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -210,13 +292,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         from CGCTraining.data import discover_cases
         from CGCTraining.train import train
+        args = apply_stored_args(parser, argv, args)
         train_cfg, net_cfg, gmm_cfg = configs_from_args(args)
         cases = discover_cases(args.cases, train_cfg.modalities)
+        if not args.resume:
+            _store_args(args)
         result = train(cases, train_cfg, net_cfg, args.output_dir, gmm_config=gmm_cfg,
                        spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=args.resume,
                        device=args.device, progress=args.progress, record_samples=args.record_samples,
                        init_checkpoint=args.init_from,
                        should_stop=(lambda: Path(args.stop_file).exists()) if args.stop_file else None)
+        if args.resume:  # the checkpoint accepted these settings: the next --resume starts from them
+            _store_args(args)
     except (ValueError, ImageIOError, GeometryMismatchError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

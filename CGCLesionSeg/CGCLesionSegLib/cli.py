@@ -23,8 +23,16 @@ SUBCOMMANDS = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``prog: error: MESSAGE (see prog --help)`` and exit 2,
+    instead of the whole usage block before the message. Sub-command parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="cgcseg",
         description="CGC Lesion Seg: unsupervised lesion segmentation in MRI/CT. "
                     "Research use only, not for clinical diagnosis.",
