@@ -233,12 +233,14 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     elif compute_gmm or config.gmm_weight > 0:
         from .gmm import GMMConfig, compute_probability_map
         gmm_cfg = config_from_dict(GMMConfig, pre["gmm"]) if pre.get("gmm") else GMMConfig()
+        call_progress(progress, 0.01, "GMM map P")
         t = time.perf_counter()
         gmm_probability = compute_probability_map(channels, brain, gmm_cfg, names=expected,
                                                   spacing_xyz=geometry.spacing).probability
         timings["gmm_s"] = time.perf_counter() - t
 
     # Resample to the model's spacing when the input differs (e.g. 5 mm clinical FLAIR).
+    call_progress(progress, 0.03, "preparing the network input")
     t = time.perf_counter()
     spacing = pre.get("spacing_xyz")
     work_geometry, work_channels, work_brain = geometry, channels, brain
