@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt", action="store_true", help="adapt to this case first: compute its P and fine-tune the model on it (see --adapt-minutes)")
     p.add_argument("--adapt-minutes", type=float, default=5.0, help="time budget of --adapt (default 5)")
     p.add_argument("--adapt-steps", type=int, default=None, help="step budget of --adapt (default: until --adapt-minutes)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse inputs that may be swapped or misnamed (file name or intensity signature "
+                        "contradicts the --input name); without it they get a warning")
     add_device_args(p)
     add_progress_args(p)
 
@@ -103,13 +106,14 @@ def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, pr
     from ..sidecar import write_sidecar
     from ..config import config_to_dict
     common = dict(inputs=inputs, model_path=result.model_path, device=result.device,
+                  gmm_settings=_gmm_settings(result.model_path),
                   elapsed_s=result.elapsed_s, inference=config_to_dict(config), postprocess=rule,
                   channels=result.channels, timings=result.timings, **(extra or {}))
     # The mask goes last: in cohort mode its existence marks a finished case.
     written = []
     if probability_output:
         write_image(probability_output, result.probability, geometry)
-        write_sidecar(probability_output, kind="cgc_probability", **common)
+        write_sidecar(probability_output, kind="probability", holds=_probability_holds(config), **common)
         written.append(Path(probability_output))
     if gmm_output and result.gmm_probability is not None:
         write_image(gmm_output, result.gmm_probability, geometry)
@@ -119,6 +123,27 @@ def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, pr
     write_image(output, result.mask, geometry)
     written.insert(0, output)
     return written
+
+
+def _gmm_settings(model_path) -> dict | None:
+    """The GMM settings of the map P this model was trained on (and that the output rule averages
+    in): the checkpoint's, else the defaults it falls back to."""
+    from ..checkpoint import read_checkpoint
+    from ..config import config_to_dict
+    from ..gmm import GMMConfig
+    try:
+        gmm = (read_checkpoint(model_path).get("preprocessing") or {}).get("gmm")
+    except Exception:
+        return None
+    return dict(gmm) if gmm else config_to_dict(GMMConfig())
+
+
+def _probability_holds(config) -> str:
+    """What the probability output holds, in words, for its sidecar."""
+    w = float(config.gmm_weight or 0.0)
+    if w <= 0:
+        return "the CGC network's probability map"
+    return f"{1 - w:g} x the CGC network's map + {w:g} x the GMM map P (the map that was thresholded)"
 
 
 def _read_case(pairs, mask_path):
@@ -136,6 +161,25 @@ def _read_case(pairs, mask_path):
     return [i.array_zyx for i in images], images[0].geometry, [n for n, _ in pairs], mask
 
 
+def _channel_check(args, channels, names, paths, mask):
+    """Warn (or refuse under --strict) when the inputs look swapped: file names and intensities."""
+    from ..channel_check import check_and_warn
+    from ..inputs import names_in_order
+    expected = None
+    if all(n is None for n in names):  # unnamed inputs are used in the model's order
+        try:
+            if args.model:
+                from ..checkpoint import read_checkpoint
+                expected = list(read_checkpoint(args.model)["channels"])
+            else:
+                from ..default_models import default_model_path
+                expected = default_model_path([None] * len(names)).stem[len("cgc_"):].split("_")
+        except Exception:  # no model for these inputs: segment_case says so with the full message
+            expected = None
+    return check_and_warn(channels, names_in_order(names, expected), paths, mask, strict=args.strict,
+                          progress_mode=args.progress)
+
+
 def _segment_one(args) -> int:
     from ..inference import segment_case
     from ..inputs import parse_input_specs
@@ -148,11 +192,20 @@ def _segment_one(args) -> int:
     outputs = {"--output": args.output, "--probability-output": args.probability_output,
                "--gmm-output": args.gmm_output}
     check_output_paths({k: v for k, v in outputs.items() if v}, [p for _, p in pairs] + [args.mask])
+    from ..output_probe import probe_writable
+    from ..sidecar import sidecar_path
+    probes = {}
+    for k, v in outputs.items():
+        if v:
+            probes[k], probes[f"sidecar of {k}"] = v, sidecar_path(v)
+    if args.adapt:
+        probes["adapted model"] = f"{args.output}.adapted.pt"
+    probe_writable(probes)
     channels, geometry, names, mask = _read_case(pairs, args.mask)
     model_path = args.model
     if model_path and not Path(model_path).is_file():
         raise FileNotFoundError(f"--model file not found: {model_path}")
-    extra = {}
+    extra = {"channel_check": _channel_check(args, channels, names, [p for _, p in pairs], mask).to_dict()}
     adapt_dir = None
     if args.adapt:
         import tempfile
@@ -185,6 +238,7 @@ def _segment_one(args) -> int:
         shutil.move(str(model_path), kept)
         shutil.rmtree(adapt_dir, ignore_errors=True)
         result.model_path = kept
+        print(f"adapted model kept as {kept} (reuse it with --model {kept})", file=sys.stderr)
     inputs = {n or f"input{i + 1}": str(p) for i, (n, p) in enumerate(pairs)}
     written = _write_outputs(result, geometry, inputs, config, resolve_postprocess(args), Path(args.output),
                              args.probability_output,
@@ -267,10 +321,15 @@ def _segment_cohort(args) -> int:
         else:
             try:
                 channels, geometry, names, mask = _read_case(pairs, mask_path)
+                from ..channel_check import check_channels, enforce, format_warning
+                check = check_channels(channels, names, [p for _, p in pairs], mask)
+                if not check.ok:
+                    print(f"{case}: {format_warning(check)}", file=sys.stderr)
+                enforce(check, args.strict)
                 result = segment_case(channels, geometry, names, model_path, mask, cfg, compute_gmm=False,
                                       model=model, info=info)
                 _write_outputs(result, geometry, dict(pairs), cfg, rule, output,
-                               out_dir / f"{case}_probability.nii.gz", None)
+                               out_dir / f"{case}_probability.nii.gz", None, {"channel_check": check.to_dict()})
                 done.append(case)
             except Exception as exc:  # one bad case must not stop the cohort
                 failed.append((case, str(exc)))
