@@ -15,6 +15,10 @@ docs/BENCHMARKS.md.
 
     python benchmarks/evaluate_cgc.py --model CGCLesionSegLib/models/cgc_flair_t1_t1ce_t2.pt
     python benchmarks/evaluate_cgc.py --folds 2 --train-minutes 30 --modalities flair t1 t1ce t2
+    python benchmarks/evaluate_cgc.py --protocol docs/protocols/cgc-v1.toml --stage screen [-- TRAIN_ARGS]
+
+The declared protocol (``--protocol``, see benchmarks/protocol.py) is the way to compare recipes: it
+reports every baseline the issue asks for and paired differences with bootstrap CIs.
 """
 from __future__ import annotations
 
@@ -154,13 +158,24 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default=None, help="section suffix in docs/BENCHMARKS.md")
     ap.add_argument("--work-dir", default=None, help="keep fold runs here (default: a temp folder)")
-    ap.add_argument("--jobs", type=int, default=1, help="folds trained at once (cores are shared among them)")
+    ap.add_argument("--jobs", type=int, default=None, help="models trained at once (cores are shared among them; "
+                    "default 1, or the protocol's)")
     ap.add_argument("--score-only", action="store_true", help="score the fold models already in --work-dir")
     ap.add_argument("--curve", nargs="+", metavar="DIR",
                     help="score snapshot folders (each with foldK/last.pt of the same split) as a learning curve")
     ap.add_argument("--curve-folds", type=int, default=2, help="folds of the --curve snapshots (default 2)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--protocol", metavar="TOML", help="run a declared protocol (docs/protocols/*.toml); "
+                    "arguments after -- go to every training")
+    ap.add_argument("--stage", default="screen", help="stage of --protocol (default screen)")
+    ap.add_argument("--tag", help="with --protocol: keep runs and results apart (e.g. for extra training arguments)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     args = ap.parse_args(argv)
+    if args.protocol:
+        from protocol import run as run_protocol
+        return run_protocol(args, extra)
     cases = _cases(Path(args.data))
     if args.model:
         from CGCLesionSegLib.checkpoint import info_from_dict, read_checkpoint
@@ -178,6 +193,7 @@ def main(argv=None) -> int:
         work = Path(args.work_dir or tempfile.mkdtemp(prefix="cgc-folds-"))
         runs = _fold_runs(cases, work, args.folds, args.modalities)
         if not args.score_only:
+            args.jobs = args.jobs or 1
             threads = max(1, (os.cpu_count() or 1) // args.jobs)
             pending = list(runs)
             while pending:  # at most --jobs folds train at once, each with its share of the cores

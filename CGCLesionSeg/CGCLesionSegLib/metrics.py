@@ -71,6 +71,11 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[f
     sp, sr = surface_voxels(pred), surface_voxels(ref)
     if not sp.any() or not sr.any():
         return None
+    # Every surface voxel of both masks lies in their joint bounding box, so distance transforms over
+    # that box give the exact distances (each nearest surface voxel is inside it) at a fraction of the cost.
+    idx = np.nonzero(sp | sr)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+    sp, sr = sp[box], sr[box]
     sampling = [float(s) for s in spacing_zyx]
     to_ref = distance_transform_edt(~sr, sampling=sampling)  # mm to the nearest reference surface voxel
     to_pred = distance_transform_edt(~sp, sampling=sampling)

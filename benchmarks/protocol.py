@@ -1,0 +1,436 @@
+"""A declared evaluation protocol of the CGC network: trains every fold model it names, scores the
+held-out cases against the baselines, and reports paired differences with bootstrap CIs.
+
+Run through ``python benchmarks/evaluate_cgc.py --protocol FILE --stage NAME [-- TRAIN_ARGS ...]``;
+the protocol file (TOML, e.g. docs/protocols/cgc-v1.toml) says what is trained, on which cases,
+with which seeds and budget, and which choices read labels (see its header). Arguments after ``--``
+are passed to every training of the stage (so every ablation flag works) and recorded with the
+results; give ``--tag`` to keep such runs apart from the declared ones.
+
+Columns, per case (the lesion = reference label > 0):
+
+* ``p``: the model's own P (its stored GMM settings, on the input grid) >= 0.5 — the paper's baseline;
+* ``p_smooth``: that P smoothed with a Gaussian of sigma (mm) chosen inside the training fold;
+* ``p_netgrid``: P computed on the model's spacing and resampled back like the network output;
+* ``gmm_default``: the default output of ``cgcseg gmm`` (recommended preset and clean-up);
+* ``network``: the network map >= 0.5 (the paper's output);
+* ``default``: the default output of ``cgcseg segment`` (the ``single-lesion`` rule).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = (("p", "P ≥ 0.5"), ("p_smooth", "smoothed P"), ("p_netgrid", "P on the net's grid"),
+           ("gmm_default", "`cgcseg gmm` default"), ("network", "network ≥ 0.5"), ("default", "**default output**"))
+METRIC_KEYS = ("dice", "sensitivity", "precision", "hd95_mm", "assd_mm")
+#: (a, b, what the issue asks of a − b)
+DIFFERENCES = (("network", "p", "≥ +0.05, CI > 0"), ("network", "p_smooth", "≥ +0.03, CI > 0"),
+               ("network", "p_netgrid", "—"), ("default", "gmm_default", "≥ +0.03; no case < −0.10"),
+               ("default", "p_smooth", "—"))
+
+
+def load_protocol(path: str | os.PathLike) -> dict:
+    import tomllib
+    with open(path, "rb") as fh:
+        proto = tomllib.load(fh)
+    for key in ("name", "labelled", "unlabelled", "folds", "base_train_args", "variants", "stages"):
+        if key not in proto:
+            raise SystemExit(f"{path}: the protocol lacks '{key}'")
+    return proto
+
+
+@dataclass
+class Model:
+    """One fold model of a stage."""
+    modalities: tuple
+    variant: str
+    fold: int
+    seed: int
+    run: Path
+    test: list
+    train: list
+    args: list = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{'-'.join(self.modalities)}/{self.variant}/fold{self.fold}-seed{self.seed}"
+
+
+def _case_dirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise SystemExit(f"{folder} not found: the protocol needs ../shared/data (give --data)")
+    return sorted(d for d in folder.iterdir() if d.is_dir())
+
+
+def stage_variants(proto: dict, stage: dict, results_dir: Path) -> list[tuple[str, list]]:
+    """[(variant name, its training args)] of a stage; ``winner of screen`` is read from that stage's results."""
+    def winner(ref: str) -> str:
+        other = ref.split(" of ", 1)[1].strip()
+        path = results_dir / f"{proto['name']}-{other}.json"
+        if not path.exists():
+            raise SystemExit(f"this stage trains the winner of '{other}', but {path} does not exist: run that stage first")
+        return json.loads(path.read_text())["winner"]
+
+    base: list = []
+    if stage.get("base"):
+        base = list(proto["variants"][winner(stage["base"])]["args"])
+    names = [winner(stage["variant"])] if "variant" in stage else list(stage["variants"])
+    return [(n, base + list(proto["variants"][n]["args"])) for n in names]
+
+
+def plan(proto: dict, stage_name: str, data: Path, work: Path, results_dir: Path, extra: list) -> list[Model]:
+    stage = proto["stages"][stage_name]
+    labelled = _case_dirs(data / proto["labelled"])
+    unlabelled = _case_dirs(data / proto["unlabelled"])
+    k = int(proto["folds"])
+    models = []
+    for mods in stage["modalities"]:
+        for vname, vargs in stage_variants(proto, stage, results_dir):
+            for fold in range(k):
+                test = labelled[fold::k]
+                train = [c for c in labelled if c not in test] + unlabelled
+                for seed in stage["seeds"]:
+                    run = work / "-".join(mods) / vname / f"fold{fold}-seed{seed}"
+                    models.append(Model(tuple(mods), vname, fold, int(seed), run, test, train,
+                                        list(proto["base_train_args"]) + vargs + list(extra)))
+    return models
+
+
+def _listing(model: Model) -> Path:
+    model.run.parent.mkdir(parents=True, exist_ok=True)
+    path = model.run.parent / f"{model.run.name}.csv"
+    lines = ["case," + ",".join(model.modalities)]
+    for c in model.train:
+        lines.append(c.name + "," + ",".join(str(c / f"{c.name}_{m}.nii.gz") for m in model.modalities))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _finished(model: Model) -> Optional[dict]:
+    marker = model.run / "finished.json"
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def _start(model: Model, stage: dict, threads: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "CGCTraining", "--cases", str(_listing(model)), "--modalities", *model.modalities,
+           "--output-dir", str(model.run), "--steps", str(stage["steps"]), "--max-minutes", str(stage["max_minutes"]),
+           "--seed", str(model.seed), "--progress", "none", "--device", "cpu", *model.args]
+    if (model.run / "last.pt").exists():
+        cmd.append("--resume")  # an interrupted session: continue where the checkpoint stands
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    model.run.parent.mkdir(parents=True, exist_ok=True)
+    log = open(model.run.parent / f"{model.run.name}.log", "a")
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
+    proc.t0 = time.time()  # type: ignore[attr-defined]
+    return proc
+
+
+def train_all(models: list[Model], stage: dict, jobs: int) -> None:
+    """Train every unfinished model, ``jobs`` at a time (a queue: the next starts as one ends)."""
+    pending = [m for m in models if _finished(m) is None]
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    running: list[tuple[Model, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            m = pending.pop(0)
+            print(f"training {m.key}", file=sys.stderr)
+            running.append((m, _start(m, stage, threads)))
+        time.sleep(5)
+        for m, proc in list(running):
+            if proc.poll() is None:
+                continue
+            running.remove((m, proc))
+            if proc.returncode != 0:
+                raise SystemExit(f"training {m.key} failed (exit {proc.returncode}); see {m.run}.log")
+            from CGCLesionSegLib.checkpoint import read_checkpoint
+            step = int(read_checkpoint(m.run / "last.pt")["step"])
+            (m.run / "finished.json").write_text(json.dumps({"step": step, "steps": stage["steps"],
+                                                             "seconds": round(time.time() - proc.t0, 1)}))
+            print(f"trained {m.key}: {step} steps in {time.time() - proc.t0:.0f} s", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------ scoring
+class CaseData:
+    """A labelled case read once; P maps memoised per (GMM settings, spacing)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.name = folder.name
+        self._images: dict = {}
+        self._p: dict = {}
+        self._ref = None
+
+    def images(self, mods):
+        from CGCLesionSegLib.image_io import read_image
+        for m in mods:
+            if m not in self._images:
+                self._images[m] = read_image(self.folder / f"{self.name}_{m}.nii.gz")
+        return [self._images[m] for m in mods]
+
+    @property
+    def geometry(self):
+        return next(iter(self._images.values())).geometry if self._images else self.images(["flair"])[0].geometry
+
+    @property
+    def reference(self):
+        if self._ref is None:
+            from CGCLesionSegLib.image_io import read_image
+            self._ref = read_image(self.folder / f"{self.name}_seg.nii.gz", dtype=None).array_zyx > 0
+        return self._ref
+
+    def brain(self, mods):
+        from CGCLesionSegLib.preprocess import default_brain_mask
+        return default_brain_mask([i.array_zyx for i in self.images(mods)])
+
+    def probability(self, mods, gmm_cfg, spacing=None):
+        """P with ``gmm_cfg`` on the input grid, or computed on ``spacing`` and resampled back."""
+        from CGCLesionSegLib.config import config_to_dict
+        key = (tuple(mods), json.dumps(config_to_dict(gmm_cfg), sort_keys=True), tuple(spacing or ()))
+        if key not in self._p:
+            from CGCLesionSegLib.gmm import compute_probability_map
+            from CGCLesionSegLib.resample import grid_for_spacing, resample_to_grid, same_spacing
+            imgs = self.images(mods)
+            geom = imgs[0].geometry
+            chans = [i.array_zyx for i in imgs]
+            brain = self.brain(mods)
+            if spacing is None or same_spacing(geom.spacing, spacing):
+                p = compute_probability_map(chans, brain, gmm_cfg, names=list(mods), spacing_xyz=geom.spacing).probability
+            else:
+                g2 = grid_for_spacing(geom, spacing)
+                c2 = [resample_to_grid(c, geom, g2, "linear") for c in chans]
+                b2 = resample_to_grid(brain.astype("uint8"), geom, g2, "nearest") > 0
+                p2 = compute_probability_map(c2, b2, gmm_cfg, names=list(mods), spacing_xyz=g2.spacing).probability
+                import numpy as np
+                p = np.clip(resample_to_grid(p2, g2, geom, "linear"), 0.0, 1.0)
+                p[~brain] = 0.0
+            self._p[key] = p.astype("float32")
+        return self._p[key]
+
+
+def smooth(p, sigma_mm: float, spacing_xyz):
+    from scipy.ndimage import gaussian_filter
+    return gaussian_filter(p, sigma=[sigma_mm / s for s in reversed(spacing_xyz)], mode="constant")
+
+
+def gmm_default_mask(case: CaseData, mods):
+    """The binary output of ``cgcseg gmm`` with its defaults (recommended preset and clean-up)."""
+    import argparse
+
+    from CGCLesionSegLib.commands import gmm as gmm_cmd
+    from CGCLesionSegLib.postprocess import binarize
+    ap = argparse.ArgumentParser()
+    gmm_cmd.add_arguments(ap)
+    args = ap.parse_args([a for m in mods for a in ("--input", f"{m}=x.nii.gz")] + ["--output", "p.nii.gz",
+                                                                                    "--binary-output", "b.nii.gz"])
+    cfg = gmm_cmd.build_config(args, "mri", len(mods))
+    post = gmm_cmd.build_postprocess(args, "mri")
+    p = case.probability(mods, cfg)
+    return binarize(p, args.threshold, mask_zyx=case.brain(mods), **post)
+
+
+def choose_sigma(train_cases: list[CaseData], mods, gmm_cfg, sigmas) -> tuple[float, dict]:
+    """The sigma with the best mean Dice of smoothed P >= 0.5 on the fold's labelled training cases."""
+    from CGCLesionSegLib.metrics import dice
+    scores = {}
+    for s in sigmas:
+        scores[s] = statistics.mean(dice(smooth(c.probability(mods, gmm_cfg), s, c.geometry.spacing) >= 0.5, c.reference)
+                                    for c in train_cases)
+    best = max(sigmas, key=lambda s: (round(scores[s], 6), -s))
+    return best, scores
+
+
+def score_model(model: Model, cases: dict, sigma: float) -> list[dict]:
+    from CGCLesionSegLib.checkpoint import load_checkpoint
+    from CGCLesionSegLib.config import config_from_dict
+    from CGCLesionSegLib.gmm import GMMConfig
+    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
+    from CGCLesionSegLib.metrics import all_metrics
+    net, info = load_checkpoint(model.run / "last.pt")
+    assert not set(info.extra.get("cases", [])) & {c.name for c in model.test}, f"{model.key}: a test case was trained on"
+    gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
+    spacing = info.preprocessing.get("spacing_xyz")
+    rows = []
+    for folder in model.test:
+        case = cases[folder.name]
+        mods = list(model.modalities)
+        imgs = case.images(mods)
+        p = case.probability(mods, gmm_cfg)
+        res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, mods, model.run / "last.pt",
+                           config=InferenceConfig(device="cpu", **output_preset("single-lesion")),
+                           model=net, info=info, gmm_probability_zyx=p)
+        masks = {"p": p >= 0.5, "p_smooth": smooth(p, sigma, case.geometry.spacing) >= 0.5,
+                 "p_netgrid": case.probability(mods, gmm_cfg, spacing) >= 0.5,
+                 "gmm_default": gmm_default_mask(case, mods), "network": res.network_probability >= 0.5,
+                 "default": res.mask.astype(bool)}
+        spacing_zyx = tuple(reversed(case.geometry.spacing))
+        row = {"case": case.name, "model": model.key, "variant": model.variant, "fold": model.fold, "seed": model.seed,
+               "modalities": mods, "sigma_mm": sigma, "step": info.step, "window_xyz": list(res.window_xyz or ())}
+        for col, m in masks.items():
+            row[col] = all_metrics(m, case.reference, spacing_zyx)
+        rows.append(row)
+        print(f"  {model.key} {case.name}: " + " ".join(f"{c} {row[c]['dice']:.3f}" for c, _ in COLUMNS), file=sys.stderr)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def bootstrap_ci(values: list[float], resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile 95 % CI of the mean over cases (resampling cases with replacement)."""
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
+
+
+def summarise(rows: list[dict], proto: dict) -> dict:
+    """Per (modalities, variant): per-case metrics averaged over seeds, means, paired differences with a
+    bootstrap CI over cases, and the seed SD of each column's mean Dice."""
+    out = {}
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(("-".join(r["modalities"]), r["variant"]), []).append(r)
+    for (mods, variant), rs in sorted(groups.items()):
+        cases = sorted({r["case"] for r in rs})
+        seeds_idx: dict = {}
+        per_case = {}
+        for c in cases:
+            crs = [r for r in rs if r["case"] == c]
+            per_case[c] = {col: {k: _mean([r[col][k] for r in crs]) for k in METRIC_KEYS} for col, _ in COLUMNS}
+            per_case[c]["n_seeds"] = len(crs)
+            per_case[c]["sigma_mm"] = crs[0]["sigma_mm"]
+        # Seed index i = the i-th seed of every fold (the folds use the same seed list).
+        for r in rs:
+            seeds_idx.setdefault(r["seed"], []).append(r)
+        seed_means = {col: [statistics.mean(r[col]["dice"] for r in sr) for sr in seeds_idx.values()] for col, _ in COLUMNS}
+        means = {col: {k: _mean([per_case[c][col][k] for c in cases]) for k in METRIC_KEYS} for col, _ in COLUMNS}
+        diffs = {}
+        for a, b, _ in DIFFERENCES:
+            d = [per_case[c][a]["dice"] - per_case[c][b]["dice"] for c in cases]
+            lo, hi = bootstrap_ci(d, int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0)))
+            diffs[f"{a}-{b}"] = {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d), "per_case": dict(zip(cases, d))}
+        out[f"{mods}/{variant}"] = {
+            "modalities": mods, "variant": variant, "cases": cases, "per_case": per_case, "means": means,
+            "differences": diffs,
+            "seed_sd": {col: (statistics.stdev(v) if len(v) > 1 else None) for col, v in seed_means.items()},
+            "steps": sorted({r["step"] for r in rs}), "seeds": sorted(seeds_idx)}
+    return out
+
+
+def _mean(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.mean(vals) if vals else None
+
+
+def pick_winner(summary: dict, stage: dict) -> str:
+    """The screening rule of cgc-v1: the highest mean network Dice; a variant must beat the control
+    by more than 0.01 to replace it."""
+    scores = {}
+    for g in summary.values():
+        scores.setdefault(g["variant"], []).append(g["means"]["network"]["dice"])
+    mean = {v: statistics.mean(s) for v, s in scores.items()}
+    best = max(mean, key=mean.get)
+    if "control" in mean and best != "control" and mean[best] - mean["control"] <= 0.01:
+        return "control"
+    return best
+
+
+def _fmt(v, nd=4):
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: list[Model], extra: list,
+           winner: Optional[str], finished: dict) -> str:
+    stage = proto["stages"][stage_name]
+    lines = [f"### Protocol {proto['name']}, stage `{stage_name}`", "",
+             f"Protocol file `docs/protocols/{proto['name']}.toml` (committed before its first run). "
+             f"{proto['folds']} folds over the labelled cases in `{proto['labelled']}/` (round-robin over sorted "
+             f"names); every training set adds the cases in `{proto['unlabelled']}/` (never scored); seeds "
+             + ", ".join(map(str, stage["seeds"])) + f"; {stage['steps']} steps per model "
+             f"(safety stop {stage['max_minutes']} min). Base training arguments `{' '.join(proto['base_train_args'])}`."
+             + (f" Extra arguments passed through: `{' '.join(extra)}`." if extra else ""), ""]
+    lines.append("Smoothed-P sigma chosen inside each training fold (mean Dice on the fold's labelled training cases): "
+                 + "; ".join(f"{k}: **{v['sigma']:g} mm** ({', '.join(f'{s:g}: {d:.3f}' for s, d in v['scores'].items())})"
+                             for k, v in sorted(sigmas.items())) + ".")
+    steps = sorted({f.get('step') for f in finished.values() if f})
+    lines += ["", f"Steps reached: {', '.join(map(str, steps))} (of {stage['steps']}); training time per model: "
+              + ", ".join(f"{f['seconds'] / 60:.0f}" for f in finished.values() if f) + " min.", ""]
+    for key, g in summary.items():
+        lines += [f"#### {g['modalities']} — variant `{g['variant']}`", "",
+                  f"Dice per held-out case (mean over seeds {', '.join(map(str, g['seeds']))}):", "",
+                  "| case | " + " | ".join(n for _, n in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+        for c in g["cases"]:
+            lines.append(f"| {c} | " + " | ".join(_fmt(g["per_case"][c][col]["dice"]) for col, _ in COLUMNS) + " |")
+        for k, name in (("dice", "Dice"), ("sensitivity", "sensitivity"), ("precision", "precision"),
+                        ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)")):
+            nd = 2 if k.endswith("_mm") else 4
+            lines.append(f"| **mean {name}** | " + " | ".join(_fmt(g["means"][col][k], nd) for col, _ in COLUMNS) + " |")
+        lines.append("| seed SD of mean Dice | " + " | ".join(_fmt(g["seed_sd"][col]) for col, _ in COLUMNS) + " |")
+        lines += ["", "| paired difference (Dice) | mean | bootstrap 95 % CI over cases | worst case | target |",
+                  "|---|---|---|---|---|"]
+        for a, b, target in DIFFERENCES:
+            d = g["differences"][f"{a}-{b}"]
+            lines.append(f"| {a} − {b} | {d['mean']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
+                         f"{d['min_case']:+.4f} | {target} |")
+        lines.append("")
+    if winner:
+        lines += [f"Winner by the declared rule ({stage.get('winner_rule', '')}): **`{winner}`**.", ""]
+    return "\n".join(lines)
+
+
+def run(args, extra: list) -> int:
+    proto = load_protocol(args.protocol)
+    if args.stage not in proto["stages"]:
+        raise SystemExit(f"stage {args.stage!r} is not in {args.protocol}; it has {', '.join(proto['stages'])}")
+    stage = proto["stages"][args.stage]
+    tag = f"-{args.tag}" if args.tag else ""
+    results_dir = ROOT / "docs" / "protocols" / "results"
+    work = Path(args.work_dir or ROOT / "runs" / f"protocol-{proto['name']}") / f"{args.stage}{tag}"
+    data = Path(args.data)
+    models = plan(proto, args.stage, data, work, results_dir, extra)
+    print(f"{len(models)} models in stage {args.stage}: " + ", ".join(m.key for m in models), file=sys.stderr)
+    if not args.score_only:
+        train_all(models, stage, int(args.jobs or proto.get("jobs", 1)))
+    missing = [m.key for m in models if _finished(m) is None]
+    if missing:
+        raise SystemExit(f"not trained yet: {', '.join(missing)}; run without --score-only")
+    cases = {d.name: CaseData(d) for d in _case_dirs(data / proto["labelled"])}
+    rows, sigmas = [], {}
+    for m in models:
+        from CGCLesionSegLib.checkpoint import read_checkpoint, info_from_dict
+        from CGCLesionSegLib.config import config_from_dict
+        from CGCLesionSegLib.gmm import GMMConfig
+        info = info_from_dict(read_checkpoint(m.run / "last.pt"), m.run / "last.pt")
+        gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
+        train_labelled = [cases[c.name] for c in m.train if c.name in cases]
+        skey = f"{'-'.join(m.modalities)} fold {m.fold}"
+        if skey not in sigmas:
+            s, scores = choose_sigma(train_labelled, list(m.modalities), gmm_cfg, [float(v) for v in proto["smoothing_sigmas_mm"]])
+            sigmas[skey] = {"sigma": s, "scores": scores}
+        rows += score_model(m, cases, sigmas[skey]["sigma"])
+    summary = summarise(rows, proto)
+    winner = pick_winner(summary, stage) if "winner_rule" in stage else None
+    finished = {m.key: _finished(m) for m in models}
+    text = report(proto, args.stage, summary, sigmas, models, extra, winner, finished)
+    print(text)
+    if not args.no_write:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        out = results_dir / f"{proto['name']}-{args.stage}{tag}.json"
+        out.write_text(json.dumps({"protocol": proto["name"], "stage": args.stage, "extra_args": extra,
+                                   "winner": winner, "sigmas": sigmas, "trained": finished,
+                                   "summary": summary, "rows": rows}, indent=1, default=str))
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from _report import machine_line, write_section
+        write_section(f"protocol-{proto['name']}-{args.stage}{tag}", text + "\n" + machine_line())
+        print(f"wrote {out} and docs/BENCHMARKS.md section protocol-{proto['name']}-{args.stage}{tag}", file=sys.stderr)
+    return 0
