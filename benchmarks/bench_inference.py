@@ -65,6 +65,10 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     model, info = load_checkpoint(model_path, device=str(device))
     cfg = InferenceConfig(device=args.device)
+    from CGCLesionSegLib.inference import LEGACY_WINDOW_XYZ, window_for_checkpoint
+    window = window_for_checkpoint(cfg, info.train_config)
+    # Reference in the same process: the window used before it followed the training crop.
+    legacy_cfg = InferenceConfig(device=args.device, window_xyz=LEGACY_WINDOW_XYZ, overlap=0.25)
 
     def sync():
         if device.type == "cuda":
@@ -88,6 +92,11 @@ def main(argv=None) -> int:
         res = segment_case(channels, geometry, mods, model_path, None, cfg, compute_gmm=False, model=model, info=info)
         sync(); totals.append(time.perf_counter() - t)
         nets.append(res.timings["network_s"])
+    legacy = []
+    for _ in range(args.repeats):
+        sync(); t = time.perf_counter()
+        segment_case(channels, geometry, mods, model_path, None, legacy_cfg, compute_gmm=False, model=model, info=info)
+        sync(); legacy.append(time.perf_counter() - t)
     # The shipped models' default output rule adds a GMM fit, the fusion and the clean-up.
     from CGCLesionSegLib.inference import output_preset
     rule_cfg = InferenceConfig(device=args.device, **output_preset("single-lesion"))
@@ -119,20 +128,22 @@ def main(argv=None) -> int:
         "",
         f"Case {case.name} (240×240×155, 4 channels), model: {model_note} "
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), window "
-        f"{'×'.join(map(str, cfg.window_xyz))}, model spacing {info.preprocessing.get('spacing_xyz')} mm (the case is "
+        f"{'×'.join(map(str, window))} (the training crop recorded in the model; overlap {cfg.overlap}), model spacing {info.preprocessing.get('spacing_xyz')} mm (the case is "
         f"resampled to it and the outputs back to 1 mm; included in the times), device {device.type}, torch threads {threads}.",
         "",
         "| measure | value |",
         "|---|---|",
         f"| segment_case, whole case (median of {args.repeats}) | {med:.2f} s |",
         f"| of which network | {statistics.median(nets):.2f} s |",
+        f"| the same with the earlier default window {'×'.join(map(str, LEGACY_WINDOW_XYZ))}, overlap 0.25 | "
+        f"{statistics.median(legacy):.2f} s (ratio default / earlier {med / statistics.median(legacy):.2f}) |",
         f"| segment_case with the output rule single-lesion (+ GMM fit, fusion, clean-up) | {statistics.median(rule_times):.2f} s |",
         f"| reference: one Conv3d 4→16 3³ over the volume | {ref:.3f} s |",
         f"| ratio segment_case / reference | {med / ref:.1f} |",
         f"| `cgcseg segment` command end to end (read, infer with the model's default rule, write) | {cli_s:.1f} s |",
         f"| peak RAM of that command | {rss_gb:.2f} GB |",
         "",
-        "Targets (issue 5): ≤ 20 s on 2 CPU cores, ≤ 1 s on an H200, ≤ 4 GB RAM on CPU.",
+        "Targets (issues 5 and 9): ≤ 20 s on 2 CPU cores, ≤ 1 s on an H200, ≤ 4 GB RAM on CPU.",
     ]
     text = "\n".join(rows)
     print(text)

@@ -1,0 +1,85 @@
+"""The evaluation protocol's statistics and planning (benchmarks/protocol.py), on synthetic rows."""
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import protocol  # noqa: E402
+
+
+def _row(case, seed, variant, dices, mods=("flair",)):
+    r = {"case": case, "seed": seed, "variant": variant, "modalities": list(mods), "sigma_mm": 2.0, "step": 10,
+         "fold": 0, "model": "m"}
+    for (col, _), d in zip(protocol.COLUMNS, dices):
+        r[col] = {"dice": d, "sensitivity": d, "precision": None if d == 0 else d, "hd95_mm": 1.0, "assd_mm": 0.5}
+    return r
+
+
+def test_bootstrap_ci_matches_a_slow_resampling_loop():
+    vals = [0.1, -0.05, 0.2, 0.03, 0.07]
+    lo, hi = protocol.bootstrap_ci(vals, 2000, 3)
+    rng = random.Random(3)
+    slow = []
+    for _ in range(2000):
+        sample = [vals[rng.randrange(len(vals))] for _ in vals]
+        slow.append(sum(sample) / len(sample))
+    slow.sort()
+    assert (lo, hi) == (slow[50], slow[1950])
+    assert lo < statistics.mean(vals) < hi
+
+
+def test_summary_averages_seeds_per_case_before_differences():
+    rows = [_row("A", 1, "v", [0.5, 0.6, 0.6, 0.7, 0.8, 0.9]), _row("A", 2, "v", [0.5, 0.6, 0.6, 0.7, 0.6, 0.9]),
+            _row("B", 1, "v", [0.4, 0.5, 0.4, 0.6, 0.5, 0.5]), _row("B", 2, "v", [0.4, 0.5, 0.4, 0.6, 0.3, 0.7])]
+    s = protocol.summarise(rows, {"bootstrap_resamples": 500})["flair/v"]
+    assert s["per_case"]["A"]["network"]["dice"] == pytest.approx(0.7)
+    assert s["per_case"]["B"]["network"]["dice"] == pytest.approx(0.4)
+    d = s["differences"]["network-p"]
+    assert d["per_case"] == pytest.approx({"A": 0.2, "B": 0.0}) and d["mean"] == pytest.approx(0.1)
+    assert d["min_case"] == pytest.approx(0.0) and d["ci95"][0] <= 0.1 <= d["ci95"][1]
+    # Seed SD: the mean over cases for seed 1 is 0.65, for seed 2 0.45.
+    assert s["seed_sd"]["network"] == pytest.approx(statistics.stdev([0.65, 0.45]))
+    assert s["means"]["network"]["precision"] == pytest.approx(0.55)  # None values are left out
+
+
+def test_winner_keeps_the_control_unless_clearly_beaten():
+    def summary(net):
+        return {f"flair/{v}": {"variant": v, "means": {"network": {"dice": d}}} for v, d in net.items()}
+    assert protocol.pick_winner(summary({"control": 0.70, "robust": 0.705}), {}) == "control"
+    assert protocol.pick_winner(summary({"control": 0.70, "robust": 0.72, "big": 0.715}), {}) == "robust"
+
+
+def test_plan_folds_hold_out_disjoint_cases_and_train_on_all_unlabelled(tmp_path):
+    for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1", "u2"])):
+        for n in names:
+            (tmp_path / group / n).mkdir(parents=True)
+    proto = protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v1.toml")
+    models = protocol.plan(proto, "screen", tmp_path, tmp_path / "work", tmp_path / "results", ["--tau", "0.1"])
+    assert len(models) == 3 * 2 * 1
+    for m in models:
+        names = {c.name for c in m.train}
+        assert not names & {c.name for c in m.test} and {"u1", "u2"} <= names
+        assert m.args[-2:] == ["--tau", "0.1"] and m.args[:len(proto["base_train_args"])] == proto["base_train_args"]
+    tests = [sorted(c.name for c in m.test) for m in models if m.variant == "control"]
+    assert sorted(sum(tests, [])) == [f"c{i}" for i in range(7)]
+    with pytest.raises(SystemExit, match="run that stage first"):
+        protocol.plan(proto, "confirm", tmp_path, tmp_path / "work", tmp_path / "results", [])
+
+
+def test_report_lists_every_column_difference_and_the_winner():
+    rows = [_row(c, s, "v", [0.5, 0.6, 0.6, 0.7, 0.8, 0.9]) for c in "AB" for s in (1, 2)]
+    proto = protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v1.toml")
+    summary = protocol.summarise(rows, proto)
+    text = protocol.report(proto, "screen", summary, {"flair fold 0": {"sigma": 2.0, "scores": {1.0: 0.5, 2.0: 0.6}}},
+                           [], ["--tau", "0.1"], "v", {"m": {"step": 300, "seconds": 600}})
+    for _, name in protocol.COLUMNS:
+        assert name in text
+    for a, b, _ in protocol.DIFFERENCES:
+        assert f"| {a} − {b} | " in text
+    assert "**`v`**" in text and "`--tau 0.1`" in text and "**2 mm**" in text and "HD95" in text
