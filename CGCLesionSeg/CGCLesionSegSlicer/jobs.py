@@ -104,7 +104,7 @@ class JobController:
         if (self._stopDeadline is not None and not job.process.cancelled
                 and self.clock() > self._stopDeadline and job.process.running):
             self._emitLog(f"The {job.kind} process did not stop within {self.stopGraceSeconds:.0f} s; killing it.")
-            job.process.cancel()
+            job.process.cancel(wait=False)
         if not job.process.finished:
             return True
         self._finish(job, *self._outcome(job))
@@ -147,13 +147,13 @@ class JobController:
             return ""
         if job.process.stopRequested or job.process.cancelled:
             # A second Cancel while stopping: kill now.
-            job.process.cancel()
+            job.process.cancel(wait=False)
             return "cancelled"
         if job.process.requestStop():
             self._stopDeadline = self.clock() + self.stopGraceSeconds
             self._emitLog("Stopping after the current step (the checkpoint is kept)...")
             return "stopping"
-        job.process.cancel()
+        job.process.cancel(wait=False)  # never blocks the GUI; poll() sees the end
         return "cancelled"
 
     def abandon(self, reason: str, graceSeconds: float = 0.0) -> Optional[ChildJob]:

@@ -230,11 +230,12 @@ class ChildProcess:
         if self.process is not None:
             killTree(self.process)
 
-    def cancel(self, timeout: float = 5.0) -> None:
-        """Kill the tree and reap the child (waits at most ``timeout`` s; SIGKILL makes that short)."""
+    def cancel(self, timeout: float = 5.0, wait: bool = True) -> None:
+        """Kill the tree; with ``wait``, reap the child (at most ``timeout`` s; SIGKILL makes that short).
+        The GUI cancels with ``wait=False`` and sees the end on its next poll."""
         self.cancelled = True
         self.kill()
-        if self.process is not None:
+        if wait and self.process is not None:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -67,8 +67,7 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
         self.ui.loadPhantomButton.connect("clicked(bool)", self.onLoadPhantom)
         for widgetName, parameter in PATH_BINDINGS.items():
-            getattr(self.ui, widgetName).connect(
-                "currentPathChanged(QString)", lambda path, parameter=parameter: self.onPathChanged(parameter, path))
+            getattr(self.ui, widgetName).currentPathChanged.connect(self._pathSetter(parameter))
 
         # Debounced live preview: refit 600 ms after the last GMM setting changed.
         self._previewTimer = qt.QTimer()
@@ -133,6 +132,9 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self.updatePathWidgets()
         self.updateButtons()
+
+    def _pathSetter(self, parameter: str):
+        return lambda path: self.onPathChanged(parameter, path)
 
     def onPathChanged(self, parameter: str, path: str) -> None:
         if self._parameterNode is not None and not self._updatingPaths:

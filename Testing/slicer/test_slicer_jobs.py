@@ -187,7 +187,9 @@ def test_segment_cancel_kills_at_once(mrml, logic, tmp_path):
     job, pid_file = _sleeping_segment_job(logic, tmp_path)
     controller.start(job)
     pids = _pids(pid_file)
+    t0 = time.time()
     assert controller.cancel() == "cancelled"
+    assert time.time() - t0 < 0.5  # the GUI thread is not held while the tree dies
     _wait_for(lambda: not controller.busy, 10, "the job to end", controller)
     assert recorder.finished[0][0] == "cancelled"
     assert not os.path.exists(job.tempDir) and not any(_alive(p) for p in pids)

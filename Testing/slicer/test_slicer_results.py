@@ -124,7 +124,6 @@ def test_result_is_not_loaded_when_its_volume_is_gone(mrml, logic, scene, tmp_pa
 
 
 def test_try_out_phantom_and_gmm_preview(mrml, logic, scene):
-    from CGCLesionSegLib.gmm import GMMConfig
     from CGCLesionSegLib.metrics import dice
     nodes = logic.loadPhantom(shapeXyz=(64, 64, 40), seed=0)
     assert set(nodes) == {"flair", "t1", "t1ce", "t2", "mask", "truth"}
