@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 want=demo
 if [ "${1:-}" = "--test" ]; then want=test; fi
-key="$(sha256sum pyproject.toml | cut -c1-16)"
+key="$("$PY" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest()[:16])')"
 stamp() { echo ".venv/.cgc-setup-$1"; }
 installed() { [ -f "$(stamp "$1")" ] && [ "$(cat "$(stamp "$1")")" = "$key" ]; }
 if [ -x .venv/bin/python ] && { installed test || { [ "$want" = demo ] && installed demo; }; } \
@@ -21,7 +21,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "setting up .venv (once; about 1-2 minutes)" >&2
   "$PY" -m venv .venv
 fi
-pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
+# pip's own chatter (and this machine's index warnings) goes to .venv/setup.log, shown only on failure.
+pip() {
+  if ! .venv/bin/python -m pip -q --disable-pip-version-check "$@" >> .venv/setup.log 2>&1; then
+    echo "scripts/setup.sh: pip install $* failed; the end of .venv/setup.log:" >&2
+    tail -n 30 .venv/setup.log >&2
+    exit 1
+  fi
+}
 .venv/bin/python -c "import torch" 2>/dev/null || pip install "torch==2.13.0"
 if [ "$want" = test ]; then pip install -e ".[test]"; else pip install -e .; fi
 rm -f "$(stamp demo)" "$(stamp test)"
