@@ -20,7 +20,12 @@ SUBCOMMANDS = {
     "evaluate": "Dice / sensitivity of segmentations against reference labels",
     "demo": "run the whole pipeline on a generated phantom (no data needed)",
     "train": "train the CGC network on unlabelled cases (same as python -m CGCTraining)",
+    "split4d": "split a 4-D file of stacked channels (Medical Segmentation Decathlon) into 3-D files",
 }
+
+#: Appended to the error about a 4-D input.
+SPLIT_HINT = ("; for channels stacked in one 4-D file (Medical Segmentation Decathlon layout), split it first: "
+              "cgcseg split4d PATH --names flair t1 t1ce t2 --output-dir DIR (names in the stored order)")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -67,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (ImageIOError, GeometryMismatchError, ValueError, FileNotFoundError) as exc:
-        print(f"cgcseg {args.command}: error: {exc}", file=sys.stderr)
+        hint = SPLIT_HINT if "has 4 dimensions" in str(exc) and args.command != "split4d" else ""
+        print(f"cgcseg {args.command}: error: {str(exc).rstrip('.') if hint else exc}{hint}", file=sys.stderr)
         return 2
     except (MemoryError, OSError, RuntimeError) as exc:
         oom = isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
