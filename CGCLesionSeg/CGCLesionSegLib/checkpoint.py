@@ -31,6 +31,19 @@ from .network import CGCNet, NetConfig
 FORMAT = "cgc-lesion-seg-checkpoint"
 FORMAT_VERSION = 1
 
+#: Output rules a checkpoint may record as its ``default_output_rule`` (what ``--postprocess auto`` picks).
+OUTPUT_RULE_NAMES = ("none", "single-lesion")
+#: The shipped models predate the ``default_output_rule`` field: their rule, by file content (sha256).
+#: They were trained on gliomas (one contiguous lesion per scan).
+KNOWN_MODEL_RULES = {
+    "c1c5f7b854ef7e975afce329c2a0da1cc886066ff8efc56294dd3e9d339a921e": "single-lesion",  # cgc_flair.pt
+    "52a426f60e16e068b9f008aea58460704ff81426c5c9e74d3b33abe7e0b2b59e": "single-lesion",  # cgc_flair_t1_t1ce_t2.pt
+}
+#: Largest network a checkpoint may describe (parameters); the shipped ones have about 1 million.
+MAX_PARAMETERS = 200_000_000
+#: Plausible model spacings (mm): outside, resampling builds absurd grids.
+SPACING_RANGE_MM = (0.05, 20.0)
+
 
 class CheckpointError(ValueError):
     """A file is not a usable CGC checkpoint; the message says why and what to do."""
@@ -70,8 +83,12 @@ def _package_version() -> str:
 def build_checkpoint(model: torch.nn.Module, net_config: NetConfig, channels: Sequence[str],
                      preprocessing: dict, train_config: Optional[dict] = None,
                      optimizer: Optional[torch.optim.Optimizer | dict] = None, step: int = 0, epoch: int = 0,
-                     extra: Optional[dict] = None) -> dict:
-    """The checkpoint dict (see the module docstring); tensors are cloned to CPU."""
+                     extra: Optional[dict] = None, default_output_rule: Optional[str] = None) -> dict:
+    """The checkpoint dict (see the module docstring); tensors are cloned to CPU.
+    ``default_output_rule``: what ``--postprocess auto`` uses with this model (None: not recorded,
+    which means ``none`` — the paper's output — for any model but the shipped ones)."""
+    if default_output_rule is not None and default_output_rule not in OUTPUT_RULE_NAMES:
+        raise ValueError(f"default_output_rule must be one of {', '.join(OUTPUT_RULE_NAMES)}, got {default_output_rule!r}")
     channels = [str(c) for c in channels]
     if len(channels) != net_config.in_channels:
         raise ValueError(f"{len(channels)} channel name(s) {channels} for a network with "
@@ -91,6 +108,7 @@ def build_checkpoint(model: torch.nn.Module, net_config: NetConfig, channels: Se
         "step": int(step),
         "epoch": int(epoch),
         "extra": dict(extra or {}),
+        **({"default_output_rule": default_output_rule} if default_output_rule is not None else {}),
     }
 
 
@@ -119,8 +137,13 @@ def make_checkpoint_for_inference(model: CGCNet, path: str | os.PathLike, channe
 def save_checkpoint_dict(path: str | os.PathLike, ckpt: dict) -> Path:
     """Atomic write of an already built checkpoint dict."""
     path = Path(path)
-    with atomic_write(path, "wb", fsync=True) as fh:
-        torch.save(ckpt, fh)
+    try:
+        with atomic_write(path, "wb", fsync=True) as fh:
+            torch.save(ckpt, fh)
+    except (OSError, RuntimeError) as exc:  # full disk / file-size limit: torch says "unexpected pos ..."
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise CheckpointError(f"could not write the checkpoint {path} ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
+                              f"{kept}. Check the free space (and any file-size limit) of the folder") from exc
     return path
 
 
@@ -134,10 +157,23 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give the model file itself, e.g. {path / 'last.pt'}")
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from exc
+    # torch.save writes a zip archive ("PK\x03\x04"); old torch versions a pickle (protocol 2: "\x80\x02").
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint file at all (neither the zip archive torch.save "
+                              f"writes nor a pickle); give {what}")
+    try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights only" not in text.lower() and "unsupported global" not in text.lower():
+            raise CheckpointError(f"{path} is not {what}, or the file is truncated/corrupt "
+                                  f"({text.splitlines()[0][:200] if text else 'unreadable pickle'})") from exc
         raise CheckpointError(f"{path} is not {what}: it contains Python objects that are not plain "
-                              f"weights, so it is refused for safety ({str(exc).splitlines()[0][:200]})") from exc
+                              f"weights, so it is refused for safety ({text.splitlines()[0][:200]})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError) as exc:
         raise CheckpointError(f"{path} is not {what}, or the file is truncated/corrupt "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
@@ -154,11 +190,96 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def _check_fields(ckpt: dict, net_config: NetConfig, path) -> None:
+    """Types and ranges of the fields inference and training rely on; CheckpointError naming the field."""
+    def bad(field: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: the checkpoint's {field} is invalid ({why}); the file is damaged or was "
+                               "not written by CGC Lesion Seg")
+
+    channels = ckpt.get("channels")
+    if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) and c for c in channels):
+        raise bad("channels", f"a list of modality names is needed, got {channels!r:.100}")
+    if len(channels) != net_config.in_channels:
+        raise bad("channels", f"{len(channels)} name(s) for a network with {net_config.in_channels} input channel(s)")
+    pre = ckpt.get("preprocessing")
+    if not isinstance(pre, dict):
+        raise bad("preprocessing", f"a dictionary is needed, got {type(pre).__name__}")
+    for key in ("normalization", "gmm"):
+        if pre.get(key) is not None and not isinstance(pre[key], dict):
+            raise bad(f"preprocessing.{key}", f"a dictionary or null is needed, got {type(pre[key]).__name__}")
+    spacing = pre.get("spacing_xyz")
+    if spacing is not None:
+        lo, hi = SPACING_RANGE_MM
+        try:
+            values = [float(v) for v in spacing]
+        except (TypeError, ValueError):
+            raise bad("preprocessing.spacing_xyz", f"three numbers (mm) are needed, got {spacing!r:.100}") from None
+        if len(values) != 3 or not all(lo <= v <= hi for v in values):
+            raise bad("preprocessing.spacing_xyz", f"three spacings between {lo} and {hi} mm are needed, got {spacing!r:.100}")
+    if pre.get("brain_mask") not in (None, "nonzero", "ct_window"):
+        raise bad("preprocessing.brain_mask", f"'nonzero' or 'ct_window' is needed, got {pre.get('brain_mask')!r:.60}")
+    for key in ("step", "epoch"):
+        if key in ckpt and (isinstance(ckpt[key], bool) or not isinstance(ckpt[key], int) or ckpt[key] < 0):
+            raise bad(key, f"a whole number >= 0 is needed, got {ckpt[key]!r:.60}")
+    rule = ckpt.get("default_output_rule")
+    if rule is not None and rule not in OUTPUT_RULE_NAMES:
+        raise bad("default_output_rule", f"one of {', '.join(OUTPUT_RULE_NAMES)} is needed, got {rule!r:.60}")
+    if not isinstance(ckpt.get("model"), dict):
+        raise bad("model", f"a state dict is needed, got {type(ckpt.get('model')).__name__}")
+
+
+def check_state_dict(state: dict, net_config: NetConfig, path, what: str = "weights") -> None:
+    """The weights must be exactly those of ``net_config``'s network (names and shapes, checked on the
+    meta device, so nothing is allocated for a configuration that would not fit) and finite."""
+    with torch.device("meta"):
+        reference = CGCNet(net_config)
+    n_params = sum(p.numel() for p in reference.parameters())
+    if n_params > MAX_PARAMETERS:
+        raise CheckpointError(f"{path}: its network configuration has {n_params:,} parameters, more than the "
+                              f"{MAX_PARAMETERS:,} this package accepts; the file is damaged or not a CGC model")
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: its {what} are not a dictionary of tensors")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})" for k in expected
+             if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + \
+                ([f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"] if unexpected else []) + \
+                ([f"shape of {', '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}"] if wrong else [])
+        raise CheckpointError(f"{path}: the {what} do not match the network configuration stored in it "
+                              f"({'; '.join(parts)}); the file is damaged or was edited")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or inf values ({', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}); the model is unusable — use an earlier checkpoint "
+                              "or retrain (e.g. with a lower --lr)")
+
+
+def default_output_rule(path: str | os.PathLike, ckpt: Optional[dict] = None) -> str:
+    """The output rule ``--postprocess auto`` uses with the model in ``path``, decided from the file's
+    content, never from where it lies: the checkpoint's ``default_output_rule`` field, else the
+    shipped models' rule by their sha256 (they predate the field), else ``none`` (the paper's output)."""
+    if ckpt is None:
+        ckpt = read_checkpoint(path)
+    rule = ckpt.get("default_output_rule")
+    if rule in OUTPUT_RULE_NAMES:
+        return rule
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return KNOWN_MODEL_RULES.get(h.hexdigest(), "none")
+
+
 def info_from_dict(ckpt: dict, path: str | os.PathLike = "") -> CheckpointInfo:
     try:
         net_config = config_from_dict(NetConfig, ckpt["net_config"])
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"{path}: invalid network configuration in the checkpoint ({exc})") from exc
+    _check_fields(ckpt, net_config, path)
     return CheckpointInfo(path=Path(path), channels=list(ckpt["channels"]), net_config=net_config,
                           preprocessing=dict(ckpt["preprocessing"]), train_config=ckpt.get("train_config"),
                           step=int(ckpt["step"]), epoch=int(ckpt.get("epoch", 0)),
@@ -171,6 +292,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Rebuild the network from a checkpoint: returns ``(model in eval mode on device, info)``."""
     ckpt = read_checkpoint(path)
     info = info_from_dict(ckpt, path)
+    check_state_dict(ckpt["model"], info.net_config, path)
     model = CGCNet(info.net_config)
     try:
         model.load_state_dict(ckpt["model"], strict=True)

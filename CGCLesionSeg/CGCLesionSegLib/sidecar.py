@@ -48,29 +48,52 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_sidecar(output: str | os.PathLike, *, inputs: dict[str, str] | None = None,
-                  model_path: str | os.PathLike | None = None, gmm_settings: Any = None,
-                  device: str | None = None, elapsed_s: float | None = None,
-                  **extra: Any) -> Path:
-    """Write ``<output>.json`` atomically with package version, model hash, GMM settings, inputs,
-    device and elapsed time; ``extra`` keys are added as they are."""
+def _name(path: str | os.PathLike, full_paths: bool) -> str:
+    return str(Path(path).absolute()) if full_paths else Path(path).name
+
+
+def sidecar_record(output: str | os.PathLike, *, inputs: dict[str, str] | None = None,
+                   model_path: str | os.PathLike | None = None, gmm_settings: Any = None,
+                   device: str | None = None, elapsed_s: float | None = None, full_paths: bool = False,
+                   **extra: Any) -> dict:
+    """The sidecar's content as plain JSON types. Privacy: patient identifiers often live in file
+    names and folders, so by default only base names are recorded (no folders, no host name);
+    ``full_paths=True`` records absolute paths and the host."""
     record: dict[str, Any] = {
-        "output": str(output),
+        "output": _name(output, full_paths),
         "package": "cgc-lesion-seg",
         "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "inputs": inputs or {},
+        "inputs": {k: (_name(v, full_paths) if v else v) for k, v in (inputs or {}).items()},
         "model": None,
         "gmm_settings": gmm_settings,
         "device": device,
         "elapsed_s": None if elapsed_s is None else round(float(elapsed_s), 3),
+        "paths": "full" if full_paths else "base names",
     }
+    if full_paths:
+        record["host"] = platform.node()
     if model_path is not None:
-        record["model"] = {"path": str(model_path), "sha256": file_sha256(model_path)}
+        record["model"] = {"path": _name(model_path, full_paths), "sha256": file_sha256(model_path)}
     record.update(extra)
+    return _jsonable(record)
+
+
+def sidecar_text(output: str | os.PathLike, **kwargs: Any) -> str:
+    """The sidecar file's text for :func:`sidecar_record` (to write it with other files at once)."""
+    return json.dumps(sidecar_record(output, **kwargs), indent=2) + "\n"
+
+
+def write_sidecar(output: str | os.PathLike, *, inputs: dict[str, str] | None = None,
+                  model_path: str | os.PathLike | None = None, gmm_settings: Any = None,
+                  device: str | None = None, elapsed_s: float | None = None, full_paths: bool = False,
+                  **extra: Any) -> Path:
+    """Write ``<output>.json`` atomically with package version, model hash, GMM settings, inputs,
+    device and elapsed time; ``extra`` keys are added as they are. Base names only unless
+    ``full_paths`` (see :func:`sidecar_record`)."""
+    text = sidecar_text(output, inputs=inputs, model_path=model_path, gmm_settings=gmm_settings, device=device,
+                        elapsed_s=elapsed_s, full_paths=full_paths, **extra)
     path = sidecar_path(output)
     with atomic_write(path) as fh:
-        json.dump(_jsonable(record), fh, indent=2)
-        fh.write("\n")
+        fh.write(text)
     return path

@@ -85,7 +85,7 @@ def test_write_is_atomic_old_file_survives_a_failed_write(tmp_path, monkeypatch)
     def boom(*a, **k):
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="the previous file is kept"):
         save_checkpoint(path, CGCNet(CFG), CFG, ["flair", "t2"], PRE, step=8)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind

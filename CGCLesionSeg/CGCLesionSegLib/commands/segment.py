@@ -4,8 +4,11 @@ One case:  cgcseg segment --input flair=F.nii.gz --input t1=T1.nii.gz ... --outp
            [--probability-output P.nii.gz] [--model CKPT] [--mask M] [--threshold T] [--adapt]
 Cohort:    cgcseg segment --cases DIR --output-dir OUT [--modalities flair t1 t1ce t2] [--model CKPT]
            DIR is a BraTS-layout folder (<case>/<case>_<modality>.nii.gz) or a CSV with a `case` column
-           and one column per modality. Cases whose output exists are skipped (an interrupted run
-           resumes); a failing case is reported and the cohort goes on. Each case gets
+           and one column per modality (case names: plain file names, unique). A case is done — and
+           skipped, so an interrupted run resumes — when its mask and probability map read back complete
+           and the mask's sidecar records the same model (sha256) and settings; incomplete outputs are
+           recomputed; outputs made with another model or settings are an error unless --overwrite.
+           A failing case is reported and the cohort goes on. Each case gets
            OUT/<case>.nii.gz (mask) and OUT/<case>_probability.nii.gz, with sidecars. Under torchrun each rank takes
            its share of the cases.
 Without --model, the default model shipped for the given modalities is used.
@@ -54,28 +57,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
                    help="refuse inputs that may be swapped or misnamed (file name or intensity signature "
                         "contradicts the --input name); without it they get a warning")
+    p.add_argument("--overwrite", action="store_true",
+                   help="cohort mode: recompute cases whose outputs were made with another model or other settings")
+    p.add_argument("--record-full-paths", action="store_true",
+                   help="sidecars record absolute input/output paths and the host (default: file names only, "
+                        "since patient identifiers often live in folder and file names)")
     add_device_args(p)
     add_progress_args(p)
 
 
 def resolve_postprocess(args) -> str:
-    """``auto`` → ``single-lesion`` when the shipped (BraTS glioma) models are used — no ``--model``, or
-    a file of the package's models folder, also as the base of ``--adapt`` — and ``none`` for the
-    user's own checkpoints and for ``--adapt`` from scratch, whose lesions may be multi-focal (MS)."""
+    """``auto`` → the rule the model's checkpoint records (``default_output_rule``; the shipped BraTS
+    glioma models, which predate that field, are recognised by their sha256 and get ``single-lesion``),
+    else ``none`` — also for ``--adapt`` from scratch, whose lesions may be multi-focal (MS). Decided
+    from the file's content, never from the folder it lies in. ``--adapt`` uses its base model's rule."""
     if args.postprocess != "auto":
         return args.postprocess
-    from ..default_models import MODELS_DIR, default_model_path
+    from ..checkpoint import default_output_rule
+    from ..default_models import default_model_path
+    from ..inputs import parse_input_specs
     model = getattr(args, "model", None)
-    if model is not None:
-        return "single-lesion" if Path(model).resolve().parent == MODELS_DIR.resolve() else "none"
-    if getattr(args, "adapt", False):
-        # --adapt without a shipped model for these inputs trains from scratch: not a glioma model.
-        from ..inputs import parse_input_specs
+    if model is None:
         try:
-            default_model_path([n for n, _ in parse_input_specs(args.inputs or [])])
+            if getattr(args, "cases", None) and not getattr(args, "inputs", None):
+                names = getattr(args, "modalities", None) or ["flair", "t1", "t1ce", "t2"]
+            else:
+                names = [n for n, _ in parse_input_specs(args.inputs or [])]
+            model = default_model_path(names)
         except ValueError:
-            return "none"
-    return "single-lesion"
+            return "none"  # no shipped model fits: --adapt trains from scratch (or the run stops with its own error)
+    if not Path(model).is_file():
+        return "none"  # a missing --model is reported where it is used
+    return default_output_rule(model)
 
 
 def _inference_config(args):
@@ -100,27 +113,31 @@ def _reporter(args, description):
 
 def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, probability_output, gmm_output,
                    extra=None):
-    """Write every output only after all computing succeeded, each atomically with its sidecar.
+    """Write every output only after all computing succeeded: all files (images and sidecars) are
+    written under temporary names and verified (images read back) first, then renamed into place with
+    the mask last (in cohort mode it marks a finished case). A full disk or any other write error
+    leaves no file under a final name and keeps the files that were there.
     ``config`` / ``rule``: the InferenceConfig and output rule the result was made with."""
-    from ..image_io import write_image
-    from ..sidecar import write_sidecar
+    from ..image_io import StagedWrites
+    from ..sidecar import sidecar_path, sidecar_text
     from ..config import config_to_dict
     common = dict(inputs=inputs, model_path=result.model_path, device=result.device,
                   gmm_settings=_gmm_settings(result.model_path),
                   elapsed_s=result.elapsed_s, inference=config_to_dict(config), postprocess=rule,
                   channels=result.channels, timings=result.timings, **(extra or {}))
-    # The mask goes last: in cohort mode its existence marks a finished case.
     written = []
-    if probability_output:
-        write_image(probability_output, result.probability, geometry)
-        write_sidecar(probability_output, kind="probability", holds=_probability_holds(config), **common)
-        written.append(Path(probability_output))
-    if gmm_output and result.gmm_probability is not None:
-        write_image(gmm_output, result.gmm_probability, geometry)
-        write_sidecar(gmm_output, kind="gmm_probability", **common)
-        written.append(Path(gmm_output))
-    write_sidecar(output, kind="segmentation", **common)
-    write_image(output, result.mask, geometry)
+    with StagedWrites() as staged:
+        if probability_output:
+            staged.image(probability_output, result.probability, geometry)
+            staged.text(sidecar_path(probability_output), sidecar_text(probability_output, kind="probability",
+                                                                         holds=_probability_holds(config), **common))
+            written.append(Path(probability_output))
+        if gmm_output and result.gmm_probability is not None:
+            staged.image(gmm_output, result.gmm_probability, geometry)
+            staged.text(sidecar_path(gmm_output), sidecar_text(gmm_output, kind="gmm_probability", **common))
+            written.append(Path(gmm_output))
+        staged.text(sidecar_path(output), sidecar_text(output, kind="segmentation", **common))
+        staged.image(output, result.mask, geometry)  # the mask goes last
     written.insert(0, output)
     return written
 
@@ -212,9 +229,14 @@ def _segment_one(args) -> int:
         from ..adapt import AdaptConfig, adapt_to_case
         t = time.perf_counter()
         adapt_dir = Path(tempfile.mkdtemp(prefix="cgc-adapt-"))
-        model_path = adapt_to_case(pairs, args.mask, model_path,
-                                   AdaptConfig(minutes=args.adapt_minutes, steps=args.adapt_steps, device=args.device),
-                                   run_dir=adapt_dir / "run", progress=args.progress)
+        try:
+            model_path = adapt_to_case(pairs, args.mask, model_path,
+                                       AdaptConfig(minutes=args.adapt_minutes, steps=args.adapt_steps, device=args.device),
+                                       run_dir=adapt_dir / "run", progress=args.progress)
+        except BaseException:  # a bad setting, a signal, ...: leave no temporary folder behind
+            import shutil
+            shutil.rmtree(adapt_dir, ignore_errors=True)
+            raise
         extra["adapted"] = {"base_model": args.model or "shipped default (or from scratch when none fits)",
                             "minutes": args.adapt_minutes, "steps": args.adapt_steps,
                             "seconds": round(time.perf_counter() - t, 1)}
@@ -240,9 +262,15 @@ def _segment_one(args) -> int:
         result.model_path = kept
         print(f"adapted model kept as {kept} (reuse it with --model {kept})", file=sys.stderr)
     inputs = {n or f"input{i + 1}": str(p) for i, (n, p) in enumerate(pairs)}
-    written = _write_outputs(result, geometry, inputs, config, resolve_postprocess(args), Path(args.output),
-                             args.probability_output,
-                             args.gmm_output, extra)
+    extra["full_paths"] = bool(getattr(args, "record_full_paths", False))
+    try:
+        written = _write_outputs(result, geometry, inputs, config, resolve_postprocess(args), Path(args.output),
+                                 args.probability_output,
+                                 args.gmm_output, extra)
+    except BaseException:
+        if adapt_dir is not None:  # a failed run leaves no file under a final name
+            Path(result.model_path).unlink(missing_ok=True)
+        raise
     voxel_ml = float(geometry.spacing[0] * geometry.spacing[1] * geometry.spacing[2]) / 1000.0
     msg = (f"lesion volume {result.mask.sum() * voxel_ml:.1f} mL, {result.elapsed_s:.1f} s on {result.device}; "
            f"wrote {', '.join(str(w) for w in written)}")
@@ -254,9 +282,35 @@ def _segment_one(args) -> int:
     return 0
 
 
+def check_case_name(name, where: str) -> str:
+    """A case name becomes output file names (``OUT/<case>.nii.gz``), so it must be one plain file-name
+    component: not empty, no folder separators, not ``.``/``..``, no leading dot, no control
+    characters. Raises ValueError naming ``where`` (file and row)."""
+    why = None
+    if name is None or not str(name).strip():
+        why = "it is empty"
+    else:
+        name = str(name)
+        if name in (".", "..") or name.startswith("."):
+            why = "it starts with a dot"
+        elif any(c in name for c in "/\\") or os.path.isabs(name):
+            why = "it contains a folder separator"
+        elif any(ord(c) < 32 or c in ':*?"<>|' for c in name):
+            why = "it contains a control character or one of : * ? \" < > |"
+        elif name != name.strip():
+            why = "it starts or ends with a space"
+        elif len(name) > 200:
+            why = "it is longer than 200 characters"
+    if why:
+        raise ValueError(f"{where}: case name {name!r} is not a plain file name ({why}); outputs are named "
+                         "OUT/<case>.nii.gz, so use letters, digits, '-', '_' or '.' and no folders")
+    return name
+
+
 def list_cases(source: Path, modalities) -> list[tuple[str, list[tuple[str, str]], str | None]]:
     """Cases as ``[(case, [(modality, path), ...], mask path or None)]`` from a BraTS-layout folder
-    (``<case>_mask.nii.gz`` is used when present) or a CSV (optional ``mask`` column)."""
+    (``<case>_mask.nii.gz`` is used when present) or a CSV (optional ``mask`` column). Case names must
+    be plain file names and unique (also ignoring case), else ValueError with the row numbers."""
     import csv
     if source.is_file():
         with source.open(newline="") as fh:
@@ -268,8 +322,21 @@ def list_cases(source: Path, modalities) -> list[tuple[str, list[tuple[str, str]
             raise ValueError(f"{source}: no column for modality {', '.join(missing)} (columns: {', '.join(rows[0])})")
         base = source.parent
         resolve = lambda v: str(base / v) if not os.path.isabs(v) else v
-        return [(r["case"], [(m, resolve(r[m])) for m in modalities], resolve(r["mask"]) if r.get("mask") else None)
-                for r in rows]
+        seen: dict[str, int] = {}
+        cases = []
+        for row_no, r in enumerate(rows, start=2):  # row 1 is the header
+            name = check_case_name(r.get("case"), f"{source}, row {row_no}")
+            key = name.casefold()
+            if key in seen:
+                raise ValueError(f"{source}: rows {seen[key]} and {row_no} both name case {name!r}; every case needs "
+                                 "its own name (its outputs are OUT/<case>.nii.gz)")
+            seen[key] = row_no
+            empty = [m for m in modalities if not (r.get(m) or "").strip()]
+            if empty:
+                raise ValueError(f"{source}, row {row_no} (case {name}): no path for {', '.join(empty)}")
+            cases.append((name, [(m, resolve(r[m])) for m in modalities],
+                          resolve(r["mask"]) if r.get("mask") else None))
+        return cases
     if not source.is_dir():
         raise FileNotFoundError(f"--cases not found: {source}")
     cases = []
@@ -280,10 +347,89 @@ def list_cases(source: Path, modalities) -> list[tuple[str, list[tuple[str, str]
             hit = next((h for h in hits if h.exists()), None)
             pairs.append((m, str(hit) if hit else str(hits[0])))
         mask = d / f"{d.name}_mask.nii.gz"
-        cases.append((d.name, pairs, str(mask) if mask.exists() else None))
+        cases.append((check_case_name(d.name, f"{source}, folder {d.name!r}"), pairs,
+                      str(mask) if mask.exists() else None))
     if not cases:
         raise ValueError(f"no case folders in {source} (expected <case>/<case>_<modality>.nii.gz)")
     return cases
+
+
+def cohort_outputs(out_dir: Path, case: str) -> tuple[Path, Path]:
+    """(mask, probability map) of one case in cohort mode."""
+    return out_dir / f"{case}.nii.gz", out_dir / f"{case}_probability.nii.gz"
+
+
+def check_cohort_outputs(cases, out_dir: Path) -> None:
+    """No output (or sidecar) of any case may be an input of any case, or another case's output
+    (e.g. case ``a_probability`` and case ``a``); checked before any work. Raises ValueError."""
+    from ..sidecar import sidecar_path
+
+    def key(p) -> str:
+        return os.path.normcase(os.path.realpath(p))
+
+    inputs: dict[str, str] = {}
+    for case, pairs, mask in cases:
+        for name, path in list(pairs) + ([("mask", mask)] if mask else []):
+            inputs[key(path)] = f"{name} input of case {case}"
+    outputs: dict[str, str] = {}
+    for case, _, _ in cases:
+        for path in cohort_outputs(out_dir, case):
+            for p in (path, sidecar_path(path)):
+                k = key(p)
+                if k in inputs:
+                    raise ValueError(f"the output {p} of case {case} would overwrite the {inputs[k]}; choose another "
+                                     "--output-dir (inputs are never overwritten)")
+                if k in outputs:
+                    raise ValueError(f"case {case} and {outputs[k]} would both write {p}; rename one of the cases")
+                outputs[k] = f"case {case}"
+
+
+#: InferenceConfig fields that do not change a result (left out when comparing a finished case's settings).
+_SETTINGS_IGNORED = ("batch_size", "device")
+
+
+def cohort_settings(config, rule: str, channels) -> dict:
+    """What must match for an existing output to count as done (as JSON types)."""
+    import json
+    from ..config import config_to_dict
+    inference = {k: v for k, v in config_to_dict(config).items() if k not in _SETTINGS_IGNORED}
+    return json.loads(json.dumps({"inference": inference, "postprocess": rule, "channels": list(channels)}))
+
+
+def case_state(out_dir: Path, case: str, model_sha256: str, settings: dict) -> tuple[str, str]:
+    """Whether a case of a cohort is done: ``("new", "")``, ``("done", "")``, ``("incomplete", why)``
+    or ``("different", what)``. A case is done when its mask and probability map exist and read back
+    complete, and the mask's sidecar records the same model (sha256) and the same settings."""
+    import json
+    from ..image_io import ImageIOError, read_image
+    from ..sidecar import sidecar_path
+    mask, prob = cohort_outputs(out_dir, case)
+    if not mask.exists():
+        return "new", ""
+    try:
+        record = json.loads(sidecar_path(mask).read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return "incomplete", f"its sidecar {sidecar_path(mask).name} is missing or unreadable ({exc})"
+    for path in (mask, prob):
+        try:
+            read_image(path, dtype=None)
+        except (ImageIOError, ValueError) as exc:
+            return "incomplete", str(exc)
+    differs = []
+    if (record.get("model") or {}).get("sha256") != model_sha256:
+        differs.append("model")
+    old = {"inference": {k: v for k, v in (record.get("inference") or {}).items() if k not in _SETTINGS_IGNORED},
+           "postprocess": record.get("postprocess"), "channels": record.get("channels")}
+    for k in ("inference", "postprocess", "channels"):
+        if k == "inference":
+            differs += sorted(f for f in set(old[k]) | set(settings[k]) if old[k].get(f) != settings[k].get(f))
+        elif old[k] != settings[k]:
+            differs.append(k)
+    if differs:
+        return "different", ", ".join(differs)
+    return "done", ""
 
 
 def _segment_cohort(args) -> int:
@@ -292,6 +438,7 @@ def _segment_cohort(args) -> int:
     from ..default_models import default_model_path
     from ..inference import resolve_device, segment_case
     from ..progress import ProgressReporter, emit_json
+    from ..sidecar import file_sha256
     if not args.output_dir:
         raise ValueError("cohort mode needs --output-dir OUT")
     ignored = [flag for flag, value in (("--mask", args.mask), ("--output", args.output),
@@ -308,17 +455,32 @@ def _segment_cohort(args) -> int:
     device = resolve_device(args.device)
     model_path = Path(args.model) if args.model else default_model_path(args.modalities or ["flair", "t1", "t1ce", "t2"])
     model, info = load_checkpoint(model_path, device=str(device))
+    model_sha256 = file_sha256(model_path)
     modalities = args.modalities or list(info.channels)
-    cases = list_cases(Path(args.cases), modalities)[rank::world]
     out_dir = Path(args.output_dir)
+    all_cases = list_cases(Path(args.cases), modalities)
+    check_cohort_outputs(all_cases, out_dir)
+    cases = all_cases[rank::world]
+    settings = cohort_settings(cfg, rule, info.channels)
+    states = {case: case_state(out_dir, case, model_sha256, settings) for case, _, _ in cases}
+    different = [(c, why) for c, (state, why) in states.items() if state == "different"]
+    if different and not getattr(args, "overwrite", False):
+        shown = "; ".join(f"{c} ({why})" for c, why in different[:10]) + (" ..." if len(different) > 10 else "")
+        raise ValueError(f"{len(different)} case(s) in {out_dir} were segmented with another model or other settings: "
+                         f"{shown}. Add --overwrite to recompute them, or choose another --output-dir")
     out_dir.mkdir(parents=True, exist_ok=True)
+    where = f"rank {rank}/{world}: " if world > 1 else ""
     done, skipped, failed = [], [], []
-    bar = ProgressReporter(args.progress if args.progress != "json" else "none", f"cohort (rank {rank})", total=max(len(cases), 1))
+    bar = ProgressReporter(args.progress if args.progress != "json" else "none",
+                           f"cohort (rank {rank})" if world > 1 else "cohort", total=max(len(cases), 1))
     for i, (case, pairs, mask_path) in enumerate(cases):
-        output = out_dir / f"{case}.nii.gz"
-        if output.exists():
+        output, prob_output = cohort_outputs(out_dir, case)
+        state, why = states[case]
+        if state == "done":
             skipped.append(case)
         else:
+            if state == "incomplete":
+                print(f"{case}: the existing output is incomplete ({why}); segmenting it again", file=sys.stderr)
             try:
                 channels, geometry, names, mask = _read_case(pairs, mask_path)
                 from ..channel_check import check_channels, enforce, format_warning
@@ -328,8 +490,9 @@ def _segment_cohort(args) -> int:
                 enforce(check, args.strict)
                 result = segment_case(channels, geometry, names, model_path, mask, cfg, compute_gmm=False,
                                       model=model, info=info)
-                _write_outputs(result, geometry, dict(pairs), cfg, rule, output,
-                               out_dir / f"{case}_probability.nii.gz", None, {"channel_check": check.to_dict()})
+                _write_outputs(result, geometry, dict(pairs), cfg, rule, output, prob_output, None,
+                               {"full_paths": bool(getattr(args, "record_full_paths", False)),
+                                "channel_check": check.to_dict()})
                 done.append(case)
             except Exception as exc:  # one bad case must not stop the cohort
                 failed.append((case, str(exc)))
@@ -338,7 +501,8 @@ def _segment_cohort(args) -> int:
         if args.progress == "json":
             emit_json("progress", fraction=round((i + 1) / max(len(cases), 1), 4), message=case)
     bar.close()
-    summary = f"rank {rank}/{world}: {len(done)} segmented, {len(skipped)} skipped (output existed), {len(failed)} failed"
+    summary = (f"{where}{len(done)} segmented, {len(skipped)} already done (same model and settings), "
+               f"{len(failed)} failed, of {len(cases)} case(s)")
     print(summary, file=sys.stderr)
     for case, err in failed:
         print(f"  failed {case}: {err}", file=sys.stderr)
