@@ -60,6 +60,7 @@ class Model:
     test: list
     train: list
     args: list = field(default_factory=list)
+    parent: Optional["Model"] = None  # self-training: round 1, whose pseudo-labels are this model's targets
 
     @property
     def key(self) -> str:
@@ -72,20 +73,25 @@ def _case_dirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir())
 
 
+def _winner(proto: dict, ref: str, results_dir: Path) -> str:
+    """The variant named by ``winner of STAGE``, read from that stage's results file."""
+    other = ref.split(" of ", 1)[1].strip()
+    path = results_dir / f"{proto['name']}-{other}.json"
+    if not path.exists():
+        raise SystemExit(f"this stage trains the winner of '{other}', but {path} does not exist: run that stage first")
+    return json.loads(path.read_text())["winner"]
+
+
+def _variant_args(proto: dict, stage: dict, results_dir: Path, name: str) -> list:
+    """Training args of variant ``name`` in ``stage``: the stage's ``base`` recipe (if any), then the variant's."""
+    base = list(proto["variants"][_winner(proto, stage["base"], results_dir)]["args"]) if stage.get("base") else []
+    return base + list(proto["variants"][name]["args"])
+
+
 def stage_variants(proto: dict, stage: dict, results_dir: Path) -> list[tuple[str, list]]:
     """[(variant name, its training args)] of a stage; ``winner of screen`` is read from that stage's results."""
-    def winner(ref: str) -> str:
-        other = ref.split(" of ", 1)[1].strip()
-        path = results_dir / f"{proto['name']}-{other}.json"
-        if not path.exists():
-            raise SystemExit(f"this stage trains the winner of '{other}', but {path} does not exist: run that stage first")
-        return json.loads(path.read_text())["winner"]
-
-    base: list = []
-    if stage.get("base"):
-        base = list(proto["variants"][winner(stage["base"])]["args"])
-    names = [winner(stage["variant"])] if "variant" in stage else list(stage["variants"])
-    return [(n, base + list(proto["variants"][n]["args"])) for n in names]
+    names = [_winner(proto, stage["variant"], results_dir)] if "variant" in stage else list(stage["variants"])
+    return [(n, _variant_args(proto, stage, results_dir, n)) for n in names]
 
 
 def plan(proto: dict, stage_name: str, data: Path, work: Path, results_dir: Path, extra: list) -> list[Model]:
@@ -101,17 +107,54 @@ def plan(proto: dict, stage_name: str, data: Path, work: Path, results_dir: Path
                 train = [c for c in labelled if c not in test] + unlabelled
                 for seed in stage["seeds"]:
                     run = work / "-".join(mods) / vname / f"fold{fold}-seed{seed}"
+                    parent = None
+                    source = proto["variants"][vname].get("self_train_from")
+                    if source:  # round 1 lives where its own variant's model would (trained once, shared)
+                        prun = work / "-".join(mods) / source / f"fold{fold}-seed{seed}"
+                        parent = next((m for m in models if m.run == prun), None) or Model(
+                            tuple(mods), source, fold, int(seed), prun, test, train,
+                            list(proto["base_train_args"]) + _variant_args(proto, stage, results_dir, source) + list(extra))
+                        if parent not in models:
+                            models.append(parent)
                     models.append(Model(tuple(mods), vname, fold, int(seed), run, test, train,
-                                        list(proto["base_train_args"]) + vargs + list(extra)))
+                                        list(proto["base_train_args"]) + vargs + list(extra), parent))
     return models
+
+
+#: Output rule of the pseudo-labels of a self-training round: the fusion 0.5·CGC + 0.5·P, 2-D hole
+#: filling, threshold 0.5, and *no* keep-largest (a training case may hold several lesions).
+PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radius=0, min_component_voxels=0)
+
+
+def pseudo_labels(model: Model) -> dict:
+    """Segment ``model``'s training cases with its round-1 parent (labels never read); returns
+    {case name: path of the binary target written under the run's ``-pseudo`` folder}."""
+    from CGCLesionSegLib.checkpoint import load_checkpoint
+    from CGCLesionSegLib.image_io import read_image, write_image
+    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    out = model.run.parent / f"{model.run.name}-pseudo"
+    net, info = load_checkpoint(model.parent.run / "last.pt")
+    paths = {}
+    for c in model.train:
+        target = out / f"{c.name}.nii.gz"
+        if not target.exists():
+            imgs = [read_image(c / f"{c.name}_{m}.nii.gz") for m in model.modalities]
+            res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, list(model.modalities),
+                               model.parent.run / "last.pt", config=InferenceConfig(device="cpu", **PSEUDO_RULE),
+                               model=net, info=info)
+            write_image(target, res.mask.astype("float32"), imgs[0].geometry)
+        paths[c.name] = target
+    return paths
 
 
 def _listing(model: Model) -> Path:
     model.run.parent.mkdir(parents=True, exist_ok=True)
     path = model.run.parent / f"{model.run.name}.csv"
-    lines = ["case," + ",".join(model.modalities)]
+    probs = pseudo_labels(model) if model.parent is not None else None
+    lines = ["case," + ",".join(model.modalities) + (",prob" if probs else "")]
     for c in model.train:
-        lines.append(c.name + "," + ",".join(str(c / f"{c.name}_{m}.nii.gz") for m in model.modalities))
+        lines.append(c.name + "," + ",".join(str(c / f"{c.name}_{m}.nii.gz") for m in model.modalities)
+                     + (f",{probs[c.name]}" if probs else ""))
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -121,12 +164,43 @@ def _finished(model: Model) -> Optional[dict]:
     return json.loads(marker.read_text()) if marker.exists() else None
 
 
+def _running_elsewhere(model: Model) -> bool:
+    """A training of this run folder started by an earlier runner and still alive (adopted, not restarted)."""
+    needle = b"\0".join([b"--output-dir", str(model.run).encode(), b""])
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (proc / "cmdline").read_bytes() + b"\0":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class _Adopted:
+    """Stands in for the Popen of a training an earlier runner started."""
+
+    def __init__(self, model: Model):
+        self.model, self.t0, self.returncode = model, time.time(), None
+
+    def poll(self):
+        if _running_elsewhere(self.model):
+            return None
+        from CGCLesionSegLib.checkpoint import read_checkpoint
+        ok = (self.model.run / "last.pt").exists()
+        self.returncode = 0 if ok else 1
+        if ok:
+            self.t0 = time.time() - float(read_checkpoint(self.model.run / "last.pt").get("extra", {}).get("elapsed_s", 0))
+        return self.returncode
+
+
 def _start(model: Model, stage: dict, threads: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "CGCTraining", "--cases", str(_listing(model)), "--modalities", *model.modalities,
            "--output-dir", str(model.run), "--steps", str(stage["steps"]), "--max-minutes", str(stage["max_minutes"]),
            "--seed", str(model.seed), "--progress", "none", "--device", "cpu", *model.args]
     if (model.run / "last.pt").exists():
         cmd.append("--resume")  # an interrupted session: continue where the checkpoint stands
+    elif model.parent is not None:
+        cmd += ["--init-from", str(model.parent.run / "last.pt")]  # self-training: round 2 starts from round 1
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     model.run.parent.mkdir(parents=True, exist_ok=True)
     log = open(model.run.parent / f"{model.run.name}.log", "a")
@@ -142,11 +216,22 @@ def train_all(models: list[Model], stage: dict, jobs: int) -> None:
     pending = [m for m in models if _finished(m) is None]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     running: list[tuple[Model, subprocess.Popen]] = []
+    for m in list(pending):
+        if _running_elsewhere(m):
+            print(f"adopting the running training {m.key}", file=sys.stderr)
+            pending.remove(m)
+            running.append((m, _Adopted(m)))
     while pending or running:
-        while pending and len(running) < jobs:
-            m = pending.pop(0)
-            print(f"training {m.key}", file=sys.stderr)
+        while len(running) < jobs:
+            ready = [m for m in pending if m.parent is None or _finished(m.parent) is not None]
+            if not ready:
+                break
+            m = ready[0]
+            pending.remove(m)
+            print(f"training {m.key}" + (f" on pseudo-labels of {m.parent.key}" if m.parent else ""), file=sys.stderr)
             running.append((m, _start(m, stage, threads)))
+        if not running and pending:
+            raise SystemExit(f"cannot train {', '.join(m.key for m in pending)}: their round-1 models are missing")
         time.sleep(5)
         for m, proc in list(running):
             if proc.poll() is None:

@@ -83,3 +83,16 @@ def test_report_lists_every_column_difference_and_the_winner():
     for a, b, _ in protocol.DIFFERENCES:
         assert f"| {a} − {b} | " in text
     assert "**`v`**" in text and "`--tau 0.1`" in text and "**2 mm**" in text and "HD95" in text
+
+
+def test_self_training_variant_depends_on_its_round_one(tmp_path):
+    for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1"])):
+        for n in names:
+            (tmp_path / group / n).mkdir(parents=True)
+    proto = protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v1.toml")
+    models = protocol.plan(proto, "screen", tmp_path, tmp_path / "work", tmp_path / "results", [])
+    st = [m for m in models if m.variant == "robust-st"]
+    assert len(st) == 2 and len(models) == 6
+    for m in st:
+        assert m.parent is not None and m.parent.variant == "robust" and m.parent in models
+        assert (m.parent.fold, m.parent.seed) == (m.fold, m.seed) and m.parent.test == m.test
