@@ -289,12 +289,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from CGCLesionSegLib.image_io import GeometryMismatchError, ImageIOError
     from CGCLesionSegLib.progress import Cancelled
     prog = parser.prog
+    lock = None
     try:
         from CGCTraining.data import discover_cases
         from CGCTraining.train import train
         args = apply_stored_args(parser, argv, args)
         train_cfg, net_cfg, gmm_cfg = configs_from_args(args)
+        _check_run_folder_outside_cases(args.output_dir, args.cases)
         cases = discover_cases(args.cases, train_cfg.modalities)
+        if int(os.environ.get("RANK", "0")) == 0:  # before anything is written there (train() takes it again)
+            from CGCTraining.run_lock import acquire_run_lock
+            lock = acquire_run_lock(args.output_dir)
         if not args.resume:
             _store_args(args)
         result = train(cases, train_cfg, net_cfg, args.output_dir, gmm_config=gmm_cfg,
@@ -310,6 +315,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (Cancelled, KeyboardInterrupt) as exc:
         print(f"{prog}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk or a file-size limit while writing the cache, the log, ...
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"{prog}: error: could not write in {args.output_dir}{where}: {exc.strerror or exc}. Check the free "
+              "space (and any file-size limit) of the folder; the last checkpoint there is intact and --resume "
+              "continues it", file=sys.stderr)
+        return 2
     except MemoryError as exc:  # host RAM (numpy, the P cache)
         print(f"{prog}: error: out of memory ({exc or 'MemoryError'}). {_oom_advice(args)}", file=sys.stderr)
         return 2
@@ -319,7 +330,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{prog}: error: out of memory on the {'GPU' if 'CUDA' in str(exc) else 'device'} "
               f"({str(exc).splitlines()[0][:160]}). {_oom_advice(args)}", file=sys.stderr)
         return 2
+    finally:
+        if lock is not None:
+            lock.release()
+    if result.signal is not None:  # stopped by SIGTERM/SIGINT: the checkpoint is intact, the run is not done
+        return 128 + int(result.signal)
     return 0 if result.step > 0 or result.total_steps == 0 else 1
+
+
+def _check_run_folder_outside_cases(output_dir, cases) -> None:
+    """The run folder may not be the cases folder or inside it: its cache/ (and the run itself) would be
+    taken for a case by the next run. ValueError."""
+    cases_dir = Path(cases).resolve()
+    if not cases_dir.is_dir():
+        return
+    run = Path(output_dir).resolve()
+    if run == cases_dir or cases_dir in run.parents:
+        raise ValueError(f"--output-dir {output_dir} is {'the' if run == cases_dir else 'inside the'} --cases folder "
+                         f"{cases}; its cache/ would be taken for a case. Choose a run folder outside the cases")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

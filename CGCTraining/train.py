@@ -48,6 +48,9 @@ class TrainResult:
     stopped_early: bool
     last_loss: Optional[float]
     elapsed_s: float
+    #: The signal (SIGTERM/SIGINT number) that stopped the run after a clean checkpoint; None otherwise.
+    #: A run stopped by a signal is not complete: the command line exits 128 + signal.
+    signal: Optional[int] = None
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -126,7 +129,37 @@ def _init_from(model: torch.nn.Module, path: Path, net_config: NetConfig, channe
         raise ValueError(f"{path}: its network configuration differs from this run's; fine-tuning needs the same architecture")
     if list(ckpt["channels"]) != list(channels):
         raise ValueError(f"{path} was trained on {ckpt['channels']}, this run uses {channels}")
+    _load_weights(model, ckpt, net_config, path)
+
+
+def _load_weights(model: torch.nn.Module, ckpt: dict, net_config: NetConfig, path: Path, optimizer=None) -> None:
+    """Weights (and optimizer state) of a checkpoint into this run's network: names, shapes and finite
+    values are checked first, so a damaged or edited file is one clear error, not a traceback."""
+    from CGCLesionSegLib.checkpoint import check_state_dict
+    check_state_dict(ckpt["model"], net_config, path)
     model.load_state_dict(ckpt["model"])
+    if optimizer is not None and ckpt.get("optimizer"):
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"{path}: its optimizer state does not fit this run's network ({str(exc)[:160]}); "
+                             "the file is damaged, or start a new run in another --output-dir") from exc
+
+
+def _take_run_lock(out: Path, info: dd.DistInfo, dev: torch.device):
+    """Rank 0 takes ``RUN_DIR/run.lock`` (see :mod:`CGCTraining.run_lock`); every rank learns whether it
+    did, so a refused run stops on all ranks at once. Returns the lock (rank 0) or None."""
+    from .run_lock import RunLockError, acquire_run_lock
+    lock, error = None, None
+    if info.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = acquire_run_lock(out)
+        except RunLockError as exc:
+            error = exc
+    if dd.any_rank(error is not None, info, dev):
+        raise error or RunLockError(f"{out} is in use by another training (see rank 0's message)")
+    return lock
 
 
 @torch.no_grad()
@@ -213,10 +246,16 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
     info = dd.from_env()
     dev = pick_device(device, info.local_rank)
     dd.init(info, dev)
+    lock = None
     try:
+        # One training per run folder: a second one is refused at once; a lock whose process is gone
+        # (kill -9) is free again, so --resume after a crash works.
+        lock = _take_run_lock(Path(output_dir), info, dev)
         return _train(cases, train_cfg, net_config, Path(output_dir), gmm_config, normalization, spacing_xyz,
                       resume, dev, progress, record_samples, should_stop, info, t_start, init_checkpoint)
     finally:
+        if lock is not None:
+            lock.release()
         dd.cleanup()
 
 
@@ -260,11 +299,20 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
             ckpt = read_checkpoint(last, map_location=dev)
             _check_resume_compatible(ckpt, net_config, train_cfg, channels, settings, last)
             # With EMA on, "model" holds the averaged weights and "train_model" the raw ones.
+            from CGCLesionSegLib.checkpoint import check_state_dict
+            if ckpt.get("train_model") is not None:
+                check_state_dict(ckpt["train_model"], net_config, last, "raw (non-averaged) weights")
+            _load_weights(model, {"model": ckpt["model"]}, net_config, last)  # checked, and loaded if no raw ones
             model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
             if train_cfg.ema > 0:
                 ema_state = {k: v.detach().to(dev).clone() for k, v in ckpt["model"].items()}
             if ckpt.get("optimizer"):
-                optimizer.load_state_dict(ckpt["optimizer"])
+                try:
+                    optimizer.load_state_dict(ckpt["optimizer"])
+                except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                    raise ValueError(f"--resume: the optimizer state in {last} does not fit this run's network "
+                                     f"({str(exc)[:160]}); the file is damaged — start a new run in another "
+                                     "--output-dir") from exc
             start_step = int(ckpt["step"])
             del ckpt
 
@@ -292,13 +340,18 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                     "steps_per_epoch": spe, "total_steps": total}
 
         saved = {"step": start_step if resume else None}
+        # What `--postprocess auto` uses with this model: the fine-tuned model's rule, else "none" (the
+        # paper's output; multi-focal lesions are kept).
+        from CGCLesionSegLib.checkpoint import default_output_rule
+        output_rule = default_output_rule(init_checkpoint) if init_checkpoint is not None else "none"
 
         def checkpoint(step: int) -> None:
             saved["step"] = step
             if not info.is_main:
                 return
             ckpt = build_checkpoint(model, net_config, channels, settings, tcfg_dict, optimizer, step,
-                                    epoch=step // spe, extra={**run_meta, "elapsed_s": round(time.monotonic() - t_start, 1)})
+                                    epoch=step // spe, extra={**run_meta, "elapsed_s": round(time.monotonic() - t_start, 1)},
+                                    default_output_rule=output_rule)
             if ema_state is not None:  # inference reads "model": give it the averaged weights
                 ckpt["train_model"] = ckpt["model"]
                 ckpt["model"] = {k: v.detach().cpu().clone() for k, v in ema_state.items()}
@@ -320,6 +373,7 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
             if signum == getattr(signal, "SIGINT", None) and stop_requested["flag"]:
                 raise KeyboardInterrupt
             stop_requested["flag"] = True
+            stop_requested["signum"] = signum
             if signum == getattr(signal, "SIGINT", None):
                 print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)", file=sys.stderr)
 
@@ -399,7 +453,18 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                 json.dump({"step": step, "sum": float(digest.sum()), "abs_sum": float(digest.abs().sum()),
                            "first": [float(v) for v in digest[:16]]}, fh)
         elapsed = time.monotonic() - t_start
-        if info.is_main:
+        stopped_by = stop_requested.get("signum")
+        if info.is_main and stopped_by is not None:
+            # Stopped by a signal: the checkpoint is intact, but the run is not complete (exit 128 + signal).
+            name = signal.Signals(stopped_by).name
+            if json_mode:
+                emit_json("stopped", signal=name, checkpoint=str(last), step=step, total_steps=total,
+                          elapsed_s=round(elapsed, 1))
+            else:
+                reporter.close()
+            print(f"stopped by {name} at step {step}/{total}; {last} holds step {step}, continue with --resume",
+                  file=sys.stderr)
+        elif info.is_main:
             summary = {"checkpoint": str(last), "step": step, "total_steps": total, "stopped_early": stopped_early,
                        "loss": last_loss, "elapsed_s": round(elapsed, 1),
                        "steps_per_s": round((step - start_step) / max(time.monotonic() - t_loop, 1e-9), 4)}
@@ -410,6 +475,6 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                 why = " (time budget reached)" if stopped_early else ""
                 print(f"trained to step {step}/{total}{why}; model: {last}", file=sys.stderr)
         dd.barrier(info)
-        return TrainResult(last, step, total, stopped_early, last_loss, elapsed)
+        return TrainResult(last, step, total, stopped_early, last_loss, elapsed, stopped_by)
     finally:
         reporter.close()

@@ -19,6 +19,18 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .inputs import order_inputs
+from .progress import Cancelled
+
+
+class StoppedBySignal(Cancelled):
+    """Adaptation was stopped by SIGTERM/SIGINT: nothing may be segmented with the half-adapted model.
+    ``exit_code`` is 128 + the signal number (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} during --adapt; nothing was segmented or written")
+        self.exit_code = 128 + int(signum)
 
 
 @dataclass(frozen=True)
@@ -98,4 +110,6 @@ def adapt_to_case(pairs: Sequence[tuple[Optional[str], str]], mask_path: Optiona
                             seed=config.seed, workers=0, checkpoint_every=1_000_000)
     result = train([case], train_cfg, net_config, run, gmm_config=gmm_config, normalization=normalization,
                    spacing_xyz=spacing, device=config.device, progress=progress, init_checkpoint=base_path)
+    if getattr(result, "signal", None) is not None:
+        raise StoppedBySignal(result.signal)
     return Path(result.checkpoint)

@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Cancelled as exc:
         print(f"cgcseg {args.command}: {exc}", file=sys.stderr)
-        return 130
+        return int(getattr(exc, "exit_code", 130))  # 143 after SIGTERM (see adapt.StoppedBySignal)
     except KeyboardInterrupt:
         print(f"cgcseg {args.command}: interrupted", file=sys.stderr)
         return 130
