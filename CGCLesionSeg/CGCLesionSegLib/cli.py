@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = SPLIT_HINT if "has 4 dimensions" in str(exc) and args.command != "split4d" else ""
         print(f"cgcseg {args.command}: error: {str(exc).rstrip('.') if hint else exc}{hint}", file=sys.stderr)
         return 2
+    except Cancelled as exc:  # before RuntimeError, of which it is a kind
+        print(f"cgcseg {args.command}: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))  # 143 after SIGTERM (see adapt.StoppedBySignal)
     except (MemoryError, OSError, RuntimeError) as exc:
         oom = isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
         if isinstance(exc, RuntimeError) and not oom:
@@ -85,9 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cgcseg {args.command}: error: {'out of memory' if oom else ''}{detail if oom else exc}{hint}",
               file=sys.stderr)
         return 2
-    except Cancelled as exc:
-        print(f"cgcseg {args.command}: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 130))  # 143 after SIGTERM (see adapt.StoppedBySignal)
     except KeyboardInterrupt:
         print(f"cgcseg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ from .config import config_from_dict, xyz_to_zyx
 from .image_io import Geometry
 from .preprocess import NormalizationConfig, default_brain_mask, normalize_channels, validate_channels
 from .progress import ProgressCallback, StopCallback, call_progress, check_stop
-from .resample import grid_for_spacing, resample_to_grid, same_spacing
+from .resample import check_work_grid, grid_for_spacing, resample_to_grid, same_spacing
 from .sliding_window import brain_bounding_box, sliding_window_probability
 
 
@@ -246,10 +246,13 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     work_geometry, work_channels, work_brain = geometry, channels, brain
     if spacing is not None and not same_spacing(geometry.spacing, spacing):
         work_geometry = grid_for_spacing(geometry, spacing)
+        check_work_grid(geometry, work_geometry)  # before allocating it: a wrong header spacing is one clear error
         work_channels = [resample_to_grid(c, geometry, work_geometry, "linear") for c in channels]
         work_brain = resample_to_grid(brain.astype(np.uint8), geometry, work_geometry, "nearest") > 0
         if not work_brain.any():
-            raise ValueError("the brain mask vanished after resampling to the model spacing; check the mask")
+            raise ValueError(f"the brain mask vanished after resampling to the model spacing "
+                             f"{'×'.join(f'{v:g}' for v in spacing)} mm (grid {'×'.join(map(str, work_geometry.shape_xyz))}); "
+                             "check the mask and the spacing in the image header")
     norm_cfg = config_from_dict(NormalizationConfig, pre["normalization"]) if pre.get("normalization") else NormalizationConfig()
     image = normalize_channels(work_channels, work_brain, norm_cfg)
     box = brain_bounding_box(work_brain, config.margin_voxels)

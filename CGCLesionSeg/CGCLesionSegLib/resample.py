@@ -43,6 +43,29 @@ def grid_for_spacing(geometry: Geometry, spacing_xyz: Sequence[float]) -> Geomet
                     geometry.origin, geometry.direction)
 
 
+#: Largest grid inference resamples to (voxels): 4 float32 channels of it take about 3 GB.
+MAX_WORK_VOXELS = 200_000_000
+#: Smallest size along any axis of that grid: fewer voxels mean a spacing that cannot be right.
+MIN_WORK_AXIS = 4
+
+
+def check_work_grid(source: Geometry, target: Geometry, what: str = "the model's spacing") -> None:
+    """Refuse (ValueError, with the numbers) a resampled grid too large to allocate or too small to hold
+    a brain — both come from a wrong spacing in an image header or a checkpoint, and would otherwise
+    end in "Failed to allocate memory" or an empty brain mask."""
+    n = int(np.prod([int(v) for v in target.shape_zyx], dtype=np.float64))
+    src = "×".join(f"{v:g}" for v in source.spacing)
+    dst = "×".join(f"{v:g}" for v in target.spacing)
+    size = "×".join(str(v) for v in target.shape_xyz)
+    if n > MAX_WORK_VOXELS:
+        raise ValueError(f"the input's spacing {src} mm resampled to {what} {dst} mm gives a grid of {size} = {n:,} "
+                         f"voxels; the limit is {MAX_WORK_VOXELS:,}. Check the spacing in the image header (and the "
+                         "model's)")
+    if min(target.shape_zyx) < MIN_WORK_AXIS:
+        raise ValueError(f"the input's spacing {src} mm resampled to {what} {dst} mm gives a grid of {size} voxels; "
+                         f"at least {MIN_WORK_AXIS} are needed along every axis. Check the spacing in the image header")
+
+
 def resample_to_grid(array_zyx: np.ndarray, geometry: Geometry, target: Geometry,
                      interpolation: str = "linear", default_value: float = 0.0) -> np.ndarray:
     """Resample ``array_zyx`` (on ``geometry``) onto ``target``; returns a ``(z, y, x)`` array of

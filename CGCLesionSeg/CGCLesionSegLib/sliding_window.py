@@ -18,6 +18,10 @@ import torch
 from .progress import ProgressCallback, StopCallback, call_progress, check_stop
 
 
+#: More windows than this is a setting mistake (e.g. --window 16 16 16 --overlap 0.99), not a plan.
+MAX_WINDOWS = 10_000
+
+
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
     """Start offsets along one axis; consecutive windows overlap by ``overlap`` of ``window``."""
     if window <= 0 or not 0.0 <= overlap < 1.0:
@@ -56,8 +60,14 @@ def sliding_window_probability(predict_fn: Callable[[torch.Tensor], torch.Tensor
     weight = gaussian_weight(window, sigma_scale).to(image.device)
     acc = torch.zeros(shape, dtype=torch.float32, device=image.device)
     norm = torch.zeros(shape, dtype=torch.float32, device=image.device)
-    starts = list(itertools.product(*(window_starts(s, w, overlap) for s, w in zip(shape, window))))
-    total = len(starts)
+    per_axis = [window_starts(s, w, overlap) for s, w in zip(shape, window)]
+    total = int(np.prod([len(a) for a in per_axis], dtype=np.float64))
+    if total > MAX_WINDOWS:
+        raise ValueError(f"--window {' '.join(str(w) for w in reversed(window))} with --overlap {overlap:g} needs "
+                         f"{total:,} windows ({' × '.join(str(len(a)) for a in reversed(per_axis))}, x × y × z) over "
+                         f"this {' × '.join(str(s) for s in reversed(shape))} volume; the limit is {MAX_WINDOWS:,}. "
+                         "Use a larger --window or a smaller --overlap (e.g. leave both at their defaults)")
+    starts = list(itertools.product(*per_axis))
     for b0 in range(0, total, batch_size):
         check_stop(should_stop)
         chunk = starts[b0:b0 + batch_size]
