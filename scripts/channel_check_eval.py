@@ -96,6 +96,27 @@ def evaluate(group: str, cases, mods) -> dict:
     return rows
 
 
+def subsets_summary(group: str, cases) -> None:
+    """Two or three inputs (e.g. FLAIR + T2): correct naming quiet? each swap flagged?"""
+    print(f"\n{group}, subsets of the inputs (intensity check alone):\n")
+    loaded = [load_case(d, MODS) for d in cases]
+    for k in (2, 3):
+        for subset in itertools.combinations(range(len(MODS)), k):
+            names = [MODS[i] for i in subset]
+            quiet, swaps = 0, {}
+            for ch, _, mask in loaded:
+                chans = [ch[i] for i in subset]
+                quiet += cc.check_channels(chans, names, None, mask).ok
+                for a, b in itertools.combinations(range(k), 2):
+                    perm = list(names)
+                    perm[a], perm[b] = perm[b], perm[a]
+                    key = f"{names[a]}<->{names[b]}"
+                    swaps[key] = swaps.get(key, 0) + (not cc.check_channels(chans, perm, None, mask).ok)
+            n = len(loaded)
+            print(f"- {'+'.join(names)}: correct quiet {quiet}/{n}; " +
+                  ", ".join(f"{key} flagged {v}/{n}" for key, v in swaps.items()))
+
+
 def table(group: str, rows: dict) -> None:
     print(f"\n### {group}\n")
     cols = list(next(iter(rows.values())).keys())
@@ -137,7 +158,10 @@ def main() -> int:
         return 0
     print(f"channel check: margin {cc.MARGIN}, tail {cc.TAIL}")
     table("brats (tuning)", evaluate("brats", brats, MODS))
-    table("unlabelled (validation)", evaluate("unlabelled", sorted((root / "unlabelled").iterdir()), MODS))
+    subsets_summary("brats", brats)
+    unlabelled = sorted(p for p in (root / "unlabelled").iterdir() if p.is_dir())
+    table("unlabelled (validation)", evaluate("unlabelled", unlabelled, MODS))
+    subsets_summary("unlabelled", unlabelled)
     table("ms_isbi2015 (validation, FLAIR only)",
           evaluate("ms", sorted((root / "ms_isbi2015").iterdir()), ("flair",)))
     return 0

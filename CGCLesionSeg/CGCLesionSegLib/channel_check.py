@@ -159,14 +159,25 @@ def naming_misfit(hi: np.ndarray, lo: np.ndarray, names: Sequence[str],
     return float(np.mean(terms))
 
 
+def comparable(names: Sequence[str], perm: Sequence[str]) -> bool:
+    """Whether the signature can judge ``perm`` against ``names``. Without a T2 input, FLAIR cannot be
+    told from T1/T1ce (CSF is dark in all three and T2 is what marks FLAIR's bright voxels as lesion):
+    on the BraTS tuning cases the right naming and the FLAIR <-> T1/T1ce swap differed by only
+    0.03-0.53 there, about the margin. So without T2 FLAIR stays where it was named."""
+    if "t2" in names:
+        return True
+    return all((a == "flair") == (b == "flair") for a, b in zip(names, perm))
+
+
 def best_alternative(hi: np.ndarray, lo: np.ndarray, names: Sequence[str],
                      profile: dict = PROFILE) -> tuple[float, float, tuple[str, ...]]:
     """``(misfit of names, misfit of the best other assignment, that assignment)``: every
-    permutation of ``names`` over the same channels is tried."""
+    permutation of ``names`` over the same channels that :func:`comparable` allows is tried
+    (best misfit ``inf`` when none is)."""
     given = naming_misfit(hi, lo, names, profile)
     best, best_names = np.inf, tuple(names)
     for perm in itertools.permutations(names):
-        if tuple(perm) == tuple(names):
+        if tuple(perm) == tuple(names) or not comparable(names, perm):
             continue
         m = naming_misfit(hi, lo, perm, profile)
         if m < best:
@@ -228,6 +239,9 @@ def check_channels(channels_zyx: Sequence[np.ndarray], names: Sequence[Optional[
             return result
         used = [names[i] for i in known]
         given, best, best_names = best_alternative(hi, lo, used)
+        if not np.isfinite(best):
+            result.details["intensity"] = {"skipped": "FLAIR and T1/T1ce cannot be told apart without a T2 input"}
+            return result
         flagged = given - best > MARGIN
         result.details["intensity"] = {"names": used, "misfit": round(given, 3),
                                        "best_other": list(best_names), "best_other_misfit": round(best, 3),

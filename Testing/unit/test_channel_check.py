@@ -126,3 +126,14 @@ def test_ms_flairs_named_flair_do_not_warn():
     for case in _cases("ms_isbi2015")[:2]:
         ch, paths = _read(case, ["flair"])
         assert cc.check_channels(ch, ["flair"], paths).ok
+
+
+def test_without_t2_flair_is_not_judged_against_t1():
+    ph = make_phantom(seed=0)
+    ch = dict(zip(ph.modalities, ph.channel_list()))
+    check = cc.check_channels([ch["t1"], ch["flair"]], ["flair", "t1"], None, ph.brain_mask)
+    assert check.ok and "without a T2" in check.details["intensity"]["skipped"]
+    # T1 <-> T1ce is still judged in a FLAIR + T1 + T1ce set (FLAIR stays in place).
+    assert cc.comparable(["flair", "t1", "t1ce"], ["flair", "t1ce", "t1"])
+    assert not cc.comparable(["flair", "t1", "t1ce"], ["t1", "flair", "t1ce"])
+    assert cc.comparable(["flair", "t1", "t2"], ["t1", "flair", "t2"])
