@@ -148,7 +148,6 @@ def run(args: argparse.Namespace) -> int:
     from ..inputs import parse_input_specs
     from ..postprocess import binarize
     from ..channel_check import check_and_warn
-    from ..inputs import names_in_order
     from ..output_probe import probe_writable
     from ..progress import ProgressReporter, emit_json
     from ..sidecar import sidecar_path, write_sidecar
@@ -179,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         mask_img = read_image(args.mask, dtype=None)
         check_same_grid(ref_geom, mask_img.geometry, names[0], "--mask")
         mask = mask_img.array_zyx
-    check = check_and_warn([im.array_zyx for im in images], names_in_order([n for n, _ in specs]), paths, mask,
+    # gmm gives unnamed inputs no modality (only the first is the reference), so only named ones are checked.
+    check = check_and_warn([im.array_zyx for im in images], [n for n, _ in specs], paths, mask,
                            strict=args.strict, progress_mode=args.progress)
 
     reporter = ProgressReporter(args.progress, description="gmm")
