@@ -7,8 +7,6 @@ import pytest
 from CGCLesionSegLib import channel_check as cc
 from CGCLesionSegLib.phantom import make_phantom
 
-from conftest import SHARED_DATA
-
 MODS = ["flair", "t1", "t1ce", "t2"]
 
 
@@ -94,8 +92,8 @@ def test_one_channel_gets_only_the_file_name_check():
     assert not check.ok  # the file name still says t1
 
 
-def _cases(group):
-    root = SHARED_DATA / group
+def _cases(shared_data, group):
+    root = shared_data / group
     if not root.is_dir():
         pytest.skip(f"real data not found at {root} (set CGC_SHARED_DATA or place ../shared/data beside the checkout)")
     return sorted(d for d in root.iterdir() if d.is_dir())
@@ -108,10 +106,10 @@ def _read(case, mods):
 
 
 @pytest.mark.slow
-def test_validation_cases_swaps_flagged_correct_quiet():
+def test_validation_cases_swaps_flagged_correct_quiet(shared_data):
     """The thresholds were set on brats/; on unlabelled/ (not used for tuning) every FLAIR/T1/T2 swap
     is flagged by the intensity signature alone and no correct naming warns, also after z-scoring."""
-    for case in _cases("unlabelled"):
+    for case in _cases(shared_data, "unlabelled"):
         ch, paths = _read(case, MODS)
         assert cc.check_channels(ch, MODS, paths).ok, case.name
         assert cc.check_channels([(c - c.mean()) / c.std() for c in ch], MODS, paths).ok, case.name
@@ -122,8 +120,8 @@ def test_validation_cases_swaps_flagged_correct_quiet():
             assert len(by_name.warnings) == 2, (case.name, a, b)
 
 
-def test_ms_flairs_named_flair_do_not_warn():
-    for case in _cases("ms_isbi2015")[:2]:
+def test_ms_flairs_named_flair_do_not_warn(shared_data):
+    for case in _cases(shared_data, "ms_isbi2015")[:2]:
         ch, paths = _read(case, ["flair"])
         assert cc.check_channels(ch, ["flair"], paths).ok
 
