@@ -237,7 +237,7 @@ def check_nifti_complete(path: str | os.PathLike, check_memory: bool = True) -> 
         try:
             with gzip.open(path, "rb") as fh:
                 while True:
-                    block = fh.read(1 << 22)
+                    block = fh.read(1 << 16)
                     if not block:
                         break
                     total += len(block)

@@ -159,3 +159,17 @@ def test_full_disk_in_cohort_mode_leaves_no_final_file_and_resumes(cohort, tmp_p
     assert not out.exists() or list(out.iterdir()) == []
     assert main(_args(cohort, cohort["cases"], out)) == 0
     assert len(list(out.glob("*_probability.nii.gz"))) == 2
+
+
+def test_full_disk_in_single_mode_fails_and_keeps_the_good_files(cohort, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    args = ["segment", "--input", f"flair={_flair(cohort)}", "--output", str(out), "--probability-output",
+            str(tmp_path / "prob.nii.gz"), "--model", str(cohort["model"]), "--device", "cpu", "--progress", "none"]
+    r = run_with_file_size_limit(args, 8_000)
+    assert r.returncode == 2 and "free space" in r.stderr and "lesion volume" not in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []  # no file under a final name, no temporary left
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    r = run_with_file_size_limit(args + ["--threshold", "0.3"], 8_000)
+    assert r.returncode == 2, r.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the good files were not replaced

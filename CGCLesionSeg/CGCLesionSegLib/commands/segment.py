@@ -291,10 +291,10 @@ def check_case_name(name, where: str) -> str:
         why = "it is empty"
     else:
         name = str(name)
-        if name in (".", "..") or name.startswith("."):
-            why = "it starts with a dot"
-        elif any(c in name for c in "/\\") or os.path.isabs(name):
+        if any(c in name for c in "/\\") or os.path.isabs(name):
             why = "it contains a folder separator"
+        elif name in (".", "..") or name.startswith("."):
+            why = "it starts with a dot"
         elif any(ord(c) < 32 or c in ':*?"<>|' for c in name):
             why = "it contains a control character or one of : * ? \" < > |"
         elif name != name.strip():
