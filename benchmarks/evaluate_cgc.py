@@ -169,6 +169,9 @@ def main(argv=None) -> int:
                     "arguments after -- go to every training")
     ap.add_argument("--stage", default="screen", help="stage of --protocol (default screen)")
     ap.add_argument("--tag", help="with --protocol: keep runs and results apart (e.g. for extra training arguments)")
+    ap.add_argument("--score-available", action="store_true",
+                    help="with --protocol: score the models that have finished (kept beside them), train nothing, "
+                         "write no report")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv

@@ -484,10 +484,13 @@ def run(args, extra: list) -> int:
     data = Path(args.data)
     models = plan(proto, args.stage, data, work, results_dir, extra)
     print(f"{len(models)} models in stage {args.stage}: " + ", ".join(m.key for m in models), file=sys.stderr)
-    if not args.score_only:
+    if not args.score_only and not args.score_available:
         train_all(models, stage, int(args.jobs or proto.get("jobs", 1)))
     missing = [m.key for m in models if _finished(m) is None]
-    if missing:
+    if missing and args.score_available:
+        models = [m for m in models if _finished(m) is not None]
+        print(f"scoring the {len(models)} finished models only (not yet: {', '.join(missing)})", file=sys.stderr)
+    elif missing:
         raise SystemExit(f"not trained yet: {', '.join(missing)}; run without --score-only")
     cases = {d.name: CaseData(d) for d in _case_dirs(data / proto["labelled"])}
     rows, sigmas = [], {}
@@ -499,10 +502,27 @@ def run(args, extra: list) -> int:
         gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
         train_labelled = [cases[c.name] for c in m.train if c.name in cases]
         skey = f"{'-'.join(m.modalities)} fold {m.fold}"
+        sigma_file = work / f"sigma-{'-'.join(m.modalities)}-fold{m.fold}.json"  # shared by the stage's models
+        if skey not in sigmas and sigma_file.exists():
+            sigmas[skey] = {k: (v if k != "scores" else {float(a): b for a, b in v.items()})
+                            for k, v in json.loads(sigma_file.read_text()).items()}
         if skey not in sigmas:
             s, scores = choose_sigma(train_labelled, list(m.modalities), gmm_cfg, [float(v) for v in proto["smoothing_sigmas_mm"]])
             sigmas[skey] = {"sigma": s, "scores": scores}
-        rows += score_model(m, cases, sigmas[skey]["sigma"])
+            sigma_file.write_text(json.dumps(sigmas[skey]))
+        # Scores are kept beside the model, so a later pass (or the final one) does not redo them.
+        score_file = m.run / "scores.json"
+        stamp = {"sigma": sigmas[skey]["sigma"], "step": info.step}
+        saved = json.loads(score_file.read_text()) if score_file.exists() else None
+        if saved and saved.get("stamp") == stamp:
+            rows += saved["rows"]
+        else:
+            new = score_model(m, cases, sigmas[skey]["sigma"])
+            score_file.write_text(json.dumps({"stamp": stamp, "rows": new}, default=str))
+            rows += new
+    if args.score_available:
+        print(json.dumps(summarise(rows, proto), indent=1, default=str)[:4000])
+        return 0
     summary = summarise(rows, proto)
     winner = pick_winner(summary, stage) if "winner_rule" in stage else None
     finished = {m.key: _finished(m) for m in models}
