@@ -254,7 +254,7 @@ def test_cancel_training_through_a_launcher_keeps_the_checkpoint(mrml, logic, tm
     make_cohort(tmp_path / "cases", 1, seed=0, shape_xyz=(64, 64, 32))
     run = tmp_path / "run"
     recorder = Recorder()
-    controller = recorder.controller(stopGraceSeconds=60.0)
+    controller = recorder.controller(stopGraceSeconds=300.0)  # generous: CI machines may be loaded
     job = logic.prepareTrainJob(str(tmp_path / "cases"), str(run), tempBase=str(tmp_path / "slicer-temp"),
                                 modalities=["flair"], steps=100000, maxMinutes=3.0, crop=(48, 48, 32), device="cpu")
     assert "--stop-file" in job.command
@@ -264,13 +264,14 @@ def test_cancel_training_through_a_launcher_keeps_the_checkpoint(mrml, logic, tm
     pids = _pids(pid_file)
     # Wait for the first training step (progress events carry the step).
     _wait_for(lambda: any(p["message"].startswith("step") for p in recorder.progress) or not controller.busy,
-              120, "the first step", controller)
+              600, "the first step", controller)  # ~15 s on a quiet 2-core machine
     assert controller.busy, (recorder.finished, recorder.logs[-5:])
     t0 = time.time()
     assert controller.cancel() == "stopping"
-    _wait_for(lambda: not controller.busy, 90, "the clean stop", controller)
+    _wait_for(lambda: not controller.busy, 400, "the clean stop", controller)
     took = time.time() - t0
     assert recorder.finished[0] == ("stopped", "stopped (checkpoint kept)"), (recorder.finished, recorder.logs[-5:])
+    assert took < controller.stopGraceSeconds  # ended by the trainer itself, not by the kill after the bound
     checkpoint = read_checkpoint(run / "last.pt")
     assert checkpoint["step"] >= 1
     assert not any(_alive(p) for p in pids)
