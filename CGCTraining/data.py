@@ -243,6 +243,11 @@ def prepare_case(spec: CaseSpec, cache_dir: str | os.PathLike, settings: dict,
         prob = pimg.array_zyx.astype(np.float32)
         if not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1:
             raise ValueError(f"case {spec.name}: the precomputed P {spec.prob} must lie in [0, 1]")
+    if settings.get("orientation"):  # the voxel order inference uses too (CGCLesionSegLib.orientation)
+        from CGCLesionSegLib.orientation import Reorientation
+        turn = Reorientation(geometry, settings["orientation"])
+        channels = [turn.forward(c) for c in channels]
+        mask, prob, geometry = turn.forward(mask), turn.forward(prob), turn.geometry
     spacing = settings.get("spacing_xyz")
     if spacing is not None:
         from CGCLesionSegLib.resample import grid_for_spacing, resample_to_grid, same_spacing

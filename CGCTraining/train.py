@@ -64,23 +64,35 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
-def read_spacing_xyz(path: str) -> tuple[float, float, float]:
-    """Spacing of an image from its header only (cheap)."""
+def read_spacing_xyz(path: str, orientation: Optional[str] = None) -> tuple[float, float, float]:
+    """Spacing of an image from its header only (cheap); with ``orientation``, in the axis order of the
+    image reoriented to it (see :mod:`CGCLesionSegLib.orientation`)."""
     import SimpleITK as sitk
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
-    return tuple(float(s) for s in reader.GetSpacing())  # type: ignore[return-value]
+    spacing = tuple(float(s) for s in reader.GetSpacing())
+    if orientation:
+        from CGCLesionSegLib.orientation import orientation_of, reorient
+        from CGCLesionSegLib.image_io import Geometry
+        geom = Geometry((1, 1, 1), spacing, tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+        if orientation_of(geom) != orientation:
+            spacing = tuple(reorient(np.zeros((1, 1, 1), np.uint8), geom, orientation)[1].spacing)
+    return spacing  # type: ignore[return-value]
 
 
 def preprocessing_settings(modalities: Sequence[str], gmm_config, normalization: NormalizationConfig,
-                           spacing_xyz: Optional[Sequence[float]]) -> dict:
-    """What inference must reproduce; also the cache key of every prepared case."""
+                           spacing_xyz: Optional[Sequence[float]], orientation: Optional[str] = None) -> dict:
+    """What inference must reproduce; also the cache key of every prepared case. ``orientation``: the
+    voxel order every case is reoriented to before P and the crops (recorded so inference does the same)."""
     from CGCLesionSegLib.gmm import config_to_dict as gmm_to_dict
-    return {"modalities": list(modalities), "normalization": config_to_dict(normalization),
-            "gmm": gmm_to_dict(gmm_config) if gmm_config is not None else None,
-            "spacing_xyz": list(spacing_xyz) if spacing_xyz is not None else None,
-            "brain_mask": "ct_window" if getattr(gmm_config, "modality", "mri") == "ct" else "nonzero"}
+    out = {"modalities": list(modalities), "normalization": config_to_dict(normalization),
+           "gmm": gmm_to_dict(gmm_config) if gmm_config is not None else None,
+           "spacing_xyz": list(spacing_xyz) if spacing_xyz is not None else None,
+           "brain_mask": "ct_window" if getattr(gmm_config, "modality", "mri") == "ct" else "nonzero"}
+    if orientation:
+        out["orientation"] = orientation
+    return out
 
 
 def _gmm_prob_fn(gmm_config, modalities: Sequence[str]) -> Callable:
@@ -277,10 +289,14 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
     if not resume and last.exists():
         raise ValueError(f"{out} already holds a run ({LAST}); continue it with --resume or choose another --output-dir")
     out.mkdir(parents=True, exist_ok=True)
+    from CGCLesionSegLib.orientation import DEFAULT_ORIENTATION
+    orientation = DEFAULT_ORIENTATION
+    if resume and "orientation" not in (read_checkpoint(last).get("preprocessing") or {}):
+        orientation = None  # a run begun before orientations were recorded goes on as it began
     if spacing_xyz is None:
-        spacing_xyz = read_spacing_xyz(next(iter(cases[0].images.values())))
+        spacing_xyz = read_spacing_xyz(next(iter(cases[0].images.values())), orientation)
     channels = list(train_cfg.modalities)
-    settings = preprocessing_settings(channels, gmm_config, normalization, spacing_xyz)
+    settings = preprocessing_settings(channels, gmm_config, normalization, spacing_xyz, orientation)
     json_mode = progress == "json"
     reporter = ProgressReporter(progress if info.is_main else "none", description="training")
     try:

@@ -595,6 +595,19 @@ def write_report(attempts: list[Attempt], path: Path, seconds: float) -> None:
     path.write_text("\n".join(lines))
 
 
+def _attempts_from_log(path: Path) -> tuple[list[Attempt], float]:
+    """Attempts from the lines ``[outcome] item class: what (S s) — detail`` this script prints."""
+    import re
+    pattern = re.compile(r"^\[\s*(?P<outcome>[a-z ]+)\]\s+(?P<item>\d+) (?P<cls>[^:]+): (?P<what>.*) "
+                         r"\((?P<s>[\d.]+) s\) — (?P<detail>.*)$")
+    out = []
+    for line in path.read_text().splitlines():
+        m = pattern.match(line)
+        if m:
+            out.append(Attempt(int(m["item"]), m["cls"], m["what"], m["outcome"].strip(), m["detail"], float(m["s"])))
+    return out, sum(a.seconds for a in out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default=str(REPO / "docs" / "RELIABILITY.md"))
@@ -602,7 +615,13 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", metavar="GROUP",
                    help="run only these groups: full_disk truncated cohort_lists output_rule trainings signals "
                         "checkpoints inputs misc (no report is written)")
+    p.add_argument("--from-log", metavar="LOG", help="write the report from the printed lines of an earlier run")
     args = p.parse_args(argv)
+    if args.from_log:
+        attempts, total_s = _attempts_from_log(Path(args.from_log))
+        write_report(attempts, Path(args.output), total_s)
+        print(f"wrote {args.output} from {len(attempts)} attempts in {args.from_log}")
+        return 0
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cgc-red-team-"))
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()

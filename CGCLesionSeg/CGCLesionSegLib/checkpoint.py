@@ -39,6 +39,9 @@ KNOWN_MODEL_RULES = {
     "c1c5f7b854ef7e975afce329c2a0da1cc886066ff8efc56294dd3e9d339a921e": "single-lesion",  # cgc_flair.pt
     "52a426f60e16e068b9f008aea58460704ff81426c5c9e74d3b33abe7e0b2b59e": "single-lesion",  # cgc_flair_t1_t1ce_t2.pt
 }
+#: The shipped models predate the ``preprocessing.orientation`` field; every case they were trained on
+#: was stored LPS (identity direction), so that is their orientation.
+KNOWN_MODEL_ORIENTATIONS = {sha: "LPS" for sha in KNOWN_MODEL_RULES}
 #: Largest network a checkpoint may describe (parameters); the shipped ones have about 1 million.
 MAX_PARAMETERS = 200_000_000
 #: Plausible model spacings (mm): outside, resampling builds absurd grids.
@@ -216,6 +219,12 @@ def _check_fields(ckpt: dict, net_config: NetConfig, path) -> None:
             raise bad("preprocessing.spacing_xyz", f"three numbers (mm) are needed, got {spacing!r:.100}") from None
         if len(values) != 3 or not all(lo <= v <= hi for v in values):
             raise bad("preprocessing.spacing_xyz", f"three spacings between {lo} and {hi} mm are needed, got {spacing!r:.100}")
+    if pre.get("orientation") is not None:
+        from .orientation import check_orientation
+        try:
+            check_orientation(pre["orientation"])
+        except ValueError as exc:
+            raise bad("preprocessing.orientation", str(exc)) from None
     if pre.get("brain_mask") not in (None, "nonzero", "ct_window"):
         raise bad("preprocessing.brain_mask", f"'nonzero' or 'ct_window' is needed, got {pre.get('brain_mask')!r:.60}")
     for key in ("step", "epoch"):
@@ -266,12 +275,28 @@ def default_output_rule(path: str | os.PathLike, ckpt: Optional[dict] = None) ->
     rule = ckpt.get("default_output_rule")
     if rule in OUTPUT_RULE_NAMES:
         return rule
+    return KNOWN_MODEL_RULES.get(_sha256(path), "none")
+
+
+def _sha256(path) -> str:
     import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return KNOWN_MODEL_RULES.get(h.hexdigest(), "none")
+    return h.hexdigest()
+
+
+def model_orientation(info: "CheckpointInfo") -> Optional[str]:
+    """The voxel orientation a model was trained in: ``preprocessing.orientation`` (new checkpoints), the
+    shipped models' by their sha256, else None (older checkpoints: inputs are used as stored)."""
+    code = (info.preprocessing or {}).get("orientation")
+    if code:
+        return str(code)
+    path = Path(str(getattr(info, "path", "") or ""))
+    if str(path) not in ("", ".") and path.is_file():
+        return KNOWN_MODEL_ORIENTATIONS.get(_sha256(path))
+    return None
 
 
 def info_from_dict(ckpt: dict, path: str | os.PathLike = "") -> CheckpointInfo:

@@ -217,6 +217,22 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     for ch in channels:
         if ch.shape != tuple(geometry.shape_zyx):
             raise ValueError(f"channel shape {ch.shape} does not match the geometry {geometry.shape_zyx}")
+    # One voxel order for the GMM and the network: the orientation the model was trained in (axes
+    # permuted/flipped exactly); every result is mapped back to the input's storage order at the end.
+    from .checkpoint import model_orientation
+    from .orientation import Reorientation
+    turn = Reorientation(geometry, model_orientation(info))
+    if turn.active:
+        channels = [turn.forward(c) for c in channels]
+        if mask_zyx is not None:
+            if np.shape(mask_zyx) != tuple(geometry.shape_zyx):
+                raise ValueError(f"mask shape {np.shape(mask_zyx)} does not match the image shape {geometry.shape_zyx}")
+            mask_zyx = turn.forward(np.asarray(mask_zyx) != 0)
+        if gmm_probability_zyx is not None:
+            if np.shape(gmm_probability_zyx) != tuple(geometry.shape_zyx):
+                raise ValueError(f"GMM map shape {np.shape(gmm_probability_zyx)} does not match the image {geometry.shape_zyx}")
+            gmm_probability_zyx = turn.forward(np.asarray(gmm_probability_zyx, np.float32))
+        geometry = turn.geometry
     pre = dict(info.preprocessing or {})
     brain = _brain_mask(channels, pre) if mask_zyx is None else np.asarray(mask_zyx) != 0
     if mask_zyx is not None and brain.shape != tuple(geometry.shape_zyx):
@@ -277,6 +293,9 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     mask = binarize(prob, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
                     fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain,
                     opening_radius=config.opening_radius)
+    if turn.active:  # back to the input's own voxel order
+        prob, mask, brain = turn.back(prob), turn.back(mask), turn.back(brain)
+        gmm_probability, network_prob = turn.back(gmm_probability), turn.back(network_prob)
     call_progress(progress, 1.0, "done")
     return SegmentationResult(prob.astype(np.float32), mask.astype(np.uint8), brain, gmm_probability,
                               Path(model_path) if model_path is not None else Path(getattr(info, "path", "")),
