@@ -48,8 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest lesion components (0: all)")
     p.add_argument("--open-radius", type=int, default=None, metavar="R",
                    help="with --keep-largest: rank components after an opening of R voxels (thin bridges do not merge lesions)")
-    p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size (default 160 192 160)")
-    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction (default 0.25)")
+    p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="sliding-window size (default: the model's training crop, e.g. 96 96 64; "
+                        "160 192 160 for models that record none)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap fraction (default 0.5)")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--adapt", action="store_true", help="adapt to this case first: compute its P and fine-tune the model on it (see --adapt-minutes)")
     p.add_argument("--adapt-minutes", type=float, default=5.0, help="time budget of --adapt (default 5)")
@@ -124,7 +126,8 @@ def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, pr
     common = dict(inputs=inputs, model_path=result.model_path, device=result.device,
                   gmm_settings=_gmm_settings(result.model_path),
                   elapsed_s=result.elapsed_s, inference=config_to_dict(config), postprocess=rule,
-                  channels=result.channels, timings=result.timings, **(extra or {}))
+                  channels=result.channels, timings=result.timings,
+                  window_xyz=list(result.window_xyz) if result.window_xyz else None, **(extra or {}))
     written = []
     with StagedWrites() as staged:
         if probability_output:
