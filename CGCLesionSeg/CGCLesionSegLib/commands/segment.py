@@ -240,7 +240,8 @@ def _segment_one(args) -> int:
             import shutil
             shutil.rmtree(adapt_dir, ignore_errors=True)
             raise
-        extra["adapted"] = {"base_model": args.model or "shipped default (or from scratch when none fits)",
+        base = (args.model if getattr(args, "record_full_paths", False) else Path(args.model).name) if args.model else None
+        extra["adapted"] = {"base_model": base or "shipped default (or from scratch when none fits)",
                             "minutes": args.adapt_minutes, "steps": args.adapt_steps,
                             "seconds": round(time.perf_counter() - t, 1)}
     reporter = _reporter(args, "segment")
