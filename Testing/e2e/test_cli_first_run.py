@@ -4,21 +4,13 @@ scripts/demo.sh takes paths relative to where it is called."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from CGCLesionSegLib.checkpoint import save_checkpoint
-from CGCLesionSegLib.config import config_to_dict
-from CGCLesionSegLib.gmm import GMMConfig, config_to_dict as gmm_to_dict
-from CGCLesionSegLib.network import CGCNet, NetConfig
-from CGCLesionSegLib.phantom import make_phantom, save_phantom
-from CGCLesionSegLib.preprocess import NormalizationConfig
+from CGCLesionSegLib.gmm import GMMConfig
 
 REPO = Path(__file__).resolve().parents[2]
 MODS = ["flair", "t1", "t1ce", "t2"]
@@ -30,20 +22,13 @@ def cli(*args, cwd=None):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = NetConfig(in_channels=4, widths=(4, 8, 8, 16), blocks=(0, 0, 1, 1), decoder_width=4, projection_dim=8)
-    pre = {"normalization": config_to_dict(NormalizationConfig()), "gmm": gmm_to_dict(GMMConfig(n_clusters=5)),
-           "spacing_xyz": [1.5, 1.5, 1.5]}
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, CGCNet(cfg), cfg, MODS, pre)
-    return path
+def tiny_model(tmp_path_factory, make_tiny_model):
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt", MODS, GMMConfig(n_clusters=5))
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    ph = make_phantom(shape_xyz=(48, 48, 32), spacing_xyz=(1.5, 1.5, 1.5), seed=3)
-    return save_phantom(ph, tmp_path_factory.mktemp("case"), "p1")
+def case(phantom_case):
+    return phantom_case
 
 
 def _named(case, names_to_files):

@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from CGCLesionSegLib.checkpoint import save_checkpoint
-from CGCLesionSegLib.config import config_to_dict
-from CGCLesionSegLib.gmm import GMMConfig, config_to_dict as gmm_to_dict
+from CGCLesionSegLib.gmm import GMMConfig
 from CGCLesionSegLib.image_io import Geometry, read_image, write_image
-from CGCLesionSegLib.network import CGCNet, NetConfig
 from CGCLesionSegLib.phantom import make_cohort, make_phantom, save_phantom
-from CGCLesionSegLib.preprocess import NormalizationConfig
 
 MODS = ["flair", "t1", "t1ce", "t2"]
 
@@ -27,20 +23,13 @@ def cli(*args):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = NetConfig(in_channels=4, widths=(4, 8, 8, 16), blocks=(0, 0, 1, 1), decoder_width=4, projection_dim=8)
-    pre = {"normalization": config_to_dict(NormalizationConfig()), "gmm": gmm_to_dict(GMMConfig()),
-           "spacing_xyz": [1.5, 1.5, 1.5]}
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, CGCNet(cfg), cfg, MODS, pre)
-    return path
+def tiny_model(tmp_path_factory, make_tiny_model):
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt", MODS, GMMConfig())
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    ph = make_phantom(shape_xyz=(48, 48, 32), spacing_xyz=(1.5, 1.5, 1.5), seed=3)
-    return save_phantom(ph, tmp_path_factory.mktemp("case"), "p1")
+def case(phantom_case):
+    return phantom_case
 
 
 def _inputs(case, order=MODS):

@@ -348,3 +348,16 @@ def scene(mrml):
 def logic(mrml):
     """The module's real Logic (``slicer.modules.cgclesionseg.logic()``)."""
     return slicer.modules.cgclesionseg.logic()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """An untrained one-channel CGC network: enough to run the whole Segment path quickly."""
+    torch = pytest.importorskip("torch")
+    from CGCLesionSegLib.checkpoint import save_checkpoint
+    from CGCLesionSegLib.network import CGCNet, NetConfig
+    torch.manual_seed(0)
+    config = NetConfig(in_channels=1)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, CGCNet(config), config, ["flair"], {})
+    return str(path)

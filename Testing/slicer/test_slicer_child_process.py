@@ -177,29 +177,16 @@ def _flair_volume(shape=(16, 24, 24)):
     return slicer.util.addVolumeFromArray(a, ijk_to_ras, "flair")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """An untrained one-channel CGC network: enough to run the whole Segment path quickly."""
-    torch = pytest.importorskip("torch")
-    from CGCLesionSegLib.checkpoint import save_checkpoint
-    from CGCLesionSegLib.network import CGCNet, NetConfig
-    torch.manual_seed(0)
-    config = NetConfig(in_channels=1)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, CGCNet(config), config, ["flair"], {})
-    return str(path)
-
-
 def _state(scene):
     return sorted((scene.GetNthNode(i).GetClassName(), scene.GetNthNode(i).GetName())
                   for i in range(scene.GetNumberOfNodes()))
 
 
-def test_segment_end_to_end_reads_result_into_scene(logic, scene, tiny_model):
+def test_segment_end_to_end_reads_result_into_scene(logic, scene, tiny_model_path):
     flair = _flair_volume()
     probability = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "P")
     progress = []
-    seg = logic.segment({"flair": flair}, modelPath=tiny_model, threshold=0.5, device="cpu",
+    seg = logic.segment({"flair": flair}, modelPath=tiny_model_path, threshold=0.5, device="cpu",
                         probabilityNode=probability, onProgress=lambda f, m: progress.append(f))
     assert progress and progress[-1] == 1.0
     mask = logic.segmentationToArray(seg, flair)
@@ -213,20 +200,20 @@ def test_segment_end_to_end_reads_result_into_scene(logic, scene, tiny_model):
     assert segment is not None
     # Into the same segmentation again: its probability volume is reused, no volume piles up.
     n_volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
-    again = logic.segment({"flair": flair}, modelPath=tiny_model, device="cpu", segmentationNode=seg,
+    again = logic.segment({"flair": flair}, modelPath=tiny_model_path, device="cpu", segmentationNode=seg,
                           loadProbability=True)
     assert again is seg and seg.GetSegmentation().GetNumberOfSegments() == 1
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes
     assert seg.GetNodeReference(PROBABILITY_REFERENCE_ROLE) is probability
     # A new segmentation gets a new probability volume, named after the input.
-    other = logic.segment({"flair": flair}, modelPath=tiny_model, device="cpu", loadProbability=True)
+    other = logic.segment({"flair": flair}, modelPath=tiny_model_path, device="cpu", loadProbability=True)
     assert other is not seg
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes + 1
     created = scene.GetFirstNodeByName("flair CGC probability")
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(created), p)
 
 
-def test_failed_segment_leaves_scene_unchanged(logic, scene, tmp_path, tiny_model):
+def test_failed_segment_leaves_scene_unchanged(logic, scene, tmp_path, tiny_model_path):
     flair = _flair_volume()
     before = _state(scene)
     logs = []
@@ -236,14 +223,14 @@ def test_failed_segment_leaves_scene_unchanged(logic, scene, tmp_path, tiny_mode
     assert any("error" in line for line in logs)
     # A model for other modalities: the child refuses, the scene stays as it was.
     with pytest.raises(RuntimeError):
-        logic.segment({"t2": flair}, modelPath=tiny_model, device="cpu")
+        logic.segment({"t2": flair}, modelPath=tiny_model_path, device="cpu")
     assert _state(scene) == before
 
 
-def test_cancelled_segment_leaves_scene_and_temp_files_clean(logic, scene, tiny_model):
+def test_cancelled_segment_leaves_scene_and_temp_files_clean(logic, scene, tiny_model_path):
     flair = _flair_volume()
     before = _state(scene)
-    job = logic.prepareSegmentJob({"flair": flair}, modelPath=tiny_model, device="cpu")
+    job = logic.prepareSegmentJob({"flair": flair}, modelPath=tiny_model_path, device="cpu")
     assert os.path.isfile(job.command[job.command.index("--input") + 1].split("=", 1)[1])
     try:
         with pytest.raises(CGCLesionSeg.CancelledError):

@@ -82,19 +82,6 @@ class Recorder:
                              onLog=self.logs.append, onFinished=self.onFinished, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    """An untrained one-channel CGC network: enough to run the whole Segment path quickly."""
-    torch = pytest.importorskip("torch")
-    from CGCLesionSegLib.checkpoint import save_checkpoint
-    from CGCLesionSegLib.network import CGCNet, NetConfig
-    torch.manual_seed(0)
-    config = NetConfig(in_channels=1)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, CGCNet(config), config, ["flair"], {})
-    return str(path)
-
-
 def _flair(shape=(16, 24, 24)):
     a = np.zeros(shape, np.float32)
     a[2:14, 3:21, 3:21] = 100.0
