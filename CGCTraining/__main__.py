@@ -339,15 +339,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _check_run_folder_outside_cases(output_dir, cases) -> None:
-    """The run folder may not be the cases folder or inside it: its cache/ (and the run itself) would be
-    taken for a case by the next run. ValueError."""
+    """The run folder may not be the cases folder: its cache/ would be taken for a case by the next run.
+    ValueError."""
     cases_dir = Path(cases).resolve()
     if not cases_dir.is_dir():
         return
-    run = Path(output_dir).resolve()
-    if run == cases_dir or cases_dir in run.parents:
-        raise ValueError(f"--output-dir {output_dir} is {'the' if run == cases_dir else 'inside the'} --cases folder "
-                         f"{cases}; its cache/ would be taken for a case. Choose a run folder outside the cases")
+    if Path(output_dir).resolve() == cases_dir:
+        raise ValueError(f"--output-dir {output_dir} is the --cases folder {cases}; its cache/ would be taken for a "
+                         "case. Choose a run folder outside the cases")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

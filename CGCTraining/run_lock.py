@@ -1,12 +1,13 @@
 """One training per run folder: ``RUN_DIR/run.lock``, held with an OS file lock for the whole run.
 
-The lock is ``fcntl.flock`` on the file, so the kernel releases it when its process ends in any way
-(kill -9 included): a later run — ``--resume`` after a crash — simply takes it over. The file's text
+The lock is a POSIX record lock (``fcntl.lockf``) on the file, so the kernel releases it when its
+process ends in any way (kill -9 included; forked DataLoader workers do not inherit it): a later run — ``--resume`` after a crash — simply takes it over. The file's text
 names the owner (pid, host, start time) so a refused second run can say who holds the folder. Under
 DDP only rank 0 takes the lock; the training tells the other ranks whether it got it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -43,7 +44,7 @@ class RunLock:
             os.ftruncate(self._fd, 0)
         except OSError:
             pass
-        os.close(self._fd)  # closing the descriptor drops the flock
+        os.close(self._fd)  # closing the descriptor drops the lock
         self._fd = None
 
 
@@ -71,8 +72,12 @@ def acquire_run_lock(run_dir: str | os.PathLike) -> RunLock:
         except ValueError:
             previous = None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock: held by this process only (DataLoader workers forked from it do not
+            # inherit it) and released by the kernel when the process ends, however it ends.
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             raise RunLockError(
                 f"{run_dir} is in use by another training ({_owner_text(previous)}); two runs in one folder would "
                 f"overwrite each other's model. Wait for it to end, or choose another --output-dir") from None

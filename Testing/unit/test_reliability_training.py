@@ -98,7 +98,7 @@ def test_training_stopped_by_a_signal_exits_non_zero_and_resumes(tmp_path, cases
 def test_output_dir_may_not_be_the_cases_folder(tmp_path):
     from test_training_synth import write_brats_folder
     root = write_brats_folder(tmp_path / "cases", n_cases=1)
-    for run in (root, root / "run1"):
+    for run in (root,):
         r = run_cli(["--cases", root, "--modalities", *MODS, "--output-dir", run, "--steps", "1", "--device", "cpu"])
         assert r.returncode == 2 and "--cases folder" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (root / "cache").exists()
