@@ -255,6 +255,8 @@ class CaseData:
         self.name = folder.name
         self._images: dict = {}
         self._p: dict = {}
+        self._brain: dict = {}
+        self._gmm_default: dict = {}
         self._ref = None
 
     def images(self, mods):
@@ -276,8 +278,11 @@ class CaseData:
         return self._ref
 
     def brain(self, mods):
-        from CGCLesionSegLib.preprocess import default_brain_mask
-        return default_brain_mask([i.array_zyx for i in self.images(mods)])
+        key = tuple(mods)
+        if key not in self._brain:
+            from CGCLesionSegLib.preprocess import default_brain_mask
+            self._brain[key] = default_brain_mask([i.array_zyx for i in self.images(mods)])
+        return self._brain[key]
 
     def probability(self, mods, gmm_cfg, spacing=None):
         """P with ``gmm_cfg`` on the input grid, or computed on ``spacing`` and resampled back."""
@@ -310,7 +315,15 @@ def smooth(p, sigma_mm: float, spacing_xyz):
 
 
 def gmm_default_mask(case: CaseData, mods):
-    """The binary output of ``cgcseg gmm`` with its defaults (recommended preset and clean-up)."""
+    """The binary output of ``cgcseg gmm`` with its defaults (recommended preset and clean-up); the same
+    for every model of a case, so it is computed once per case and modality set."""
+    key = tuple(mods)
+    if key not in case._gmm_default:
+        case._gmm_default[key] = _gmm_default_mask(case, mods)
+    return case._gmm_default[key]
+
+
+def _gmm_default_mask(case: CaseData, mods):
     import argparse
 
     from CGCLesionSegLib.commands import gmm as gmm_cmd
