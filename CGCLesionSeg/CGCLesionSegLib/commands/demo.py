@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         brain = gmm.mask
 
         cgc = None
-        cgc_config = _inference_config(args)
+        rule = _output_rule(args, model_path)
+        cgc_config = _inference_config(args, rule)
         if model is not None:
             reporter(0.5, "CGC network")
             t = time.perf_counter()
@@ -234,7 +235,6 @@ def run(args: argparse.Namespace) -> int:
             times["cgc_s"] = time.perf_counter() - t
         if cgc is not None:
             stage, segmentation, probability = "cgc", cgc.mask, cgc.probability
-            rule = resolve_postprocess(args)
             stage_note = f"CGC network ({model_path.name}) on the GMM map, output rule {rule}"
         else:
             stage, segmentation, probability = "gmm", gmm_mask, gmm.probability
@@ -357,9 +357,18 @@ def write_manifest(out_dir: Path, files: Sequence[Path]) -> Path:
     return path
 
 
-def _inference_config(args):
+def _output_rule(args, model_path) -> str:
+    """``--postprocess``, or under ``auto`` the rule recorded for the model the demo actually runs (the
+    phantom has no ``--input`` names from which `segment`'s resolution could find the shipped model)."""
+    if args.postprocess != "auto" or model_path is None:
+        return resolve_postprocess(args)
+    from ..checkpoint import default_output_rule
+    return default_output_rule(model_path)
+
+
+def _inference_config(args, rule: str):
     from ..inference import InferenceConfig, output_preset
-    return InferenceConfig(threshold=args.threshold, device=args.device, **output_preset(resolve_postprocess(args)))
+    return InferenceConfig(threshold=args.threshold, device=args.device, **output_preset(rule))
 
 
 def _print_summary(s: dict, fh) -> None:
