@@ -1,9 +1,13 @@
 """Turn a training run into a shipped default model: ``CGCLesionSegLib/models/<name>.pt`` (fp16 weights,
 no optimizer state), its loss-curve PNG and its model card ``<name>.md``.
 
-    python scripts/export_default_model.py runs/default4 --dice-json results.json --hardware "..."
+    python scripts/export_default_model.py runs/default4 --dice-json results.json --hardware "..." \
+        --output-rule single-lesion
 
 ``--dice-json``: the per-case rows printed by ``benchmarks/evaluate_cgc.py --model`` (stderr, last line).
+``--output-rule``: what ``--postprocess auto`` uses with the model, written into the checkpoint
+(``default_output_rule``); declare it from held-out numbers, not from the card's training-case table.
+``scripts/train_default_models.py`` trains and exports both shipped models in one command.
 """
 from __future__ import annotations
 
@@ -50,6 +54,10 @@ def loss_curve_png(log_csv: Path, png: Path, width: int = 640, height: int = 300
     img.save(png)
 
 
+def _xyz(values) -> str:
+    return "×".join(f"{v:g}" for v in values)
+
+
 DICE_HEADING = "## Dice on its training cases"
 
 
@@ -94,12 +102,16 @@ def main(argv=None) -> int:
     ap.add_argument("--name", help="file stem (default: cgc_<modalities>)")
     ap.add_argument("--dice-json", help="per-case rows of benchmarks/evaluate_cgc.py")
     ap.add_argument("--hardware", default="2 CPU cores (shared with other jobs), no GPU")
-    ap.add_argument("--notes", default="")
+    ap.add_argument("--notes", default="", help="markdown appended to the card")
+    ap.add_argument("--models-dir", default=str(MODELS), help="where to write (default: the package's models folder)")
+    ap.add_argument("--output-rule", choices=("none", "single-lesion"),
+                    help="default_output_rule recorded in the exported checkpoint (default: keep the run's)")
     ap.add_argument("--update-card", action="store_true",
                     help="only rewrite the Dice section of models/NAME.md from --dice-json (run_dir is the card's model stem)")
     args = ap.parse_args(argv)
+    models_dir = Path(args.models_dir)
     if args.update_card:
-        update_card(MODELS / f"{args.run_dir}.md", json.loads(Path(args.dice_json).read_text()))
+        update_card(models_dir / f"{args.run_dir}.md", json.loads(Path(args.dice_json).read_text()))
         return 0
     sys.path.insert(0, str(ROOT))
     from CGCLesionSegLib.checkpoint import read_checkpoint, save_checkpoint_dict, info_from_dict
@@ -108,15 +120,21 @@ def main(argv=None) -> int:
     ck = read_checkpoint(run / "last.pt")
     info = info_from_dict(ck, run / "last.pt")
     name = args.name or Path(model_file_name(info.channels)).stem
-    MODELS.mkdir(parents=True, exist_ok=True)
+    models_dir.mkdir(parents=True, exist_ok=True)
     ck["model"] = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["model"].items()}
     ck["optimizer"] = None
+    ck.pop("train_model", None)  # EMA runs: ship the averaged weights ("model") only
     ck["extra"] = {**(ck.get("extra") or {}), "exported_from": run.name, "weights_dtype": "float16"}
-    out = save_checkpoint_dict(MODELS / f"{name}.pt", ck)
-    loss_curve_png(run / "loss_log.csv", MODELS / f"{name}_loss.png")
+    if args.output_rule:
+        ck["default_output_rule"] = args.output_rule
+    out = save_checkpoint_dict(models_dir / f"{name}.pt", ck)
+    loss_curve_png(run / "loss_log.csv", models_dir / f"{name}_loss.png")
     rows = list(csv.DictReader((run / "loss_log.csv").open()))
     tc, extra = ck["train_config"] or {}, ck.get("extra") or {}
     first, last = rows[0], rows[-1]
+    spacing = [float(v) for v in ck["preprocessing"].get("spacing_xyz") or (1.0, 1.0, 1.0)]
+    crop = [int(v) for v in tc.get("crop_xyz") or ()]
+    patch = list((ck.get("net_config") or {}).get("patch_size_xyz") or ())
     n_last = rows[-50:]
     mean = lambda k: sum(float(r[k]) for r in n_last) / len(n_last)
     dice_rows = json.loads(Path(args.dice_json).read_text()) if args.dice_json else []
@@ -128,20 +146,24 @@ def main(argv=None) -> int:
         f"- **What**: CGC network (paper's method: BCE to the GMM map P + coarse-grained + fine-grained contrastive "
         f"paths), input channels **{', '.join(info.channels)}** (in this order), {sum(v.numel() for v in ck['model'].values()) / 1e6:.2f} M "
         f"parameters stored in float16 ({out.stat().st_size / 1e6:.1f} MB).",
-        f"- **Data**: the {len(extra.get('cases', []))} BraTS cases in `../shared/data/brats` "
+        f"- **Data**: {len(extra.get('cases', []))} tumour cases "
         f"({', '.join(extra.get('cases', []))}); images only — **no label was read** in training.",
         f"- **P**: GMM settings `{json.dumps(ck['preprocessing'].get('gmm'))}` (the paper's FLAIR-only configuration).",
         f"- **Spacing**: trained at {' × '.join(str(v) for v in ck['preprocessing'].get('spacing_xyz') or [])} mm; inputs "
         "are resampled to it and outputs back to the input grid.",
         f"- **Network**: `{json.dumps(ck['net_config'])}`",
-        f"- **Training**: `{json.dumps({k: tc.get(k) for k in ('crop_xyz', 'batch_size', 'lr', 'lesion_crop_fraction', 'flip', 'intensity_jitter', 'seed')})}`; "
+        f"- **Training**: `{json.dumps({k: tc.get(k) for k in ('crop_xyz', 'batch_size', 'lr', 'lr_schedule', 'ema', 'augment', 'lesion_crop_fraction', 'flip', 'intensity_jitter', 'seed')})}`; "
         f"losses `{json.dumps(tc.get('loss'))}`.",
         f"- **Length**: {info.step} steps ({info.epoch} epochs of {extra.get('steps_per_epoch')} steps), "
-        f"{float(last['seconds']) / 60:.0f} min wall-clock on {args.hardware}.",
+        f"{float(last['seconds']) / 60:.0f} min wall-clock on {args.hardware}"
+        + (f"; started from the weights of `{'/'.join(Path(extra['init_checkpoint']).parts[-3:-1])}` (`--init-from`)"
+           if extra.get("init_checkpoint") else "") + ".",
+        f"- **Output rule** (`--postprocess auto`): `{ck.get('default_output_rule', 'none')}`.",
         f"- **Why not the paper's schedule**: the paper trains 400 epochs on 228 subjects at 192×192×64 (≈ 45,600 steps) on "
-        "two A6000 GPUs. This model had a CPU budget of about an hour and a half, so it uses a 1.5 mm grid, "
-        "96×96×64 crops (144×144×96 mm, most of a brain), 3×3×4 mini-patches (the paper's third size; 6×6×4 does "
-        "not tile a 12×12×8 bottleneck) and lr 1e-3 instead of 1e-4. It is a usable starting point, not the paper's model: "
+        f"two A6000 GPUs. This model had a budget of hours, not days, so it uses a {_xyz(spacing)} mm grid, "
+        f"{_xyz(crop)} crops ({_xyz([c * v for c, v in zip(crop, spacing)])} mm), {_xyz(patch)} mini-patches of the "
+        f"{_xyz([c // 8 for c in crop])} bottleneck and lr {tc.get('lr'):g} (the paper: 1 mm, 192×192×64, lr 1e-4). "
+        "It is a usable starting point, not the paper's model: "
         "retrain with `cgcseg train` on a GPU for that.",
         f"- **Loss**: first step total {float(first['total']):.3f} (BCE {float(first['bce']):.3f}, coarse {float(first['cg']):.3f}, "
         f"fine {float(first['fg']):.3f}); mean of the last 50 steps total {mean('total'):.3f} (BCE {mean('bce'):.3f}, "
@@ -153,8 +175,8 @@ def main(argv=None) -> int:
     lines += dice_section(dice_rows)
     if args.notes:
         lines += [args.notes, ""]
-    (MODELS / f"{name}.md").write_text("\n".join(lines))
-    print(f"wrote {out}, {MODELS / (name + '.md')}, {MODELS / (name + '_loss.png')}")
+    (models_dir / f"{name}.md").write_text("\n".join(lines))
+    print(f"wrote {out}, {models_dir / (name + '.md')}, {models_dir / (name + '_loss.png')}")
     return 0
 
 

@@ -1,0 +1,122 @@
+"""scripts/train_default_models.py: the protocol's screening winner (a self-training recipe here) trained
+on every case, round 2 from round 1 on pseudo-labels, exported with its output rule and card."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+PROTOCOL = """
+name = "tiny"
+labelled = "brats"
+unlabelled = "unlabelled"
+folds = 2
+base_train_args = ["--crop", "16", "16", "16", "--spacing", "3", "3", "3", "--patch", "1", "1", "1",
+                   "--batch-size", "1", "--checkpoint-every", "1", "--workers", "0"]
+[variants.control]
+args = []
+[variants.robust]
+args = ["--ema", "0.9", "--lr-schedule", "cosine"]
+[variants.robust-st]
+args = ["--ema", "0.9", "--lr-schedule", "cosine"]
+self_train_from = "robust"
+[stages.screen]
+modalities = [["flair"]]
+variants = ["control", "robust", "robust-st"]
+seeds = [1]
+steps = 2
+[stages.confirm]
+modalities = [["flair"]]
+variant = "winner of screen"
+seeds = [2]
+steps = 3
+"""
+
+
+def _summary_group(mods: str, variant: str) -> dict:
+    cols = ("p", "p_smooth", "p_netgrid", "gmm_default", "network", "default")
+    return {"cases": ["a", "b"], "seeds": [1], "steps": [2],
+            "means": {c: {"dice": 0.5 + 0.01 * i} for i, c in enumerate(cols)},
+            "differences": {"network-p": {"mean": 0.04, "ci95": [-0.01, 0.09]},
+                            "network-p_smooth": {"mean": -0.01, "ci95": [-0.05, 0.03]},
+                            "default-gmm_default": {"mean": 0.0, "ci95": [-0.02, 0.02]}}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from CGCLesionSegLib.phantom import make_phantom, save_phantom
+    root = tmp_path_factory.mktemp("ship")
+    for group, names, seed0 in (("brats", ["a", "b"], 10), ("unlabelled", ["u"], 20)):
+        for i, n in enumerate(names):
+            ph = make_phantom(shape_xyz=(48, 48, 32), spacing_xyz=(1.5, 1.5, 1.5), seed=seed0 + i)
+            save_phantom(ph, root / "data" / group, n)
+    (root / "tiny.toml").write_text(PROTOCOL)
+    results = root / "results"
+    results.mkdir()
+    (results / "tiny-screen.json").write_text(json.dumps(
+        {"winner": "robust-st", "summary": {"flair/robust-st": _summary_group("flair", "robust-st")}}))
+    return root
+
+
+def test_recipe_is_read_from_the_screen_and_missing_screen_is_an_error(setup, tmp_path):
+    import protocol
+    import train_default_models as tdm
+    proto = protocol.load_protocol(setup / "tiny.toml")
+    assert tdm.recipe(proto, setup / "results") == "robust-st"
+    with pytest.raises(SystemExit, match="no screening winner"):
+        tdm.recipe(proto, tmp_path)
+    models = tdm.plan_models(proto, ["flair", "four-channel"], setup / "data", tmp_path / "w", setup / "results")
+    assert [(m.modalities, m.variant, m.parent is not None) for m in models] == [
+        (("flair",), "robust", False), (("flair",), "robust-st", True),
+        (("flair", "t1", "t1ce", "t2"), "robust", False), (("flair", "t1", "t1ce", "t2"), "robust-st", True)]
+    # every case trains (labelled images and unlabelled), none is held out
+    assert sorted(c.name for c in models[0].train) == ["a", "b", "u"] and models[0].test == []
+    assert models[1].parent is models[0]
+    assert models[1].args[-4:] == ["--ema", "0.9", "--lr-schedule", "cosine"]
+
+
+def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup):
+    import torch
+
+    import train_default_models as tdm
+    from CGCLesionSegLib.checkpoint import default_output_rule, load_checkpoint, read_checkpoint
+    work, models_dir = setup / "work", setup / "models"
+    rc = tdm.main(["--protocol", str(setup / "tiny.toml"), "--models", "flair", "--data", str(setup / "data"),
+                   "--work-dir", str(work), "--results-dir", str(setup / "results"), "--models-dir", str(models_dir),
+                   "--jobs", "1", "--export", "--hardware", "test machine"])
+    assert rc == 0
+    r1, r2 = work / "flair" / "robust" / "all-seed0", work / "flair" / "robust-st" / "all-seed0"
+    for run in (r1, r2):
+        assert json.loads((run / "finished.json").read_text())["step"] == 3  # the confirmation budget
+    # round 2 started from round 1 and trained on binary pseudo-labels of every case
+    ck2 = read_checkpoint(r2 / "last.pt")
+    assert Path(ck2["extra"]["init_checkpoint"]) == r1 / "last.pt"
+    pseudo = sorted((work / "flair" / "robust-st" / "all-seed0-pseudo").glob("*.nii.gz"))
+    assert [p.name for p in pseudo] == ["a.nii.gz", "b.nii.gz", "u.nii.gz"]
+    from CGCLesionSegLib.image_io import read_image
+    assert set(np.unique(read_image(pseudo[0]).array_zyx)) <= {0.0, 1.0}
+    listing = (work / "flair" / "robust-st" / "all-seed0.csv").read_text().splitlines()
+    assert listing[0] == "case,flair,prob" and len(listing) == 4
+    # the exported model: averaged fp16 weights only, the declared rule inside the file
+    out = models_dir / "cgc_flair.pt"
+    ck = read_checkpoint(out)
+    assert ck["default_output_rule"] == "single-lesion" == default_output_rule(out)
+    assert "train_model" not in ck and ck["optimizer"] is None
+    assert all(v.dtype == torch.float16 for v in ck["model"].values() if v.is_floating_point())
+    ema = {k: v.half() for k, v in ck2["model"].items() if v.is_floating_point()}
+    assert all(torch.equal(ck["model"][k], v) for k, v in ema.items())
+    load_checkpoint(out)  # validates
+    card = (models_dir / "cgc_flair.md").read_text()
+    assert "screening winner `robust-st`" in card and "round 2" in card
+    assert "stage `screen`" in card and "not the confirmation" in card
+    assert "network − smoothed P -0.010 [-0.050, +0.030]" in card and "| 0.500 | 0.510 | 0.530 | 0.540 | 0.550 |" in card
+    assert "<!-- card-dice-default" in card and "`single-lesion`" in card
+    rows = json.loads((r2 / "card_dice.json").read_text())
+    assert [r["case"] for r in rows] == ["a", "b"]  # in-sample table: the labelled cases only
