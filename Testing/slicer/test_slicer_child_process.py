@@ -13,6 +13,7 @@ import slicer
 import CGCLesionSeg
 from CGCLesionSeg import ChildProcess, parseProgressLine
 from CGCLesionSegSlicer.constants import PROBABILITY_REFERENCE_ROLE
+from proc_util import alive as _alive
 
 
 # ---- JSON progress parsing (pure) -----------------------------------------------------------
@@ -125,18 +126,6 @@ def test_child_process_reports_progress_log_and_errors(tmp_path):
     assert progress == [(0.333, "step 1"), (0.667, "step 2"), (1.0, "step 3")]
     assert "plain text line" in logs
     assert child.errorSummary().endswith("error: something went wrong")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 @pytest.mark.skipif(os.name == "nt", reason="process-group kill is tested on POSIX")

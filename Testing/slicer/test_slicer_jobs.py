@@ -20,22 +20,11 @@ import slicer
 from CGCLesionSegSlicer import runner
 from CGCLesionSegSlicer.jobs import JobController
 from CGCLesionSegSlicer.runner import ChildJob
+from proc_util import alive as _alive
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process trees are checked through /proc (POSIX)")
 
 LAUNCHER = str(Path(__file__).with_name("launcher_standin.py"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _wait_for(predicate, timeout: float, what: str, controller: JobController | None = None):
