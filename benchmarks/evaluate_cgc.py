@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int)
     ap.add_argument("--train-minutes", type=float, default=30.0)
     ap.add_argument("--modalities", nargs="+", default=["flair", "t1", "t1ce", "t2"])
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: inference, and with --protocol also the trainings")
     ap.add_argument("--name", default=None, help="section suffix in docs/BENCHMARKS.md")
     ap.add_argument("--work-dir", default=None, help="keep fold runs here (default: a temp folder)")
     ap.add_argument("--jobs", type=int, default=None, help="models trained at once (cores are shared among them; "

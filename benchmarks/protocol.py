@@ -126,7 +126,7 @@ def plan(proto: dict, stage_name: str, data: Path, work: Path, results_dir: Path
 PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radius=0, min_component_voxels=0)
 
 
-def pseudo_labels(model: Model) -> dict:
+def pseudo_labels(model: Model, device: str = "cpu") -> dict:
     """Segment ``model``'s training cases with its round-1 parent (labels never read); returns
     {case name: path of the binary target written under the run's ``-pseudo`` folder}."""
     from CGCLesionSegLib.checkpoint import load_checkpoint
@@ -140,17 +140,17 @@ def pseudo_labels(model: Model) -> dict:
         if not target.exists():
             imgs = [read_image(c / f"{c.name}_{m}.nii.gz") for m in model.modalities]
             res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, list(model.modalities),
-                               model.parent.run / "last.pt", config=InferenceConfig(device="cpu", **PSEUDO_RULE),
+                               model.parent.run / "last.pt", config=InferenceConfig(device=device, **PSEUDO_RULE),
                                model=net, info=info)
             write_image(target, res.mask.astype("float32"), imgs[0].geometry)
         paths[c.name] = target
     return paths
 
 
-def _listing(model: Model) -> Path:
+def _listing(model: Model, device: str = "cpu") -> Path:
     model.run.parent.mkdir(parents=True, exist_ok=True)
     path = model.run.parent / f"{model.run.name}.csv"
-    probs = pseudo_labels(model) if model.parent is not None else None
+    probs = pseudo_labels(model, device) if model.parent is not None else None
     lines = ["case," + ",".join(model.modalities) + (",prob" if probs else "")]
     for c in model.train:
         lines.append(c.name + "," + ",".join(str(c / f"{c.name}_{m}.nii.gz") for m in model.modalities)
@@ -193,10 +193,10 @@ class _Adopted:
         return self.returncode
 
 
-def _start(model: Model, stage: dict, threads: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "CGCTraining", "--cases", str(_listing(model)), "--modalities", *model.modalities,
+def _start(model: Model, stage: dict, threads: int, device: str = "cpu") -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "CGCTraining", "--cases", str(_listing(model, device)), "--modalities", *model.modalities,
            "--output-dir", str(model.run), "--steps", str(stage["steps"]), "--max-minutes", str(stage["max_minutes"]),
-           "--seed", str(model.seed), "--progress", "none", "--device", "cpu", *model.args]
+           "--seed", str(model.seed), "--progress", "none", "--device", device, *model.args]
     if (model.run / "last.pt").exists():
         cmd.append("--resume")  # an interrupted session: continue where the checkpoint stands
     elif model.parent is not None:
@@ -211,8 +211,9 @@ def _start(model: Model, stage: dict, threads: int) -> subprocess.Popen:
     return proc
 
 
-def train_all(models: list[Model], stage: dict, jobs: int) -> None:
-    """Train every unfinished model, ``jobs`` at a time (a queue: the next starts as one ends)."""
+def train_all(models: list[Model], stage: dict, jobs: int, device: str = "cpu") -> None:
+    """Train every unfinished model, ``jobs`` at a time (a queue: the next starts as one ends), on
+    ``device`` (the protocols' plans are for CPU; a GPU session may pass ``cuda``, recorded per model)."""
     pending = [m for m in models if _finished(m) is None]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     running: list[tuple[Model, subprocess.Popen]] = []
@@ -229,7 +230,7 @@ def train_all(models: list[Model], stage: dict, jobs: int) -> None:
             m = ready[0]
             pending.remove(m)
             print(f"training {m.key}" + (f" on pseudo-labels of {m.parent.key}" if m.parent else ""), file=sys.stderr)
-            running.append((m, _start(m, stage, threads)))
+            running.append((m, _start(m, stage, threads, device)))
         if not running and pending:
             raise SystemExit(f"cannot train {', '.join(m.key for m in pending)}: their round-1 models are missing")
         time.sleep(5)
@@ -241,7 +242,7 @@ def train_all(models: list[Model], stage: dict, jobs: int) -> None:
                 raise SystemExit(f"training {m.key} failed (exit {proc.returncode}); see {m.run}.log")
             from CGCLesionSegLib.checkpoint import read_checkpoint
             step = int(read_checkpoint(m.run / "last.pt")["step"])
-            (m.run / "finished.json").write_text(json.dumps({"step": step, "steps": stage["steps"],
+            (m.run / "finished.json").write_text(json.dumps({"step": step, "steps": stage["steps"], "device": device,
                                                              "seconds": round(time.time() - proc.t0, 1)}))
             print(f"trained {m.key}: {step} steps in {time.time() - proc.t0:.0f} s", file=sys.stderr)
 
@@ -349,7 +350,7 @@ def choose_sigma(train_cases: list[CaseData], mods, gmm_cfg, sigmas) -> tuple[fl
     return best, scores
 
 
-def score_model(model: Model, cases: dict, sigma: float) -> list[dict]:
+def score_model(model: Model, cases: dict, sigma: float, device: str = "cpu") -> list[dict]:
     from CGCLesionSegLib.checkpoint import load_checkpoint
     from CGCLesionSegLib.config import config_from_dict
     from CGCLesionSegLib.gmm import GMMConfig
@@ -366,7 +367,7 @@ def score_model(model: Model, cases: dict, sigma: float) -> list[dict]:
         imgs = case.images(mods)
         p = case.probability(mods, gmm_cfg)
         res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, mods, model.run / "last.pt",
-                           config=InferenceConfig(device="cpu", **output_preset("single-lesion")),
+                           config=InferenceConfig(device=device, **output_preset("single-lesion")),
                            model=net, info=info, gmm_probability_zyx=p)
         masks = {"p": p >= 0.5, "p_smooth": smooth(p, sigma, case.geometry.spacing) >= 0.5,
                  "p_netgrid": case.probability(mods, gmm_cfg, spacing) >= 0.5,
@@ -498,7 +499,7 @@ def run(args, extra: list) -> int:
     models = plan(proto, args.stage, data, work, results_dir, extra)
     print(f"{len(models)} models in stage {args.stage}: " + ", ".join(m.key for m in models), file=sys.stderr)
     if not args.score_only and not args.score_available:
-        train_all(models, stage, int(args.jobs or proto.get("jobs", 1)))
+        train_all(models, stage, int(args.jobs or proto.get("jobs", 1)), args.device)
     missing = [m.key for m in models if _finished(m) is None]
     if missing and args.score_available:
         models = [m for m in models if _finished(m) is not None]
@@ -530,7 +531,7 @@ def run(args, extra: list) -> int:
         if saved and saved.get("stamp") == stamp:
             rows += saved["rows"]
         else:
-            new = score_model(m, cases, sigmas[skey]["sigma"])
+            new = score_model(m, cases, sigmas[skey]["sigma"], args.device)
             score_file.write_text(json.dumps({"stamp": stamp, "rows": new}, default=str))
             rows += new
     if args.score_available:

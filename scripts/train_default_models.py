@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="trainings at once (each gets cores // jobs threads)")
     ap.add_argument("--steps", type=int, help="steps per round (default: the protocol's confirmation budget)")
     ap.add_argument("--max-minutes", type=float, default=180.0, help="safety stop per round")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (trainings and pseudo-labels)")
     ap.add_argument("--export", action="store_true", help="after training, write the shipped models and cards")
     ap.add_argument("--hardware", default="2 CPU cores, no GPU", help="for the model card")
     ap.add_argument("--results-dir", default=str(RESULTS), help="where the protocol's results files are")
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     models = plan_models(proto, args.models, Path(args.data), work, results_dir)
     print(f"recipe {winner} ({stage['steps']} steps per round): " + ", ".join(str(m.run) for m in models),
           file=sys.stderr)
-    protocol.train_all(models, stage, args.jobs)
+    protocol.train_all(models, stage, args.jobs, args.device)
     if args.export:
         labelled = protocol._case_dirs(Path(args.data) / proto["labelled"])
         for m in models:

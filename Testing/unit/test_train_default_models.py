@@ -94,7 +94,8 @@ def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup):
     assert rc == 0
     r1, r2 = work / "flair" / "robust" / "all-seed0", work / "flair" / "robust-st" / "all-seed0"
     for run in (r1, r2):
-        assert json.loads((run / "finished.json").read_text())["step"] == 3  # the confirmation budget
+        finished = json.loads((run / "finished.json").read_text())
+        assert finished["step"] == 3 and finished["device"] == "cpu"  # the confirmation budget, on the device asked
     # round 2 started from round 1 and trained on binary pseudo-labels of every case
     ck2 = read_checkpoint(r2 / "last.pt")
     assert Path(ck2["extra"]["init_checkpoint"]) == r1 / "last.pt"
