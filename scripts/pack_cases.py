@@ -35,17 +35,13 @@ NON_CHANNELS = ("seg", "mask")
 
 def crop_box(channels_zyx: list[np.ndarray], margin: int) -> tuple[slice, slice, slice]:
     """Box (z, y, x slices) of the voxels non-zero in any channel, grown by ``margin`` and clipped."""
+    from CGCLesionSegLib.sliding_window import brain_bounding_box
     nonzero = np.zeros(channels_zyx[0].shape, dtype=bool)
     for c in channels_zyx:
         nonzero |= c != 0
     if not nonzero.any():
         raise ValueError("every channel is zero: nothing to keep")
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(nonzero.any(axis=other))
-        box.append(slice(max(0, int(idx[0]) - margin), min(nonzero.shape[axis], int(idx[-1]) + 1 + margin)))
-    return tuple(box)  # type: ignore[return-value]
+    return brain_bounding_box(nonzero, margin)
 
 
 def pack_case(case: Path, out: Path, margin: int) -> int:

@@ -54,11 +54,15 @@ def _results(proto: dict, stage: str, results_dir: Path = RESULTS) -> dict | Non
 
 def recipe(proto: dict, results_dir: Path = RESULTS) -> str:
     """The screening winner (the protocol's recipe choice; a missing screen is an error, not a default)."""
-    screen = _results(proto, "screen", results_dir)
-    if not screen or not screen.get("winner"):
+    import protocol
+    try:
+        winner = protocol._winner(proto, "winner of screen", results_dir)
+    except SystemExit:
+        winner = None
+    if not winner:
         raise SystemExit(f"no screening winner for {proto['name']}: run "
                          f"`python benchmarks/evaluate_cgc.py --protocol ... --stage screen` first")
-    return screen["winner"]
+    return winner
 
 
 def plan_models(proto: dict, sets: list[str], data: Path, work: Path, results_dir: Path = RESULTS,
