@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     gg.add_argument("--gmm-foreground", type=int, help="how many brightest components are lesion (default: GMMConfig's)")
     gg.add_argument("--gmm-config", metavar="JSON", help="GMMConfig fields as JSON (e.g. saved by the Slicer module); "
                                                           "the flags above override it")
+    gg.add_argument("--target-sigma", type=float, default=t.target_sigma_mm, metavar="MM",
+                    help="train on P smoothed with a Gaussian of this SD in mm (on the training grid) instead of P "
+                         f"itself: BCE target, crop centres and patch labels (default {t.target_sigma_mm:g} = P as the "
+                         "GMM gives it, the paper)")
     return p
 
 
@@ -191,7 +195,8 @@ def configs_from_args(args):
                             workers=args.workers, lesion_crop_fraction=args.lesion_crop_fraction,
                             flip=not args.no_flip, intensity_jitter=args.intensity_jitter,
                             checkpoint_every=args.checkpoint_every, amp=not args.no_amp, loss=loss,
-                            augment=args.augment, lr_schedule=args.lr_schedule, ema=args.ema)
+                            augment=args.augment, lr_schedule=args.lr_schedule, ema=args.ema,
+                            target_sigma_mm=args.target_sigma)
     net_cfg = NetConfig(in_channels=len(modalities), widths=tuple(args.widths), blocks=tuple(args.blocks),
                         decoder_width=args.decoder_width, norm=args.norm, coarse=not args.no_coarse,
                         fine=not args.no_fine, fusion=args.fusion, patch_size_xyz=tuple(args.patch),

@@ -271,6 +271,9 @@ def prepare_case(spec: CaseSpec, cache_dir: str | os.PathLike, settings: dict,
                                       for k, v in settings["normalization"].items()})
     image = normalize_channels(channels, mask, norm_cfg)
     prob = np.where(mask, np.asarray(prob, dtype=np.float32), np.float32(0.0))
+    if settings.get("target_sigma_mm"):  # the training target, smoothed on the training grid
+        from CGCLesionSegLib.postprocess import smooth_probability
+        prob = np.where(mask, smooth_probability(prob, settings["target_sigma_mm"], geometry.spacing), np.float32(0.0))
     box = brain_bounding_box(mask, BOX_MARGIN)  # the same box rule as inference
     arrays = {"image": np.ascontiguousarray(image[(slice(None),) + box]),
               "prob": np.ascontiguousarray(prob[box]), "mask": np.ascontiguousarray(mask[box])}

@@ -82,9 +82,13 @@ def read_spacing_xyz(path: str, orientation: Optional[str] = None) -> tuple[floa
 
 
 def preprocessing_settings(modalities: Sequence[str], gmm_config, normalization: NormalizationConfig,
-                           spacing_xyz: Optional[Sequence[float]], orientation: Optional[str] = None) -> dict:
+                           spacing_xyz: Optional[Sequence[float]], orientation: Optional[str] = None,
+                           target_sigma_mm: float = 0.0) -> dict:
     """What inference must reproduce; also the cache key of every prepared case. ``orientation``: the
-    voxel order every case is reoriented to before P and the crops (recorded so inference does the same)."""
+    voxel order every case is reoriented to before P and the crops (recorded so inference does the same).
+    ``target_sigma_mm`` > 0: the training target is P smoothed with this Gaussian on the training grid
+    (recorded only when set, so runs and caches from before the option resume unchanged; inference
+    ignores it — it shapes what the network learns, not what it is fed)."""
     from CGCLesionSegLib.gmm import config_to_dict as gmm_to_dict
     out = {"modalities": list(modalities), "normalization": config_to_dict(normalization),
            "gmm": gmm_to_dict(gmm_config) if gmm_config is not None else None,
@@ -92,6 +96,8 @@ def preprocessing_settings(modalities: Sequence[str], gmm_config, normalization:
            "brain_mask": "ct_window" if getattr(gmm_config, "modality", "mri") == "ct" else "nonzero"}
     if orientation:
         out["orientation"] = orientation
+    if target_sigma_mm:
+        out["target_sigma_mm"] = float(target_sigma_mm)
     return out
 
 
@@ -296,7 +302,8 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
     if spacing_xyz is None:
         spacing_xyz = read_spacing_xyz(next(iter(cases[0].images.values())), orientation)
     channels = list(train_cfg.modalities)
-    settings = preprocessing_settings(channels, gmm_config, normalization, spacing_xyz, orientation)
+    settings = preprocessing_settings(channels, gmm_config, normalization, spacing_xyz, orientation,
+                                      train_cfg.target_sigma_mm)
     json_mode = progress == "json"
     reporter = ProgressReporter(progress if info.is_main else "none", description="training")
     try:

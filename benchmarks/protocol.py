@@ -311,8 +311,8 @@ class CaseData:
 
 
 def smooth(p, sigma_mm: float, spacing_xyz):
-    from scipy.ndimage import gaussian_filter
-    return gaussian_filter(p, sigma=[sigma_mm / s for s in reversed(spacing_xyz)], mode="constant")
+    from CGCLesionSegLib.postprocess import smooth_probability
+    return smooth_probability(p, sigma_mm, spacing_xyz)
 
 
 def gmm_default_mask(case: CaseData, mods):

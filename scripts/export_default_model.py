@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         f"- **Spacing**: trained at {' × '.join(str(v) for v in ck['preprocessing'].get('spacing_xyz') or [])} mm; inputs "
         "are resampled to it and outputs back to the input grid.",
         f"- **Network**: `{json.dumps(ck['net_config'])}`",
-        f"- **Training**: `{json.dumps({k: tc.get(k) for k in ('crop_xyz', 'batch_size', 'lr', 'lr_schedule', 'ema', 'augment', 'lesion_crop_fraction', 'flip', 'intensity_jitter', 'seed')})}`; "
+        f"- **Training**: `{json.dumps({k: tc.get(k) for k in ('crop_xyz', 'batch_size', 'lr', 'lr_schedule', 'ema', 'augment', 'lesion_crop_fraction', 'flip', 'intensity_jitter', 'target_sigma_mm', 'seed')})}`; "
         f"losses `{json.dumps(tc.get('loss'))}`.",
         f"- **Length**: {info.step} steps ({info.epoch} epochs of {extra.get('steps_per_epoch')} steps), "
         f"{float(last['seconds']) / 60:.0f} min wall-clock on {args.hardware}"

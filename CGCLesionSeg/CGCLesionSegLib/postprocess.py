@@ -133,3 +133,29 @@ def binarize(prob_zyx: np.ndarray, threshold: float = 0.5, min_component_voxels:
     if mask_zyx is not None:
         out &= np.asarray(mask_zyx, dtype=bool)
     return out.astype(np.uint8)
+
+
+def smooth_probability(prob_zyx: np.ndarray, sigma_mm: float, spacing_xyz: Sequence[float]) -> np.ndarray:
+    """Gaussian-smoothed probability map, float32 ``(z, y, x)`` in [0, 1].
+
+    ``sigma_mm`` is the standard deviation in millimetres on every axis (converted to voxels with
+    ``spacing_xyz``, so anisotropic grids are smoothed isotropically in space); 0 returns a copy.
+    Beyond the volume the map counts as 0 (``mode="constant"``): a lesion at the border is not
+    mirrored into existence. This is the "smoothed P" baseline of the evaluation protocol
+    (benchmarks/protocol.py) and the optional training target of ``python -m CGCTraining
+    --target-sigma``: one definition, so the two cannot drift apart.
+    """
+    prob = np.asarray(prob_zyx, dtype=np.float32)
+    if prob.ndim != 3:
+        raise ValueError(f"the probability map must be a 3-D (z, y, x) array, got shape {prob.shape}")
+    sigma_mm = float(sigma_mm)
+    if not np.isfinite(sigma_mm) or sigma_mm < 0:
+        raise ValueError(f"sigma must be a finite number of mm >= 0, got {sigma_mm}")
+    spacing = [float(s) for s in spacing_xyz]
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be three positive numbers (mm), got {spacing_xyz}")
+    if sigma_mm == 0:
+        return prob.copy()
+    from scipy.ndimage import gaussian_filter
+    out = gaussian_filter(prob, sigma=[sigma_mm / s for s in reversed(spacing)], mode="constant")
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
