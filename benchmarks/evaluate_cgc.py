@@ -170,8 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stage", default="screen", help="stage of --protocol (default screen)")
     ap.add_argument("--tag", help="with --protocol: keep runs and results apart (e.g. for extra training arguments)")
     ap.add_argument("--score-available", action="store_true",
-                    help="with --protocol: score the models that have finished (kept beside them), train nothing, "
-                         "write no report")
+                    help="with --protocol: score the models that have finished (kept beside them), train nothing; "
+                         "print their tables marked PARTIAL, write no report")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv

@@ -534,8 +534,12 @@ def run(args, extra: list) -> int:
             new = score_model(m, cases, sigmas[skey]["sigma"], args.device)
             score_file.write_text(json.dumps({"stamp": stamp, "rows": new}, default=str))
             rows += new
-    if args.score_available:
-        print(json.dumps(summarise(rows, proto), indent=1, default=str)[:4000])
+    if args.score_available:  # progress only: the same tables, marked, and nothing written
+        text = report(proto, args.stage, summarise(rows, proto), sigmas, models, extra, None,
+                      {m.key: _finished(m) for m in models})
+        print(f"PARTIAL: {len(models)} finished model(s) scored"
+              + (f"; not yet finished: {', '.join(missing)}" if missing else "")
+              + ". Progress, not the stage's result.\n\n" + text)
         return 0
     summary = summarise(rows, proto)
     winner = pick_winner(summary, stage) if "winner_rule" in stage else None
