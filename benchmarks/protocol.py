@@ -118,7 +118,54 @@ def plan(proto: dict, stage_name: str, data: Path, work: Path, results_dir: Path
                             models.append(parent)
                     models.append(Model(tuple(mods), vname, fold, int(seed), run, test, train,
                                         list(proto["base_train_args"]) + vargs + list(extra), parent))
+    resolve_fold_sigma(models, proto, data, work)
     return models
+
+
+#: In a variant's training arguments: replaced, per fold, by the smoothed-P sigma chosen on that fold's
+#: labelled training cases — the same choice (and the same file) as the smoothed-P baseline's, so no
+#: held-out label is read. A model without held-out cases (fold -1: the shipped models) gets the sigma
+#: chosen on every labelled case.
+FOLD_SIGMA = "{fold_sigma}"
+
+
+def gmm_config_of(args: list, mods):
+    """The GMM settings a training with ``args`` uses (parsed the way ``python -m CGCTraining`` does)."""
+    from CGCTraining.__main__ import _gmm_config, build_parser
+    parsed = build_parser().parse_args(["--cases", "-", "--output-dir", "-", *[str(a) for a in args]])
+    return _gmm_config(parsed, [m.lower() for m in mods])
+
+
+def sigma_choice(work: Path, tag: str, train_cases: list, mods, gmm_cfg, sigmas) -> dict:
+    """``{"sigma": s, "scores": {sigma: mean Dice}}`` for the labelled ``train_cases``, computed once and
+    kept in ``work/sigma-<modalities>-<tag>.json`` (shared by every model of that fold)."""
+    path = work / f"sigma-{'-'.join(mods)}-{tag}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return {"sigma": saved["sigma"], "scores": {float(a): b for a, b in saved["scores"].items()}}
+    if not train_cases:
+        raise SystemExit(f"no labelled training case to choose the smoothing sigma of {tag} on")
+    s, scores = choose_sigma(train_cases, list(mods), gmm_cfg, [float(v) for v in sigmas])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"sigma": s, "scores": scores}))
+    return {"sigma": s, "scores": scores}
+
+
+def resolve_fold_sigma(models: list, proto: dict, data: Path, work: Path) -> None:
+    """Replace :data:`FOLD_SIGMA` in the models' arguments by their fold's sigma (in place)."""
+    labelled_dir = (data / proto["labelled"]).resolve()
+    cases: dict = {}
+    for m in models:
+        if FOLD_SIGMA not in m.args:
+            continue
+        train = [d for d in m.train if Path(d).resolve().parent == labelled_dir]
+        for d in train:
+            cases.setdefault(d.name, CaseData(Path(d)))
+        tag = f"fold{m.fold}" if m.fold >= 0 else "all"
+        choice = sigma_choice(work, tag, [cases[d.name] for d in train], m.modalities,
+                              gmm_config_of(["0" if a == FOLD_SIGMA else a for a in m.args], m.modalities),
+                              proto["smoothing_sigmas_mm"])
+        m.args = [f"{choice['sigma']:g}" if a == FOLD_SIGMA else a for a in m.args]
 
 
 #: Output rule of the pseudo-labels of a self-training round: the fusion 0.5·CGC + 0.5·P, 2-D hole
@@ -516,14 +563,9 @@ def run(args, extra: list) -> int:
         gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
         train_labelled = [cases[c.name] for c in m.train if c.name in cases]
         skey = f"{'-'.join(m.modalities)} fold {m.fold}"
-        sigma_file = work / f"sigma-{'-'.join(m.modalities)}-fold{m.fold}.json"  # shared by the stage's models
-        if skey not in sigmas and sigma_file.exists():
-            sigmas[skey] = {k: (v if k != "scores" else {float(a): b for a, b in v.items()})
-                            for k, v in json.loads(sigma_file.read_text()).items()}
-        if skey not in sigmas:
-            s, scores = choose_sigma(train_labelled, list(m.modalities), gmm_cfg, [float(v) for v in proto["smoothing_sigmas_mm"]])
-            sigmas[skey] = {"sigma": s, "scores": scores}
-            sigma_file.write_text(json.dumps(sigmas[skey]))
+        if skey not in sigmas:  # shared by the stage's models of that fold
+            sigmas[skey] = sigma_choice(work, f"fold{m.fold}", train_labelled, m.modalities, gmm_cfg,
+                                        proto["smoothing_sigmas_mm"])
         # Scores are kept beside the model, so a later pass (or the final one) does not redo them.
         score_file = m.run / "scores.json"
         stamp = {"sigma": sigmas[skey]["sigma"], "step": info.step}

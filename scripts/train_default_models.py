@@ -86,6 +86,7 @@ def plan_models(proto: dict, sets: list[str], data: Path, work: Path, results_di
             models.append(parent)
         models.append(protocol.Model(mods, winner, -1, seed, work / "-".join(mods) / winner / f"all-seed{seed}", [],
                                      train, base + list(variant.get("args", [])), parent))
+    protocol.resolve_fold_sigma(models, proto, data, work)  # no held-out case: chosen on every labelled one
     return models
 
 

@@ -1,6 +1,7 @@
 """The evaluation protocol's statistics and planning (benchmarks/protocol.py), on synthetic rows."""
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import sys
@@ -96,3 +97,53 @@ def test_self_training_variant_depends_on_its_round_one(tmp_path):
     for m in st:
         assert m.parent is not None and m.parent.variant == "robust" and m.parent in models
         assert (m.parent.fold, m.parent.seed) == (m.fold, m.seed) and m.parent.test == m.test
+
+
+FOLD_SIGMA_PROTOCOL = """
+name = "tiny-sigma"
+labelled = "brats"
+unlabelled = "unlabelled"
+folds = 2
+smoothing_sigmas_mm = [1.0, 3.0]
+base_train_args = ["--crop", "16", "16", "16"]
+[variants.smooth]
+args = ["--target-sigma", "{fold_sigma}"]
+[variants.plain]
+args = []
+[stages.screen]
+modalities = [["flair"]]
+variants = ["smooth", "plain"]
+seeds = [1]
+steps = 2
+"""
+
+
+def test_fold_sigma_is_chosen_on_the_folds_training_labels_only(tmp_path, monkeypatch):
+    from CGCLesionSegLib.phantom import make_phantom, save_phantom
+    for group, names in (("brats", ["a", "b", "c", "d"]), ("unlabelled", ["u"])):
+        for i, n in enumerate(names):
+            save_phantom(make_phantom(shape_xyz=(32, 32, 20), spacing_xyz=(1.5, 1.5, 1.5), seed=30 + i),
+                         tmp_path / "data" / group, n)
+    (tmp_path / "p.toml").write_text(FOLD_SIGMA_PROTOCOL)
+    proto = protocol.load_protocol(tmp_path / "p.toml")
+    read = []
+    real = protocol.CaseData.reference
+    monkeypatch.setattr(protocol.CaseData, "reference", property(lambda self: read.append(self.name) or real.fget(self)))
+    models = protocol.plan(proto, "screen", tmp_path / "data", tmp_path / "work", tmp_path / "results", [])
+    smooth = {m.fold: m for m in models if m.variant == "smooth"}
+    # fold k holds out cases[k::2]: fold 0 trains on b, d and fold 1 on a, c — only those labels are read
+    planned, half = list(read), len(read) // 2
+    assert set(planned[:half]) == {"b", "d"} and set(planned[half:]) == {"a", "c"}
+    for fold, train_names in ((0, ["b", "d"]), (1, ["a", "c"])):
+        m = smooth[fold]
+        assert "{fold_sigma}" not in m.args
+        saved = json.loads((tmp_path / "work" / f"sigma-flair-fold{fold}.json").read_text())
+        want, scores = protocol.choose_sigma([protocol.CaseData(tmp_path / "data" / "brats" / n) for n in train_names],
+                                             ["flair"], protocol.gmm_config_of([], ["flair"]), [1.0, 3.0])
+        assert saved["sigma"] == want and m.args[-2:] == ["--target-sigma", f"{want:g}"]
+        assert saved["scores"] == pytest.approx({str(k): v for k, v in scores.items()})
+    assert all(m.args == ["--crop", "16", "16", "16"] for m in models if m.variant == "plain")
+    # a second plan reads the kept choice (no label read again)
+    read.clear()
+    again = protocol.plan(proto, "screen", tmp_path / "data", tmp_path / "work", tmp_path / "results", [])
+    assert read == [] and [m.args for m in again] == [m.args for m in models]
