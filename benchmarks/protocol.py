@@ -480,14 +480,15 @@ def _mean(vals):
 
 def pick_winner(summary: dict, stage: dict) -> str:
     """The screening rule of cgc-v1: the highest mean network Dice; a variant must beat the control
-    by more than 0.01 to replace it."""
+    (the stage's ``control``, default the variant named ``control``) by more than 0.01 to replace it."""
     scores = {}
     for g in summary.values():
         scores.setdefault(g["variant"], []).append(g["means"]["network"]["dice"])
     mean = {v: statistics.mean(s) for v, s in scores.items()}
     best = max(mean, key=mean.get)
-    if "control" in mean and best != "control" and mean[best] - mean["control"] <= 0.01:
-        return "control"
+    control = stage.get("control", "control")
+    if control in mean and best != control and mean[best] - mean[control] <= 0.01:
+        return control
     return best
 
 

@@ -54,6 +54,10 @@ def test_winner_keeps_the_control_unless_clearly_beaten():
         return {f"flair/{v}": {"variant": v, "means": {"network": {"dice": d}}} for v, d in net.items()}
     assert protocol.pick_winner(summary({"control": 0.70, "robust": 0.705}), {}) == "control"
     assert protocol.pick_winner(summary({"control": 0.70, "robust": 0.72, "big": 0.715}), {}) == "robust"
+    # a stage may name its control (cgc-v2: the previous winner)
+    assert protocol.pick_winner(summary({"robust-st": 0.74, "smooth-st": 0.749}), {"control": "robust-st"}) == "robust-st"
+    assert protocol.pick_winner(summary({"robust-st": 0.74, "smooth-st": 0.751}), {"control": "robust-st"}) == "smooth-st"
+    assert protocol.pick_winner(summary({"robust-st": 0.74, "smooth-st": 0.749}), {}) == "smooth-st"
 
 
 def test_plan_folds_hold_out_disjoint_cases_and_train_on_all_unlabelled(tmp_path):
