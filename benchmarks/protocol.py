@@ -357,11 +357,6 @@ class CaseData:
         return self._p[key]
 
 
-def smooth(p, sigma_mm: float, spacing_xyz):
-    from CGCLesionSegLib.postprocess import smooth_probability
-    return smooth_probability(p, sigma_mm, spacing_xyz)
-
-
 def gmm_default_mask(case: CaseData, mods):
     """The binary output of ``cgcseg gmm`` with its defaults (recommended preset and clean-up); the same
     for every model of a case, so it is computed once per case and modality set."""
@@ -389,9 +384,10 @@ def _gmm_default_mask(case: CaseData, mods):
 def choose_sigma(train_cases: list[CaseData], mods, gmm_cfg, sigmas) -> tuple[float, dict]:
     """The sigma with the best mean Dice of smoothed P >= 0.5 on the fold's labelled training cases."""
     from CGCLesionSegLib.metrics import dice
+    from CGCLesionSegLib.postprocess import smooth_probability
     scores = {}
     for s in sigmas:
-        scores[s] = statistics.mean(dice(smooth(c.probability(mods, gmm_cfg), s, c.geometry.spacing) >= 0.5, c.reference)
+        scores[s] = statistics.mean(dice(smooth_probability(c.probability(mods, gmm_cfg), s, c.geometry.spacing) >= 0.5, c.reference)
                                     for c in train_cases)
     best = max(sigmas, key=lambda s: (round(scores[s], 6), -s))
     return best, scores
@@ -403,6 +399,7 @@ def score_model(model: Model, cases: dict, sigma: float, device: str = "cpu") ->
     from CGCLesionSegLib.gmm import GMMConfig
     from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
     from CGCLesionSegLib.metrics import all_metrics
+    from CGCLesionSegLib.postprocess import smooth_probability
     net, info = load_checkpoint(model.run / "last.pt")
     assert not set(info.extra.get("cases", [])) & {c.name for c in model.test}, f"{model.key}: a test case was trained on"
     gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
@@ -416,7 +413,7 @@ def score_model(model: Model, cases: dict, sigma: float, device: str = "cpu") ->
         res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, mods, model.run / "last.pt",
                            config=InferenceConfig(device=device, **output_preset("single-lesion")),
                            model=net, info=info, gmm_probability_zyx=p)
-        masks = {"p": p >= 0.5, "p_smooth": smooth(p, sigma, case.geometry.spacing) >= 0.5,
+        masks = {"p": p >= 0.5, "p_smooth": smooth_probability(p, sigma, case.geometry.spacing) >= 0.5,
                  "p_netgrid": case.probability(mods, gmm_cfg, spacing) >= 0.5,
                  "gmm_default": gmm_default_mask(case, mods), "network": res.network_probability >= 0.5,
                  "default": res.mask.astype(bool)}
@@ -577,17 +574,15 @@ def run(args, extra: list) -> int:
             new = score_model(m, cases, sigmas[skey]["sigma"], args.device)
             score_file.write_text(json.dumps({"stamp": stamp, "rows": new}, default=str))
             rows += new
+    summary = summarise(rows, proto)
+    winner = pick_winner(summary, stage) if "winner_rule" in stage and not args.score_available else None
+    finished = {m.key: _finished(m) for m in models}
+    text = report(proto, args.stage, summary, sigmas, models, extra, winner, finished)
     if args.score_available:  # progress only: the same tables, marked, and nothing written
-        text = report(proto, args.stage, summarise(rows, proto), sigmas, models, extra, None,
-                      {m.key: _finished(m) for m in models})
         print(f"PARTIAL: {len(models)} finished model(s) scored"
               + (f"; not yet finished: {', '.join(missing)}" if missing else "")
               + ". Progress, not the stage's result.\n\n" + text)
         return 0
-    summary = summarise(rows, proto)
-    winner = pick_winner(summary, stage) if "winner_rule" in stage else None
-    finished = {m.key: _finished(m) for m in models}
-    text = report(proto, args.stage, summary, sigmas, models, extra, winner, finished)
     print(text)
     if not args.no_write:
         results_dir.mkdir(parents=True, exist_ok=True)
