@@ -177,6 +177,12 @@ def main(argv=None) -> int:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     args = ap.parse_args(argv)
     if args.protocol:
+        import tomllib
+        with open(args.protocol, "rb") as fh:
+            proto = tomllib.load(fh)
+        if "source" in proto:  # an inference-rule protocol over another protocol's trained models
+            from rules import run as run_rules
+            return run_rules(args, proto, Path(args.protocol))
         from protocol import run as run_protocol
         return run_protocol(args, extra)
     cases = _cases(Path(args.data))

@@ -436,9 +436,10 @@ def bootstrap_ci(values: list[float], resamples: int, seed: int) -> tuple[float,
     return means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
 
 
-def summarise(rows: list[dict], proto: dict) -> dict:
+def summarise(rows: list[dict], proto: dict, columns=COLUMNS, differences=DIFFERENCES) -> dict:
     """Per (modalities, variant): per-case metrics averaged over seeds, means, paired differences with a
     bootstrap CI over cases, and the seed SD of each column's mean Dice."""
+    COLUMNS, DIFFERENCES = columns, differences  # noqa: N806 (the module's defaults, or a protocol's own)
     out = {}
     groups: dict = {}
     for r in rows:

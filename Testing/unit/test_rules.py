@@ -1,0 +1,56 @@
+"""The inference-rule protocol (benchmarks/rules.py, docs/protocols/cgc-v3.toml): the smoothed network is
+the same rule as the smoothed P, and the runner uses another protocol's models without training."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import evaluate_cgc  # noqa: E402
+import rules  # noqa: E402
+
+V3 = ROOT / "docs" / "protocols" / "cgc-v3.toml"
+
+
+def test_smoothed_network_is_the_smoothed_p_rule_applied_to_the_network_map():
+    rng = np.random.default_rng(0)
+    p = rng.random((12, 14, 16)).astype(np.float32)
+    spacing_xyz = (1.0, 1.5, 2.0)
+    same = rules.rule_masks(p, p.copy(), 2.0, spacing_xyz)
+    assert np.array_equal(same["p_smooth"], same["network_smooth"]) and np.array_equal(same["p"], same["network"])
+    # Slow reference: a Gaussian of sigma mm per axis (in voxels: sigma / spacing), then >= 0.5.
+    net = np.zeros_like(p)
+    net[2:9, 3:11, 4:12] = 0.9
+    net[10, 12, 14] = 1.0  # an isolated voxel: kept by the bare threshold, removed by smoothing
+    masks = rules.rule_masks(p, net, 2.0, spacing_xyz)
+    ref = ndimage.gaussian_filter(net.astype(np.float64), sigma=[2.0 / s for s in reversed(spacing_xyz)],
+                                  mode="constant") >= 0.5
+    assert masks["network"][10, 12, 14] and not masks["network_smooth"][10, 12, 14]
+    # float32 vs float64 may flip a voxel whose value is within rounding of 0.5; nothing else may differ.
+    assert (masks["network_smooth"] != ref).sum() <= 2 and masks["network_smooth"][5, 7, 8]
+
+
+def test_rule_winner_keeps_the_control_unless_clearly_beaten():
+    def summary(net, sm):
+        return {"flair/x": {"means": {"network": {"dice": net}, "network_smooth": {"dice": sm}}}}
+    assert rules.pick_winner(summary(0.74, 0.749), "network", ["network", "network_smooth"]) == "network"
+    assert rules.pick_winner(summary(0.74, 0.751), "network", ["network", "network_smooth"]) == "network_smooth"
+    assert rules.pick_winner(summary(0.76, 0.75), "network", ["network", "network_smooth"]) == "network"
+
+
+def test_rule_protocol_refuses_until_its_source_models_have_finished(tmp_path):
+    for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1"])):
+        for n in names:
+            (tmp_path / group / n).mkdir(parents=True)
+    argv = ["--protocol", str(V3), "--stage", "screen", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
+            "--no-write"]
+    with pytest.raises(SystemExit, match="has not finished these models yet.*robust-st/fold0-seed100"):
+        evaluate_cgc.main(argv)
+    with pytest.raises(SystemExit, match="is not in"):
+        evaluate_cgc.main(["--protocol", str(V3), "--stage", "ablation", "--data", str(tmp_path)])
+    assert not (tmp_path / "w" / "screen").exists() or not any((tmp_path / "w" / "screen").rglob("*.pt"))

@@ -1,0 +1,154 @@
+"""An inference-rule protocol (e.g. docs/protocols/cgc-v3.toml): scores another protocol's trained models
+with extra output rules; trains nothing.
+
+Run through ``python benchmarks/evaluate_cgc.py --protocol docs/protocols/cgc-v3.toml --stage screen``
+(``benchmarks/evaluate_cgc.py`` sends a protocol file with a ``source`` key here). The models, folds,
+seeds and the fold's smoothing sigma all come from the source protocol's stage, so no new choice reads a
+label: ``network_smooth`` smooths the network's map with the very Gaussian the ``p_smooth`` baseline uses
+("the same rule on P").
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import protocol as base
+
+#: rule name -> heading; ``p`` and ``p_smooth`` are the baselines, always scored.
+COLUMNS = (("p", "P ≥ 0.5"), ("p_smooth", "smoothed P"), ("network", "network ≥ 0.5"),
+           ("network_smooth", "**smoothed network**"))
+DIFFERENCES = (("network_smooth", "p_smooth", "≥ +0.03, CI > 0"), ("network_smooth", "p", "≥ +0.05, CI > 0"),
+               ("network_smooth", "network", "—"), ("network", "p_smooth", "—"))
+
+
+def rule_masks(p, network_probability, sigma: float, spacing_xyz) -> dict:
+    """The four binary masks of one case. ``p`` and ``network_probability``: (Z, Y, X) in [0, 1] on the
+    input grid; ``sigma`` in mm; returns {column: (Z, Y, X) bool}."""
+    from CGCLesionSegLib.postprocess import smooth_probability
+    return {"p": p >= 0.5, "p_smooth": smooth_probability(p, sigma, spacing_xyz) >= 0.5,
+            "network": network_probability >= 0.5,
+            "network_smooth": smooth_probability(network_probability, sigma, spacing_xyz) >= 0.5}
+
+
+def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu") -> list[dict]:
+    from CGCLesionSegLib.checkpoint import load_checkpoint
+    from CGCLesionSegLib.config import config_from_dict
+    from CGCLesionSegLib.gmm import GMMConfig
+    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    from CGCLesionSegLib.metrics import all_metrics
+    net, info = load_checkpoint(model.run / "last.pt")
+    assert not set(info.extra.get("cases", [])) & {c.name for c in model.test}, f"{model.key}: a test case was trained on"
+    gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
+    rows = []
+    for folder in model.test:
+        case = cases[folder.name]
+        mods = list(model.modalities)
+        imgs = case.images(mods)
+        p = case.probability(mods, gmm_cfg)
+        res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, mods, model.run / "last.pt",
+                           config=InferenceConfig(device=device), model=net, info=info, gmm_probability_zyx=p)
+        masks = rule_masks(p, res.network_probability, sigma, case.geometry.spacing)
+        spacing_zyx = tuple(reversed(case.geometry.spacing))
+        row = {"case": case.name, "model": model.key, "variant": model.variant, "fold": model.fold, "seed": model.seed,
+               "modalities": mods, "sigma_mm": sigma, "step": info.step}
+        for col, m in masks.items():
+            row[col] = all_metrics(m, case.reference, spacing_zyx)
+        rows.append(row)
+        print(f"  {model.key} {case.name}: " + " ".join(f"{c} {row[c]['dice']:.3f}" for c, _ in COLUMNS), file=sys.stderr)
+    return rows
+
+
+def pick_winner(summary: dict, control: str, rules: list) -> str:
+    """Highest mean Dice over the groups; a rule must beat ``control`` by more than 0.01 to replace it."""
+    mean = {r: statistics.mean(g["means"][r]["dice"] for g in summary.values()) for r in rules}
+    best = max(mean, key=mean.get)
+    return control if best != control and mean[best] - mean[control] <= 0.01 else best
+
+
+def report(proto: dict, src: dict, stage_name: str, summary: dict, sigmas: dict, winner) -> str:
+    stage = proto["stages"][stage_name]
+    lines = [f"### Protocol {proto['name']}, stage `{stage_name}` (inference rules)", "",
+             f"Protocol file `docs/protocols/{proto['name']}.toml` (committed before its first run). Nothing trained: "
+             f"the `{stage['variant']}` models of `{src['name']}`'s stage `{stage['source_stage']}` segment their held-out "
+             "cases again; `smoothed network` = the network's map smoothed with the fold's smoothed-P sigma (chosen in "
+             f"{src['name']} on the fold's labelled training cases), ≥ 0.5. Sigmas: "
+             + "; ".join(f"{k}: {v['sigma']:g} mm" for k, v in sorted(sigmas.items())) + ".", ""]
+    if stage_name == "confirm":
+        lines += [f"Caveat: {src['name']}'s four-channel confirmation models had been scored with the `network` rule "
+                  "before this protocol was written (not with the smoothed network); its FLAIR models had not.", ""]
+    for g in summary.values():
+        lines += [f"#### {g['modalities']} — `{g['variant']}`", "",
+                  f"Dice per held-out case (mean over seeds {', '.join(map(str, g['seeds']))}):", "",
+                  "| case | " + " | ".join(n for _, n in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+        for c in g["cases"]:
+            lines.append(f"| {c} | " + " | ".join(base._fmt(g["per_case"][c][col]["dice"]) for col, _ in COLUMNS) + " |")
+        for k, name in (("dice", "Dice"), ("sensitivity", "sensitivity"), ("precision", "precision"),
+                        ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)")):
+            nd = 2 if k.endswith("_mm") else 4
+            lines.append(f"| **mean {name}** | " + " | ".join(base._fmt(g["means"][col][k], nd) for col, _ in COLUMNS) + " |")
+        lines.append("| seed SD of mean Dice | " + " | ".join(base._fmt(g["seed_sd"][col]) for col, _ in COLUMNS) + " |")
+        lines += ["", "| paired difference (Dice) | mean | bootstrap 95 % CI over cases | worst case | target |",
+                  "|---|---|---|---|---|"]
+        for a, b, target in DIFFERENCES:
+            d = g["differences"][f"{a}-{b}"]
+            lines.append(f"| {a} − {b} | {d['mean']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
+                         f"{d['min_case']:+.4f} | {target} |")
+        lines.append("")
+    if winner:
+        lines += [f"Winner by the declared rule ({stage.get('winner_rule', '')}): **`{winner}`**.", ""]
+    return "\n".join(lines)
+
+
+def run(args, proto: dict, proto_path: Path) -> int:
+    if args.stage not in proto["stages"]:
+        raise SystemExit(f"stage {args.stage!r} is not in {proto_path}; it has {', '.join(proto['stages'])}")
+    stage = proto["stages"][args.stage]
+    src_path = proto_path.parent / proto["source"]
+    src = base.load_protocol(src_path)
+    results_dir = base.ROOT / "docs" / "protocols" / "results"
+    work = Path(args.work_dir or base.ROOT / "runs" / f"protocol-{src['name']}") / stage["source_stage"]
+    data = Path(args.data)
+    models = [m for m in base.plan(src, stage["source_stage"], data, work, results_dir, [])
+              if m.variant == stage["variant"]]
+    missing = [m.key for m in models if base._finished(m) is None]
+    if missing and not args.score_available:
+        raise SystemExit(f"{src['name']} has not finished these models yet: {', '.join(missing)}; run its stage "
+                         f"{stage['source_stage']} first (or give --score-available for a partial look)")
+    models = [m for m in models if base._finished(m) is not None]
+    cases = {d.name: base.CaseData(d) for d in base._case_dirs(data / src["labelled"])}
+    rows, sigmas = [], {}
+    for m in models:
+        skey = f"{'-'.join(m.modalities)} fold {m.fold}"
+        if skey not in sigmas:  # the source protocol's own choice, made on the fold's labelled training cases
+            sfile = work / f"sigma-{'-'.join(m.modalities)}-fold{m.fold}.json"
+            if not sfile.exists():
+                raise SystemExit(f"{sfile} not found: score {src['name']}'s stage {stage['source_stage']} first")
+            sigmas[skey] = json.loads(sfile.read_text())
+        score_file = m.run / f"rules-{proto['name']}.json"
+        stamp = {"sigma": sigmas[skey]["sigma"], "step": base._finished(m).get("step")}
+        saved = json.loads(score_file.read_text()) if score_file.exists() else None
+        if saved and saved.get("stamp") == stamp:
+            rows += saved["rows"]
+        else:
+            new = score_model(m, cases, sigmas[skey]["sigma"], args.device)
+            score_file.write_text(json.dumps({"stamp": stamp, "rows": new}, default=str))
+            rows += new
+    summary = base.summarise(rows, proto, COLUMNS, DIFFERENCES)
+    winner = pick_winner(summary, proto["control"], proto["rules"]) if "winner_rule" in stage else None
+    text = report(proto, src, args.stage, summary, sigmas, winner)
+    if args.score_available or missing:
+        print(f"PARTIAL: {len(models)} finished model(s) scored; not yet finished: {', '.join(missing) or 'none'}. "
+              "Progress, not the stage's result.\n\n" + text)
+        return 0
+    print(text)
+    if not args.no_write:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        out = results_dir / f"{proto['name']}-{args.stage}.json"
+        out.write_text(json.dumps({"protocol": proto["name"], "stage": args.stage, "winner": winner, "sigmas": sigmas,
+                                   "summary": summary, "rows": rows}, indent=1, default=str))
+        from _report import machine_line, write_section
+        write_section(f"protocol-{proto['name']}-{args.stage}", text + "\n" + machine_line())
+        print(f"wrote {out} and docs/BENCHMARKS.md section protocol-{proto['name']}-{args.stage}", file=sys.stderr)
+    return 0
