@@ -49,7 +49,9 @@ def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu
         p = case.probability(mods, gmm_cfg)
         res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, mods, model.run / "last.pt",
                            config=InferenceConfig(device=device), model=net, info=info, gmm_probability_zyx=p)
-        masks = rule_masks(p, res.network_probability, sigma, case.geometry.spacing)
+        # No fusion in this config, so the thresholded map is the network's own (network_probability is None).
+        net_map = res.network_probability if res.network_probability is not None else res.probability
+        masks = rule_masks(p, net_map, sigma, case.geometry.spacing)
         spacing_zyx = tuple(reversed(case.geometry.spacing))
         row = {"case": case.name, "model": model.key, "variant": model.variant, "fold": model.fold, "seed": model.seed,
                "modalities": mods, "sigma_mm": sigma, "step": info.step}
