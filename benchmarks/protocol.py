@@ -494,6 +494,26 @@ def _fmt(v, nd=4):
     return "—" if v is None else f"{v:.{nd}f}"
 
 
+def group_table(g: dict, columns=COLUMNS, differences=DIFFERENCES) -> list[str]:
+    """Markdown lines of one summary group: Dice per case, mean metrics, seed SD, paired differences."""
+    lines = [f"Dice per held-out case (mean over seeds {', '.join(map(str, g['seeds']))}):", "",
+             "| case | " + " | ".join(n for _, n in columns) + " |", "|---|" + "---|" * len(columns)]
+    for c in g["cases"]:
+        lines.append(f"| {c} | " + " | ".join(_fmt(g["per_case"][c][col]["dice"]) for col, _ in columns) + " |")
+    for k, name in (("dice", "Dice"), ("sensitivity", "sensitivity"), ("precision", "precision"),
+                    ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)")):
+        nd = 2 if k.endswith("_mm") else 4
+        lines.append(f"| **mean {name}** | " + " | ".join(_fmt(g["means"][col][k], nd) for col, _ in columns) + " |")
+    lines.append("| seed SD of mean Dice | " + " | ".join(_fmt(g["seed_sd"][col]) for col, _ in columns) + " |")
+    lines += ["", "| paired difference (Dice) | mean | bootstrap 95 % CI over cases | worst case | target |",
+              "|---|---|---|---|---|"]
+    for a, b, target in differences:
+        d = g["differences"][f"{a}-{b}"]
+        lines.append(f"| {a} − {b} | {d['mean']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
+                     f"{d['min_case']:+.4f} | {target} |")
+    return lines
+
+
 def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: list[Model], extra: list,
            winner: Optional[str], finished: dict) -> str:
     stage = proto["stages"][stage_name]
@@ -511,23 +531,7 @@ def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: li
     lines += ["", f"Steps reached: {', '.join(map(str, steps))} (of {stage['steps']}); training time per model: "
               + ", ".join(f"{f['seconds'] / 60:.0f}" for f in finished.values() if f) + " min.", ""]
     for key, g in summary.items():
-        lines += [f"#### {g['modalities']} — variant `{g['variant']}`", "",
-                  f"Dice per held-out case (mean over seeds {', '.join(map(str, g['seeds']))}):", "",
-                  "| case | " + " | ".join(n for _, n in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-        for c in g["cases"]:
-            lines.append(f"| {c} | " + " | ".join(_fmt(g["per_case"][c][col]["dice"]) for col, _ in COLUMNS) + " |")
-        for k, name in (("dice", "Dice"), ("sensitivity", "sensitivity"), ("precision", "precision"),
-                        ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)")):
-            nd = 2 if k.endswith("_mm") else 4
-            lines.append(f"| **mean {name}** | " + " | ".join(_fmt(g["means"][col][k], nd) for col, _ in COLUMNS) + " |")
-        lines.append("| seed SD of mean Dice | " + " | ".join(_fmt(g["seed_sd"][col]) for col, _ in COLUMNS) + " |")
-        lines += ["", "| paired difference (Dice) | mean | bootstrap 95 % CI over cases | worst case | target |",
-                  "|---|---|---|---|---|"]
-        for a, b, target in DIFFERENCES:
-            d = g["differences"][f"{a}-{b}"]
-            lines.append(f"| {a} − {b} | {d['mean']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
-                         f"{d['min_case']:+.4f} | {target} |")
-        lines.append("")
+        lines += [f"#### {g['modalities']} — variant `{g['variant']}`", ""] + group_table(g) + [""]
     if winner:
         lines += [f"Winner by the declared rule ({stage.get('winner_rule', '')}): **`{winner}`**.", ""]
     return "\n".join(lines)

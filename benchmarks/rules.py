@@ -81,23 +81,7 @@ def report(proto: dict, src: dict, stage_name: str, summary: dict, sigmas: dict,
         lines += [f"Caveat: {src['name']}'s four-channel confirmation models had been scored with the `network` rule "
                   "before this protocol was written (not with the smoothed network); its FLAIR models had not.", ""]
     for g in summary.values():
-        lines += [f"#### {g['modalities']} — `{g['variant']}`", "",
-                  f"Dice per held-out case (mean over seeds {', '.join(map(str, g['seeds']))}):", "",
-                  "| case | " + " | ".join(n for _, n in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-        for c in g["cases"]:
-            lines.append(f"| {c} | " + " | ".join(base._fmt(g["per_case"][c][col]["dice"]) for col, _ in COLUMNS) + " |")
-        for k, name in (("dice", "Dice"), ("sensitivity", "sensitivity"), ("precision", "precision"),
-                        ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)")):
-            nd = 2 if k.endswith("_mm") else 4
-            lines.append(f"| **mean {name}** | " + " | ".join(base._fmt(g["means"][col][k], nd) for col, _ in COLUMNS) + " |")
-        lines.append("| seed SD of mean Dice | " + " | ".join(base._fmt(g["seed_sd"][col]) for col, _ in COLUMNS) + " |")
-        lines += ["", "| paired difference (Dice) | mean | bootstrap 95 % CI over cases | worst case | target |",
-                  "|---|---|---|---|---|"]
-        for a, b, target in DIFFERENCES:
-            d = g["differences"][f"{a}-{b}"]
-            lines.append(f"| {a} − {b} | {d['mean']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
-                         f"{d['min_case']:+.4f} | {target} |")
-        lines.append("")
+        lines += [f"#### {g['modalities']} — `{g['variant']}`", ""] + base.group_table(g, COLUMNS, DIFFERENCES) + [""]
     if winner:
         lines += [f"Winner by the declared rule ({stage.get('winner_rule', '')}): **`{winner}`**.", ""]
     return "\n".join(lines)
