@@ -393,38 +393,51 @@ def choose_sigma(train_cases: list[CaseData], mods, gmm_cfg, sigmas) -> tuple[fl
     return best, scores
 
 
-def score_model(model: Model, cases: dict, sigma: float, device: str = "cpu") -> list[dict]:
+def segment_held_out(model: Model, cases: dict, device: str = "cpu", **config):
+    """Segments each held-out case of ``model`` (InferenceConfig fields ``config``); yields
+    ``(case, P on the input grid, SegmentationResult, checkpoint info, GMM settings)``."""
     from CGCLesionSegLib.checkpoint import load_checkpoint
     from CGCLesionSegLib.config import config_from_dict
     from CGCLesionSegLib.gmm import GMMConfig
-    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
-    from CGCLesionSegLib.metrics import all_metrics
-    from CGCLesionSegLib.postprocess import smooth_probability
+    from CGCLesionSegLib.inference import InferenceConfig, segment_case
     net, info = load_checkpoint(model.run / "last.pt")
     assert not set(info.extra.get("cases", [])) & {c.name for c in model.test}, f"{model.key}: a test case was trained on"
     gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
-    spacing = info.preprocessing.get("spacing_xyz")
-    rows = []
     for folder in model.test:
         case = cases[folder.name]
         mods = list(model.modalities)
         imgs = case.images(mods)
         p = case.probability(mods, gmm_cfg)
         res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, mods, model.run / "last.pt",
-                           config=InferenceConfig(device=device, **output_preset("single-lesion")),
-                           model=net, info=info, gmm_probability_zyx=p)
+                           config=InferenceConfig(device=device, **config), model=net, info=info, gmm_probability_zyx=p)
+        yield case, p, res, info, gmm_cfg
+
+
+def score_model(model: Model, cases: dict, sigma: float, device: str = "cpu") -> list[dict]:
+    from CGCLesionSegLib.inference import output_preset
+    from CGCLesionSegLib.postprocess import smooth_probability
+    rows = []
+    mods = list(model.modalities)
+    for case, p, res, info, gmm_cfg in segment_held_out(model, cases, device, **output_preset("single-lesion")):
+        spacing = info.preprocessing.get("spacing_xyz")
         masks = {"p": p >= 0.5, "p_smooth": smooth_probability(p, sigma, case.geometry.spacing) >= 0.5,
                  "p_netgrid": case.probability(mods, gmm_cfg, spacing) >= 0.5,
                  "gmm_default": gmm_default_mask(case, mods), "network": res.network_probability >= 0.5,
                  "default": res.mask.astype(bool)}
-        spacing_zyx = tuple(reversed(case.geometry.spacing))
-        row = {"case": case.name, "model": model.key, "variant": model.variant, "fold": model.fold, "seed": model.seed,
-               "modalities": mods, "sigma_mm": sigma, "step": info.step, "window_xyz": list(res.window_xyz or ())}
-        for col, m in masks.items():
-            row[col] = all_metrics(m, case.reference, spacing_zyx)
-        rows.append(row)
-        print(f"  {model.key} {case.name}: " + " ".join(f"{c} {row[c]['dice']:.3f}" for c, _ in COLUMNS), file=sys.stderr)
+        rows.append(score_row(model, case, info, masks, sigma, window_xyz=list(res.window_xyz or ())))
     return rows
+
+
+def score_row(model: Model, case: CaseData, info, masks: dict, sigma: float, **extra) -> dict:
+    """One case's row: every mask of ``masks`` ({column: (Z, Y, X) bool}) scored against the reference."""
+    from CGCLesionSegLib.metrics import all_metrics
+    spacing_zyx = tuple(reversed(case.geometry.spacing))
+    row = {"case": case.name, "model": model.key, "variant": model.variant, "fold": model.fold, "seed": model.seed,
+           "modalities": list(model.modalities), "sigma_mm": sigma, "step": info.step, **extra}
+    for col, m in masks.items():
+        row[col] = all_metrics(m, case.reference, spacing_zyx)
+    print(f"  {model.key} {case.name}: " + " ".join(f"{c} {row[c]['dice']:.3f}" for c in masks), file=sys.stderr)
+    return row
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -537,6 +550,16 @@ def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: li
     return "\n".join(lines)
 
 
+def kept_scores(score_file: Path, stamp: dict, compute) -> list[dict]:
+    """The rows saved in ``score_file`` if they were made with ``stamp``, else ``compute()``'s, saved there."""
+    saved = json.loads(score_file.read_text()) if score_file.exists() else None
+    if saved and saved.get("stamp") == stamp:
+        return saved["rows"]
+    rows = compute()
+    score_file.write_text(json.dumps({"stamp": stamp, "rows": rows}, default=str))
+    return rows
+
+
 def run(args, extra: list) -> int:
     proto = load_protocol(args.protocol)
     if args.stage not in proto["stages"]:
@@ -572,13 +595,7 @@ def run(args, extra: list) -> int:
         # Scores are kept beside the model, so a later pass (or the final one) does not redo them.
         score_file = m.run / "scores.json"
         stamp = {"sigma": sigmas[skey]["sigma"], "step": info.step}
-        saved = json.loads(score_file.read_text()) if score_file.exists() else None
-        if saved and saved.get("stamp") == stamp:
-            rows += saved["rows"]
-        else:
-            new = score_model(m, cases, sigmas[skey]["sigma"], args.device)
-            score_file.write_text(json.dumps({"stamp": stamp, "rows": new}, default=str))
-            rows += new
+        rows += kept_scores(score_file, stamp, lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device))
     summary = summarise(rows, proto)
     winner = pick_winner(summary, stage) if "winner_rule" in stage and not args.score_available else None
     finished = {m.key: _finished(m) for m in models}

@@ -33,32 +33,12 @@ def rule_masks(p, network_probability, sigma: float, spacing_xyz) -> dict:
 
 
 def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu") -> list[dict]:
-    from CGCLesionSegLib.checkpoint import load_checkpoint
-    from CGCLesionSegLib.config import config_from_dict
-    from CGCLesionSegLib.gmm import GMMConfig
-    from CGCLesionSegLib.inference import InferenceConfig, segment_case
-    from CGCLesionSegLib.metrics import all_metrics
-    net, info = load_checkpoint(model.run / "last.pt")
-    assert not set(info.extra.get("cases", [])) & {c.name for c in model.test}, f"{model.key}: a test case was trained on"
-    gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
     rows = []
-    for folder in model.test:
-        case = cases[folder.name]
-        mods = list(model.modalities)
-        imgs = case.images(mods)
-        p = case.probability(mods, gmm_cfg)
-        res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, mods, model.run / "last.pt",
-                           config=InferenceConfig(device=device), model=net, info=info, gmm_probability_zyx=p)
+    for case, p, res, info, _ in base.segment_held_out(model, cases, device):
         # No fusion in this config, so the thresholded map is the network's own (network_probability is None).
         net_map = res.network_probability if res.network_probability is not None else res.probability
         masks = rule_masks(p, net_map, sigma, case.geometry.spacing)
-        spacing_zyx = tuple(reversed(case.geometry.spacing))
-        row = {"case": case.name, "model": model.key, "variant": model.variant, "fold": model.fold, "seed": model.seed,
-               "modalities": mods, "sigma_mm": sigma, "step": info.step}
-        for col, m in masks.items():
-            row[col] = all_metrics(m, case.reference, spacing_zyx)
-        rows.append(row)
-        print(f"  {model.key} {case.name}: " + " ".join(f"{c} {row[c]['dice']:.3f}" for c, _ in COLUMNS), file=sys.stderr)
+        rows.append(base.score_row(model, case, info, masks, sigma))
     return rows
 
 
@@ -114,13 +94,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
             sigmas[skey] = json.loads(sfile.read_text())
         score_file = m.run / f"rules-{proto['name']}.json"
         stamp = {"sigma": sigmas[skey]["sigma"], "step": base._finished(m).get("step")}
-        saved = json.loads(score_file.read_text()) if score_file.exists() else None
-        if saved and saved.get("stamp") == stamp:
-            rows += saved["rows"]
-        else:
-            new = score_model(m, cases, sigmas[skey]["sigma"], args.device)
-            score_file.write_text(json.dumps({"stamp": stamp, "rows": new}, default=str))
-            rows += new
+        rows += base.kept_scores(score_file, stamp, lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device))
     summary = base.summarise(rows, proto, COLUMNS, DIFFERENCES)
     winner = pick_winner(summary, proto["control"], proto["rules"]) if "winner_rule" in stage else None
     text = report(proto, src, args.stage, summary, sigmas, winner)
