@@ -87,11 +87,14 @@ def run(args, proto: dict, proto_path: Path) -> int:
     rows, sigmas = [], {}
     for m in models:
         skey = f"{'-'.join(m.modalities)} fold {m.fold}"
-        if skey not in sigmas:  # the source protocol's own choice, made on the fold's labelled training cases
-            sfile = work / f"sigma-{'-'.join(m.modalities)}-fold{m.fold}.json"
-            if not sfile.exists():
-                raise SystemExit(f"{sfile} not found: score {src['name']}'s stage {stage['source_stage']} first")
-            sigmas[skey] = json.loads(sfile.read_text())
+        # The source protocol's own choice, made on the fold's labelled training cases.
+        sfile = work / f"sigma-{'-'.join(m.modalities)}-fold{m.fold}.json"
+        if not sfile.exists() and args.score_available:  # a partial look skips what cannot be scored yet
+            missing.append(f"{m.key} (no {sfile.name} yet)")
+            continue
+        if not sfile.exists():
+            raise SystemExit(f"{sfile} not found: score {src['name']}'s stage {stage['source_stage']} first")
+        sigmas.setdefault(skey, json.loads(sfile.read_text()))
         score_file = m.run / f"rules-{proto['name']}.json"
         stamp = {"sigma": sigmas[skey]["sigma"], "step": base._finished(m).get("step")}
         rows += base.kept_scores(score_file, stamp, lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device))
@@ -99,7 +102,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
     winner = pick_winner(summary, proto["control"], proto["rules"]) if "winner_rule" in stage else None
     text = report(proto, src, args.stage, summary, sigmas, winner)
     if args.score_available or missing:
-        print(f"PARTIAL: {len(models)} finished model(s) scored; not yet finished: {', '.join(missing) or 'none'}. "
+        print(f"PARTIAL: {len({r['model'] for r in rows})} finished model(s) scored; not yet finished: {', '.join(missing) or 'none'}. "
               "Progress, not the stage's result.\n\n" + text)
         return 0
     print(text)
