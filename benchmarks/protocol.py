@@ -136,10 +136,15 @@ def gmm_config_of(args: list, mods):
     return _gmm_config(parsed, [m.lower() for m in mods])
 
 
+def sigma_path(work: Path, mods, tag: str) -> Path:
+    """Where the smoothed-P sigma of a fold (``tag``: ``fold<k>`` or ``all``) is kept."""
+    return work / f"sigma-{'-'.join(mods)}-{tag}.json"
+
+
 def sigma_choice(work: Path, tag: str, train_cases: list, mods, gmm_cfg, sigmas) -> dict:
     """``{"sigma": s, "scores": {sigma: mean Dice}}`` for the labelled ``train_cases``, computed once and
     kept in ``work/sigma-<modalities>-<tag>.json`` (shared by every model of that fold)."""
-    path = work / f"sigma-{'-'.join(mods)}-{tag}.json"
+    path = sigma_path(work, mods, tag)
     if path.exists():
         saved = json.loads(path.read_text())
         return {"sigma": saved["sigma"], "scores": {float(a): b for a, b in saved["scores"].items()}}
@@ -452,7 +457,6 @@ def bootstrap_ci(values: list[float], resamples: int, seed: int) -> tuple[float,
 def summarise(rows: list[dict], proto: dict, columns=COLUMNS, differences=DIFFERENCES) -> dict:
     """Per (modalities, variant): per-case metrics averaged over seeds, means, paired differences with a
     bootstrap CI over cases, and the seed SD of each column's mean Dice."""
-    COLUMNS, DIFFERENCES = columns, differences  # noqa: N806 (the module's defaults, or a protocol's own)
     out = {}
     groups: dict = {}
     for r in rows:
@@ -463,16 +467,16 @@ def summarise(rows: list[dict], proto: dict, columns=COLUMNS, differences=DIFFER
         per_case = {}
         for c in cases:
             crs = [r for r in rs if r["case"] == c]
-            per_case[c] = {col: {k: _mean([r[col][k] for r in crs]) for k in METRIC_KEYS} for col, _ in COLUMNS}
+            per_case[c] = {col: {k: _mean([r[col][k] for r in crs]) for k in METRIC_KEYS} for col, _ in columns}
             per_case[c]["n_seeds"] = len(crs)
             per_case[c]["sigma_mm"] = crs[0]["sigma_mm"]
         # Seed index i = the i-th seed of every fold (the folds use the same seed list).
         for r in rs:
             seeds_idx.setdefault(r["seed"], []).append(r)
-        seed_means = {col: [statistics.mean(r[col]["dice"] for r in sr) for sr in seeds_idx.values()] for col, _ in COLUMNS}
-        means = {col: {k: _mean([per_case[c][col][k] for c in cases]) for k in METRIC_KEYS} for col, _ in COLUMNS}
+        seed_means = {col: [statistics.mean(r[col]["dice"] for r in sr) for sr in seeds_idx.values()] for col, _ in columns}
+        means = {col: {k: _mean([per_case[c][col][k] for c in cases]) for k in METRIC_KEYS} for col, _ in columns}
         diffs = {}
-        for a, b, _ in DIFFERENCES:
+        for a, b, _ in differences:
             d = [per_case[c][a]["dice"] - per_case[c][b]["dice"] for c in cases]
             lo, hi = bootstrap_ci(d, int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0)))
             diffs[f"{a}-{b}"] = {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d), "per_case": dict(zip(cases, d))}

@@ -88,7 +88,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
     for m in models:
         skey = f"{'-'.join(m.modalities)} fold {m.fold}"
         # The source protocol's own choice, made on the fold's labelled training cases.
-        sfile = work / f"sigma-{'-'.join(m.modalities)}-fold{m.fold}.json"
+        sfile = base.sigma_path(work, m.modalities, f"fold{m.fold}")
         if not sfile.exists() and args.score_available:  # a partial look skips what cannot be scored yet
             missing.append(f"{m.key} (no {sfile.name} yet)")
             continue
