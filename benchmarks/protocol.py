@@ -64,7 +64,9 @@ class Model:
 
     @property
     def key(self) -> str:
-        return f"{'-'.join(self.modalities)}/{self.variant}/fold{self.fold}-seed{self.seed}"
+        # fold -1: trained on every case (the shipped models), so there is no held-out fold to name
+        where = "all" if self.fold < 0 else f"fold{self.fold}"
+        return f"{'-'.join(self.modalities)}/{self.variant}/{where}-seed{self.seed}"
 
 
 def _case_dirs(folder: Path) -> list[Path]:

@@ -79,6 +79,7 @@ def test_recipe_is_read_from_the_screen_and_missing_screen_is_an_error(setup, tm
     # every case trains (labelled images and unlabelled), none is held out
     assert sorted(c.name for c in models[0].train) == ["a", "b", "u"] and models[0].test == []
     assert models[1].parent is models[0]
+    assert models[1].key == "flair/robust-st/all-seed0"  # no held-out fold to name
     assert models[1].args[-4:] == ["--ema", "0.9", "--lr-schedule", "cosine"]
 
 
