@@ -501,10 +501,13 @@ def pick_winner(summary: dict, stage: dict) -> str:
     scores = {}
     for g in summary.values():
         scores.setdefault(g["variant"], []).append(g["means"]["network"]["dice"])
-    mean = {v: statistics.mean(s) for v, s in scores.items()}
+    return winner_by_margin({v: statistics.mean(s) for v, s in scores.items()}, stage.get("control", "control"))
+
+
+def winner_by_margin(mean: dict, control: str, margin: float = 0.01) -> str:
+    """The key of the highest ``mean``, unless it beats ``control`` by ``margin`` or less (simpler wins)."""
     best = max(mean, key=mean.get)
-    control = stage.get("control", "control")
-    if control in mean and best != control and mean[best] - mean[control] <= 0.01:
+    if control in mean and best != control and mean[best] - mean[control] <= margin:
         return control
     return best
 
@@ -613,13 +616,18 @@ def run(args, extra: list) -> int:
         return 0
     print(text)
     if not args.no_write:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        out = results_dir / f"{proto['name']}-{args.stage}{tag}.json"
-        out.write_text(json.dumps({"protocol": proto["name"], "stage": args.stage, "extra_args": extra,
-                                   "winner": winner, "sigmas": sigmas, "trained": finished,
-                                   "summary": summary, "rows": rows}, indent=1, default=str))
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from _report import machine_line, write_section
-        write_section(f"protocol-{proto['name']}-{args.stage}{tag}", text + "\n" + machine_line())
-        print(f"wrote {out} and docs/BENCHMARKS.md section protocol-{proto['name']}-{args.stage}{tag}", file=sys.stderr)
+        write_stage(results_dir, f"{proto['name']}-{args.stage}{tag}", text,
+                    {"protocol": proto["name"], "stage": args.stage, "extra_args": extra, "winner": winner,
+                     "sigmas": sigmas, "trained": finished, "summary": summary, "rows": rows})
     return 0
+
+
+def write_stage(results_dir: Path, name: str, text: str, payload: dict) -> None:
+    """A finished stage: ``results_dir/<name>.json`` and the docs/BENCHMARKS.md section ``protocol-<name>``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"{name}.json"
+    out.write_text(json.dumps(payload, indent=1, default=str))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _report import machine_line, write_section
+    write_section(f"protocol-{name}", text + "\n" + machine_line())
+    print(f"wrote {out} and docs/BENCHMARKS.md section protocol-{name}", file=sys.stderr)

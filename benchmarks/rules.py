@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import protocol as base
@@ -44,9 +43,8 @@ def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu
 
 def pick_winner(summary: dict, control: str, rules: list) -> str:
     """Highest mean Dice over the groups; a rule must beat ``control`` by more than 0.01 to replace it."""
-    mean = {r: statistics.mean(g["means"][r]["dice"] for g in summary.values()) for r in rules}
-    best = max(mean, key=mean.get)
-    return control if best != control and mean[best] - mean[control] <= 0.01 else best
+    return base.winner_by_margin({r: statistics.mean(g["means"][r]["dice"] for g in summary.values()) for r in rules},
+                                 control)
 
 
 def report(proto: dict, src: dict, stage_name: str, summary: dict, sigmas: dict, winner) -> str:
@@ -107,11 +105,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
         return 0
     print(text)
     if not args.no_write:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        out = results_dir / f"{proto['name']}-{args.stage}.json"
-        out.write_text(json.dumps({"protocol": proto["name"], "stage": args.stage, "winner": winner, "sigmas": sigmas,
-                                   "summary": summary, "rows": rows}, indent=1, default=str))
-        from _report import machine_line, write_section
-        write_section(f"protocol-{proto['name']}-{args.stage}", text + "\n" + machine_line())
-        print(f"wrote {out} and docs/BENCHMARKS.md section protocol-{proto['name']}-{args.stage}", file=sys.stderr)
+        base.write_stage(results_dir, f"{proto['name']}-{args.stage}", text,
+                         {"protocol": proto["name"], "stage": args.stage, "winner": winner, "sigmas": sigmas,
+                          "summary": summary, "rows": rows})
     return 0
