@@ -54,6 +54,38 @@ def loss_curve_png(log_csv: Path, png: Path, width: int = 640, height: int = 300
     img.save(png)
 
 
+def training_seconds(log_csv: Path) -> tuple[float, int]:
+    """Wall-clock seconds of the steps a run kept, and in how many sessions they were trained.
+
+    The log's ``seconds`` column counts from the start of the process that wrote the row, so it starts
+    again after ``--resume`` (and the resumed process dropped the rows it redoes): the run's time is
+    the sum of each session's last value. Time spent on steps that were thrown away is not counted."""
+    total, sessions, prev = 0.0, 0, None
+    with log_csv.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            t = float(row["seconds"])
+            if prev is None or t < prev:  # a new session
+                total += prev or 0.0
+                sessions += 1
+            prev = t
+    return total + (prev or 0.0), sessions
+
+
+def _length_note(run: Path, extra: dict, hardware: str) -> str:
+    """The card's wall-clock: this run's sessions summed, plus the run it started from (round 1)."""
+    secs, sessions = training_seconds(run / "loss_log.csv")
+    note = f"{secs / 60:.0f} min wall-clock on {hardware}" + (f" (summed over {sessions} sessions: resumed)"
+                                                             if sessions > 1 else "")
+    init = extra.get("init_checkpoint")
+    if init:
+        note += f"; started from the weights of `{'/'.join(Path(init).parts[-3:-1])}` (`--init-from`)"
+        parent_log = Path(init).parent / "loss_log.csv"
+        if parent_log.exists():
+            p_secs, _ = training_seconds(parent_log)
+            note += f", which took {p_secs / 60:.0f} min (both rounds: {(secs + p_secs) / 60:.0f} min)"
+    return note
+
+
 def _xyz(values) -> str:
     return "×".join(f"{v:g}" for v in values)
 
@@ -155,9 +187,7 @@ def main(argv=None) -> int:
         f"- **Training**: `{json.dumps({k: tc.get(k) for k in ('crop_xyz', 'batch_size', 'lr', 'lr_schedule', 'ema', 'augment', 'lesion_crop_fraction', 'flip', 'intensity_jitter', 'target_sigma_mm', 'seed')})}`; "
         f"losses `{json.dumps(tc.get('loss'))}`.",
         f"- **Length**: {info.step} steps ({info.epoch} epochs of {extra.get('steps_per_epoch')} steps), "
-        f"{float(last['seconds']) / 60:.0f} min wall-clock on {args.hardware}"
-        + (f"; started from the weights of `{'/'.join(Path(extra['init_checkpoint']).parts[-3:-1])}` (`--init-from`)"
-           if extra.get("init_checkpoint") else "") + ".",
+        + _length_note(run, extra, args.hardware) + ".",
         f"- **Output rule** (`--postprocess auto`): `{ck.get('default_output_rule', 'none')}`.",
         f"- **Why not the paper's schedule**: the paper trains 400 epochs on 228 subjects at 192×192×64 (≈ 45,600 steps) on "
         f"two A6000 GPUs. This model had a budget of hours, not days, so it uses a {_xyz(spacing)} mm grid, "

@@ -122,3 +122,23 @@ def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup):
     assert "<!-- card-dice-default" in card and "`single-lesion`" in card
     rows = json.loads((r2 / "card_dice.json").read_text())
     assert [r["case"] for r in rows] == ["a", "b"]  # in-sample table: the labelled cases only
+
+
+def test_card_time_sums_resumed_sessions_and_adds_round_1(tmp_path):
+    """The log's `seconds` restarts with each --resume; the card's time is the sum over sessions, and a
+    round-2 model also names round 1's time."""
+    import export_default_model as edm
+    header = "step,epoch,total,bce,cg,fg,lesion_patches,lr,seconds\n"
+    row = lambda step, secs: f"{step},0,1,1,0,0,0,0.001,{secs}\n"
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    r1.mkdir(), r2.mkdir()
+    # round 1: one session, 3 steps, 90 s
+    (r1 / "loss_log.csv").write_text(header + row(1, 30) + row(2, 60) + row(3, 90))
+    # round 2: three sessions (600 s to step 2, resumed: 300 s to step 3, resumed: 120 s to step 4)
+    (r2 / "loss_log.csv").write_text(header + row(1, 300) + row(2, 600) + row(3, 300) + row(4, 120))
+    assert edm.training_seconds(r1 / "loss_log.csv") == (90.0, 1)
+    assert edm.training_seconds(r2 / "loss_log.csv") == (1020.0, 3)
+    note = edm._length_note(r2, {"init_checkpoint": str(r1 / "last.pt")}, "a box")
+    assert note.startswith("17 min wall-clock on a box (summed over 3 sessions: resumed)")
+    assert "which took 2 min (both rounds: 18 min)" in note
+    assert edm._length_note(r1, {}, "a box") == "2 min wall-clock on a box"
