@@ -46,6 +46,21 @@ def load_protocol(path: str | os.PathLike) -> dict:
     for key in ("name", "labelled", "unlabelled", "folds", "base_train_args", "variants", "stages"):
         if key not in proto:
             raise SystemExit(f"{path}: the protocol lacks '{key}'")
+    # A dot in an unquoted table name nests it ([variants.abl-tau-0.07] is variant "abl-tau-0" with a
+    # sub-table "07"), which TOML accepts silently: every variant must be a table with "args".
+    for name, v in proto["variants"].items():
+        if not isinstance(v, dict) or "args" not in v:
+            raise SystemExit(f"{path}: variant '{name}' has no 'args' (a name with a dot must be quoted: "
+                             f'[variants."{name}.…"])')
+    for sname, stage in proto["stages"].items():
+        for ref in [v for v in stage.get("variants", []) if v not in proto["variants"]]:
+            raise SystemExit(f"{path}: stage '{sname}' names variant '{ref}', which is not declared "
+                             f"(declared: {', '.join(proto['variants'])}); a name with a dot must be quoted")
+        for key in ("variant", "base"):
+            ref = stage.get(key)
+            if ref and (not ref.startswith("winner of ") or ref[len("winner of "):].strip() not in proto["stages"]):
+                raise SystemExit(f"{path}: stage '{sname}' {key} = '{ref}': write 'winner of STAGE' with a "
+                                 f"declared stage ({', '.join(proto['stages'])})")
     return proto
 
 

@@ -151,3 +151,30 @@ def test_fold_sigma_is_chosen_on_the_folds_training_labels_only(tmp_path, monkey
     read.clear()
     again = protocol.plan(proto, "screen", tmp_path / "data", tmp_path / "work", tmp_path / "results", [])
     assert read == [] and [m.args for m in again] == [m.args for m in models]
+
+
+def test_declared_protocols_load_and_a_dotted_variant_name_is_refused(tmp_path):
+    # every committed protocol's stages name declared variants (the ablation's tau rows once did not)
+    proto = protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v1.toml")
+    ablation = proto["stages"]["ablation"]["variants"]
+    assert {"abl-tau-0.07", "abl-tau-0.1", "abl-tau-0.5"} <= set(ablation) <= set(proto["variants"])
+    assert proto["variants"]["abl-tau-0.07"]["args"] == ["--tau", "0.07"]
+    protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v2.toml")
+    head = ('name = "t"\nlabelled = "a"\nunlabelled = "b"\nfolds = 2\nbase_train_args = []\n'
+            '[variants.c]\nargs = []\n')
+    bad = tmp_path / "dotted.toml"
+    bad.write_text(head + '[variants.tau-0.1]\nargs = ["--tau", "0.1"]\n'
+                   '[stages.s]\nmodalities = [["flair"]]\nvariants = ["c", "tau-0.1"]\nseeds = [1]\nsteps = 1\n')
+    with pytest.raises(SystemExit, match="variant 'tau-0' has no 'args'.*quoted"):
+        protocol.load_protocol(bad)
+    quoted = tmp_path / "quoted.toml"
+    quoted.write_text(bad.read_text().replace("[variants.tau-0.1]", '[variants."tau-0.1"]'))
+    assert protocol.load_protocol(quoted)["variants"]["tau-0.1"]["args"] == ["--tau", "0.1"]
+    missing = tmp_path / "missing.toml"
+    missing.write_text(head + '[stages.s]\nmodalities = [["flair"]]\nvariants = ["c", "x"]\nseeds = [1]\nsteps = 1\n')
+    with pytest.raises(SystemExit, match="names variant 'x', which is not declared"):
+        protocol.load_protocol(missing)
+    winner = tmp_path / "winner.toml"
+    winner.write_text(head + '[stages.s]\nmodalities = [["flair"]]\nvariant = "winner of scren"\nseeds = [1]\nsteps = 1\n')
+    with pytest.raises(SystemExit, match="winner of STAGE"):
+        protocol.load_protocol(winner)
