@@ -551,6 +551,57 @@ def group_table(g: dict, columns=COLUMNS, differences=DIFFERENCES) -> list[str]:
     return lines
 
 
+def variant_differences(summary: dict, proto: dict, reference: str, cols=("network", "default")) -> dict:
+    """Per modality set, each variant against ``reference``: the per-case paired Dice difference
+    (averaged over seeds first, as in ``summarise``) of each of ``cols``, its mean, bootstrap 95 % CI over
+    the cases both hold, and worst case. ``{mods: {variant: {col: {...}}}}``; the reference is left out."""
+    out: dict = {}
+    for g in summary.values():
+        ref = summary.get(f"{g['modalities']}/{reference}")
+        if ref is None or g["variant"] == reference:
+            continue
+        cases = [c for c in g["cases"] if c in ref["cases"]]
+        res = {}
+        for col in cols:
+            d = [g["per_case"][c][col]["dice"] - ref["per_case"][c][col]["dice"] for c in cases]
+            lo, hi = bootstrap_ci(d, int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0)))
+            res[col] = {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d), "n_cases": len(cases)}
+        out.setdefault(g["modalities"], {})[g["variant"]] = res
+    return out
+
+
+def variants_table(summary: dict, proto: dict, stage: dict) -> list[str]:
+    """Markdown lines of one row per variant (a stage with several; the paper's ablation-table shape):
+    mean network Dice, sensitivity, precision, HD95 and default-output Dice, and each variant's paired
+    difference from the stage's *first* variant (cgc-v1: the control of the screen, BCE only of the
+    ablation — the simplest network that does the job). Empty for a one-variant stage."""
+    names = list(stage.get("variants", []))
+    if len(names) < 2:
+        return []
+    reference = names[0]
+    diffs = variant_differences(summary, proto, reference)
+    lines = []
+    for mods in sorted({g["modalities"] for g in summary.values()}):
+        lines += [f"#### {mods} — all variants against `{reference}`", "",
+                  "| variant | arguments | network Dice | sensitivity | precision | HD95 (mm) | network − "
+                  f"`{reference}` (95 % CI; worst case) | default output Dice | default − `{reference}` (95 % CI) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for v in names:
+            g = summary.get(f"{mods}/{v}")
+            if g is None:  # not finished yet (a partial report)
+                continue
+            net, dflt = g["means"]["network"], g["means"]["default"]
+            args = " ".join(proto["variants"][v]["args"]) or "(base)"
+            d = diffs.get(mods, {}).get(v)
+            dn = (f"{d['network']['mean']:+.4f} [{d['network']['ci95'][0]:+.4f}, {d['network']['ci95'][1]:+.4f}]; "
+                  f"{d['network']['min_case']:+.4f}") if d else "—"
+            dd = f"{d['default']['mean']:+.4f} [{d['default']['ci95'][0]:+.4f}, {d['default']['ci95'][1]:+.4f}]" if d else "—"
+            lines.append(f"| `{v}` | `{args}` | {_fmt(net['dice'])} | {_fmt(net['sensitivity'])} | "
+                         f"{_fmt(net['precision'])} | {_fmt(net['hd95_mm'], 2)} | {dn} | {_fmt(dflt['dice'])} | {dd} |")
+        lines.append("")
+    return lines
+
+
 def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: list[Model], extra: list,
            winner: Optional[str], finished: dict) -> str:
     stage = proto["stages"][stage_name]
@@ -567,6 +618,7 @@ def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: li
     steps = sorted({f.get('step') for f in finished.values() if f})
     lines += ["", f"Steps reached: {', '.join(map(str, steps))} (of {stage['steps']}); training time per model: "
               + ", ".join(f"{f['seconds'] / 60:.0f}" for f in finished.values() if f) + " min.", ""]
+    lines += variants_table(summary, proto, stage)
     for key, g in summary.items():
         lines += [f"#### {g['modalities']} — variant `{g['variant']}`", ""] + group_table(g) + [""]
     if winner:
@@ -633,7 +685,9 @@ def run(args, extra: list) -> int:
     if not args.no_write:
         write_stage(results_dir, f"{proto['name']}-{args.stage}{tag}", text,
                     {"protocol": proto["name"], "stage": args.stage, "extra_args": extra, "winner": winner,
-                     "sigmas": sigmas, "trained": finished, "summary": summary, "rows": rows})
+                     "sigmas": sigmas, "trained": finished, "summary": summary, "rows": rows,
+                     "variant_differences": (variant_differences(summary, proto, stage["variants"][0])
+                                             if len(stage.get("variants", [])) > 1 else {})})
     return 0
 
 

@@ -178,3 +178,37 @@ def test_declared_protocols_load_and_a_dotted_variant_name_is_refused(tmp_path):
     winner.write_text(head + '[stages.s]\nmodalities = [["flair"]]\nvariant = "winner of scren"\nseeds = [1]\nsteps = 1\n')
     with pytest.raises(SystemExit, match="winner of STAGE"):
         protocol.load_protocol(winner)
+
+
+def test_variants_table_pairs_each_variant_with_the_first_by_case_after_averaging_seeds():
+    """The ablation-style table: variant − reference per case (seeds averaged first), against a brute-force
+    computation; the reference row itself has no difference; an unfinished variant is left out."""
+    rng = random.Random(3)
+    rows = []
+    for v in ("ref", "b"):
+        for c in "ABCDE":
+            for s in (1, 2):
+                rows.append(_row(c, s, v, [rng.random() for _ in protocol.COLUMNS]))
+    proto = {"bootstrap_resamples": 400, "bootstrap_seed": 0,
+             "variants": {"ref": {"args": ["--no-fine"]}, "b": {"args": []}, "late": {"args": ["--tau", "0.5"]}}}
+    stage = {"variants": ["ref", "b", "late"]}
+    summary = protocol.summarise(rows, proto)
+    d = protocol.variant_differences(summary, proto, "ref")["flair"]
+    assert set(d) == {"b"}
+
+    def case_mean(v, c, col):
+        return statistics.mean(r[col]["dice"] for r in rows if r["variant"] == v and r["case"] == c)
+
+    for col in ("network", "default"):
+        per_case = [case_mean("b", c, col) - case_mean("ref", c, col) for c in "ABCDE"]
+        assert d["b"][col]["mean"] == pytest.approx(statistics.mean(per_case))
+        assert d["b"][col]["min_case"] == pytest.approx(min(per_case))
+        lo, hi = d["b"][col]["ci95"]
+        assert lo <= statistics.mean(per_case) <= hi
+    text = "\n".join(protocol.variants_table(summary, proto, stage))
+    ref_line = next(l for l in text.splitlines() if l.startswith("| `ref` |"))
+    b_line = next(l for l in text.splitlines() if l.startswith("| `b` |"))
+    assert "`--no-fine`" in ref_line and ref_line.count("—") == 2
+    assert f"{d['b']['network']['mean']:+.4f}" in b_line and "`(base)`" in b_line
+    assert "`late`" not in text
+    assert protocol.variants_table(summary, proto, {"variants": ["ref"]}) == []
