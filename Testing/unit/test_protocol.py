@@ -159,7 +159,13 @@ def test_declared_protocols_load_and_a_dotted_variant_name_is_refused(tmp_path):
     ablation = proto["stages"]["ablation"]["variants"]
     assert {"abl-tau-0.07", "abl-tau-0.1", "abl-tau-0.5"} <= set(ablation) <= set(proto["variants"])
     assert proto["variants"]["abl-tau-0.07"]["args"] == ["--tau", "0.07"]
-    protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v2.toml")
+    for path in sorted((ROOT / "docs" / "protocols").glob("cgc-v*.toml")):
+        if "stages" in path.read_text() and "[variants" in path.read_text():  # training protocols (not v3's rules)
+            protocol.load_protocol(path)
+    v4 = protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v4.toml")
+    for name in ("bce-st", "p664-st"):  # each round 2 keeps its round 1's loss settings
+        parent = v4["variants"][name]["self_train_from"]
+        assert v4["variants"][name]["args"] == v4["variants"][parent]["args"]
     head = ('name = "t"\nlabelled = "a"\nunlabelled = "b"\nfolds = 2\nbase_train_args = []\n'
             '[variants.c]\nargs = []\n')
     bad = tmp_path / "dotted.toml"
