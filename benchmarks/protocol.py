@@ -570,18 +570,25 @@ def variant_differences(summary: dict, proto: dict, reference: str, cols=("netwo
     return out
 
 
+def table_reference(stage: dict) -> str:
+    """The variant every other one is compared with in a several-variant stage's table."""
+    return stage.get("control", stage["variants"][0])
+
+
 def variants_table(summary: dict, proto: dict, stage: dict) -> list[str]:
     """Markdown lines of one row per variant (a stage with several; the paper's ablation-table shape):
     mean network Dice, sensitivity, precision, HD95 and default-output Dice, and each variant's paired
-    difference from the stage's *first* variant (cgc-v1: the control of the screen, BCE only of the
-    ablation — the simplest network that does the job). Empty for a one-variant stage."""
-    names = list(stage.get("variants", []))
-    if len(names) < 2:
+    difference from the stage's ``control`` if it names one, else its *first* variant (cgc-v1: the
+    control of the screen, BCE only of the ablation — the simplest network that does the job). Round-1
+    models of self-training variants follow the stage's own variants. Empty for a one-variant stage."""
+    if len(stage.get("variants", [])) < 2:
         return []
-    reference = names[0]
+    reference = table_reference(stage)
     diffs = variant_differences(summary, proto, reference)
     lines = []
     for mods in sorted({g["modalities"] for g in summary.values()}):
+        names = list(stage["variants"]) + sorted({g["variant"] for g in summary.values()
+                                                  if g["modalities"] == mods} - set(stage["variants"]))
         lines += [f"#### {mods} — all variants against `{reference}`", "",
                   "| variant | arguments | network Dice | sensitivity | precision | HD95 (mm) | network − "
                   f"`{reference}` (95 % CI; worst case) | default output Dice | default − `{reference}` (95 % CI) |",
@@ -591,7 +598,10 @@ def variants_table(summary: dict, proto: dict, stage: dict) -> list[str]:
             if g is None:  # not finished yet (a partial report)
                 continue
             net, dflt = g["means"]["network"], g["means"]["default"]
-            args = " ".join(proto["variants"][v]["args"]) or "(base)"
+            vargs = proto["variants"].get(v, {}).get("args")
+            args = "—" if vargs is None else (" ".join(vargs) or "(base)")
+            if proto["variants"].get(v, {}).get("self_train_from"):
+                args += f"` + a self-training round on `{proto['variants'][v]['self_train_from']}"
             d = diffs.get(mods, {}).get(v)
             dn = (f"{d['network']['mean']:+.4f} [{d['network']['ci95'][0]:+.4f}, {d['network']['ci95'][1]:+.4f}]; "
                   f"{d['network']['min_case']:+.4f}") if d else "—"
@@ -686,7 +696,7 @@ def run(args, extra: list) -> int:
         write_stage(results_dir, f"{proto['name']}-{args.stage}{tag}", text,
                     {"protocol": proto["name"], "stage": args.stage, "extra_args": extra, "winner": winner,
                      "sigmas": sigmas, "trained": finished, "summary": summary, "rows": rows,
-                     "variant_differences": (variant_differences(summary, proto, stage["variants"][0])
+                     "variant_differences": (variant_differences(summary, proto, table_reference(stage))
                                              if len(stage.get("variants", [])) > 1 else {})})
     return 0
 

@@ -218,3 +218,7 @@ def test_variants_table_pairs_each_variant_with_the_first_by_case_after_averagin
     assert f"{d['b']['network']['mean']:+.4f}" in b_line and "`(base)`" in b_line
     assert "`late`" not in text
     assert protocol.variants_table(summary, proto, {"variants": ["ref"]}) == []
+    # a stage's named control is the reference; a round-1 model outside the stage's list gets a row too
+    text = "\n".join(protocol.variants_table(summary, proto, {"variants": ["late", "b"], "control": "b"}))
+    assert "against `b`" in text and text.index("| `b` |") < text.index("| `ref` |")
+    assert f"{-d['b']['network']['mean']:+.4f}" in next(l for l in text.splitlines() if l.startswith("| `ref` |"))
