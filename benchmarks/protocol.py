@@ -471,6 +471,13 @@ def bootstrap_ci(values: list[float], resamples: int, seed: int) -> tuple[float,
     return means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
 
 
+def paired_difference(per_case: dict, proto: dict) -> dict:
+    """``{case: a − b}`` → its mean, the protocol's bootstrap 95 % CI over cases, worst case, and the values."""
+    d = list(per_case.values())
+    lo, hi = bootstrap_ci(d, int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0)))
+    return {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d), "per_case": dict(per_case)}
+
+
 def summarise(rows: list[dict], proto: dict, columns=COLUMNS, differences=DIFFERENCES) -> dict:
     """Per (modalities, variant): per-case metrics averaged over seeds, means, paired differences with a
     bootstrap CI over cases, and the seed SD of each column's mean Dice."""
@@ -492,11 +499,8 @@ def summarise(rows: list[dict], proto: dict, columns=COLUMNS, differences=DIFFER
             seeds_idx.setdefault(r["seed"], []).append(r)
         seed_means = {col: [statistics.mean(r[col]["dice"] for r in sr) for sr in seeds_idx.values()] for col, _ in columns}
         means = {col: {k: _mean([per_case[c][col][k] for c in cases]) for k in METRIC_KEYS} for col, _ in columns}
-        diffs = {}
-        for a, b, _ in differences:
-            d = [per_case[c][a]["dice"] - per_case[c][b]["dice"] for c in cases]
-            lo, hi = bootstrap_ci(d, int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0)))
-            diffs[f"{a}-{b}"] = {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d), "per_case": dict(zip(cases, d))}
+        diffs = {f"{a}-{b}": paired_difference({c: per_case[c][a]["dice"] - per_case[c][b]["dice"] for c in cases}, proto)
+                 for a, b, _ in differences}
         out[f"{mods}/{variant}"] = {
             "modalities": mods, "variant": variant, "cases": cases, "per_case": per_case, "means": means,
             "differences": diffs,
@@ -554,19 +558,17 @@ def group_table(g: dict, columns=COLUMNS, differences=DIFFERENCES) -> list[str]:
 def variant_differences(summary: dict, proto: dict, reference: str, cols=("network", "default")) -> dict:
     """Per modality set, each variant against ``reference``: the per-case paired Dice difference
     (averaged over seeds first, as in ``summarise``) of each of ``cols``, its mean, bootstrap 95 % CI over
-    the cases both hold, and worst case. ``{mods: {variant: {col: {...}}}}``; the reference is left out."""
+    the cases both hold, worst case and per-case values (``paired_difference``). ``{mods: {variant: {col:
+    {...}}}}``; the reference is left out."""
     out: dict = {}
     for g in summary.values():
         ref = summary.get(f"{g['modalities']}/{reference}")
         if ref is None or g["variant"] == reference:
             continue
         cases = [c for c in g["cases"] if c in ref["cases"]]
-        res = {}
-        for col in cols:
-            d = [g["per_case"][c][col]["dice"] - ref["per_case"][c][col]["dice"] for c in cases]
-            lo, hi = bootstrap_ci(d, int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0)))
-            res[col] = {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d), "n_cases": len(cases)}
-        out.setdefault(g["modalities"], {})[g["variant"]] = res
+        out.setdefault(g["modalities"], {})[g["variant"]] = {
+            col: paired_difference({c: g["per_case"][c][col]["dice"] - ref["per_case"][c][col]["dice"] for c in cases},
+                                   proto) for col in cols}
     return out
 
 
@@ -603,9 +605,9 @@ def variants_table(summary: dict, proto: dict, stage: dict) -> list[str]:
             if proto["variants"].get(v, {}).get("self_train_from"):
                 args += f"` + a self-training round on `{proto['variants'][v]['self_train_from']}"
             d = diffs.get(mods, {}).get(v)
-            dn = (f"{d['network']['mean']:+.4f} [{d['network']['ci95'][0]:+.4f}, {d['network']['ci95'][1]:+.4f}]; "
-                  f"{d['network']['min_case']:+.4f}") if d else "—"
-            dd = f"{d['default']['mean']:+.4f} [{d['default']['ci95'][0]:+.4f}, {d['default']['ci95'][1]:+.4f}]" if d else "—"
+            ci = lambda x: f"{x['mean']:+.4f} [{x['ci95'][0]:+.4f}, {x['ci95'][1]:+.4f}]"  # noqa: E731
+            dn = f"{ci(d['network'])}; {d['network']['min_case']:+.4f}" if d else "—"
+            dd = ci(d["default"]) if d else "—"
             lines.append(f"| `{v}` | `{args}` | {_fmt(net['dice'])} | {_fmt(net['sensitivity'])} | "
                          f"{_fmt(net['precision'])} | {_fmt(net['hd95_mm'], 2)} | {dn} | {_fmt(dflt['dice'])} | {dd} |")
         lines.append("")
