@@ -1,11 +1,15 @@
-"""An inference-rule protocol (e.g. docs/protocols/cgc-v3.toml): scores another protocol's trained models
-with extra output rules; trains nothing.
+"""An inference-rule protocol (docs/protocols/cgc-v3.toml, cgc-v6.toml): scores another protocol's trained
+models with extra output rules; trains nothing.
 
 Run through ``python benchmarks/evaluate_cgc.py --protocol docs/protocols/cgc-v3.toml --stage screen``
 (``benchmarks/evaluate_cgc.py`` sends a protocol file with a ``source`` key here). The models, folds,
 seeds and the fold's smoothing sigma all come from the source protocol's stage, so no new choice reads a
 label: ``network_smooth`` smooths the network's map with the very Gaussian the ``p_smooth`` baseline uses
-("the same rule on P").
+("the same rule on P"); ``network_padded`` / ``default_padded`` segment again with the window
+zero-padded where the brain's box is smaller than it (``InferenceConfig.pad_to_window``).
+
+A protocol names its ``columns`` and ``differences`` (``[a, b, target]``); without them (cgc-v3) the
+columns are :data:`COLUMNS` and the differences :data:`DIFFERENCES`, as that protocol was run.
 """
 from __future__ import annotations
 
@@ -15,11 +19,40 @@ from pathlib import Path
 
 import protocol as base
 
-#: rule name -> heading; ``p`` and ``p_smooth`` are the baselines, always scored.
-COLUMNS = (("p", "P ≥ 0.5"), ("p_smooth", "smoothed P"), ("network", "network ≥ 0.5"),
-           ("network_smooth", "**smoothed network**"))
+#: Every column a rule protocol may name -> its heading. ``p`` and ``p_smooth`` are always scored.
+TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gmm` default",
+          "network": "network ≥ 0.5", "network_smooth": "**smoothed network**",
+          "network_padded": "**network ≥ 0.5, padded window**", "default": "default output",
+          "default_padded": "**default output, padded window**"}
+#: What each column is, for the report.
+MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
+            "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
+                              "it is smaller (as training pads a case smaller than its crop) instead of the "
+                              "window shrinking to the box",
+            "default_padded": "the default output (`single-lesion`) from that padded map",
+            "default": "the default output (`single-lesion`), window shrunk as in the source protocol",
+            "gmm_default": "`cgcseg gmm` with its defaults"}
+#: cgc-v3's columns and differences (it declares none in its file).
+COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
+           ("network_smooth", TITLES["network_smooth"]))
 DIFFERENCES = (("network_smooth", "p_smooth", "≥ +0.03, CI > 0"), ("network_smooth", "p", "≥ +0.05, CI > 0"),
                ("network_smooth", "network", "—"), ("network", "p_smooth", "—"))
+PADDED = ("network_padded", "default_padded")
+
+
+def columns_of(proto: dict) -> tuple[tuple, tuple]:
+    """``(columns, differences)`` of a rule protocol: its own, or cgc-v3's when it names none."""
+    if "columns" not in proto:
+        return COLUMNS, DIFFERENCES
+    unknown = [c for c in proto["columns"] if c not in TITLES]
+    if unknown:
+        raise SystemExit(f"{proto['name']}: unknown columns {unknown}; known: {', '.join(TITLES)}")
+    cols = tuple((c, TITLES[c]) for c in dict.fromkeys(["p", "p_smooth", *proto["columns"]]))
+    diffs = tuple((a, b, t) for a, b, t in proto.get("differences", []))
+    for a, b, _ in diffs:
+        if a not in dict(cols) or b not in dict(cols):
+            raise SystemExit(f"{proto['name']}: difference {a} − {b} names a column that is not scored")
+    return cols, diffs
 
 
 def rule_masks(p, network_probability, sigma: float, spacing_xyz) -> dict:
@@ -31,35 +64,79 @@ def rule_masks(p, network_probability, sigma: float, spacing_xyz) -> dict:
             "network_smooth": smooth_probability(network_probability, sigma, spacing_xyz) >= 0.5}
 
 
-def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu") -> list[dict]:
+def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu", columns=COLUMNS) -> list[dict]:
+    names = [c for c, _ in columns]
+    if set(names) <= {c for c, _ in COLUMNS}:  # cgc-v3: one pass without the output rule, as it was run
+        rows = []
+        for case, p, res, info, _ in base.segment_held_out(model, cases, device):
+            # No fusion in this config, so the thresholded map is the network's own (network_probability is None).
+            net_map = res.network_probability if res.network_probability is not None else res.probability
+            masks = rule_masks(p, net_map, sigma, case.geometry.spacing)
+            rows.append(base.score_row(model, case, info, {c: masks[c] for c in names}, sigma))
+        return rows
+    return _score_with_output_rule(model, cases, sigma, device, names)
+
+
+def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device: str, names: list) -> list[dict]:
+    """Columns from the default output rule (``single-lesion``, as the source protocol scored it), and, when
+    a padded column is asked for, from a second pass with ``pad_to_window``."""
+    from CGCLesionSegLib.inference import output_preset
+    from CGCLesionSegLib.postprocess import smooth_probability
+    preset = output_preset("single-lesion")
+    bare = base.segment_held_out(model, cases, device, **preset)
+    padded = base.segment_held_out(model, cases, device, pad_to_window=True, **preset) \
+        if set(PADDED) & set(names) else None
     rows = []
-    for case, p, res, info, _ in base.segment_held_out(model, cases, device):
-        # No fusion in this config, so the thresholded map is the network's own (network_probability is None).
-        net_map = res.network_probability if res.network_probability is not None else res.probability
-        masks = rule_masks(p, net_map, sigma, case.geometry.spacing)
-        rows.append(base.score_row(model, case, info, masks, sigma))
+    for case, p, res, info, _ in bare:
+        res_pad = next(padded)[2] if padded is not None else None
+        make = {"p": lambda: p >= 0.5,
+                "p_smooth": lambda: smooth_probability(p, sigma, case.geometry.spacing) >= 0.5,
+                "gmm_default": lambda: base.gmm_default_mask(case, list(model.modalities)),
+                "network": lambda: res.network_probability >= 0.5,
+                "network_smooth": lambda: smooth_probability(res.network_probability, sigma,
+                                                             case.geometry.spacing) >= 0.5,
+                "default": lambda: res.mask.astype(bool),
+                "network_padded": lambda: res_pad.network_probability >= 0.5,
+                "default_padded": lambda: res_pad.mask.astype(bool)}
+        extra = {"window_xyz": list(res.window_xyz or ())}
+        rows.append(base.score_row(model, case, info, {c: make[c]() for c in names}, sigma, **extra))
     return rows
 
 
-def pick_winner(summary: dict, control: str, rules: list) -> str:
-    """Highest mean Dice over the groups; a rule must beat ``control`` by more than 0.01 to replace it."""
-    return base.winner_by_margin({r: statistics.mean(g["means"][r]["dice"] for g in summary.values()) for r in rules},
-                                 control)
+def pick_winner(summary: dict, control: str, rules: list, companions: dict | None = None,
+                tolerance: float = 0.01) -> str:
+    """Highest mean Dice over the groups; a rule must beat ``control`` by more than 0.01 to replace it.
+    ``companions`` ({rule: column}, e.g. the default output made from that rule's map): the winner's
+    companion must also not fall below the control's by more than ``tolerance`` in any group, else the
+    control stays."""
+    mean = {r: statistics.mean(g["means"][r]["dice"] for g in summary.values()) for r in rules}
+    winner = base.winner_by_margin(mean, control)
+    if companions and winner != control:
+        a, b = companions[winner], companions[control]
+        if any(g["means"][a]["dice"] - g["means"][b]["dice"] < -tolerance for g in summary.values()):
+            return control
+    return winner
+
+
+#: cgc-v3's confirmation caveat (that file names none; it may not be edited after its numbers).
+V3_CONFIRM_CAVEAT = ("Caveat: {src}'s four-channel confirmation models had been scored with the `network` rule "
+                     "before this protocol was written (not with the smoothed network); its FLAIR models had not.")
 
 
 def report(proto: dict, src: dict, stage_name: str, summary: dict, sigmas: dict, winner) -> str:
     stage = proto["stages"][stage_name]
+    columns, differences = columns_of(proto)
+    meant = "; ".join(f"`{TITLES[c].strip('*')}` = {MEANINGS[c]}" for c, _ in columns if c in MEANINGS)
     lines = [f"### Protocol {proto['name']}, stage `{stage_name}` (inference rules)", "",
              f"Protocol file `docs/protocols/{proto['name']}.toml` (committed before its first run). Nothing trained: "
              f"the `{stage['variant']}` models of `{src['name']}`'s stage `{stage['source_stage']}` segment their held-out "
-             "cases again; `smoothed network` = the network's map smoothed with the fold's smoothed-P sigma (chosen in "
-             f"{src['name']} on the fold's labelled training cases), ≥ 0.5. Sigmas: "
-             + "; ".join(f"{k}: {v['sigma']:g} mm" for k, v in sorted(sigmas.items())) + ".", ""]
-    if stage_name == "confirm":
-        lines += [f"Caveat: {src['name']}'s four-channel confirmation models had been scored with the `network` rule "
-                  "before this protocol was written (not with the smoothed network); its FLAIR models had not.", ""]
+             f"cases again. {meant}. Smoothed-P sigma: the fold's, chosen in {src['name']} on the fold's labelled "
+             "training cases: " + "; ".join(f"{k}: {v['sigma']:g} mm" for k, v in sorted(sigmas.items())) + ".", ""]
+    caveat = stage.get("caveat") or (V3_CONFIRM_CAVEAT if proto["name"] == "cgc-v3" and stage_name == "confirm" else None)
+    if caveat:
+        lines += [caveat.format(src=src["name"]), ""]
     for g in summary.values():
-        lines += [f"#### {g['modalities']} — `{g['variant']}`", ""] + base.group_table(g, COLUMNS, DIFFERENCES) + [""]
+        lines += [f"#### {g['modalities']} — `{g['variant']}`", ""] + base.group_table(g, columns, differences) + [""]
     if winner:
         lines += [f"Winner by the declared rule ({stage.get('winner_rule', '')}): **`{winner}`**.", ""]
     return "\n".join(lines)
@@ -69,6 +146,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
     if args.stage not in proto["stages"]:
         raise SystemExit(f"stage {args.stage!r} is not in {proto_path}; it has {', '.join(proto['stages'])}")
     stage = proto["stages"][args.stage]
+    columns, differences = columns_of(proto)
     src_path = proto_path.parent / proto["source"]
     src = base.load_protocol(src_path)
     results_dir = base.ROOT / "docs" / "protocols" / "results"
@@ -95,9 +173,11 @@ def run(args, proto: dict, proto_path: Path) -> int:
         sigmas.setdefault(skey, json.loads(sfile.read_text()))
         score_file = m.run / f"rules-{proto['name']}.json"
         stamp = {"sigma": sigmas[skey]["sigma"], "step": base._finished(m).get("step")}
-        rows += base.kept_scores(score_file, stamp, lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device))
-    summary = base.summarise(rows, proto, COLUMNS, DIFFERENCES)
-    winner = pick_winner(summary, proto["control"], proto["rules"]) if "winner_rule" in stage else None
+        rows += base.kept_scores(score_file, stamp,
+                                 lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device, columns))
+    summary = base.summarise(rows, proto, columns, differences)
+    winner = pick_winner(summary, proto["control"], proto["rules"], proto.get("companions"),
+                         proto.get("companion_tolerance", 0.01)) if "winner_rule" in stage else None
     text = report(proto, src, args.stage, summary, sigmas, winner)
     if args.score_available or missing:
         print(f"PARTIAL: {len({r['model'] for r in rows})} finished model(s) scored; not yet finished: {', '.join(missing) or 'none'}. "

@@ -35,6 +35,11 @@ class InferenceConfig:
     ``overlap`` 0.5 (every voxel inside the volume is seen by up to 8 windows): the Gaussian weights
     of neighbouring windows then cross well above their floor, so there are no seams.
 
+    ``pad_to_window``: where the brain's box is smaller than the window along an axis (at 2 mm a
+    brain is ~75 voxels wide against a 96-voxel crop), zero-pad it to the window as training pads a
+    case smaller than its crop, instead of shrinking the window. Off by default: it is an inference
+    rule under test (docs/protocols/cgc-v6.toml), not yet a measured improvement.
+
     ``gmm_weight`` w > 0 thresholds the fused map ``(1 − w)·CGC + w·P`` instead of the CGC map alone
     (P: the GMM map of the model's own GMM settings). The two err differently — P misses lesion that
     is not the brightest in FLAIR, the network extends into regions where its training targets leaked
@@ -54,6 +59,7 @@ class InferenceConfig:
     device: str = "auto"
     amp: bool = True
     margin_voxels: int = 4
+    pad_to_window: bool = False
 
     def __post_init__(self) -> None:
         if self.window_xyz is not None:
@@ -183,7 +189,8 @@ def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: 
 
     with torch.inference_mode():
         prob = sliding_window_probability(predict, image, xyz_to_zyx(window_xyz), config.overlap,
-                                          config.batch_size, config.sigma_scale, progress, should_stop)
+                                          config.batch_size, config.sigma_scale, progress, should_stop,
+                                          pad_to_window=config.pad_to_window)
     return prob.float().cpu().numpy()
 
 

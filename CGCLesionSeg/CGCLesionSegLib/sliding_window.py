@@ -4,7 +4,10 @@ Windows are cut on a regular grid (last window flush with the far edge), run in 
 ``predict_fn`` mapping ``(B, C, z, y, x)`` → ``(B, 1, z, y, x)`` logits, turned into probabilities and
 blended with a separable Gaussian weight (centre voxels of a window are more reliable than its
 border, where the receptive field sees zero padding). Along an axis shorter than the window, the
-window shrinks to the volume (the network pads internally to its stride).
+window shrinks to the volume (the network pads internally to its stride), or, with ``pad_to_window``,
+the volume is zero-padded at its far end to the window and the result cropped back: that is what
+training does with a case smaller than its crop (``CGCTraining.data.CropDataset``), so the network's
+instance norm then sees the share of background it was trained with.
 """
 from __future__ import annotations
 
@@ -50,12 +53,21 @@ def gaussian_weight(window_zyx: Sequence[int], sigma_scale: float = 0.125) -> to
 def sliding_window_probability(predict_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
                                window_zyx: Sequence[int], overlap: float = 0.25, batch_size: int = 1,
                                sigma_scale: float = 0.125, progress: Optional[ProgressCallback] = None,
-                               should_stop: Optional[StopCallback] = None) -> torch.Tensor:
+                               should_stop: Optional[StopCallback] = None,
+                               pad_to_window: bool = False) -> torch.Tensor:
     """Blend sigmoid(predict_fn(window)) over ``image`` ``(C, Z, Y, X)``; returns ``(Z, Y, X)`` float32
-    probabilities on ``image.device``. The window is shrunk to the image where the image is smaller."""
+    probabilities on ``image.device``. Where the image is smaller than the window, the window is shrunk
+    to it, or (``pad_to_window``) the image is zero-padded at the far end and the result cropped back."""
     if image.ndim != 4:
         raise ValueError(f"image must be (C, Z, Y, X), got shape {tuple(image.shape)}")
     shape = tuple(int(s) for s in image.shape[1:])
+    if pad_to_window and any(int(w) > s for w, s in zip(window_zyx, shape)):
+        short = [max(int(w) - s, 0) for w, s in zip(window_zyx, shape)]
+        # F.pad lists the last axis first: (x_before, x_after, y_before, y_after, z_before, z_after).
+        padded = torch.nn.functional.pad(image, (0, short[2], 0, short[1], 0, short[0]))
+        prob = sliding_window_probability(predict_fn, padded, window_zyx, overlap, batch_size, sigma_scale,
+                                          progress, should_stop, pad_to_window=False)
+        return prob[:shape[0], :shape[1], :shape[2]].contiguous()
     window = tuple(min(int(w), s) for w, s in zip(window_zyx, shape))
     weight = gaussian_weight(window, sigma_scale).to(image.device)
     acc = torch.zeros(shape, dtype=torch.float32, device=image.device)

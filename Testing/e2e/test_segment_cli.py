@@ -209,6 +209,7 @@ def test_auto_output_rule_depends_on_whose_model_it_is(tmp_path):
     assert (cfg.gmm_weight, cfg.keep_largest, cfg.opening_radius, cfg.fill_holes) == (0.2, 0, 0, False)
     cfg = _inference_config(parse("--model", str(tmp_path / "mine.pt")))
     assert (cfg.gmm_weight, cfg.keep_largest, cfg.fill_holes) == (0.0, 0, False)
+    assert not cfg.pad_to_window and _inference_config(parse("--pad-to-window")).pad_to_window
 
 
 def test_segment_case_fuses_a_given_gmm_map_and_keeps_the_network_map(tiny_model, case):

@@ -41,3 +41,23 @@ def test_segment_case_uses_the_recorded_crop(tmp_path, train_config, expected):
     forced = segment_case([image], geom, ["flair"], path, config=InferenceConfig(device="cpu", window_xyz=(16, 16, 16)),
                           compute_gmm=False)
     assert forced.window_xyz == (16, 16, 16)
+
+
+def test_pad_to_window_reaches_the_network_only_where_the_box_is_smaller_than_the_window(tmp_path):
+    net_cfg = NetConfig(in_channels=1, widths=(4, 4, 8, 8), blocks=(0, 0, 0, 1), patch_size_xyz=(1, 1, 1))
+    import torch
+    torch.manual_seed(0)
+    model = CGCNet(net_cfg)
+    pre = {"normalization": config_to_dict(NormalizationConfig()), "gmm": None, "spacing_xyz": None}
+    big = save_checkpoint(tmp_path / "big.pt", model, net_cfg, ["flair"], pre, train_config={"crop_xyz": [48, 40, 24]})
+    small = save_checkpoint(tmp_path / "small.pt", model, net_cfg, ["flair"], pre, train_config={"crop_xyz": [16, 16, 8]})
+    rng = np.random.default_rng(1)
+    image = np.zeros((20, 30, 40), np.float32)
+    image[2:18, 3:27, 4:36] = rng.normal(100, 10, (16, 24, 32))  # box + 4-voxel margin: 40 x 30 x 20 < 48 x 40 x 24
+    geom = Geometry((20, 30, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    run = lambda path, pad: segment_case([image], geom, ["flair"], path, compute_gmm=False,
+                                         config=InferenceConfig(device="cpu", pad_to_window=pad)).probability
+    shrunk, padded = run(big, False), run(big, True)
+    assert padded.shape == image.shape and np.isfinite(padded).all()
+    assert np.abs(padded - shrunk).max() > 1e-3  # the padded window's instance norm sees the zeros
+    np.testing.assert_array_equal(run(small, True), run(small, False))  # the box fills a 16 x 16 x 8 window

@@ -54,3 +54,42 @@ def test_rule_protocol_refuses_until_its_source_models_have_finished(tmp_path):
     with pytest.raises(SystemExit, match="is not in"):
         evaluate_cgc.main(["--protocol", str(V3), "--stage", "ablation", "--data", str(tmp_path)])
     assert not (tmp_path / "w" / "screen").exists() or not any((tmp_path / "w" / "screen").rglob("*.pt"))
+
+
+V6 = ROOT / "docs" / "protocols" / "cgc-v6.toml"
+
+
+def test_a_rule_protocol_names_its_columns_and_cgc_v3_keeps_its_own():
+    import tomllib
+    v3 = tomllib.loads(V3.read_text())
+    assert rules.columns_of(v3) == (rules.COLUMNS, rules.DIFFERENCES)
+    v6 = tomllib.loads(V6.read_text())
+    cols, diffs = rules.columns_of(v6)
+    names = [c for c, _ in cols]
+    assert names[:2] == ["p", "p_smooth"] and {"network_padded", "default_padded", "gmm_default"} <= set(names)
+    assert ("network_padded", "network") in {(a, b) for a, b, _ in diffs}
+    with pytest.raises(SystemExit, match="unknown columns"):
+        rules.columns_of({"name": "x", "columns": ["network", "netwrk_padded"]})
+    with pytest.raises(SystemExit, match="not scored"):
+        rules.columns_of({"name": "x", "columns": ["network"], "differences": [["default", "p", "—"]]})
+
+
+def test_companion_guard_keeps_the_control_when_the_default_output_drops():
+    def summary(net, pad, default, default_pad):
+        return {"g": {"means": {"network": {"dice": net}, "network_padded": {"dice": pad},
+                                "default": {"dice": default}, "default_padded": {"dice": default_pad}}}}
+    comp = {"network": "default", "network_padded": "default_padded"}
+    pick = lambda *m: rules.pick_winner(summary(*m), "network", ["network", "network_padded"], comp, 0.01)
+    assert pick(0.80, 0.83, 0.83, 0.825) == "network_padded"   # default within 0.01
+    assert pick(0.80, 0.83, 0.83, 0.815) == "network"          # default drops by 0.015
+    assert pick(0.80, 0.805, 0.83, 0.85) == "network"          # network gain not above 0.01
+
+
+def test_cgc_v6_waits_for_cgc_v5_models(tmp_path):
+    for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1"])):
+        for n in names:
+            (tmp_path / group / n).mkdir(parents=True)
+    argv = ["--protocol", str(V6), "--stage", "screen", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
+            "--no-write"]
+    with pytest.raises(SystemExit, match="cgc-v5 has not finished these models yet.*robust-2mm-st/fold0-seed500"):
+        evaluate_cgc.main(argv)

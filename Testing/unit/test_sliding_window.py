@@ -67,3 +67,29 @@ def test_bounding_box():
     assert brain_bounding_box(m, margin=1) == (slice(1, 5), slice(4, 7), slice(5, 10))
     with pytest.raises(ValueError, match="empty"):
         brain_bounding_box(np.zeros((3, 3, 3)))
+
+
+def _instance_normed(batch):
+    """A stand-in for the network's instance norm: each window's output depends on the whole window."""
+    x = batch[:, :1]
+    return (x - x.mean(dim=(2, 3, 4), keepdim=True)) / (x.std(dim=(2, 3, 4), keepdim=True) + 1e-3)
+
+
+def test_pad_to_window_matches_a_padded_reference_and_is_a_no_op_where_the_image_fills_the_window():
+    torch.manual_seed(1)
+    image = torch.rand(1, 7, 9, 3) + 1.0  # x (3) is shorter than the window's 6; z and y are not
+    seen = []
+    fn = lambda b: (seen.append(tuple(b.shape[2:])), _instance_normed(b))[1]
+    padded = sliding_window_probability(fn, image, (4, 5, 6), overlap=0.5, pad_to_window=True)
+    assert set(seen) == {(4, 5, 6)} and padded.shape == (7, 9, 3)
+    # Slow reference: zeros appended at the far end of x (as training pads a short case), the voxelwise
+    # blend over full windows, then the image's own voxels.
+    big = np.pad(image.numpy(), [(0, 0), (0, 0), (0, 0), (0, 3)])
+    ref = _reference(_instance_normed, torch.from_numpy(big), (4, 5, 6), 0.5, 0.125)[:, :, :3]
+    np.testing.assert_allclose(padded.numpy(), ref, atol=1e-5)
+    shrunk = sliding_window_probability(_instance_normed, image, (4, 5, 6), overlap=0.5)
+    assert np.abs(shrunk.numpy() - padded.numpy()).max() > 0.01  # the window's statistics differ
+    full = torch.rand(1, 8, 9, 10)
+    np.testing.assert_array_equal(
+        sliding_window_probability(_instance_normed, full, (4, 5, 6), pad_to_window=True).numpy(),
+        sliding_window_probability(_instance_normed, full, (4, 5, 6)).numpy())

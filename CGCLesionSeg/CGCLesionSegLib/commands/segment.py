@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sliding-window size (default: the model's training crop, e.g. 96 96 64; "
                         "160 192 160 for models that record none)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap fraction (default 0.5)")
+    p.add_argument("--pad-to-window", action="store_true",
+                   help="where the brain's box is smaller than the window, zero-pad it to the window as training pads "
+                        "a small case (instead of shrinking the window); under test, see docs/protocols/cgc-v6.toml")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--adapt", action="store_true", help="adapt to this case first: compute its P and fine-tune the model on it (see --adapt-minutes)")
     p.add_argument("--adapt-minutes", type=float, default=5.0, help="time budget of --adapt (default 5)")
@@ -102,7 +105,8 @@ def _inference_config(args):
     kw.update({k: v for k, v in overrides.items() if v is not None})
     if not kw["keep_largest"] and args.open_radius is None:
         kw["opening_radius"] = 0  # the preset's opening only ranks components for keep-largest
-    kw.update(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size, device=args.device)
+    kw.update(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+              pad_to_window=bool(getattr(args, "pad_to_window", False)))
     if args.window:
         kw["window_xyz"] = tuple(args.window)
     return InferenceConfig(**kw)
