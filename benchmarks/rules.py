@@ -126,7 +126,7 @@ V3_CONFIRM_CAVEAT = ("Caveat: {src}'s four-channel confirmation models had been 
 def report(proto: dict, src: dict, stage_name: str, summary: dict, sigmas: dict, winner) -> str:
     stage = proto["stages"][stage_name]
     columns, differences = columns_of(proto)
-    meant = "; ".join(f"`{TITLES[c].strip('*')}` = {MEANINGS[c]}" for c, _ in columns if c in MEANINGS)
+    meant = "; ".join(f"{TITLES[c].strip('*')}: {MEANINGS[c]}" for c, _ in columns if c in MEANINGS)
     lines = [f"### Protocol {proto['name']}, stage `{stage_name}` (inference rules)", "",
              f"Protocol file `docs/protocols/{proto['name']}.toml` (committed before its first run). Nothing trained: "
              f"the `{stage['variant']}` models of `{src['name']}`'s stage `{stage['source_stage']}` segment their held-out "
