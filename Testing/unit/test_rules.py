@@ -15,6 +15,7 @@ import evaluate_cgc  # noqa: E402
 import rules  # noqa: E402
 
 V3 = ROOT / "docs" / "protocols" / "cgc-v3.toml"
+V6 = ROOT / "docs" / "protocols" / "cgc-v6.toml"
 
 
 def test_smoothed_network_is_the_smoothed_p_rule_applied_to_the_network_map():
@@ -43,20 +44,23 @@ def test_rule_winner_keeps_the_control_unless_clearly_beaten():
     assert rules.pick_winner(summary(0.76, 0.75), "network", ["network", "network_smooth"]) == "network"
 
 
-def test_rule_protocol_refuses_until_its_source_models_have_finished(tmp_path):
+def _screen_without_models(tmp_path, proto: Path) -> list:
+    """Empty case folders (7 labelled, 1 unlabelled) and the arguments that score ``proto``'s screen on them."""
     for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1"])):
         for n in names:
             (tmp_path / group / n).mkdir(parents=True)
-    argv = ["--protocol", str(V3), "--stage", "screen", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
+    return ["--protocol", str(proto), "--stage", "screen", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
             "--no-write"]
+
+
+def test_rule_protocol_refuses_until_its_source_models_have_finished(tmp_path):
+    argv = _screen_without_models(tmp_path, V3)
     with pytest.raises(SystemExit, match="has not finished these models yet.*robust-st/fold0-seed100"):
         evaluate_cgc.main(argv)
     with pytest.raises(SystemExit, match="is not in"):
         evaluate_cgc.main(["--protocol", str(V3), "--stage", "ablation", "--data", str(tmp_path)])
     assert not (tmp_path / "w" / "screen").exists() or not any((tmp_path / "w" / "screen").rglob("*.pt"))
 
-
-V6 = ROOT / "docs" / "protocols" / "cgc-v6.toml"
 
 
 def test_a_rule_protocol_names_its_columns_and_cgc_v3_keeps_its_own():
@@ -86,10 +90,6 @@ def test_companion_guard_keeps_the_control_when_the_default_output_drops():
 
 
 def test_cgc_v6_waits_for_cgc_v5_models(tmp_path):
-    for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1"])):
-        for n in names:
-            (tmp_path / group / n).mkdir(parents=True)
-    argv = ["--protocol", str(V6), "--stage", "screen", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
-            "--no-write"]
+    argv = _screen_without_models(tmp_path, V6)
     with pytest.raises(SystemExit, match="cgc-v5 has not finished these models yet.*robust-2mm-st/fold0-seed500"):
         evaluate_cgc.main(argv)
