@@ -17,13 +17,16 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 import protocol as base
 
 #: Every column a rule protocol may name -> its heading. ``p`` and ``p_smooth`` are always scored.
 TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gmm` default",
           "network": "network ≥ 0.5", "network_smooth": "**smoothed network**",
           "network_padded": "**network ≥ 0.5, padded window**", "default": "default output",
-          "default_padded": "**default output, padded window**"}
+          "default_padded": "**default output, padded window**",
+          "default_net": "**`single-lesion` on the network alone**", "default_p": "`single-lesion` on P alone"}
 #: What each column is, for the report.
 MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
             "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
@@ -31,7 +34,10 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
                               "window shrinking to the box",
             "default_padded": "the default output (`single-lesion`) from that padded map",
             "default": "the default output (`single-lesion`), window shrunk as in the source protocol",
-            "gmm_default": "`cgcseg gmm` with its defaults"}
+            "gmm_default": "`cgcseg gmm` with its defaults",
+            "default_net": "the `single-lesion` clean-up (2-D hole filling, opening radius 3, largest lesion) on the "
+                           "network's map alone instead of 0.5·network + 0.5·P",
+            "default_p": "the same clean-up on P alone (the same rule on P)"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
@@ -62,6 +68,18 @@ def rule_masks(p, network_probability, sigma: float, spacing_xyz) -> dict:
     return {"p": p >= 0.5, "p_smooth": smooth_probability(p, sigma, spacing_xyz) >= 0.5,
             "network": network_probability >= 0.5,
             "network_smooth": smooth_probability(network_probability, sigma, spacing_xyz) >= 0.5}
+
+
+def output_rule_mask(network_probability, p, brain, gmm_weight: float):
+    """The ``single-lesion`` output rule with the fused map ``(1 − w)·network + w·P`` (``w`` = ``gmm_weight``,
+    0 … 1; 0.5 is what ``cgcseg segment`` does); all arrays ``(Z, Y, X)`` on the input grid; returns bool."""
+    from CGCLesionSegLib.inference import output_preset
+    from CGCLesionSegLib.postprocess import binarize
+    rule = output_preset("single-lesion")
+    fused = (1.0 - gmm_weight) * network_probability + gmm_weight * p
+    return binarize(fused, threshold=0.5, min_component_voxels=rule["min_component_voxels"],
+                    fill_holes=rule["fill_holes"], keep_largest=rule["keep_largest"], mask_zyx=brain,
+                    opening_radius=rule["opening_radius"]).astype(bool)
 
 
 def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu", columns=COLUMNS) -> list[dict]:
@@ -97,7 +115,14 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
                                                              case.geometry.spacing) >= 0.5,
                 "default": lambda: res.mask.astype(bool),
                 "network_padded": lambda: res_pad.network_probability >= 0.5,
-                "default_padded": lambda: res_pad.mask.astype(bool)}
+                "default_padded": lambda: res_pad.mask.astype(bool),
+                "default_net": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 0.0),
+                "default_p": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 1.0)}
+        if {"default_net", "default_p"} & set(names) and not np.array_equal(
+                output_rule_mask(res.network_probability, p, res.brain_mask, 0.5), res.mask.astype(bool)):
+            # e.g. an input whose voxel order the model turns: 2-D hole filling would run along other axes
+            raise RuntimeError(f"{model.key} {case.name}: the output rule recomputed here does not reproduce "
+                               "`cgcseg segment`'s mask, so its variants would not be comparable")
         extra = {"window_xyz": list(res.window_xyz or ())}
         rows.append(base.score_row(model, case, info, {c: make[c]() for c in names}, sigma, **extra))
     return rows

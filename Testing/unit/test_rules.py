@@ -93,3 +93,23 @@ def test_cgc_v6_waits_for_cgc_v5_models(tmp_path):
     argv = _screen_without_models(tmp_path, V6)
     with pytest.raises(SystemExit, match="cgc-v5 has not finished these models yet.*robust-2mm-st/fold0-seed500"):
         evaluate_cgc.main(argv)
+
+
+def test_output_rule_mask_reproduces_segment_and_varies_only_the_fusion_weight(tmp_path, make_tiny_model):
+    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
+    from CGCLesionSegLib.phantom import make_phantom
+    from CGCLesionSegLib.postprocess import binarize
+    ph = make_phantom(shape_xyz=(40, 40, 24), spacing_xyz=(1.5, 1.5, 1.5), seed=5)
+    mods = ["flair", "t1", "t1ce", "t2"]
+    model = make_tiny_model(tmp_path / "tiny.pt", mods)
+    rng = np.random.default_rng(0)
+    p = (rng.random(ph.brain_mask.shape) * 0.4 + 0.6 * (ph.labels > 0)).astype(np.float32) * (ph.brain_mask > 0)
+    res = segment_case([ph.channels[m] for m in mods], ph.geometry, mods, model, mask_zyx=ph.brain_mask,
+                       config=InferenceConfig(device="cpu", **output_preset("single-lesion")), gmm_probability_zyx=p)
+    net, brain = res.network_probability, res.brain_mask
+    assert np.array_equal(rules.output_rule_mask(net, p, brain, 0.5), res.mask.astype(bool))
+    # w = 0 and w = 1: the same clean-up on one map alone (brute force: the map itself to binarize)
+    for w, alone in ((0.0, net), (1.0, p)):
+        ref = binarize(alone, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain).astype(bool)
+        assert np.array_equal(rules.output_rule_mask(net, p, brain, w), ref)
+    assert rules.output_rule_mask(net, p, brain, 1.0).sum() > 0
