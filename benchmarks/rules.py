@@ -1,4 +1,4 @@
-"""An inference-rule protocol (docs/protocols/cgc-v3.toml, cgc-v6.toml): scores another protocol's trained
+"""An inference-rule protocol (docs/protocols/cgc-v3.toml, cgc-v6.toml, cgc-v7.toml): scores another protocol's trained
 models with extra output rules; trains nothing.
 
 Run through ``python benchmarks/evaluate_cgc.py --protocol docs/protocols/cgc-v3.toml --stage screen``
@@ -6,7 +6,9 @@ Run through ``python benchmarks/evaluate_cgc.py --protocol docs/protocols/cgc-v3
 seeds and the fold's smoothing sigma all come from the source protocol's stage, so no new choice reads a
 label: ``network_smooth`` smooths the network's map with the very Gaussian the ``p_smooth`` baseline uses
 ("the same rule on P"); ``network_padded`` / ``default_padded`` segment again with the window
-zero-padded where the brain's box is smaller than it (``InferenceConfig.pad_to_window``).
+zero-padded where the brain's box is smaller than it (``InferenceConfig.pad_to_window``);
+``default_net`` / ``default_p`` apply the ``single-lesion`` clean-up to the network's map or to P alone
+(:func:`output_rule_mask`; its fused version must reproduce ``cgcseg segment``'s mask, checked per case).
 
 A protocol names its ``columns`` and ``differences`` (``[a, b, target]``); without them (cgc-v3) the
 columns are :data:`COLUMNS` and the differences :data:`DIFFERENCES`, as that protocol was run.
