@@ -75,13 +75,9 @@ def rule_masks(p, network_probability, sigma: float, spacing_xyz) -> dict:
 def output_rule_mask(network_probability, p, brain, gmm_weight: float):
     """The ``single-lesion`` output rule with the fused map ``(1 − w)·network + w·P`` (``w`` = ``gmm_weight``,
     0 … 1; 0.5 is what ``cgcseg segment`` does); all arrays ``(Z, Y, X)`` on the input grid; returns bool."""
-    from CGCLesionSegLib.inference import output_preset
-    from CGCLesionSegLib.postprocess import binarize
-    rule = output_preset("single-lesion")
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
     fused = (1.0 - gmm_weight) * network_probability + gmm_weight * p
-    return binarize(fused, threshold=0.5, min_component_voxels=rule["min_component_voxels"],
-                    fill_holes=rule["fill_holes"], keep_largest=rule["keep_largest"], mask_zyx=brain,
-                    opening_radius=rule["opening_radius"]).astype(bool)
+    return output_mask(fused, brain, InferenceConfig(**output_preset("single-lesion"))).astype(bool)
 
 
 def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu", columns=COLUMNS) -> list[dict]:

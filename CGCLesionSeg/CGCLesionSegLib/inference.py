@@ -194,6 +194,15 @@ def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: 
     return prob.float().cpu().numpy()
 
 
+def output_mask(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceConfig) -> np.ndarray:
+    """The output rule of ``config`` (threshold and clean-up) on a ``(Z, Y, X)`` map already fused as
+    wanted; uint8 ``(Z, Y, X)``, limited to ``brain_zyx``."""
+    from .postprocess import binarize
+    return binarize(prob_zyx, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
+                    fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain_zyx,
+                    opening_radius=config.opening_radius)
+
+
 def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
                  modalities: Sequence[str | None] | None = None, model_path: str | Path | None = None,
                  mask_zyx: np.ndarray | None = None, config: InferenceConfig = InferenceConfig(),
@@ -207,7 +216,6 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     is written here."""
     from .checkpoint import load_checkpoint
     from .default_models import default_model_path
-    from .postprocess import binarize
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -297,9 +305,7 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     if config.gmm_weight > 0:
         network_prob = prob.astype(np.float32, copy=False)  # prob is rebound below, not modified
         prob = (1.0 - config.gmm_weight) * prob + config.gmm_weight * gmm_probability
-    mask = binarize(prob, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
-                    fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain,
-                    opening_radius=config.opening_radius)
+    mask = output_mask(prob, brain, config)
     if turn.active:  # back to the input's own voxel order
         prob, mask, brain = turn.back(prob), turn.back(mask), turn.back(brain)
         gmm_probability, network_prob = turn.back(gmm_probability), turn.back(network_prob)

@@ -106,7 +106,7 @@ def _inference_config(args):
     if not kw["keep_largest"] and args.open_radius is None:
         kw["opening_radius"] = 0  # the preset's opening only ranks components for keep-largest
     kw.update(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-              pad_to_window=bool(getattr(args, "pad_to_window", False)))
+              pad_to_window=args.pad_to_window)
     if args.window:
         kw["window_xyz"] = tuple(args.window)
     return InferenceConfig(**kw)
