@@ -1,4 +1,4 @@
-"""An inference-rule protocol (docs/protocols/cgc-v3.toml, cgc-v6.toml, cgc-v7.toml): scores another protocol's trained
+"""An inference-rule protocol (docs/protocols/cgc-v3.toml, cgc-v6.toml, cgc-v7.toml, cgc-v8.toml): scores another protocol's trained
 models with extra output rules; trains nothing.
 
 Run through ``python benchmarks/evaluate_cgc.py --protocol docs/protocols/cgc-v3.toml --stage screen``
@@ -7,7 +7,8 @@ seeds and the fold's smoothing sigma all come from the source protocol's stage, 
 label: ``network_smooth`` smooths the network's map with the very Gaussian the ``p_smooth`` baseline uses
 ("the same rule on P"); ``network_padded`` / ``default_padded`` segment again with the window
 zero-padded where the brain's box is smaller than it (``InferenceConfig.pad_to_window``);
-``default_net`` / ``default_p`` apply the ``single-lesion`` clean-up to the network's map or to P alone
+``network_mirror_x`` / ``default_mirror_x`` (and ``_xyz``) segment again with test-time mirroring
+(``InferenceConfig.mirror_axes``); ``default_net`` / ``default_p`` apply the ``single-lesion`` clean-up to the network's map or to P alone
 (:func:`output_rule_mask`; its fused version must reproduce ``cgcseg segment``'s mask, checked per case).
 
 A protocol names its ``columns`` and ``differences`` (``[a, b, target]``); without them (cgc-v3) the
@@ -28,7 +29,10 @@ TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gm
           "network": "network ≥ 0.5", "network_smooth": "**smoothed network**",
           "network_padded": "**network ≥ 0.5, padded window**", "default": "default output",
           "default_padded": "**default output, padded window**",
-          "default_net": "**`single-lesion` on the network alone**", "default_p": "`single-lesion` on P alone"}
+          "default_net": "**`single-lesion` on the network alone**", "default_p": "`single-lesion` on P alone",
+          "network_mirror_x": "**network ≥ 0.5, mirrored in x**", "default_mirror_x": "**default output, mirrored in x**",
+          "network_mirror_xyz": "**network ≥ 0.5, mirrored in x, y, z**",
+          "default_mirror_xyz": "**default output, mirrored in x, y, z**"}
 #: What each column is, for the report.
 MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
             "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
@@ -39,13 +43,22 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
             "gmm_default": "`cgcseg gmm` with its defaults",
             "default_net": "the `single-lesion` clean-up (2-D hole filling, opening radius 3, largest lesion) on the "
                            "network's map alone instead of 0.5·network + 0.5·P",
-            "default_p": "the same clean-up on P alone (the same rule on P)"}
+            "default_p": "the same clean-up on P alone (the same rule on P)",
+            "network_mirror_x": "the network's map ≥ 0.5 when each window's probabilities are averaged with those of "
+                                "its left-right mirror image (`--mirror x`, 2 passes)",
+            "default_mirror_x": "the default output (`single-lesion`) from that mirrored map",
+            "network_mirror_xyz": "the same averaged over all 8 combinations of flips in x, y and z "
+                                  "(`--mirror x y z`, 8 passes)",
+            "default_mirror_xyz": "the default output (`single-lesion`) from that map"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
 DIFFERENCES = (("network_smooth", "p_smooth", "≥ +0.03, CI > 0"), ("network_smooth", "p", "≥ +0.05, CI > 0"),
                ("network_smooth", "network", "—"), ("network", "p_smooth", "—"))
-PADDED = ("network_padded", "default_padded")
+#: Second segmentation passes: column suffix -> the InferenceConfig fields of that pass (its network map
+#: gives ``network_<suffix>``, its default output ``default_<suffix>``).
+PASSES = {"padded": {"pad_to_window": True}, "mirror_x": {"mirror_axes": ("x",)},
+          "mirror_xyz": {"mirror_axes": ("x", "y", "z")}}
 
 
 def columns_of(proto: dict) -> tuple[tuple, tuple]:
@@ -94,17 +107,17 @@ def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu
 
 
 def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device: str, names: list) -> list[dict]:
-    """Columns from the default output rule (``single-lesion``, as the source protocol scored it), and, when
-    a padded column is asked for, from a second pass with ``pad_to_window``."""
+    """Columns from the default output rule (``single-lesion``, as the source protocol scored it), and, for
+    each :data:`PASSES` entry a column names, from another pass with that entry's settings."""
     from CGCLesionSegLib.inference import output_preset
     from CGCLesionSegLib.postprocess import smooth_probability
     preset = output_preset("single-lesion")
     bare = base.segment_held_out(model, cases, device, **preset)
-    padded = base.segment_held_out(model, cases, device, pad_to_window=True, **preset) \
-        if set(PADDED) & set(names) else None
+    passes = {k: base.segment_held_out(model, cases, device, **v, **preset) for k, v in PASSES.items()
+              if {f"network_{k}", f"default_{k}"} & set(names)}
     rows = []
     for case, p, res, info, _ in bare:
-        res_pad = next(padded)[2] if padded is not None else None
+        other = {k: next(gen)[2] for k, gen in passes.items()}
         make = {"p": lambda: p >= 0.5,
                 "p_smooth": lambda: smooth_probability(p, sigma, case.geometry.spacing) >= 0.5,
                 "gmm_default": lambda: base.gmm_default_mask(case, list(model.modalities)),
@@ -112,10 +125,11 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
                 "network_smooth": lambda: smooth_probability(res.network_probability, sigma,
                                                              case.geometry.spacing) >= 0.5,
                 "default": lambda: res.mask.astype(bool),
-                "network_padded": lambda: res_pad.network_probability >= 0.5,
-                "default_padded": lambda: res_pad.mask.astype(bool),
                 "default_net": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 0.0),
                 "default_p": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 1.0)}
+        for k, r in other.items():
+            make[f"network_{k}"] = lambda r=r: r.network_probability >= 0.5
+            make[f"default_{k}"] = lambda r=r: r.mask.astype(bool)
         if {"default_net", "default_p"} & set(names) and not np.array_equal(
                 output_rule_mask(res.network_probability, p, res.brain_mask, 0.5), res.mask.astype(bool)):
             # e.g. an input whose voxel order the model turns: 2-D hole filling would run along other axes

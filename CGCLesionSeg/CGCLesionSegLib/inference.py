@@ -5,10 +5,11 @@ Arrays are ``(z, y, x)``; the network sees ``(B, C, Z, Y, X)`` tensors.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +41,14 @@ class InferenceConfig:
     case smaller than its crop, instead of shrinking the window. Off by default: it is an inference
     rule under test (docs/protocols/cgc-v6.toml), not yet a measured improvement.
 
+    ``mirror_axes``: test-time mirroring. The network's map is the mean of its probabilities over every
+    combination of flips along these axes (``("x",)``: 2 passes; ``("x", "y", "z")``: 8), each flipped
+    back before averaging. Axes are those of the network's voxel order (the model's training
+    orientation, LPS for our models: x is left-right). Training flips every axis at random, so each
+    pass is an input the network was trained for; the mean removes the part of its output that depends
+    on the side a structure lies on. Probabilities are averaged (not logits), so a single confident
+    pass cannot outvote the others. Empty by default: a rule under test (docs/protocols/cgc-v8.toml).
+
     ``gmm_weight`` w > 0 thresholds the fused map ``(1 − w)·CGC + w·P`` instead of the CGC map alone
     (P: the GMM map of the model's own GMM settings). The two err differently — P misses lesion that
     is not the brightest in FLAIR, the network extends into regions where its training targets leaked
@@ -60,8 +69,13 @@ class InferenceConfig:
     amp: bool = True
     margin_voxels: int = 4
     pad_to_window: bool = False
+    mirror_axes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        axes = tuple(str(a).lower() for a in self.mirror_axes)
+        if any(a not in MIRROR_AXES for a in axes) or len(set(axes)) != len(axes):
+            raise ValueError(f"mirror_axes must name distinct axes among x, y, z, got {self.mirror_axes!r}")
+        object.__setattr__(self, "mirror_axes", tuple(sorted(axes, key="xyz".index)))
         if self.window_xyz is not None:
             if len(self.window_xyz) != 3 or any(int(w) < 8 for w in self.window_xyz):
                 raise ValueError(f"window_xyz must be three sizes >= 8, got {self.window_xyz}")
@@ -83,6 +97,30 @@ class InferenceConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0.0 <= self.gmm_weight < 1.0:
             raise ValueError(f"gmm_weight must be in [0, 1), got {self.gmm_weight}")
+
+
+#: Axis name -> dimension of a ``(B, C, Z, Y, X)`` batch.
+MIRROR_AXES = {"x": 4, "y": 3, "z": 2}
+
+
+def mirrored(predict: Callable[[torch.Tensor], torch.Tensor], axes: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``predict`` (``(B, C, Z, Y, X)`` → ``(B, 1, Z, Y, X)`` logits) averaged over every combination of
+    flips along ``axes`` (see :class:`InferenceConfig`); returns logits of the mean probability, so the
+    sliding window's sigmoid gives that mean back (to within float32 rounding near 0 and 1)."""
+    dims = [MIRROR_AXES[a] for a in axes]
+    if not dims:
+        return predict
+    flips = [tuple(d for d, on in zip(dims, bits) if on) for bits in itertools.product((0, 1), repeat=len(dims))]
+
+    def predict_mirrored(batch: torch.Tensor) -> torch.Tensor:
+        total = None
+        for f in flips:
+            logits = predict(batch.flip(f) if f else batch).float()
+            prob = torch.sigmoid(logits.flip(f) if f else logits)
+            total = prob if total is None else total + prob
+        return torch.logit(total / len(flips), eps=1e-7)
+
+    return predict_mirrored
 
 
 #: Window of checkpoints that record no training crop (x, y, z): one window over a typical adult
@@ -177,7 +215,8 @@ def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: 
                         should_stop: Optional[StopCallback] = None,
                         window_xyz: Optional[Sequence[int]] = None) -> np.ndarray:
     """Network probability for a normalised ``(C, Z, Y, X)`` array; returns ``(Z, Y, X)`` float32.
-    ``window_xyz``: the window to tile with (default ``config.window_xyz`` or the legacy window)."""
+    ``window_xyz``: the window to tile with (default ``config.window_xyz`` or the legacy window);
+    ``config.mirror_axes`` averages each window over flips (:func:`mirrored`)."""
     window_xyz = tuple(window_xyz or config.window_xyz or LEGACY_WINDOW_XYZ)
     image = torch.from_numpy(np.ascontiguousarray(image_czyx)).to(device)
     use_amp = config.amp and device.type == "cuda"
@@ -188,7 +227,7 @@ def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: 
             return segment(batch)
 
     with torch.inference_mode():
-        prob = sliding_window_probability(predict, image, xyz_to_zyx(window_xyz), config.overlap,
+        prob = sliding_window_probability(mirrored(predict, config.mirror_axes), image, xyz_to_zyx(window_xyz), config.overlap,
                                           config.batch_size, config.sigma_scale, progress, should_stop,
                                           pad_to_window=config.pad_to_window)
     return prob.float().cpu().numpy()

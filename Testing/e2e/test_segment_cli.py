@@ -210,6 +210,7 @@ def test_auto_output_rule_depends_on_whose_model_it_is(tmp_path):
     cfg = _inference_config(parse("--model", str(tmp_path / "mine.pt")))
     assert (cfg.gmm_weight, cfg.keep_largest, cfg.fill_holes) == (0.0, 0, False)
     assert not cfg.pad_to_window and _inference_config(parse("--pad-to-window")).pad_to_window
+    assert cfg.mirror_axes == () and _inference_config(parse("--mirror", "z", "x")).mirror_axes == ("x", "z")
 
 
 def test_segment_case_fuses_a_given_gmm_map_and_keeps_the_network_map(tiny_model, case):

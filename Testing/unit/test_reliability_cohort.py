@@ -123,6 +123,16 @@ def test_a_case_is_done_only_when_complete_with_the_same_model_and_settings(coho
     # complete and same settings: skipped
     assert main(_args(cohort, cohort["cases"], out)) == 0
     assert "0 segmented, 2 already done" in capsys.readouterr().err
+    # a sidecar from before a setting existed (no pad_to_window / mirror_axes) ran at its default: done
+    for d in names:
+        sc = out / f"{d}.nii.gz.json"
+        record = json.loads(sc.read_text())
+        assert record["inference"].pop("pad_to_window") is False and record["inference"].pop("mirror_axes") == []
+        sc.write_text(json.dumps(record))
+    assert main(_args(cohort, cohort["cases"], out)) == 0
+    assert "0 segmented, 2 already done" in capsys.readouterr().err
+    assert main(_args(cohort, cohort["cases"], out, "--mirror", "x")) == 2
+    assert "mirror_axes" in capsys.readouterr().err
     # other settings: listed, nothing recomputed without --overwrite
     stamp = first.stat().st_mtime_ns
     assert main(_args(cohort, cohort["cases"], out, "--threshold", "0.3")) == 2

@@ -16,6 +16,7 @@ import rules  # noqa: E402
 
 V3 = ROOT / "docs" / "protocols" / "cgc-v3.toml"
 V6 = ROOT / "docs" / "protocols" / "cgc-v6.toml"
+V8 = ROOT / "docs" / "protocols" / "cgc-v8.toml"
 
 
 def test_smoothed_network_is_the_smoothed_p_rule_applied_to_the_network_map():
@@ -89,8 +90,9 @@ def test_companion_guard_keeps_the_control_when_the_default_output_drops():
     assert pick(0.80, 0.805, 0.83, 0.85) == "network"          # network gain not above 0.01
 
 
-def test_cgc_v6_waits_for_cgc_v5_models(tmp_path):
-    argv = _screen_without_models(tmp_path, V6)
+@pytest.mark.parametrize("proto", [V6, V8])
+def test_cgc_v6_and_v8_wait_for_cgc_v5_models(tmp_path, proto):
+    argv = _screen_without_models(tmp_path, proto)
     with pytest.raises(SystemExit, match="cgc-v5 has not finished these models yet.*robust-2mm-st/fold0-seed500"):
         evaluate_cgc.main(argv)
 
@@ -113,3 +115,37 @@ def test_output_rule_mask_reproduces_segment_and_varies_only_the_fusion_weight(t
         ref = binarize(alone, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain).astype(bool)
         assert np.array_equal(rules.output_rule_mask(net, p, brain, w), ref)
     assert rules.output_rule_mask(net, p, brain, 1.0).sum() > 0
+
+
+def test_each_named_pass_column_comes_from_a_pass_with_that_passes_settings(monkeypatch):
+    """``network_<pass>`` / ``default_<pass>`` columns are read from a segmentation made with PASSES[pass]
+    (on top of the `single-lesion` preset), in the same case order as the bare pass."""
+    from types import SimpleNamespace
+    calls = []
+    ids = {(): 1, ("x",): 3, ("x", "y", "z"): 4}
+
+    def fake_segment_held_out(model, cases, device="cpu", **config):
+        calls.append(config)
+        # the pass's id (bare 1, padded 2, mirror x 3, mirror xyz 4) = voxels at >= 0.5; + the case's index
+        n = 2 if config.get("pad_to_window") else ids[tuple(config.get("mirror_axes", ()))]
+        for i, name in enumerate(cases):
+            flat = np.zeros(27, np.float32)
+            flat[:n + i] = 0.9
+            res = SimpleNamespace(network_probability=flat.reshape(3, 3, 3), mask=(flat.reshape(3, 3, 3) > 0).astype(np.uint8),
+                                  brain_mask=np.ones((3, 3, 3), bool), window_xyz=(3, 3, 3))
+            yield SimpleNamespace(name=name, geometry=SimpleNamespace(spacing=(1, 1, 1))), np.zeros((3, 3, 3)), res, None, None
+
+    monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
+    monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: (case.name, masks))
+    names = ["network", "default", "network_mirror_x", "default_mirror_xyz", "network_padded", "default_padded"]
+    rows = rules._score_with_output_rule(None, {"a": None, "b": None}, 2.0, "cpu", names)
+    assert [r[0] for r in rows] == ["a", "b"] and len(calls) == 4
+    assert all(c["keep_largest"] == 1 and c["gmm_weight"] == 0.5 for c in calls)  # every pass: the preset
+    for i, (_, masks) in enumerate(rows):
+        got = {c: int(m.sum()) - i for c, m in masks.items()}
+        assert got == {"network": 1, "default": 1, "network_mirror_x": 3, "default_mirror_xyz": 4,
+                       "network_padded": 2, "default_padded": 2}, got
+    # a pass that no column names is not run
+    calls.clear()
+    list(rules._score_with_output_rule(None, {"a": None}, 2.0, "cpu", ["network", "default_mirror_x"]))
+    assert [tuple(c.get("mirror_axes", ())) for c in calls] == [(), ("x",)]

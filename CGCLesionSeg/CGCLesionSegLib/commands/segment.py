@@ -55,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pad-to-window", action="store_true",
                    help="where the brain's box is smaller than the window, zero-pad it to the window as training pads "
                         "a small case (instead of shrinking the window); under test, see docs/protocols/cgc-v6.toml")
+    p.add_argument("--mirror", nargs="+", choices=("x", "y", "z"), default=(), metavar="AXIS",
+                   help="test-time mirroring: average the network over flips along these axes of the model's voxel "
+                        "order (x = left-right; 'x' doubles the network's time, 'x y z' makes it 8x); under test, see "
+                        "docs/protocols/cgc-v8.toml")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--adapt", action="store_true", help="adapt to this case first: compute its P and fine-tune the model on it (see --adapt-minutes)")
     p.add_argument("--adapt-minutes", type=float, default=5.0, help="time budget of --adapt (default 5)")
@@ -106,7 +110,7 @@ def _inference_config(args):
     if not kw["keep_largest"] and args.open_radius is None:
         kw["opening_radius"] = 0  # the preset's opening only ranks components for keep-largest
     kw.update(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-              pad_to_window=args.pad_to_window)
+              pad_to_window=args.pad_to_window, mirror_axes=tuple(getattr(args, "mirror", ()) or ()))
     if args.window:
         kw["window_xyz"] = tuple(args.window)
     return InferenceConfig(**kw)
@@ -396,6 +400,14 @@ def check_cohort_outputs(cases, out_dir: Path) -> None:
 _SETTINGS_IGNORED = ("batch_size", "device")
 
 
+def _inference_defaults() -> dict:
+    """:class:`InferenceConfig`'s defaults as JSON types (what an older sidecar's missing keys meant)."""
+    import json
+    from ..config import config_to_dict
+    from ..inference import InferenceConfig
+    return json.loads(json.dumps(config_to_dict(InferenceConfig())))
+
+
 def cohort_settings(config, rule: str, channels) -> dict:
     """What must match for an existing output to count as done (as JSON types)."""
     import json
@@ -432,7 +444,10 @@ def case_state(out_dir: Path, case: str, model_sha256: str, settings: dict) -> t
            "postprocess": record.get("postprocess"), "channels": record.get("channels")}
     for k in ("inference", "postprocess", "channels"):
         if k == "inference":
-            differs += sorted(f for f in set(old[k]) | set(settings[k]) if old[k].get(f) != settings[k].get(f))
+            # A setting newer than the sidecar (e.g. pad_to_window, mirror_axes) ran at its default then.
+            known = _inference_defaults()
+            differs += sorted(f for f in set(old[k]) | set(settings[k])
+                              if old[k].get(f, known.get(f)) != settings[k].get(f, known.get(f)))
         elif old[k] != settings[k]:
             differs.append(k)
     if differs:
