@@ -47,7 +47,8 @@ class InferenceConfig:
     orientation, LPS for our models: x is left-right). Training flips every axis at random, so each
     pass is an input the network was trained for; the mean removes the part of its output that depends
     on the side a structure lies on. Probabilities are averaged (not logits), so a single confident
-    pass cannot outvote the others. Empty by default: a rule under test (docs/protocols/cgc-v8.toml).
+    pass cannot outvote the others. Empty by default: on cgc-v5's 2 mm models it changed the mean
+    held-out Dice by −0.002 (x) / −0.001 (x, y, z) (docs/protocols/cgc-v8.toml, screen).
 
     ``gmm_weight`` w > 0 thresholds the fused map ``(1 − w)·CGC + w·P`` instead of the CGC map alone
     (P: the GMM map of the model's own GMM settings). The two err differently — P misses lesion that

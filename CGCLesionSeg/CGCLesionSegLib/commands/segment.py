@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a small case (instead of shrinking the window); under test, see docs/protocols/cgc-v6.toml")
     p.add_argument("--mirror", nargs="+", choices=("x", "y", "z"), default=(), metavar="AXIS",
                    help="test-time mirroring: average the network over flips along these axes of the model's voxel "
-                        "order (x = left-right; 'x' doubles the network's time, 'x y z' makes it 8x); under test, see "
-                        "docs/protocols/cgc-v8.toml")
+                        "order (x = left-right; 'x' doubles the network's time, 'x y z' makes it 8x); off by default: no "
+                        "measurable gain on held-out cases (docs/protocols/cgc-v8.toml)")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--adapt", action="store_true", help="adapt to this case first: compute its P and fine-tune the model on it (see --adapt-minutes)")
     p.add_argument("--adapt-minutes", type=float, default=5.0, help="time budget of --adapt (default 5)")
