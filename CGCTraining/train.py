@@ -51,6 +51,8 @@ class TrainResult:
     #: The signal (SIGTERM/SIGINT number) that stopped the run after a clean checkpoint; None otherwise.
     #: A run stopped by a signal is not complete: the command line exits 128 + signal.
     signal: Optional[int] = None
+    #: :func:`CGCTraining.sanity.lesion_check` of the saved model (None when the run was stopped by a signal).
+    lesion_check: Optional[dict] = None
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -477,6 +479,7 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                            "first": [float(v) for v in digest[:16]]}, fh)
         elapsed = time.monotonic() - t_start
         stopped_by = stop_requested.get("signum")
+        check = None
         if info.is_main and stopped_by is not None:
             # Stopped by a signal: the checkpoint is intact, but the run is not complete (exit 128 + signal).
             name = signal.Signals(stopped_by).name
@@ -491,13 +494,22 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
             summary = {"checkpoint": str(last), "step": step, "total_steps": total, "stopped_early": stopped_early,
                        "loss": last_loss, "elapsed_s": round(elapsed, 1),
                        "steps_per_s": round((step - start_step) / max(time.monotonic() - t_loop, 1e-9), 4)}
+            # Label-free: does the saved model mark lesion where its own target does? (sanity.py)
+            from .sanity import collapse_message, lesion_check
+            check = lesion_check(last, cached, train_cfg.crop_zyx, dev)
+            (out / "lesion_check.json").write_text(json.dumps(check, indent=1))
+            summary["lesion_check"] = check
             if json_mode:
+                if check["collapsed"]:
+                    emit_json("warning", kind="lesion_check", message=collapse_message(check, last))
                 emit_json("done", **summary)
             else:
                 reporter.close()
                 why = " (time budget reached)" if stopped_early else ""
                 print(f"trained to step {step}/{total}{why}; model: {last}", file=sys.stderr)
+                if check["collapsed"]:
+                    print(collapse_message(check, last), file=sys.stderr)
         dd.barrier(info)
-        return TrainResult(last, step, total, stopped_early, last_loss, elapsed, stopped_by)
+        return TrainResult(last, step, total, stopped_early, last_loss, elapsed, stopped_by, check)
     finally:
         reporter.close()

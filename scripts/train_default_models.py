@@ -127,6 +127,10 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     import evaluate_cgc
     import export_default_model
     from CGCLesionSegLib.default_models import model_file_name
+    check_file = model.run / "lesion_check.json"  # written by CGCTraining after training (CGCTraining.sanity)
+    if check_file.exists() and json.loads(check_file.read_text()).get("collapsed"):
+        raise SystemExit(f"{model.run / 'last.pt'} has collapsed (it marks almost no lesion on its own training cases; "
+                         f"{check_file}): not exported, the shipped model is unchanged. Train again with another seed")
     rows = [evaluate_cgc._score_case(c, model.run / "last.pt", list(model.modalities), "cpu") for c in labelled]
     dice_json = model.run / "card_dice.json"
     dice_json.write_text(json.dumps(rows))

@@ -122,6 +122,16 @@ def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup):
     assert "<!-- card-dice-default" in card and "`single-lesion`" in card
     rows = json.loads((r2 / "card_dice.json").read_text())
     assert [r["case"] for r in rows] == ["a", "b"]  # in-sample table: the labelled cases only
+    # a run whose lesion check found it collapsed is never exported; the shipped file stays as it was
+    assert json.loads((r2 / "lesion_check.json").read_text())["ratio"] is not None
+    check = json.loads((r2 / "lesion_check.json").read_text())
+    (r2 / "lesion_check.json").write_text(json.dumps(dict(check, collapsed=True)))
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="collapsed.*not exported"):
+        tdm.main(["--protocol", str(setup / "tiny.toml"), "--models", "flair", "--data", str(setup / "data"),
+                  "--work-dir", str(work), "--results-dir", str(setup / "results"), "--models-dir", str(models_dir),
+                  "--jobs", "1", "--export"])
+    assert out.read_bytes() == before
 
 
 def test_card_time_sums_resumed_sessions_and_adds_round_1(tmp_path):

@@ -1,0 +1,61 @@
+"""A label-free check after training: does the saved model mark lesion on its own training cases?
+
+A run can end with a model that puts no voxel at or above 0.5 anywhere (seen once in protocol cgc-v5: a
+FLAIR-only fold model whose training loss looked normal gave Dice 0 on every held-out case). Nothing in
+the loss log shows it, and a user would only find out on their data. So after training, the saved
+model segments the training cases where its target marks the most lesion, and its voxels >= 0.5 are
+compared with the target's. No label is read: the comparison is with the training target (P, or the
+pseudo-labels of a self-training round) on the training grid.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+#: Below this ratio (network voxels >= 0.5 over target voxels >= 0.5, on the checked cases) the model
+#: is reported as collapsed. Measured on cgc-v5's 2 mm models (their own caches): 6 healthy ones
+#: 0.40-0.66, the collapsed FLAIR fold model 0.0. The threshold only separates those, it is not a quality score.
+COLLAPSE_RATIO = 0.05
+#: Cases checked (the ones whose target marks the most voxels): enough to see a collapse, cheap to run.
+MAX_CASES = 2
+
+
+def lesion_check(checkpoint: str | Path, cases: Sequence, window_zyx: Sequence[int], device: torch.device,
+                 max_cases: int = MAX_CASES) -> dict:
+    """Segment up to ``max_cases`` cached training cases (``CachedCase``: ``image`` ``(C, Z, Y, X)``,
+    ``prob`` and ``mask`` ``(Z, Y, X)`` on the training grid) with the model in ``checkpoint``, windows
+    of ``window_zyx`` zero-padded where the case is smaller (as training pads a crop).
+
+    Returns ``{"cases", "network_voxels", "target_voxels", "ratio", "collapsed"}``; ``ratio`` is None
+    (and ``collapsed`` False) when no checked case has a target voxel >= 0.5."""
+    from CGCLesionSegLib.checkpoint import load_checkpoint
+    from CGCLesionSegLib.sliding_window import sliding_window_probability
+    sizes = [int(np.count_nonzero((np.asarray(c.prob) >= 0.5) & np.asarray(c.mask))) for c in cases]
+    order = [i for i in sorted(range(len(cases)), key=lambda i: -sizes[i]) if sizes[i] > 0][:max_cases]
+    result = {"cases": [cases[i].name for i in order], "network_voxels": 0, "target_voxels": 0, "ratio": None,
+              "collapsed": False}
+    if not order:
+        return result
+    model, _ = load_checkpoint(checkpoint, device=device)
+    predict = getattr(model, "segment_logits", model)
+    for i in order:
+        case = cases[i]
+        image = torch.from_numpy(np.array(case.image, dtype=np.float32)).to(device)  # a copy: the cache is read-only
+        with torch.inference_mode():
+            prob = sliding_window_probability(predict, image, window_zyx, overlap=0.5, pad_to_window=True)
+        result["network_voxels"] += int(np.count_nonzero((prob.cpu().numpy() >= 0.5) & np.asarray(case.mask)))
+        result["target_voxels"] += sizes[i]
+    result["ratio"] = result["network_voxels"] / result["target_voxels"]
+    result["collapsed"] = result["ratio"] < COLLAPSE_RATIO
+    return result
+
+
+def collapse_message(check: dict, checkpoint: str | Path) -> str:
+    """The warning for a collapsed model: what was measured and what to do."""
+    return (f"warning: the trained model {checkpoint} marks almost no lesion on its own training cases "
+            f"({check['network_voxels']} voxels >= 0.5 where its training target has {check['target_voxels']}, "
+            f"on {', '.join(check['cases'])}): it has collapsed to background and will miss lesions. Train again "
+            "with another --seed (and keep this run folder for comparison); a lower --lr also helps")
