@@ -37,8 +37,8 @@ class StoppedBySignal(Cancelled):
 class AdaptConfig:
     """``minutes``: wall-clock budget; ``steps``: optional step budget (whichever comes first).
     ``crop_xyz``: training crop (x y z, multiples of 8). ``lr``: None → 1e-4 when fine-tuning, 1e-3
-    from scratch. ``spacing_xyz`` only matters from scratch (default 1.5 mm isotropic, the shipped
-    models' spacing); a base model brings its own."""
+    from scratch. ``spacing_xyz`` only matters from scratch (default 1.5 mm isotropic, the FLAIR
+    shipped model's; the four-channel one is at 2 mm); a base model brings its own."""
 
     minutes: float = 5.0
     steps: Optional[int] = None
