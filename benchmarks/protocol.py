@@ -614,6 +614,25 @@ def variants_table(summary: dict, proto: dict, stage: dict) -> list[str]:
     return lines
 
 
+def lesion_check_line(models: list) -> Optional[str]:
+    """One report line from the label-free lesion checks training wrote (``RUN_DIR/lesion_check.json``,
+    CGCTraining.sanity): the ratio range and which models collapsed; None when no model has one (runs
+    trained before the check existed)."""
+    checks = {}
+    for m in models:
+        path = m.run / "lesion_check.json"
+        if path.exists():
+            checks[m.key] = json.loads(path.read_text())
+    ratios = [c["ratio"] for c in checks.values() if c.get("ratio") is not None]
+    if not checks:
+        return None
+    collapsed = [k for k, c in checks.items() if c.get("collapsed")]
+    return (f"Lesion check after training (no label read; the model's voxels ≥ 0.5 over its target's on its two "
+            f"largest-target training cases): {len(checks)} of {len(models)} models checked"
+            + (f", ratio {min(ratios):.2f}–{max(ratios):.2f}" if ratios else "")
+            + (f"; **collapsed: {', '.join(collapsed)}**." if collapsed else "; none collapsed."))
+
+
 def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: list[Model], extra: list,
            winner: Optional[str], finished: dict) -> str:
     stage = proto["stages"][stage_name]
@@ -630,6 +649,9 @@ def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: li
     steps = sorted({f.get('step') for f in finished.values() if f})
     lines += ["", f"Steps reached: {', '.join(map(str, steps))} (of {stage['steps']}); training time per model: "
               + ", ".join(f"{f['seconds'] / 60:.0f}" for f in finished.values() if f) + " min.", ""]
+    checked = lesion_check_line(models)
+    if checked:
+        lines += [checked, ""]
     lines += variants_table(summary, proto, stage)
     for key, g in summary.items():
         lines += [f"#### {g['modalities']} — variant `{g['variant']}`", ""] + group_table(g) + [""]

@@ -222,3 +222,19 @@ def test_variants_table_pairs_each_variant_with_the_first_by_case_after_averagin
     text = "\n".join(protocol.variants_table(summary, proto, {"variants": ["late", "b"], "control": "b"}))
     assert "against `b`" in text and text.index("| `b` |") < text.index("| `ref` |")
     assert f"{-d['b']['network']['mean']:+.4f}" in next(l for l in text.splitlines() if l.startswith("| `ref` |"))
+
+
+def test_report_line_names_collapsed_models_from_their_lesion_checks(tmp_path):
+    from types import SimpleNamespace
+    models = []
+    for key, check in (("a", {"ratio": 0.5, "collapsed": False}), ("b", {"ratio": 0.0, "collapsed": True}),
+                       ("c", None), ("d", {"ratio": None, "collapsed": False})):
+        run = tmp_path / key
+        run.mkdir()
+        if check is not None:
+            (run / "lesion_check.json").write_text(json.dumps(check))
+        models.append(SimpleNamespace(key=key, run=run))
+    line = protocol.lesion_check_line(models)
+    assert "3 of 4 models checked" in line and "ratio 0.00–0.50" in line and "**collapsed: b**" in line
+    assert "none collapsed" in protocol.lesion_check_line(models[:1])
+    assert protocol.lesion_check_line(models[2:3]) is None  # trained before the check existed
