@@ -32,7 +32,7 @@ def lesion_check(checkpoint: str | Path, cases: Sequence, window_zyx: Sequence[i
     Returns ``{"cases", "network_voxels", "target_voxels", "ratio", "collapsed"}``; ``ratio`` is None
     (and ``collapsed`` False) when no checked case has a target voxel >= 0.5."""
     from CGCLesionSegLib.checkpoint import load_checkpoint
-    from CGCLesionSegLib.sliding_window import sliding_window_probability
+    from CGCLesionSegLib.inference import InferenceConfig, predict_probability
     sizes = [int(np.count_nonzero((np.asarray(c.prob) >= 0.5) & np.asarray(c.mask))) for c in cases]
     order = [i for i in sorted(range(len(cases)), key=lambda i: -sizes[i]) if sizes[i] > 0][:max_cases]
     result = {"cases": [cases[i].name for i in order], "network_voxels": 0, "target_voxels": 0, "ratio": None,
@@ -40,13 +40,12 @@ def lesion_check(checkpoint: str | Path, cases: Sequence, window_zyx: Sequence[i
     if not order:
         return result
     model, _ = load_checkpoint(checkpoint, device=device)
-    predict = getattr(model, "segment_logits", model)
+    config = InferenceConfig(pad_to_window=True)  # overlap 0.5, Gaussian blending: as `cgcseg segment` tiles
     for i in order:
         case = cases[i]
-        image = torch.from_numpy(np.array(case.image, dtype=np.float32)).to(device)  # a copy: the cache is read-only
-        with torch.inference_mode():
-            prob = sliding_window_probability(predict, image, window_zyx, overlap=0.5, pad_to_window=True)
-        result["network_voxels"] += int(np.count_nonzero((prob.cpu().numpy() >= 0.5) & np.asarray(case.mask)))
+        image = np.array(case.image, dtype=np.float32)  # a copy: the cache is read-only
+        prob = predict_probability(model, image, config, torch.device(device), window_xyz=tuple(reversed(window_zyx)))
+        result["network_voxels"] += int(np.count_nonzero((prob >= 0.5) & np.asarray(case.mask)))
         result["target_voxels"] += sizes[i]
     result["ratio"] = result["network_voxels"] / result["target_voxels"]
     result["collapsed"] = result["ratio"] < COLLAPSE_RATIO

@@ -623,9 +623,9 @@ def lesion_check_line(models: list) -> Optional[str]:
         path = m.run / "lesion_check.json"
         if path.exists():
             checks[m.key] = json.loads(path.read_text())
-    ratios = [c["ratio"] for c in checks.values() if c.get("ratio") is not None]
     if not checks:
         return None
+    ratios = [c["ratio"] for c in checks.values() if c.get("ratio") is not None]
     collapsed = [k for k, c in checks.items() if c.get("collapsed")]
     return (f"Lesion check after training (no label read; the model's voxels ≥ 0.5 over its target's on its two "
             f"largest-target training cases): {len(checks)} of {len(models)} models checked"

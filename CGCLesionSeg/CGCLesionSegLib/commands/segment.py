@@ -110,7 +110,7 @@ def _inference_config(args):
     if not kw["keep_largest"] and args.open_radius is None:
         kw["opening_radius"] = 0  # the preset's opening only ranks components for keep-largest
     kw.update(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-              pad_to_window=args.pad_to_window, mirror_axes=tuple(getattr(args, "mirror", ()) or ()))
+              pad_to_window=args.pad_to_window, mirror_axes=tuple(args.mirror))
     if args.window:
         kw["window_xyz"] = tuple(args.window)
     return InferenceConfig(**kw)
