@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 #: Below this ratio (network voxels >= 0.5 over target voxels >= 0.5, on the checked cases) the model
-#: is reported as collapsed. Measured on cgc-v5's 2 mm models (their own caches): 6 healthy ones
+#: is reported as collapsed. Measured on cgc-v5's 2 mm models (their own caches): 5 healthy ones
 #: 0.40-0.66, the collapsed FLAIR fold model 0.0. The threshold only separates those, it is not a quality score.
 COLLAPSE_RATIO = 0.05
 #: Cases checked (the ones whose target marks the most voxels): enough to see a collapse, cheap to run.
