@@ -308,7 +308,9 @@ def train_all(models: list[Model], stage: dict, jobs: int, device: str = "cpu") 
                 continue
             running.remove((m, proc))
             if proc.returncode != 0:
-                raise SystemExit(f"training {m.key} failed (exit {proc.returncode}); see {m.run}.log")
+                log = m.run.parent / f"{m.run.name}.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+                raise SystemExit(f"training {m.key} failed (exit {proc.returncode}): {' '.join(tail)}; see {log}")
             from CGCLesionSegLib.checkpoint import read_checkpoint
             step = int(read_checkpoint(m.run / "last.pt")["step"])
             (m.run / "finished.json").write_text(json.dumps({"step": step, "steps": stage["steps"], "device": device,
@@ -670,8 +672,20 @@ def kept_scores(score_file: Path, stamp: dict, compute) -> list[dict]:
     return rows
 
 
+def require_package() -> None:
+    """Stop before any training starts when this interpreter cannot import the package the trainings
+    (``python -m CGCTraining``, run with this interpreter) need, instead of failing the first model."""
+    import importlib.util
+    missing = [m for m in ("CGCLesionSegLib", "torch") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"{sys.executable} cannot import {', '.join(missing)}: run the protocol with the "
+                         "project's environment (`bash scripts/setup.sh`, then `source .venv/bin/activate`) "
+                         "or `pip install -e .` into this one")
+
+
 def run(args, extra: list) -> int:
     proto = load_protocol(args.protocol)
+    require_package()
     if args.stage not in proto["stages"]:
         raise SystemExit(f"stage {args.stage!r} is not in {args.protocol}; it has {', '.join(proto['stages'])}")
     stage = proto["stages"][args.stage]

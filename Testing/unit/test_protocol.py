@@ -238,3 +238,20 @@ def test_report_line_names_collapsed_models_from_their_lesion_checks(tmp_path):
     assert "3 of 4 models checked" in line and "ratio 0.00–0.50" in line and "**collapsed: b**" in line
     assert "none collapsed" in protocol.lesion_check_line(models[:1])
     assert protocol.lesion_check_line(models[2:3]) is None  # trained before the check existed
+
+
+def test_a_failed_training_is_reported_with_its_error_and_a_missing_package_before_any_training(tmp_path, monkeypatch):
+    case = tmp_path / "c0"
+    case.mkdir()
+    model = protocol.Model(("flair",), "v", 0, 1, tmp_path / "work" / "v" / "fold0-seed1", [], [case],
+                           ["--crop", "not-a-number", "8", "8"])
+    stage = {"steps": 1, "max_minutes": 1}
+    with pytest.raises(SystemExit, match=r"training flair/v/fold0-seed1 failed \(exit 2\): .*--crop.*see "):
+        protocol.train_all([model], stage, jobs=1)
+    assert protocol._finished(model) is None  # nothing marked finished
+
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "CGCLesionSegLib" else real(name, *a))
+    with pytest.raises(SystemExit, match="cannot import CGCLesionSegLib.*source .venv/bin/activate"):
+        protocol.require_package()
