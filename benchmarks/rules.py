@@ -32,7 +32,9 @@ TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gm
           "default_net": "**`single-lesion` on the network alone**", "default_p": "`single-lesion` on P alone",
           "network_mirror_x": "**network ≥ 0.5, mirrored in x**", "default_mirror_x": "**default output, mirrored in x**",
           "network_mirror_xyz": "**network ≥ 0.5, mirrored in x, y, z**",
-          "default_mirror_xyz": "**default output, mirrored in x, y, z**"}
+          "default_mirror_xyz": "**default output, mirrored in x, y, z**",
+          "network_ensemble": "**network ≥ 0.5, seed ensemble**",
+          "default_ensemble": "**default output, seed ensemble**"}
 #: What each column is, for the report.
 MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
             "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
@@ -49,7 +51,11 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
             "default_mirror_x": "the default output (`single-lesion`) from that mirrored map",
             "network_mirror_xyz": "the same averaged over all 8 combinations of flips in x, y and z "
                                   "(`--mirror x y z`, 8 passes)",
-            "default_mirror_xyz": "the default output (`single-lesion`) from that map"}
+            "default_mirror_xyz": "the default output (`single-lesion`) from that map",
+            "network_ensemble": "the mean of the network maps of the fold's models of every seed (a model whose "
+                                "lesion check says it collapsed left out, as the shipping script refuses it), ≥ 0.5; "
+                                "one value per case, the same in every seed's row",
+            "default_ensemble": "the default output (`single-lesion`, 0.5·mean network + 0.5·P) from that mean map"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
@@ -59,6 +65,24 @@ DIFFERENCES = (("network_smooth", "p_smooth", "≥ +0.03, CI > 0"), ("network_sm
 #: gives ``network_<suffix>``, its default output ``default_<suffix>``).
 PASSES = {"padded": {"pad_to_window": True}, "mirror_x": {"mirror_axes": ("x",)},
           "mirror_xyz": {"mirror_axes": ("x", "y", "z")}}
+ENSEMBLE_COLUMNS = {"network_ensemble", "default_ensemble"}
+
+
+def collapsed(model: base.Model) -> bool:
+    """True when ``model``'s training wrote a lesion check that says it collapsed (CGCTraining.sanity);
+    runs without a check (trained before it existed) count as healthy."""
+    path = model.run / "lesion_check.json"
+    return path.exists() and bool(json.loads(path.read_text()).get("collapsed"))
+
+
+def ensemble_members(model: base.Model, siblings: list) -> list:
+    """The models whose maps a seed ensemble of ``model``'s group averages: every seed of its modalities,
+    variant and fold (``siblings`` may hold others; they are ignored), collapsed ones left out unless all
+    are. Sorted by seed, so every seed's row gets the same ensemble."""
+    group = sorted({m.run: m for m in [model, *siblings] if (m.modalities, m.variant, m.fold)
+                    == (model.modalities, model.variant, model.fold)}.values(), key=lambda m: m.seed)
+    healthy = [m for m in group if not collapsed(m)]
+    return healthy or group
 
 
 def columns_of(proto: dict) -> tuple[tuple, tuple]:
@@ -93,7 +117,10 @@ def output_rule_mask(network_probability, p, brain, gmm_weight: float):
     return output_mask(fused, brain, InferenceConfig(**output_preset("single-lesion"))).astype(bool)
 
 
-def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu", columns=COLUMNS) -> list[dict]:
+def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu", columns=COLUMNS,
+                siblings: list = ()) -> list[dict]:
+    """Rows of ``model``'s held-out cases for ``columns``; ``siblings``: the stage's other models (the
+    seed-ensemble columns average the maps of ``model``'s group among them, :func:`ensemble_members`)."""
     names = [c for c, _ in columns]
     if set(names) <= {c for c, _ in COLUMNS}:  # cgc-v3: one pass without the output rule, as it was run
         rows = []
@@ -103,10 +130,11 @@ def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu
             masks = rule_masks(p, net_map, sigma, case.geometry.spacing)
             rows.append(base.score_row(model, case, info, {c: masks[c] for c in names}, sigma))
         return rows
-    return _score_with_output_rule(model, cases, sigma, device, names)
+    return _score_with_output_rule(model, cases, sigma, device, names, list(siblings))
 
 
-def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device: str, names: list) -> list[dict]:
+def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device: str, names: list,
+                            siblings: list = ()) -> list[dict]:
     """Columns from the default output rule (``single-lesion``, as the source protocol scored it), and, for
     each :data:`PASSES` entry a column names, from another pass with that entry's settings."""
     from CGCLesionSegLib.inference import output_preset
@@ -115,9 +143,17 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
     bare = base.segment_held_out(model, cases, device, **preset)
     passes = {k: base.segment_held_out(model, cases, device, **v, **preset) for k, v in PASSES.items()
               if {f"network_{k}", f"default_{k}"} & set(names)}
+    members = ensemble_members(model, list(siblings)) if ENSEMBLE_COLUMNS & set(names) else []
+    # One pass per member (the model's own reused when it is one), in the model's case order.
+    member_passes = [None if m.run == model.run else base.segment_held_out(m, cases, device, **preset) for m in members]
     rows = []
     for case, p, res, info, _ in bare:
         other = {k: next(gen)[2] for k, gen in passes.items()}
+        if members:
+            maps = [res.network_probability if gen is None else next(gen)[2].network_probability for gen in member_passes]
+            mean_map = np.mean(maps, axis=0)
+            make_ensemble = {"network_ensemble": lambda: mean_map >= 0.5,
+                             "default_ensemble": lambda: output_rule_mask(mean_map, p, res.brain_mask, 0.5)}
         make = {"p": lambda: p >= 0.5,
                 "p_smooth": lambda: smooth_probability(p, sigma, case.geometry.spacing) >= 0.5,
                 "gmm_default": lambda: base.gmm_default_mask(case, list(model.modalities)),
@@ -127,15 +163,19 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
                 "default": lambda: res.mask.astype(bool),
                 "default_net": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 0.0),
                 "default_p": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 1.0)}
+        if members:
+            make.update(make_ensemble)
         for k, r in other.items():
             make[f"network_{k}"] = lambda r=r: r.network_probability >= 0.5
             make[f"default_{k}"] = lambda r=r: r.mask.astype(bool)
-        if {"default_net", "default_p"} & set(names) and not np.array_equal(
+        if {"default_net", "default_p", "default_ensemble"} & set(names) and not np.array_equal(
                 output_rule_mask(res.network_probability, p, res.brain_mask, 0.5), res.mask.astype(bool)):
             # e.g. an input whose voxel order the model turns: 2-D hole filling would run along other axes
             raise RuntimeError(f"{model.key} {case.name}: the output rule recomputed here does not reproduce "
                                "`cgcseg segment`'s mask, so its variants would not be comparable")
         extra = {"window_xyz": list(res.window_xyz or ())}
+        if members:
+            extra["ensemble"] = [m.key for m in members]
         rows.append(base.score_row(model, case, info, {c: make[c]() for c in names}, sigma, **extra))
     return rows
 
@@ -184,7 +224,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
         raise SystemExit(f"stage {args.stage!r} is not in {proto_path}; it has {', '.join(proto['stages'])}")
     stage = proto["stages"][args.stage]
     columns, differences = columns_of(proto)
-    src_path = proto_path.parent / proto["source"]
+    src_path = proto_path.parent / stage.get("source", proto.get("source"))
     src = base.load_protocol(src_path)
     results_dir = base.ROOT / "docs" / "protocols" / "results"
     work = Path(args.work_dir or base.ROOT / "runs" / f"protocol-{src['name']}") / stage["source_stage"]
@@ -210,8 +250,10 @@ def run(args, proto: dict, proto_path: Path) -> int:
         sigmas.setdefault(skey, json.loads(sfile.read_text()))
         score_file = m.run / f"rules-{proto['name']}.json"
         stamp = {"sigma": sigmas[skey]["sigma"], "step": base._finished(m).get("step")}
+        if ENSEMBLE_COLUMNS & {c for c, _ in columns}:  # the ensemble changes when a member does
+            stamp["ensemble"] = {e.key: base._finished(e).get("step") for e in ensemble_members(m, models)}
         rows += base.kept_scores(score_file, stamp,
-                                 lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device, columns))
+                                 lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device, columns, models))
     summary = base.summarise(rows, proto, columns, differences)
     winner = pick_winner(summary, proto["control"], proto["rules"], proto.get("companions"),
                          proto.get("companion_tolerance", 0.01)) if "winner_rule" in stage else None

@@ -149,3 +149,54 @@ def test_each_named_pass_column_comes_from_a_pass_with_that_passes_settings(monk
     calls.clear()
     list(rules._score_with_output_rule(None, {"a": None}, 2.0, "cpu", ["network", "default_mirror_x"]))
     assert [tuple(c.get("mirror_axes", ())) for c in calls] == [(), ("x",)]
+
+
+def test_seed_ensemble_averages_the_groups_healthy_models_maps_case_by_case(tmp_path, monkeypatch):
+    """``network_ensemble`` / ``default_ensemble``: the mean of the network maps of the fold's models of every
+    seed (brute force here: a per-voxel loop), a collapsed member left out, other folds ignored; every seed's
+    row carries the same ensemble."""
+    import json
+    from types import SimpleNamespace
+    from CGCLesionSegLib.postprocess import binarize
+    shape = (12, 12, 12)
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    p = np.random.default_rng(99).random(shape).astype(np.float32)
+
+    def net_map(model, case):  # a fixed map per (model, case)
+        return np.random.default_rng(hash((model.seed, model.fold, case)) % 2**32).random(shape).astype(np.float32)
+
+    def fake_segment_held_out(model, cases, device="cpu", **config):
+        for name in cases:
+            own = net_map(model, name)  # its default output, as `cgcseg segment` makes it (the runner checks this)
+            res = SimpleNamespace(network_probability=own, mask=rules.output_rule_mask(own, p, brain, 0.5).astype(np.uint8),
+                                  brain_mask=brain, window_xyz=(12, 12, 12))
+            yield SimpleNamespace(name=name, geometry=SimpleNamespace(spacing=(1, 1, 1))), p, res, None, None
+
+    monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
+    monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: (case.name, masks, extra))
+    mk = lambda fold, seed: rules.base.Model(("flair",), "v", fold, seed, tmp_path / f"f{fold}s{seed}", [], [])
+    models = [mk(0, 2), mk(0, 1), mk(0, 3), mk(1, 1)]
+    for m in models:
+        m.run.mkdir()
+    (models[2].run / "lesion_check.json").write_text(json.dumps({"ratio": 0.0, "collapsed": True}))
+    assert [m.seed for m in rules.ensemble_members(models[0], models)] == [1, 2]
+    names = ["network", "network_ensemble", "default_ensemble"]
+    per_seed = {m.seed: rules._score_with_output_rule(m, {"a": None, "b": None}, 2.0, "cpu", names, models)
+                for m in models[:3]}
+    for i, case in enumerate(["a", "b"]):
+        ref = np.zeros(shape, np.float32)
+        for z, y, x in np.ndindex(*shape):
+            ref[z, y, x] = (net_map(models[1], case)[z, y, x] + net_map(models[0], case)[z, y, x]) / 2
+        want_default = binarize(0.5 * ref + 0.5 * p, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3,
+                                mask_zyx=brain).astype(bool)
+        for seed, rows in per_seed.items():
+            name, masks, extra = rows[i]
+            assert name == case and extra["ensemble"] == ["flair/v/fold0-seed1", "flair/v/fold0-seed2"]
+            assert np.array_equal(masks["network_ensemble"], ref >= 0.5)
+            assert np.array_equal(masks["default_ensemble"], want_default)
+            assert np.array_equal(masks["network"], net_map(models[[2, 1, 3].index(seed)], case) >= 0.5)
+    # every member collapsed: all are kept rather than none
+    for m in models[:3]:
+        (m.run / "lesion_check.json").write_text(json.dumps({"ratio": 0.0, "collapsed": True}))
+    assert [m.seed for m in rules.ensemble_members(models[1], models)] == [1, 2, 3]
