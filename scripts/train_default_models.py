@@ -53,8 +53,14 @@ def _results(proto: dict, stage: str, results_dir: Path = RESULTS) -> dict | Non
 
 
 def recipe(proto: dict, results_dir: Path = RESULTS) -> str:
-    """The screening winner (the protocol's recipe choice; a missing screen is an error, not a default)."""
+    """The screening winner (the protocol's recipe choice; a missing screen is an error, not a default), or,
+    in a protocol without a screen (a confirmation of one recipe, e.g. cgc-v9), the one variant its
+    confirmation stage names."""
     import protocol
+    stages = proto.get("stages", {})
+    named = stages.get("confirm", {}).get("variants", [])
+    if "screen" not in stages and len(named) == 1:
+        return named[0]
     try:
         winner = protocol._winner(proto, "winner of screen", results_dir)
     except SystemExit:
@@ -134,7 +140,8 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     rows = [evaluate_cgc._score_case(c, model.run / "last.pt", list(model.modalities), "cpu") for c in labelled]
     dice_json = model.run / "card_dice.json"
     dice_json.write_text(json.dumps(rows))
-    recipe_note = (f"**Recipe**: protocol `{proto['name']}`'s screening winner `{model.variant}` "
+    chosen = "screening winner" if "screen" in proto.get("stages", {}) else "confirmed recipe"
+    recipe_note = (f"**Recipe**: protocol `{proto['name']}`'s {chosen} `{model.variant}` "
                    f"(`{' '.join(model.args)}`)"
                    + (f"; self-training round 2: round 1 (`{model.parent.variant}`, same seed and data) segmented the "
                       "training cases with 0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5 and no keep-largest "

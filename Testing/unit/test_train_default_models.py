@@ -81,6 +81,14 @@ def test_recipe_is_read_from_the_screen_and_missing_screen_is_an_error(setup, tm
     assert models[1].parent is models[0]
     assert models[1].key == "flair/robust-st/all-seed0"  # no held-out fold to name
     assert models[1].args[-4:] == ["--ema", "0.9", "--lr-schedule", "cosine"]
+    # a protocol without a screen that confirms one recipe (cgc-v9): that recipe; with two, still an error
+    one = PROTOCOL.split("[stages.screen]")[0] + ('[stages.confirm]\nmodalities = [["flair"]]\nvariants = ["robust-st"]\n'
+                                                 'seeds = [2]\nsteps = 3\n')
+    (tmp_path / "one.toml").write_text(one)
+    assert tdm.recipe(protocol.load_protocol(tmp_path / "one.toml"), tmp_path) == "robust-st"
+    (tmp_path / "two.toml").write_text(one.replace('["robust-st"]', '["robust", "robust-st"]'))
+    with pytest.raises(SystemExit, match="no screening winner"):
+        tdm.recipe(protocol.load_protocol(tmp_path / "two.toml"), tmp_path)
 
 
 def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup):
