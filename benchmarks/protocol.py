@@ -390,19 +390,27 @@ def gmm_default_mask(case: CaseData, mods):
     return case._gmm_default[key]
 
 
-def _gmm_default_mask(case: CaseData, mods):
+def _gmm_default_settings(mods):
+    """``(GMM config, threshold, clean-up keywords)`` of ``cgcseg gmm`` run with its defaults on ``mods``."""
     import argparse
 
     from CGCLesionSegLib.commands import gmm as gmm_cmd
-    from CGCLesionSegLib.postprocess import binarize
     ap = argparse.ArgumentParser()
     gmm_cmd.add_arguments(ap)
     args = ap.parse_args([a for m in mods for a in ("--input", f"{m}=x.nii.gz")] + ["--output", "p.nii.gz",
                                                                                     "--binary-output", "b.nii.gz"])
-    cfg = gmm_cmd.build_config(args, "mri", len(mods))
-    post = gmm_cmd.build_postprocess(args, "mri")
-    p = case.probability(mods, cfg)
-    return binarize(p, args.threshold, mask_zyx=case.brain(mods), **post)
+    return gmm_cmd.build_config(args, "mri", len(mods)), args.threshold, gmm_cmd.build_postprocess(args, "mri")
+
+
+def gmm_default_probability(case: CaseData, mods):
+    """The map ``cgcseg gmm`` thresholds by default (recommended preset), ``(Z, Y, X)`` float32, memoised."""
+    return case.probability(mods, _gmm_default_settings(mods)[0])
+
+
+def _gmm_default_mask(case: CaseData, mods):
+    from CGCLesionSegLib.postprocess import binarize
+    _, threshold, post = _gmm_default_settings(mods)
+    return binarize(gmm_default_probability(case, mods), threshold, mask_zyx=case.brain(mods), **post)
 
 
 def choose_sigma(train_cases: list[CaseData], mods, gmm_cfg, sigmas) -> tuple[float, dict]:

@@ -34,7 +34,8 @@ TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gm
           "network_mirror_xyz": "**network ≥ 0.5, mirrored in x, y, z**",
           "default_mirror_xyz": "**default output, mirrored in x, y, z**",
           "network_ensemble": "**network ≥ 0.5, seed ensemble**",
-          "default_ensemble": "**default output, seed ensemble**"}
+          "default_ensemble": "**default output, seed ensemble**",
+          "default_rec": "**default output fused with the `cgcseg gmm` P**"}
 #: What each column is, for the report.
 MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
             "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
@@ -55,7 +56,11 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
             "network_ensemble": "the mean of the network maps of the fold's models of every seed (a model whose "
                                 "lesion check says it collapsed left out, as the shipping script refuses it), ≥ 0.5; "
                                 "one value per case, the same in every seed's row",
-            "default_ensemble": "the default output (`single-lesion`, 0.5·mean network + 0.5·P) from that mean map"}
+            "default_ensemble": "the default output (`single-lesion`, 0.5·mean network + 0.5·P) from that mean map",
+            "default_rec": "the `single-lesion` rule on 0.5·network + 0.5·P_rec, where P_rec is the map `cgcseg gmm` "
+                           "thresholds by default (the recommended preset) instead of the model's own P (the paper's "
+                           "configuration it was trained on); `cgcseg gmm`'s default output is the same clean-up on "
+                           "P_rec alone"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
@@ -162,13 +167,16 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
                                                              case.geometry.spacing) >= 0.5,
                 "default": lambda: res.mask.astype(bool),
                 "default_net": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 0.0),
-                "default_p": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 1.0)}
+                "default_p": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 1.0),
+                "default_rec": lambda: output_rule_mask(res.network_probability,
+                                                        base.gmm_default_probability(case, list(model.modalities)),
+                                                        res.brain_mask, 0.5)}
         if members:
             make.update(make_ensemble)
         for k, r in other.items():
             make[f"network_{k}"] = lambda r=r: r.network_probability >= 0.5
             make[f"default_{k}"] = lambda r=r: r.mask.astype(bool)
-        if {"default_net", "default_p", "default_ensemble"} & set(names) and not np.array_equal(
+        if {"default_net", "default_p", "default_ensemble", "default_rec"} & set(names) and not np.array_equal(
                 output_rule_mask(res.network_probability, p, res.brain_mask, 0.5), res.mask.astype(bool)):
             # e.g. an input whose voxel order the model turns: 2-D hole filling would run along other axes
             raise RuntimeError(f"{model.key} {case.name}: the output rule recomputed here does not reproduce "

@@ -255,3 +255,22 @@ def test_a_failed_training_is_reported_with_its_error_and_a_missing_package_befo
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "CGCLesionSegLib" else real(name, *a))
     with pytest.raises(SystemExit, match="cannot import CGCLesionSegLib.*source .venv/bin/activate"):
         protocol.require_package()
+
+
+def test_gmm_default_baseline_is_what_cgcseg_gmm_writes_with_its_defaults(tmp_path):
+    """The ``gmm_default`` column and the P it thresholds (``default_rec``'s P_rec) equal the files ``cgcseg
+    gmm`` writes when run with its defaults on the same case."""
+    import numpy as np
+    from CGCLesionSegLib.cli import main
+    from CGCLesionSegLib.image_io import read_image
+    from CGCLesionSegLib.phantom import make_phantom, save_phantom
+    mods = ["flair", "t1", "t1ce", "t2"]
+    paths = save_phantom(make_phantom(shape_xyz=(48, 48, 32), spacing_xyz=(1.5, 1.5, 1.5), seed=8), tmp_path / "d", "c")
+    rc = main(["gmm", "--progress", "none", *[a for m in mods for a in ("--input", f"{m}={paths[m]}")],
+               "--output", str(tmp_path / "p.nii.gz"), "--binary-output", str(tmp_path / "b.nii.gz")])
+    assert rc == 0
+    case = protocol.CaseData(paths["case_dir"])
+    p_rec = protocol.gmm_default_probability(case, mods)
+    assert np.allclose(p_rec, read_image(tmp_path / "p.nii.gz").array_zyx, atol=1e-6)
+    mask = protocol.gmm_default_mask(case, mods)
+    assert mask.any() and np.array_equal(mask, read_image(tmp_path / "b.nii.gz", dtype=None).array_zyx > 0)

@@ -200,3 +200,29 @@ def test_seed_ensemble_averages_the_groups_healthy_models_maps_case_by_case(tmp_
     for m in models[:3]:
         (m.run / "lesion_check.json").write_text(json.dumps({"ratio": 0.0, "collapsed": True}))
     assert [m.seed for m in rules.ensemble_members(models[1], models)] == [1, 2, 3]
+
+
+def test_default_rec_fuses_the_network_with_the_cgcseg_gmm_map(monkeypatch):
+    """``default_rec`` = the `single-lesion` rule on 0.5·network + 0.5·P_rec (``cgcseg gmm``'s map), not on the
+    model's own P; brute force: binarize with the preset's clean-up."""
+    from types import SimpleNamespace
+    from CGCLesionSegLib.postprocess import binarize
+    shape = (12, 12, 12)
+    rng = np.random.default_rng(3)
+    net, p_own, p_rec = (rng.random(shape).astype(np.float32) for _ in range(3))
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+
+    def fake_segment_held_out(model, cases, device="cpu", **config):
+        res = SimpleNamespace(network_probability=net, mask=rules.output_rule_mask(net, p_own, brain, 0.5).astype(np.uint8),
+                              brain_mask=brain, window_xyz=(12, 12, 12))
+        yield SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1, 1, 1))), p_own, res, None, None
+
+    monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda case, mods: p_rec)
+    monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: masks)
+    model = SimpleNamespace(modalities=("flair",), run=Path("/nonexistent"))
+    (masks,) = rules._score_with_output_rule(model, {"a": None}, 2.0, "cpu", ["default", "default_rec"])
+    want = binarize(0.5 * net + 0.5 * p_rec, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain)
+    assert np.array_equal(masks["default_rec"], want.astype(bool))
+    assert not np.array_equal(masks["default_rec"], masks["default"])  # the model's own P gives another mask
