@@ -84,7 +84,7 @@ class CGCLesionSegParameterNode:
     the number of clusters, how many of them are lesion (highest reference mean), or an explicit
     list of lesion labels (1-based, as shown in the components labelmap).
     Segment: model file (empty = the model shipped for these modalities), threshold, output rule
-    (``cgcseg segment --postprocess``: auto, none, single-lesion), device; the result segmentation
+    (``cgcseg segment --postprocess``: auto, none, single-lesion, single-lesion-recommended), device; the result segmentation
     and the table its statistics are written to.
     Train: cohort folder (BraTS layout), run folder, epochs and an optional time limit.
     """

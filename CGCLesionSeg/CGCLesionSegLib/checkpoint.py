@@ -32,7 +32,7 @@ FORMAT = "cgc-lesion-seg-checkpoint"
 FORMAT_VERSION = 1
 
 #: Output rules a checkpoint may record as its ``default_output_rule`` (what ``--postprocess auto`` picks).
-OUTPUT_RULE_NAMES = ("none", "single-lesion")
+OUTPUT_RULE_NAMES = ("none", "single-lesion", "single-lesion-recommended")
 #: The shipped models predate the ``default_output_rule`` field: their rule, by file content (sha256).
 #: They were trained on gliomas (one contiguous lesion per scan).
 KNOWN_MODEL_RULES = {

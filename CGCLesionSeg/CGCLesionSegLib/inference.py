@@ -54,6 +54,13 @@ class InferenceConfig:
     (P: the GMM map of the model's own GMM settings). The two err differently — P misses lesion that
     is not the brightest in FLAIR, the network extends into regions where its training targets leaked
     — so their mean is the safer estimate; see :data:`OUTPUT_PRESETS`.
+
+    ``fusion_map``: which P the fused map takes. ``"model"`` (the default): the map of the GMM settings
+    the model was trained with (for the shipped models the paper's configuration: K = 4, brightest
+    component). ``"recommended"``: the recommended preset's map (:func:`gmm.recommended_config`: FLAIR,
+    K = 4..8 averaged, components >= 1 SD above the brain average), i.e. the very map ``cgcseg gmm``
+    thresholds by default, so the output rule is ``cgcseg gmm``'s default output with the network
+    added. MRI models only (that preset was chosen on MRI tumours). Costs one more GMM fit per case.
     """
 
     window_xyz: Optional[tuple[int, int, int]] = None
@@ -71,6 +78,7 @@ class InferenceConfig:
     margin_voxels: int = 4
     pad_to_window: bool = False
     mirror_axes: tuple[str, ...] = ()
+    fusion_map: str = "model"
 
     def __post_init__(self) -> None:
         axes = tuple(str(a).lower() for a in self.mirror_axes)
@@ -98,8 +106,12 @@ class InferenceConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0.0 <= self.gmm_weight < 1.0:
             raise ValueError(f"gmm_weight must be in [0, 1), got {self.gmm_weight}")
+        if self.fusion_map not in FUSION_MAPS:
+            raise ValueError(f"fusion_map must be one of {', '.join(FUSION_MAPS)}, got {self.fusion_map!r}")
 
 
+#: Values of :attr:`InferenceConfig.fusion_map`.
+FUSION_MAPS = ("model", "recommended")
 #: Axis name -> dimension of a ``(B, C, Z, Y, X)`` batch.
 MIRROR_AXES = {"x": 4, "y": 3, "z": 2}
 
@@ -146,9 +158,16 @@ def window_for_checkpoint(config: InferenceConfig, train_config: Optional[dict])
 #    fused map 0.5·CGC + 0.5·P, 2-D hole filling, and the largest lesion after an opening of radius 3
 #    (the GMM's recommended clean-up, docs/GMM.md). Fixed before the leave-cases-out run, from the
 #    shipped model's in-sample numbers (docs/BENCHMARKS.md); wrong for multi-focal disease (MS).
+#  * ``single-lesion-recommended``: the same with P from the recommended GMM preset (``fusion_map``),
+#    i.e. ``cgcseg gmm``'s default output with the network fused in; protocol cgc-v11
+#    (docs/protocols/cgc-v11.toml) measures it on held-out cases. MRI models only.
 OUTPUT_PRESETS: dict[str, dict] = {
-    "none": dict(gmm_weight=0.0, fill_holes=False, keep_largest=0, opening_radius=0, min_component_voxels=0),
-    "single-lesion": dict(gmm_weight=0.5, fill_holes="2d", keep_largest=1, opening_radius=3, min_component_voxels=0),
+    "none": dict(gmm_weight=0.0, fill_holes=False, keep_largest=0, opening_radius=0, min_component_voxels=0,
+                 fusion_map="model"),
+    "single-lesion": dict(gmm_weight=0.5, fill_holes="2d", keep_largest=1, opening_radius=3, min_component_voxels=0,
+                          fusion_map="model"),
+    "single-lesion-recommended": dict(gmm_weight=0.5, fill_holes="2d", keep_largest=1, opening_radius=3,
+                                      min_component_voxels=0, fusion_map="recommended"),
 }
 
 
@@ -241,6 +260,23 @@ def output_mask(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceCo
     return binarize(prob_zyx, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
                     fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain_zyx,
                     opening_radius=config.opening_radius)
+
+
+def _recommended_probability(channels: Sequence[np.ndarray], brain: np.ndarray, names: Sequence[str],
+                             geometry: Geometry, preprocessing: dict, progress: Optional[ProgressCallback],
+                             timings: dict) -> np.ndarray:
+    """P of the recommended GMM preset (what ``cgcseg gmm`` thresholds by default) on ``channels``
+    ``(Z, Y, X)`` in the model's channel order; ``(Z, Y, X)`` float32. Refused for CT models."""
+    from .gmm import compute_probability_map, recommended_config
+    if preprocessing.get("brain_mask") == "ct_window" or (preprocessing.get("gmm") or {}).get("modality") == "ct":
+        raise ValueError("the output rule single-lesion-recommended fuses the recommended MRI GMM preset's map; "
+                         "this is a CT model: use --postprocess single-lesion (its own GMM map) or none")
+    call_progress(progress, 0.96, "GMM map of the recommended preset")
+    t = time.perf_counter()
+    p = compute_probability_map(list(channels), brain, recommended_config(), names=list(names),
+                                spacing_xyz=geometry.spacing).probability
+    timings["gmm_recommended_s"] = time.perf_counter() - t
+    return np.asarray(p, np.float32)
 
 
 def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
@@ -344,7 +380,10 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     network_prob = None
     if config.gmm_weight > 0:
         network_prob = prob.astype(np.float32, copy=False)  # prob is rebound below, not modified
-        prob = (1.0 - config.gmm_weight) * prob + config.gmm_weight * gmm_probability
+        fuse = gmm_probability
+        if config.fusion_map == "recommended":
+            fuse = _recommended_probability(channels, brain, expected, geometry, pre, progress, timings)
+        prob = (1.0 - config.gmm_weight) * prob + config.gmm_weight * fuse
     mask = output_mask(prob, brain, config)
     if turn.active:  # back to the input's own voxel order
         prob, mask, brain = turn.back(prob), turn.back(mask), turn.back(brain)

@@ -440,7 +440,7 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
                             postprocess: str = "auto") -> list:
         """``python -m CGCLesionSegLib.cli segment --input NAME=PATH ... --output OUT --progress json``.
 
-        ``postprocess``: the output rule (auto, none, single-lesion; see ``cgcseg segment --help``)."""
+        ``postprocess``: the output rule (auto, none, single-lesion, single-lesion-recommended; see ``cgcseg segment --help``)."""
         if not inputs:
             raise ValueError("At least one input is needed.")
         if device not in ("auto", "cpu", "cuda"):

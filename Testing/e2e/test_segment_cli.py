@@ -229,3 +229,49 @@ def test_segment_case_fuses_a_given_gmm_map_and_keeps_the_network_map(tiny_model
     with pytest.raises(ValueError, match="GMM map shape"):
         segment_case(chans, geom, MODS, tiny_model, config=InferenceConfig(device="cpu", gmm_weight=0.5),
                      gmm_probability_zyx=given[:-1])
+
+
+def test_single_lesion_recommended_fuses_the_map_cgcseg_gmm_thresholds(tmp_path, tiny_model, case):
+    """``--postprocess single-lesion-recommended``: the single-lesion clean-up of 0.5·network + 0.5·P_rec, P_rec
+    being the map ``cgcseg gmm`` writes with its defaults (not the model's own P); recorded in the sidecar."""
+    import argparse
+    from CGCLesionSegLib.commands import gmm as gmm_cmd
+    from CGCLesionSegLib.gmm import recommended_config
+    from CGCLesionSegLib.postprocess import binarize
+    ap = argparse.ArgumentParser()
+    gmm_cmd.add_arguments(ap)
+    defaults = ap.parse_args(["--input", "x.nii.gz", "--output", "p.nii.gz"])
+    assert gmm_cmd.build_config(defaults, "mri", 4) == recommended_config()  # the preset is cgcseg gmm's default
+    r = cli("gmm", "--progress", "none", *_inputs(case), "--output", tmp_path / "p_rec.nii.gz")
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for rule in ("single-lesion", "single-lesion-recommended"):
+        seg = tmp_path / f"{rule}.nii.gz"
+        r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", seg, "--postprocess", rule,
+                "--probability-output", tmp_path / f"{rule}-fused.nii.gz", "--progress", "none",
+                "--gmm-output", tmp_path / f"{rule}-own.nii.gz")
+        assert r.returncode == 0, r.stderr
+        out[rule] = (read_image(seg, dtype=None).array_zyx, read_image(tmp_path / f"{rule}-fused.nii.gz").array_zyx)
+        side = json.loads((tmp_path / f"{rule}.nii.gz.json").read_text())
+        assert side["postprocess"] == rule
+        assert side["inference"]["fusion_map"] == ("recommended" if rule.endswith("recommended") else "model")
+    p_rec = read_image(tmp_path / "p_rec.nii.gz").array_zyx
+    # the network map, from the single-lesion run: fused_own = 0.5 network + 0.5 P_own (the model's own P)
+    p_own = read_image(tmp_path / "single-lesion-own.nii.gz").array_zyx
+    net = 2 * out["single-lesion"][1] - p_own
+    brain = read_image(case["flair"]).array_zyx != 0
+    assert not np.allclose(p_own, p_rec)
+    np.testing.assert_allclose(out["single-lesion-recommended"][1], 0.5 * net + 0.5 * p_rec, atol=2e-5)
+    want = binarize(0.5 * net + 0.5 * p_rec, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain)
+    assert np.array_equal(out["single-lesion-recommended"][0], want)
+    assert not np.allclose(out["single-lesion"][1], out["single-lesion-recommended"][1])  # another P was fused
+
+
+def test_single_lesion_recommended_is_refused_for_ct_models():
+    from CGCLesionSegLib.inference import InferenceConfig, _recommended_probability, output_preset
+    with pytest.raises(ValueError, match="CT model: use --postprocess single-lesion"):
+        _recommended_probability([np.zeros((4, 4, 4))], np.ones((4, 4, 4), bool), ["ct"], None,
+                                 {"brain_mask": "ct_window"}, None, {})
+    assert InferenceConfig(**output_preset("single-lesion-recommended")).fusion_map == "recommended"
+    with pytest.raises(ValueError, match="fusion_map must be one of model, recommended"):
+        InferenceConfig(fusion_map="mine")

@@ -24,7 +24,7 @@ def add_progress_args(p: argparse.ArgumentParser) -> None:
 
 #: Output rules of the CGC stage: "auto" and the names of ``inference.OUTPUT_PRESETS`` (kept here so
 #: building the parsers, and the Slicer module, do not import torch).
-OUTPUT_RULES = ("auto", "none", "single-lesion")
+OUTPUT_RULES = ("auto", "none", "single-lesion", "single-lesion-recommended")
 
 
 def add_output_rule_arg(p: argparse.ArgumentParser, help: str) -> None:

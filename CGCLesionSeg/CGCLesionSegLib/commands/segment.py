@@ -38,10 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the mask (default 0.5)")
     add_output_rule_arg(p,
                         "output rule: none = the network's map >= threshold (the paper); single-lesion = mean of the "
-                        "network and GMM maps, hole filling, largest lesion (gliomas); auto (default) = single-lesion "
+                        "network and GMM maps, hole filling, largest lesion (gliomas); single-lesion-recommended = the "
+                        "same with the GMM map `cgcseg gmm` thresholds by default (recommended preset, MRI); "
+                        "auto (default) = single-lesion "
                         "with the shipped BraTS models, none with your own --model. The flags below override it")
     p.add_argument("--gmm-weight", type=float, default=None, metavar="W",
-                   help="threshold (1-W)*CGC + W*P, P = the model's GMM map (single-lesion: 0.5, none: 0)")
+                   help="threshold (1-W)*CGC + W*P, P = the model's GMM map, or the recommended preset's with "
+                        "single-lesion-recommended (single-lesion*: 0.5, none: 0)")
     p.add_argument("--min-size", type=int, default=None, metavar="VOXELS", help="remove lesion components smaller than this (0: keep all)")
     p.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d", "none"), default=None,
                    help="fill holes inside lesion components, slice by slice (2d, the default when given alone), in 3-D, or none")
