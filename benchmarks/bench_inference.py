@@ -105,6 +105,13 @@ def main(argv=None) -> int:
         sync(); t = time.perf_counter()
         segment_case(channels, geometry, mods, model_path, None, rule_cfg, model=model, info=info)
         sync(); rule_times.append(time.perf_counter() - t)
+    # single-lesion-recommended fuses the recommended preset's map instead: a second GMM fit (K = 4..8).
+    rec_cfg = InferenceConfig(device=args.device, **output_preset("single-lesion-recommended"))
+    rec_times = []
+    for _ in range(args.repeats):
+        sync(); t = time.perf_counter()
+        segment_case(channels, geometry, mods, model_path, None, rec_cfg, model=model, info=info)
+        sync(); rec_times.append(time.perf_counter() - t)
 
     # Peak RAM of the whole command in its own process (reads files, the model's default output rule —
     # single-lesion for a shipped model, GMM included —, writes outputs).
@@ -138,6 +145,8 @@ def main(argv=None) -> int:
         f"| the same with the earlier default window {'×'.join(map(str, LEGACY_WINDOW_XYZ))}, overlap 0.25 | "
         f"{statistics.median(legacy):.2f} s (ratio default / earlier {med / statistics.median(legacy):.2f}) |",
         f"| segment_case with the output rule single-lesion (+ GMM fit, fusion, clean-up) | {statistics.median(rule_times):.2f} s |",
+        f"| segment_case with the output rule single-lesion-recommended (+ the recommended preset's GMM fit, K = 4..8) | "
+        f"{statistics.median(rec_times):.2f} s |",
         f"| reference: one Conv3d 4→16 3³ over the volume | {ref:.3f} s |",
         f"| ratio segment_case / reference | {med / ref:.1f} |",
         f"| `cgcseg segment` command end to end (read, infer with the model's default rule, write) | {cli_s:.1f} s |",
