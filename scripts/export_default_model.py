@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hardware", default="2 CPU cores (shared with other jobs), no GPU")
     ap.add_argument("--notes", default="", help="markdown appended to the card")
     ap.add_argument("--models-dir", default=str(MODELS), help="where to write (default: the package's models folder)")
-    ap.add_argument("--output-rule", choices=("none", "single-lesion"),
+    ap.add_argument("--output-rule", choices=("none", "single-lesion", "single-lesion-recommended"),
                     help="default_output_rule recorded in the exported checkpoint (default: keep the run's)")
     ap.add_argument("--update-card", action="store_true",
                     help="only rewrite the Dice section of models/NAME.md from --dice-json (run_dir is the card's model stem)")

@@ -139,3 +139,21 @@ def test_foreign_or_corrupt_files_are_refused(tmp_path, kind):
                 "list": "not a CGC", "newer": "format version", "folder": "folder", "missing": "not found",
                 "bad_config": "norm", "bad_weights": "do not match"}[kind]
     assert expected in msg
+
+
+def test_every_output_rule_a_checkpoint_may_record_is_an_output_preset_and_a_cli_choice():
+    import argparse
+    import sys
+    from pathlib import Path
+    from CGCLesionSegLib.checkpoint import OUTPUT_RULE_NAMES
+    from CGCLesionSegLib.commands import OUTPUT_RULES
+    from CGCLesionSegLib.inference import OUTPUT_PRESETS
+    assert set(OUTPUT_RULE_NAMES) == set(OUTPUT_PRESETS) == set(OUTPUT_RULES) - {"auto"}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import export_default_model
+    for rule in OUTPUT_RULE_NAMES:  # the export script accepts each (it exits on --help after parsing choices)
+        try:
+            export_default_model.main(["run", "--output-rule", rule, "--update-card", "--dice-json", "/nonexistent",
+                                       "--models-dir", "/nonexistent"])
+        except (FileNotFoundError, SystemExit) as exc:
+            assert not (isinstance(exc, SystemExit) and exc.code == 2), f"--output-rule {rule} refused"
