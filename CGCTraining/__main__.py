@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     gg.add_argument("--gmm-foreground", type=int, help="how many brightest components are lesion (default: GMMConfig's)")
     gg.add_argument("--gmm-config", metavar="JSON", help="GMMConfig fields as JSON (e.g. saved by the Slicer module); "
                                                           "the flags above override it")
+    gg.add_argument("--gmm-preset", choices=("paper", "recommended"), default="paper",
+                    help="starting GMM settings: paper = K 4, brightest component (the paper; default); recommended = "
+                         "the map `cgcseg gmm` thresholds by default (K 4..8 averaged, outlier rule; MRI only). "
+                         "--gmm-config and the flags above override it")
     gg.add_argument("--target-sigma", type=float, default=t.target_sigma_mm, metavar="MM",
                     help="train on P smoothed with a Gaussian of this SD in mm (on the training grid) instead of P "
                          f"itself: BCE target, crop centres and patch labels (default {t.target_sigma_mm:g} = P as the "
@@ -146,17 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _gmm_config(args, modalities: list[str]):
-    from CGCLesionSegLib.gmm import GMMConfig, config_from_dict
+    from CGCLesionSegLib.gmm import GMMConfig, config_from_dict, config_to_dict, recommended_config
     base = {}
+    preset = getattr(args, "gmm_preset", "paper")
+    if preset == "recommended":
+        if modalities[0] == "ct":
+            raise ValueError("--gmm-preset recommended is the MRI preset; CT models keep the paper's settings "
+                             "(or give --gmm-config)")
+        base = config_to_dict(recommended_config())
     if args.gmm_config:
         path = Path(args.gmm_config)
         if not path.exists():
             raise ValueError(f"--gmm-config {path} does not exist")
         try:
-            base = json.loads(path.read_text())
+            loaded = json.loads(path.read_text())
         except ValueError as exc:
             raise ValueError(f"--gmm-config {path} is not valid JSON ({exc})") from None
-        base = base.get("gmm", base) if isinstance(base, dict) else base
+        loaded = loaded.get("gmm", loaded) if isinstance(loaded, dict) else loaded
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--gmm-config {path} must hold an object of GMMConfig fields")
+        base.update(loaded)  # over the preset's fields
     if args.gmm_modalities:
         names = [m.lower() for m in args.gmm_modalities]
         unknown = [m for m in names if m not in modalities]
@@ -170,6 +183,7 @@ def _gmm_config(args, modalities: list[str]):
         base["channels"] = [0]
     if args.gmm_clusters is not None:
         base["n_clusters"] = args.gmm_clusters
+        base["ensemble_clusters"] = None  # one K asked for, as `cgcseg gmm --clusters` does
     if args.gmm_foreground is not None:
         base["n_foreground"] = args.gmm_foreground
     if modalities[0] == "ct" and "modality" not in base:

@@ -62,6 +62,24 @@ def test_gmm_flags():
     assert gmm.modality == "ct"
 
 
+def test_gmm_preset_recommended_is_cgcseg_gmms_default_map_and_flags_override_it(tmp_path):
+    from CGCLesionSegLib.gmm import GMMConfig, recommended_config
+    assert configs_from_args(_args())[2] == GMMConfig()  # the paper's settings stay the default
+    _, _, gmm = configs_from_args(_args("--gmm-preset", "recommended"))
+    assert gmm == recommended_config()
+    _, _, gmm = configs_from_args(_args("--gmm-preset", "recommended", "--gmm-clusters", "5"))
+    assert gmm.n_clusters == 5 and gmm.ensemble_clusters is None and gmm.foreground_rule == "outlier"
+    cfg = tmp_path / "gmm.json"
+    cfg.write_text(json.dumps({"gmm": {"outlier_z": 1.5}}))  # a file's fields go over the preset's
+    _, _, gmm = configs_from_args(_args("--gmm-preset", "recommended", "--gmm-config", str(cfg)))
+    assert gmm.outlier_z == 1.5 and gmm.ensemble_clusters == recommended_config().ensemble_clusters
+    cfg.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="object of GMMConfig fields"):
+        configs_from_args(_args("--gmm-config", str(cfg)))
+    with pytest.raises(ValueError, match="MRI preset"):
+        configs_from_args(_args("--modalities", "ct", "--gmm-preset", "recommended"))
+
+
 def test_one_optimisation_step_lowers_the_loss():
     torch.manual_seed(0)
     cfg = NetConfig(in_channels=2, widths=(2, 4, 4, 8), blocks=(0, 1, 1, 1), decoder_width=2, projection_dim=8,
