@@ -153,6 +153,29 @@ def gmm_config_of(args: list, mods):
     return _gmm_config(parsed, [m.lower() for m in mods])
 
 
+def sigma_tag(fold: int, gmm_cfg) -> str:
+    """The tag of a fold's smoothed-P sigma: ``fold<k>`` (``all`` for fold -1) for the paper's GMM settings,
+    with ``-gmm-<hash>`` appended for any other settings, since the sigma is chosen on that P."""
+    from CGCLesionSegLib.config import config_to_dict
+    from CGCLesionSegLib.gmm import GMMConfig
+    tag = f"fold{fold}" if fold >= 0 else "all"
+    if gmm_cfg is None or gmm_cfg == GMMConfig():
+        return tag
+    import hashlib
+    digest = hashlib.sha1(json.dumps(config_to_dict(gmm_cfg), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{tag}-gmm-{digest}"
+
+
+def model_sigma_tag(model: "Model") -> str:
+    """:func:`sigma_tag` of a trained model, from the GMM settings its checkpoint records."""
+    from CGCLesionSegLib.checkpoint import info_from_dict, read_checkpoint
+    from CGCLesionSegLib.config import config_from_dict
+    from CGCLesionSegLib.gmm import GMMConfig
+    info = info_from_dict(read_checkpoint(model.run / "last.pt"), model.run / "last.pt")
+    gmm = (info.preprocessing or {}).get("gmm")
+    return sigma_tag(model.fold, config_from_dict(GMMConfig, gmm) if gmm else None)
+
+
 def sigma_path(work: Path, mods, tag: str) -> Path:
     """Where the smoothed-P sigma of a fold (``tag``: ``fold<k>`` or ``all``) is kept."""
     return work / f"sigma-{'-'.join(mods)}-{tag}.json"
@@ -183,10 +206,9 @@ def resolve_fold_sigma(models: list, proto: dict, data: Path, work: Path) -> Non
         train = [d for d in m.train if Path(d).resolve().parent == labelled_dir]
         for d in train:
             cases.setdefault(d.name, CaseData(Path(d)))
-        tag = f"fold{m.fold}" if m.fold >= 0 else "all"
-        choice = sigma_choice(work, tag, [cases[d.name] for d in train], m.modalities,
-                              gmm_config_of(["0" if a == FOLD_SIGMA else a for a in m.args], m.modalities),
-                              proto["smoothing_sigmas_mm"])
+        gmm_cfg = gmm_config_of(["0" if a == FOLD_SIGMA else a for a in m.args], m.modalities)
+        choice = sigma_choice(work, sigma_tag(m.fold, gmm_cfg), [cases[d.name] for d in train], m.modalities,
+                              gmm_cfg, proto["smoothing_sigmas_mm"])
         m.args = [f"{choice['sigma']:g}" if a == FOLD_SIGMA else a for a in m.args]
 
 
@@ -720,10 +742,10 @@ def run(args, extra: list) -> int:
         info = info_from_dict(read_checkpoint(m.run / "last.pt"), m.run / "last.pt")
         gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
         train_labelled = [cases[c.name] for c in m.train if c.name in cases]
-        skey = f"{'-'.join(m.modalities)} fold {m.fold}"
-        if skey not in sigmas:  # shared by the stage's models of that fold
-            sigmas[skey] = sigma_choice(work, f"fold{m.fold}", train_labelled, m.modalities, gmm_cfg,
-                                        proto["smoothing_sigmas_mm"])
+        tag = sigma_tag(m.fold, gmm_cfg)
+        skey = f"{'-'.join(m.modalities)} fold {m.fold}" + tag[len(f"fold{m.fold}"):]
+        if skey not in sigmas:  # shared by the stage's models of that fold with the same GMM settings
+            sigmas[skey] = sigma_choice(work, tag, train_labelled, m.modalities, gmm_cfg, proto["smoothing_sigmas_mm"])
         # Scores are kept beside the model, so a later pass (or the final one) does not redo them.
         score_file = m.run / "scores.json"
         stamp = {"sigma": sigmas[skey]["sigma"], "step": info.step}

@@ -247,9 +247,10 @@ def run(args, proto: dict, proto_path: Path) -> int:
     cases = {d.name: base.CaseData(d) for d in base._case_dirs(data / src["labelled"])}
     rows, sigmas = [], {}
     for m in models:
-        skey = f"{'-'.join(m.modalities)} fold {m.fold}"
+        tag = base.model_sigma_tag(m)
+        skey = f"{'-'.join(m.modalities)} fold {m.fold}" + tag[len(f"fold{m.fold}"):]
         # The source protocol's own choice, made on the fold's labelled training cases.
-        sfile = base.sigma_path(work, m.modalities, f"fold{m.fold}")
+        sfile = base.sigma_path(work, m.modalities, tag)
         if not sfile.exists() and args.score_available:  # a partial look skips what cannot be scored yet
             missing.append(f"{m.key} (no {sfile.name} yet)")
             continue

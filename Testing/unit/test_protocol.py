@@ -274,3 +274,15 @@ def test_gmm_default_baseline_is_what_cgcseg_gmm_writes_with_its_defaults(tmp_pa
     assert np.allclose(p_rec, read_image(tmp_path / "p.nii.gz").array_zyx, atol=1e-6)
     mask = protocol.gmm_default_mask(case, mods)
     assert mask.any() and np.array_equal(mask, read_image(tmp_path / "b.nii.gz", dtype=None).array_zyx > 0)
+
+
+def test_sigma_tag_keeps_the_paper_settings_files_and_separates_other_gmm_settings():
+    from CGCLesionSegLib.gmm import GMMConfig, recommended_config
+    paper = protocol.gmm_config_of([], ["flair", "t1"])
+    assert paper == GMMConfig()
+    assert protocol.sigma_tag(0, paper) == "fold0" and protocol.sigma_tag(-1, paper) == "all"  # earlier runs' files
+    rec = protocol.gmm_config_of(["--gmm-preset", "recommended"], ["flair", "t1"])
+    assert rec == recommended_config()
+    tag = protocol.sigma_tag(1, rec)
+    assert tag.startswith("fold1-gmm-") and tag == protocol.sigma_tag(1, recommended_config())
+    assert tag != protocol.sigma_tag(1, GMMConfig(n_clusters=5))
