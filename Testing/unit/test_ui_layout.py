@@ -225,3 +225,12 @@ def test_writes_a_png_of_the_panel(loaded, tmp_path):
     section_top = section.mapTo(panel, QtCore.QPoint(0, 0)).y()
     assert top_left.y() > section_top + 10, (top_left.y(), section_top)
     print(f"panel image: {path}")
+
+
+def test_output_rule_combo_lists_the_rules_the_cli_accepts():
+    """Slicer's Choice connector refills the combo from OUTPUT_RULES; the .ui's own items (what Designer and
+    the panel PNG show) must be the same list in the same order, so the two cannot drift apart."""
+    from CGCLesionSegLib.commands import OUTPUT_RULES
+    combo = next(w for w in _ui_tree().getroot().iter("widget") if w.get("name") == "outputRuleComboBox")
+    items = [i.find("property/string").text for i in combo.findall("item")]
+    assert items == list(OUTPUT_RULES)
