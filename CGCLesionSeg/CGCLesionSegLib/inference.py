@@ -262,6 +262,13 @@ def output_mask(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceCo
                     opening_radius=config.opening_radius)
 
 
+def _is_recommended(preprocessing: dict) -> bool:
+    """True when the model's own GMM settings are the recommended preset (its P is then P_rec already)."""
+    from .gmm import GMMConfig, recommended_config
+    gmm = preprocessing.get("gmm")
+    return bool(gmm) and config_from_dict(GMMConfig, gmm) == recommended_config()
+
+
 def _recommended_probability(channels: Sequence[np.ndarray], brain: np.ndarray, names: Sequence[str],
                              geometry: Geometry, preprocessing: dict, progress: Optional[ProgressCallback],
                              timings: dict) -> np.ndarray:
@@ -337,7 +344,7 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
         if gmm_probability_zyx.shape != tuple(geometry.shape_zyx):
             raise ValueError(f"GMM map shape {gmm_probability_zyx.shape} does not match the image {geometry.shape_zyx}")
         gmm_probability = np.asarray(gmm_probability_zyx, np.float32)
-    elif compute_gmm or config.gmm_weight > 0:
+    elif compute_gmm or (config.gmm_weight > 0 and config.fusion_map == "model"):
         from .gmm import GMMConfig, compute_probability_map
         gmm_cfg = config_from_dict(GMMConfig, pre["gmm"]) if pre.get("gmm") else GMMConfig()
         call_progress(progress, 0.01, "GMM map P")
@@ -381,7 +388,7 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     if config.gmm_weight > 0:
         network_prob = prob.astype(np.float32, copy=False)  # prob is rebound below, not modified
         fuse = gmm_probability
-        if config.fusion_map == "recommended":
+        if config.fusion_map == "recommended" and not (gmm_probability is not None and _is_recommended(pre)):
             fuse = _recommended_probability(channels, brain, expected, geometry, pre, progress, timings)
         prob = (1.0 - config.gmm_weight) * prob + config.gmm_weight * fuse
     mask = output_mask(prob, brain, config)

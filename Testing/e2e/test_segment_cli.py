@@ -275,3 +275,26 @@ def test_single_lesion_recommended_is_refused_for_ct_models():
     assert InferenceConfig(**output_preset("single-lesion-recommended")).fusion_map == "recommended"
     with pytest.raises(ValueError, match="fusion_map must be one of model, recommended"):
         InferenceConfig(fusion_map="mine")
+
+
+def test_single_lesion_recommended_reuses_the_models_p_when_it_is_the_recommended_preset(tmp_path, make_tiny_model, case,
+                                                                                        monkeypatch):
+    """A model trained on the recommended preset's P (``--gmm-preset recommended``) fuses its own P: one GMM fit;
+    a paper-P model in cohort mode (no P output asked) fits only the recommended preset."""
+    import CGCLesionSegLib.gmm as gmm_mod
+    from CGCLesionSegLib.gmm import recommended_config
+    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
+    fits = []
+    real = gmm_mod.compute_probability_map
+    monkeypatch.setattr(gmm_mod, "compute_probability_map", lambda *a, **k: fits.append(a[2]) or real(*a, **k))
+    images = [read_image(case[m]) for m in MODS]
+    chans, geom = [i.array_zyx for i in images], images[0].geometry
+    cfg = InferenceConfig(device="cpu", **output_preset("single-lesion-recommended"))
+    rec_model = make_tiny_model(tmp_path / "rec.pt", MODS, recommended_config())
+    res = segment_case(chans, geom, MODS, rec_model, config=cfg)
+    assert fits == [recommended_config()]
+    assert np.allclose(res.probability, 0.5 * res.network_probability + 0.5 * res.gmm_probability, atol=1e-6)
+    fits.clear()
+    segment_case(chans, geom, MODS, make_tiny_model(tmp_path / "paper.pt", MODS, GMMConfig()), config=cfg,
+                 compute_gmm=False)
+    assert fits == [recommended_config()]
