@@ -47,8 +47,10 @@ def _score_case(case: Path, model_path: Path, modalities, device: str) -> dict:
     """Dice of every output rule on one case, from one network pass and one GMM fit.
 
     ``gmm`` / ``cgc``: P ≥ 0.5 and CGC ≥ 0.5 (the paper's comparison); ``gmm_clean``: P with the GMM's
-    recommended clean-up; ``cgc_clean``: CGC with the same clean-up; ``default``: the shipped models'
-    output rule ``single-lesion`` (0.5·CGC + 0.5·P, then the same clean-up)."""
+    recommended clean-up; ``cgc_clean``: CGC with the same clean-up; ``default``: what ``cgcseg segment``
+    writes with this model, i.e. the output rule its checkpoint records (``default_rule`` in the row;
+    the shipped models' ``single-lesion``: 0.5·CGC + 0.5·P, then the same clean-up)."""
+    from CGCLesionSegLib.checkpoint import default_output_rule
     from CGCLesionSegLib.gmm import RECOMMENDED_POSTPROCESS
     from CGCLesionSegLib.image_io import read_image
     from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
@@ -64,9 +66,15 @@ def _score_case(case: Path, model_path: Path, modalities, device: str) -> dict:
     assert post == {k: RECOMMENDED_POSTPROCESS.get(k, 0) for k in post}, "single-lesion must use the GMM's clean-up"
     clean = lambda prob: binarize(prob, threshold=0.5, mask_zyx=res.brain_mask, **post)
     w = preset["gmm_weight"]
+    rule = default_output_rule(model_path)
+    if rule == "single-lesion":
+        default = clean((1 - w) * cgc + w * gmm)
+    else:  # the rule's own path (e.g. the recommended preset's P), as `cgcseg segment` runs it
+        default = segment_case([i.array_zyx for i in images], images[0].geometry, list(modalities), model_path, None,
+                               InferenceConfig(device=device, **output_preset(rule)), gmm_probability_zyx=gmm).mask
     masks = {"gmm": gmm >= 0.5, "cgc": res.mask.astype(bool), "gmm_clean": clean(gmm), "cgc_clean": clean(cgc),
-             "default": clean((1 - w) * cgc + w * gmm)}
-    row = {"case": case.name, "seconds": round(res.elapsed_s, 1)}
+             "default": default.astype(bool)}
+    row = {"case": case.name, "seconds": round(res.elapsed_s, 1), "default_rule": rule}
     for k, m in masks.items():
         row[f"{k}_dice"] = dice(m, ref)
         row[f"{k}_sensitivity"] = sensitivity(m, ref)

@@ -99,14 +99,17 @@ def dice_section(rows: list[dict]) -> list[str]:
     (``card-dice-default``)."""
     if not rows:
         return []
+    rule = rows[0].get("default_rule", "single-lesion")  # rows made before the field: the shipped rule then
     cols = [("gmm", "GMM (P ≥ 0.5)"), ("cgc", "CGC (≥ 0.5)"), ("gmm_clean", "GMM + clean-up"),
-            ("default", "default output (single-lesion)")]
+            ("default", f"default output ({rule})")]
     lines = [DICE_HEADING, "",
              "**These are the cases it was trained on** (without labels): not a held-out result; see "
              "docs/BENCHMARKS.md for leave-cases-out numbers. Whole lesion = seg > 0; GMM = P with the settings above; "
              "CGC = this model's map ≥ 0.5 on CPU (the paper's output); clean-up = 2-D hole filling + largest lesion "
-             "after an opening r = 3; default = what `cgcseg segment` writes with this model: 0.5·CGC + 0.5·P, "
-             "then the same clean-up.", "",
+             "after an opening r = 3; default = what `cgcseg segment` writes with this model (its output rule `"
+             + rule + "`" + (": 0.5·CGC + 0.5·P, then the same clean-up" if rule == "single-lesion" else
+                             ": 0.5·CGC + 0.5·P of the recommended GMM preset, then the same clean-up"
+                             if rule == "single-lesion-recommended" else "") + ").", "",
              "| case | " + " | ".join(n for _, n in cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
         lines.append(f"| {r['case']} | " + " | ".join(f"{r[k + '_dice']:.4f}" for k, _ in cols) + " |")

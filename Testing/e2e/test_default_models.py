@@ -50,10 +50,13 @@ def test_shipped_model_reproduces_its_card(mods, shared_data):
     res = segment_case([i.array_zyx for i in images], images[0].geometry, list(mods), path,
                        config=InferenceConfig(device="cpu"), compute_gmm=False)
     assert dice(res.mask, ref) == pytest.approx(recorded[case], abs=0.01)
-    # The default output rule of `cgcseg segment` with this model (single-lesion), from its own record.
+    # The default output rule of `cgcseg segment` with this model (the rule it records), from its own record.
     found = re.search(r"<!-- card-dice-default (\{.*?\}) -->", card)
     assert found, "the model card has no per-case Dice record of the default output rule"
+    from CGCLesionSegLib.checkpoint import default_output_rule
     from CGCLesionSegLib.inference import output_preset
+    rule = default_output_rule(path)
+    assert f"`{rule}`" in card  # the card names the rule its numbers were made with
     res = segment_case([i.array_zyx for i in images], images[0].geometry, list(mods), path,
-                       config=InferenceConfig(device="cpu", **output_preset("single-lesion")))
+                       config=InferenceConfig(device="cpu", **output_preset(rule)))
     assert dice(res.mask, ref) == pytest.approx(json.loads(found.group(1))[case], abs=0.01)

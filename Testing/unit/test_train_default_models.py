@@ -160,3 +160,30 @@ def test_card_time_sums_resumed_sessions_and_adds_round_1(tmp_path):
     assert note.startswith("17 min wall-clock on a box (summed over 3 sessions: resumed)")
     assert "which took 2 min (both rounds: 18 min)" in note
     assert edm._length_note(r1, {}, "a box") == "2 min wall-clock on a box"
+
+
+def test_card_scores_follow_the_output_rule_the_model_records(tmp_path, make_tiny_model):
+    """``default`` in the card rows (and so the regression record) is what `cgcseg segment` writes with the
+    model: its recorded rule, here single-lesion-recommended, not a hard-coded single-lesion."""
+    import evaluate_cgc
+    from CGCLesionSegLib.checkpoint import read_checkpoint, save_checkpoint_dict
+    from CGCLesionSegLib.image_io import read_image
+    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
+    from CGCLesionSegLib.metrics import dice
+    from CGCLesionSegLib.phantom import make_phantom, save_phantom
+    mods = ["flair", "t1", "t1ce", "t2"]
+    paths = save_phantom(make_phantom(shape_xyz=(40, 40, 24), spacing_xyz=(1.5, 1.5, 1.5), seed=12), tmp_path, "c")
+    model = make_tiny_model(tmp_path / "m.pt", mods)
+    ck = read_checkpoint(model)
+    ck["default_output_rule"] = "single-lesion-recommended"
+    save_checkpoint_dict(model, ck)
+    row = evaluate_cgc._score_case(paths["case_dir"], model, mods, "cpu")
+    assert row["default_rule"] == "single-lesion-recommended"
+    images = [read_image(paths[m]) for m in mods]
+    ref = read_image(paths["seg"], dtype=None).array_zyx > 0
+    want = segment_case([i.array_zyx for i in images], images[0].geometry, mods, model,
+                        config=InferenceConfig(device="cpu", **output_preset("single-lesion-recommended"))).mask
+    assert row["default_dice"] == pytest.approx(dice(want, ref), abs=1e-9)
+    import export_default_model
+    lines = export_default_model.dice_section([row])
+    assert any("default output (single-lesion-recommended)" in ln for ln in lines)
