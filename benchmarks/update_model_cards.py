@@ -1,15 +1,18 @@
 """Re-measure the "Dice on its training cases" table of each shipped model card with the current
-inference defaults, and rewrite the table and its machine-readable records in the card (the
+inference defaults, and rewrite that section and its machine-readable records in the card (the
 regression test Testing/e2e/test_default_models.py re-runs one case against these records).
 
     python benchmarks/update_model_cards.py [--data ../shared/data]
+    python benchmarks/update_model_cards.py --output-rule single-lesion-recommended   # re-declare the rule
 
-Only the table and the two ``<!-- card-dice... -->`` lines change; the text around them is kept.
+``--output-rule``: record another default output rule (what ``--postprocess auto`` uses) in every shipped
+checkpoint and its card, then re-measure; only after a declared protocol's confirmation chose it. The
+weights are not touched. Only the Dice section, the card's "Output rule" line and the checkpoint's
+``default_output_rule`` change.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -17,39 +20,50 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-COLS = (("gmm", "GMM (P ≥ 0.5)"), ("cgc", "CGC (≥ 0.5)"), ("gmm_clean", "GMM + clean-up"),
-        ("default", "default output (single-lesion)"))
+RULE_LINE = re.compile(r"^- \*\*Output rule\*\* \(`--postprocess auto`\): `[\w-]+`\.$", re.M)
 
 
-def card_table(rows: list[dict]) -> str:
-    lines = ["| case | " + " | ".join(n for _, n in COLS) + " |", "|---|" + "---|" * len(COLS)]
-    for r in rows:
-        lines.append(f"| {r['case']} | " + " | ".join(f"{r[k + '_dice']:.4f}" for k, _ in COLS) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{statistics.mean(r[k + '_dice'] for r in rows):.4f}**" for k, _ in COLS) + " |")
-    lines += ["", "<!-- card-dice " + json.dumps({r["case"]: round(r["cgc_dice"], 4) for r in rows}) + " -->",
-              "<!-- card-dice-default " + json.dumps({r["case"]: round(r["default_dice"], 4) for r in rows}) + " -->"]
-    return "\n".join(lines)
+def record_output_rule(path: Path, rule: str) -> None:
+    """Write ``rule`` as ``default_output_rule`` into the checkpoint ``path`` (atomically; weights kept) and
+    into its card's "Output rule" line."""
+    from CGCLesionSegLib.checkpoint import OUTPUT_RULE_NAMES, read_checkpoint, save_checkpoint_dict
+    if rule not in OUTPUT_RULE_NAMES:
+        raise SystemExit(f"unknown output rule {rule!r}; choose one of {', '.join(OUTPUT_RULE_NAMES)}")
+    card = path.with_suffix(".md")
+    text = card.read_text()
+    if not RULE_LINE.search(text):
+        raise SystemExit(f"{card}: no '- **Output rule** (`--postprocess auto`): `...`.' line; nothing changed")
+    ck = read_checkpoint(path)
+    ck["default_output_rule"] = rule
+    save_checkpoint_dict(path, ck)
+    card.write_text(RULE_LINE.sub(f"- **Output rule** (`--postprocess auto`): `{rule}`.", text, count=1))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--output-rule", help="record this default output rule in every shipped model first")
+    ap.add_argument("--models-dir", help="folder of the models (default: the package's shipped models)")
     args = ap.parse_args(argv)
     from CGCLesionSegLib.checkpoint import info_from_dict, read_checkpoint
     from CGCLesionSegLib.default_models import available_default_models
     from evaluate_cgc import _cases, _score_case
+    from export_default_model import update_card
     cases = _cases(Path(args.data))
-    for mods, path in sorted(available_default_models().items()):
+    models = (sorted(Path(args.models_dir).glob("cgc_*.pt")) if args.models_dir
+              else [p for _, p in sorted(available_default_models().items())])
+    if not models:
+        raise SystemExit(f"no cgc_*.pt model in {args.models_dir}")
+    for path in models:
+        if args.output_rule:
+            record_output_rule(path, args.output_rule)
         info = info_from_dict(read_checkpoint(path), path)
         rows = [_score_case(c, path, list(info.channels), "cpu") for c in cases]
-        card = path.with_suffix(".md")
-        text = card.read_text()
-        pattern = re.compile(r"\| case \| GMM \(P ≥ 0\.5\).*?<!-- card-dice-default \{.*?\} -->", re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"{card}: no Dice table with card-dice records found")
-        card.write_text(pattern.sub(lambda _: card_table(rows), text, count=1))
-        print(f"{card.name}: " + ", ".join(f"{n} {statistics.mean(r[k + '_dice'] for r in rows):.4f}" for k, n in COLS))
+        update_card(path.with_suffix(".md"), rows)
+        print(f"{path.with_suffix('.md').name} ({rows[0]['default_rule']}): "
+              + ", ".join(f"{k} {statistics.mean(r[k + '_dice'] for r in rows):.4f}" for k in ("gmm", "cgc", "default")))
     return 0
 
 

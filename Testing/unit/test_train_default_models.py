@@ -187,3 +187,36 @@ def test_card_scores_follow_the_output_rule_the_model_records(tmp_path, make_tin
     import export_default_model
     lines = export_default_model.dice_section([row])
     assert any("default output (single-lesion-recommended)" in ln for ln in lines)
+
+
+def test_update_model_cards_re_declares_the_output_rule_without_touching_the_weights(tmp_path):
+    """``benchmarks/update_model_cards.py --output-rule R``: the checkpoint records R (weights identical), the
+    card's rule line says R, and its Dice section is re-measured with R; an unknown rule changes nothing."""
+    import shutil
+    import update_model_cards
+    import torch
+    from CGCLesionSegLib.checkpoint import default_output_rule, read_checkpoint
+    from CGCLesionSegLib.default_models import available_default_models
+    from CGCLesionSegLib.phantom import make_phantom, save_phantom
+    for i in range(2):
+        save_phantom(make_phantom(shape_xyz=(40, 40, 24), spacing_xyz=(1.5, 1.5, 1.5), seed=40 + i),
+                     tmp_path / "data" / "brats", f"case{i}")
+    shipped = available_default_models()[("flair",)]
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".pt", ".md"):
+        shutil.copy(shipped.with_suffix(suffix), models / shipped.with_suffix(suffix).name)
+    model = models / shipped.name
+    before = read_checkpoint(model)["model"]
+    with pytest.raises(SystemExit, match="unknown output rule"):
+        update_model_cards.main(["--data", str(tmp_path / "data"), "--models-dir", str(models), "--output-rule", "x"])
+    assert model.read_bytes() == shipped.read_bytes()
+    update_model_cards.main(["--data", str(tmp_path / "data"), "--models-dir", str(models),
+                             "--output-rule", "single-lesion-recommended"])
+    assert default_output_rule(model) == "single-lesion-recommended"
+    after = read_checkpoint(model)["model"]
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    card = model.with_suffix(".md").read_text()
+    assert "- **Output rule** (`--postprocess auto`): `single-lesion-recommended`." in card
+    assert "default output (single-lesion-recommended)" in card and "| case0 |" in card and "| case1 |" in card
+    assert card.count("<!-- card-dice-default ") == 1
