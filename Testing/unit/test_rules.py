@@ -226,3 +226,17 @@ def test_default_rec_fuses_the_network_with_the_cgcseg_gmm_map(monkeypatch):
     want = binarize(0.5 * net + 0.5 * p_rec, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain)
     assert np.array_equal(masks["default_rec"], want.astype(bool))
     assert not np.array_equal(masks["default_rec"], masks["default"])  # the model's own P gives another mask
+
+
+@pytest.mark.parametrize("name", ["cgc-v10", "cgc-v11"])
+def test_each_stage_reads_the_models_of_its_own_source_protocol(tmp_path, name):
+    """cgc-v10 / cgc-v11 name a source per stage: the screen scores cgc-v5's screen models, the confirmation
+    cgc-v9's confirmation models (seeds 900/901, both model sets), and each waits for its own."""
+    proto = ROOT / "docs" / "protocols" / f"{name}.toml"
+    argv = _screen_without_models(tmp_path, proto)
+    with pytest.raises(SystemExit, match="cgc-v5 has not finished these models yet.*robust-2mm-st/fold0-seed500"):
+        evaluate_cgc.main(argv)
+    confirm = [a if a != "screen" else "confirm" for a in argv]
+    with pytest.raises(SystemExit, match=r"cgc-v9 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-st/"
+                                         r"fold0-seed900.*flair/robust-2mm-st/fold1-seed901"):
+        evaluate_cgc.main(confirm)
