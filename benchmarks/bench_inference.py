@@ -97,21 +97,20 @@ def main(argv=None) -> int:
         sync(); t = time.perf_counter()
         segment_case(channels, geometry, mods, model_path, None, legacy_cfg, compute_gmm=False, model=model, info=info)
         sync(); legacy.append(time.perf_counter() - t)
-    # The shipped models' default output rule adds a GMM fit, the fusion and the clean-up.
     from CGCLesionSegLib.inference import output_preset
-    rule_cfg = InferenceConfig(device=args.device, **output_preset("single-lesion"))
-    rule_times = []
-    for _ in range(args.repeats):
-        sync(); t = time.perf_counter()
-        segment_case(channels, geometry, mods, model_path, None, rule_cfg, model=model, info=info)
-        sync(); rule_times.append(time.perf_counter() - t)
-    # single-lesion-recommended fuses the recommended preset's map instead: a second GMM fit (K = 4..8).
-    rec_cfg = InferenceConfig(device=args.device, **output_preset("single-lesion-recommended"))
-    rec_times = []
-    for _ in range(args.repeats):
-        sync(); t = time.perf_counter()
-        segment_case(channels, geometry, mods, model_path, None, rec_cfg, model=model, info=info)
-        sync(); rec_times.append(time.perf_counter() - t)
+
+    def rule_times_of(rule: str) -> list:
+        cfg_rule = InferenceConfig(device=args.device, **output_preset(rule))
+        times = []
+        for _ in range(args.repeats):
+            sync(); t = time.perf_counter()
+            segment_case(channels, geometry, mods, model_path, None, cfg_rule, model=model, info=info)
+            sync(); times.append(time.perf_counter() - t)
+        return times
+
+    # The shipped models' default output rule adds a GMM fit, the fusion and the clean-up;
+    # single-lesion-recommended fuses the recommended preset's map instead (its GMM fits K = 4..8).
+    rule_times, rec_times = rule_times_of("single-lesion"), rule_times_of("single-lesion-recommended")
 
     # Peak RAM of the whole command in its own process (reads files, the model's default output rule —
     # single-lesion for a shipped model, GMM included —, writes outputs).
