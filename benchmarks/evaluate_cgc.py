@@ -43,13 +43,15 @@ def _cases(data: Path) -> list[Path]:
     return sorted(d for d in (data / "brats").iterdir() if d.is_dir())
 
 
-def _score_case(case: Path, model_path: Path, modalities, device: str) -> dict:
+def _score_case(case: Path, model_path: Path, modalities, device: str, rule: str | None = None) -> dict:
     """Dice of every output rule on one case, from one network pass and one GMM fit.
 
     ``gmm`` / ``cgc``: P ≥ 0.5 and CGC ≥ 0.5 (the paper's comparison); ``gmm_clean``: P with the GMM's
     recommended clean-up; ``cgc_clean``: CGC with the same clean-up; ``default``: what ``cgcseg segment``
     writes with this model, i.e. the output rule its checkpoint records (``default_rule`` in the row;
-    the shipped models' ``single-lesion``: 0.5·CGC + 0.5·P, then the same clean-up)."""
+    ``single-lesion``: 0.5·CGC + 0.5·P, then the same clean-up; ``single-lesion-recommended``: the same
+    with the recommended preset's P). ``rule`` overrides it: a training run's ``last.pt`` records none, and
+    the shipping script scores it with the rule the exported file will record."""
     from CGCLesionSegLib.checkpoint import default_output_rule
     from CGCLesionSegLib.gmm import RECOMMENDED_POSTPROCESS
     from CGCLesionSegLib.image_io import read_image
@@ -66,7 +68,7 @@ def _score_case(case: Path, model_path: Path, modalities, device: str) -> dict:
     assert post == {k: RECOMMENDED_POSTPROCESS.get(k, 0) for k in post}, "single-lesion must use the GMM's clean-up"
     clean = lambda prob: binarize(prob, threshold=0.5, mask_zyx=res.brain_mask, **post)
     w = preset["gmm_weight"]
-    rule = default_output_rule(model_path)
+    rule = rule or default_output_rule(model_path)
     if rule == "single-lesion":
         default = clean((1 - w) * cgc + w * gmm)
     else:  # the rule's own path (e.g. the recommended preset's P), as `cgcseg segment` runs it
@@ -81,13 +83,27 @@ def _score_case(case: Path, model_path: Path, modalities, device: str) -> dict:
     return row
 
 
+#: What each output rule a row's ``default`` column was made with does, for report text.
+RULE_TEXT = {"single-lesion": "0.5·CGC + 0.5·P, then the same clean-up",
+             "single-lesion-recommended": "0.5·CGC + 0.5·P of the recommended GMM preset, then the same clean-up",
+             "none": "CGC ≥ 0.5, no clean-up"}
+
+
+def _rule_of(rows: list[dict]) -> str:
+    """The output rule of the rows' ``default`` column (rows made before the field: ``single-lesion``)."""
+    rules = {r.get("default_rule", "single-lesion") for r in rows}
+    return rules.pop() if len(rules) == 1 else "the rule each model records"
+
+
 def _table(rows: list[dict], title: str, note: str) -> str:
+    rule = _rule_of(rows)
     cols = [("gmm", "GMM"), ("cgc", "CGC"), ("gmm_clean", "GMM + clean-up"), ("cgc_clean", "CGC + clean-up"),
-            ("default", "**default** (single-lesion)")]
+            ("default", f"**default** ({rule})")]
     lines = [f"### {title}", "", note, "",
              "Columns: Dice (whole lesion). GMM = P ≥ 0.5, CGC = network ≥ 0.5 (the paper's comparison); "
              "clean-up = the GMM's recommended one (2-D hole filling, largest lesion after an opening r = 3); "
-             "default = the shipped models' `single-lesion` rule (0.5·CGC + 0.5·P, then the same clean-up).", "",
+             f"default = what `cgcseg segment` writes with the model, its output rule `{rule}`"
+             + (f" ({RULE_TEXT[rule]})" if rule in RULE_TEXT else "") + ".", "",
              "| case | " + " | ".join(n for _, n in cols) + " | Δ CGC−GMM | Δ default−GMM | Δ default−(GMM + clean-up) |",
              "|---|" + "---|" * (len(cols) + 3)]
     mean = lambda k: statistics.mean(r[f"{k}_dice"] for r in rows)
@@ -134,7 +150,8 @@ def _score_folds(runs, args) -> tuple[list[dict], list[int]]:
 
 
 def _curve_table(points: list[tuple[list[int], list[dict]]], title: str, note: str) -> str:
-    cols = [("gmm", "GMM"), ("cgc", "CGC"), ("cgc_clean", "CGC + clean-up"), ("default", "default (single-lesion)")]
+    rule = _rule_of([r for _, rows in points for r in rows])
+    cols = [("gmm", "GMM"), ("cgc", "CGC"), ("cgc_clean", "CGC + clean-up"), ("default", f"default ({rule})")]
     lines = [f"### {title}", "", note, "", "| steps (per fold) | " + " | ".join(n for _, n in cols) + " | Δ CGC−GMM |",
              "|---|" + "---|" * (len(cols) + 1)]
     for steps, rows in points:

@@ -97,6 +97,8 @@ def dice_section(rows: list[dict]) -> list[str]:
     """The card's per-case Dice table (rows of ``benchmarks/evaluate_cgc.py``) and the machine-readable
     records the regression test reads: raw CGC (``card-dice``) and the default output rule
     (``card-dice-default``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from evaluate_cgc import RULE_TEXT
     if not rows:
         return []
     rule = rows[0].get("default_rule", "single-lesion")  # rows made before the field: the shipped rule then
@@ -107,9 +109,7 @@ def dice_section(rows: list[dict]) -> list[str]:
              "docs/BENCHMARKS.md for leave-cases-out numbers. Whole lesion = seg > 0; GMM = P with the settings above; "
              "CGC = this model's map ≥ 0.5 on CPU (the paper's output); clean-up = 2-D hole filling + largest lesion "
              "after an opening r = 3; default = what `cgcseg segment` writes with this model (its output rule `"
-             + rule + "`" + (": 0.5·CGC + 0.5·P, then the same clean-up" if rule == "single-lesion" else
-                             ": 0.5·CGC + 0.5·P of the recommended GMM preset, then the same clean-up"
-                             if rule == "single-lesion-recommended" else "") + ").", "",
+             + rule + "`" + (f": {RULE_TEXT[rule]}" if rule in RULE_TEXT else "") + ").", "",
              "| case | " + " | ".join(n for _, n in cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
         lines.append(f"| {r['case']} | " + " | ".join(f"{r[k + '_dice']:.4f}" for k, _ in cols) + " |")

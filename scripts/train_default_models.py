@@ -16,8 +16,9 @@ Nothing here is chosen by looking at labels; every setting comes from the protoc
 * **data**: every tumour case the protocol names: its labelled folder (images only) and its
   unlabelled folder — 7 + 4 = 11 cases in ../shared/data;
 * **seed**: :data:`SHIP_SEED`, fixed here (not one of the protocol's evaluation seeds);
-* **output rule** recorded in the exported checkpoint: :data:`SHIP_OUTPUT_RULE`, the rule the
-  protocol measured on held-out cases (the protocol fixes it; nothing re-picked it from numbers).
+* **output rule** recorded in the exported checkpoint: :data:`SHIP_OUTPUT_RULE` (``--output-rule``
+  overrides), the rule a declared rule protocol confirmed on held-out cases (cgc-v11); the card shows
+  that protocol's numbers for this recipe (:data:`RULE_EVIDENCE`).
 
 Runs live in ``runs/default-models-<protocol>/<modalities>/<variant>`` (git-ignored) and resume where
 an interrupted call left them. ``--export`` writes ``CGCLesionSegLib/models/cgc_<modalities>.pt``,
@@ -40,8 +41,12 @@ sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
 MODEL_SETS = {"four-channel": ("flair", "t1", "t1ce", "t2"), "flair": ("flair",)}
 #: Training seed of the shipped models (the protocol's evaluation seeds are 100, 200, 201, 300).
 SHIP_SEED = 0
-#: ``--postprocess auto`` of the shipped models: what the protocol measured as "default output".
-SHIP_OUTPUT_RULE = "single-lesion"
+#: ``--postprocess auto`` of the shipped models. ``single-lesion`` until cgc-v11's confirmation picked
+#: ``single-lesion-recommended`` by its declared rule (both model sets above the old rule, docs/protocols).
+SHIP_OUTPUT_RULE = "single-lesion-recommended"
+#: Where an output rule's held-out numbers come from, for the card: (rule protocol, stage, its column). The
+#: rule protocols score the recipe protocols' fold models, so their summary keys are the recipe's.
+RULE_EVIDENCE = {"single-lesion-recommended": ("cgc-v11", "confirm", "default_rec")}
 
 
 RESULTS = ROOT / "docs" / "protocols" / "results"
@@ -126,8 +131,32 @@ def held_out_notes(proto: dict, mods: tuple, winner: str, results_dir: Path = RE
     return "\n".join(lines)
 
 
+def rule_notes(rule: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
+    """The held-out numbers of the output rule ``rule`` on this recipe's fold models (:data:`RULE_EVIDENCE`),
+    as card markdown; empty when no rule protocol measured it on this recipe (the recipe table's "default
+    output" column is then the rule's number)."""
+    if rule not in RULE_EVIDENCE:
+        return ""
+    name, stage, column = RULE_EVIDENCE[rule]
+    res = _results({"name": name}, stage, results_dir)
+    group = (res or {}).get("summary", {}).get(f"{'-'.join(mods)}/{winner}")
+    if not group or column not in group["means"]:
+        return ""
+    m, d = group["means"], group["differences"]
+    ci = lambda key: (f"{d[key]['mean']:+.3f} [{d[key]['ci95'][0]:+.3f}, {d[key]['ci95'][1]:+.3f}]"
+                      if key in d else "—")
+    return "\n".join(["",
+        f"## Held-out numbers of the output rule `{rule}` (protocol `{name}`, stage `{stage}`)", "",
+        f"The same fold models as above, their default output re-made with `{rule}`; docs/BENCHMARKS.md section "
+        f"`protocol-{name}-{stage}`. Mean Dice over {len(group['cases'])} held-out cases:", "",
+        f"| `cgcseg gmm` default | previous rule (`default output` above) | `{rule}` |", "|---|---|---|",
+        f"| {m['gmm_default']['dice']:.3f} | {m['default']['dice']:.3f} | {m[column]['dice']:.3f} |", "",
+        f"Paired differences (mean, bootstrap 95 % CI over cases): `{rule}` − previous rule "
+        f"{ci(f'{column}-default')}; `{rule}` − `cgcseg gmm` default {ci(f'{column}-gmm_default')}.", ""])
+
+
 def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path = RESULTS,
-           models_dir: Path | None = None) -> None:
+           models_dir: Path | None = None, output_rule: str = SHIP_OUTPUT_RULE) -> None:
     """Write the shipped model, card and loss curve for a trained run; the card's per-case Dice is on
     ``labelled`` (its labelled training cases: in-sample, and the card says so)."""
     import evaluate_cgc
@@ -137,7 +166,9 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     if check_file.exists() and json.loads(check_file.read_text()).get("collapsed"):
         raise SystemExit(f"{model.run / 'last.pt'} has collapsed (it marks almost no lesion on its own training cases; "
                          f"{check_file}): not exported, the shipped model is unchanged. Train again with another seed")
-    rows = [evaluate_cgc._score_case(c, model.run / "last.pt", list(model.modalities), "cpu") for c in labelled]
+    # the run's last.pt records no rule; score "default" with the one the exported file will record
+    rows = [evaluate_cgc._score_case(c, model.run / "last.pt", list(model.modalities), "cpu", output_rule)
+            for c in labelled]
     dice_json = model.run / "card_dice.json"
     dice_json.write_text(json.dumps(rows))
     chosen = "screening winner" if "screen" in proto.get("stages", {}) else "confirmed recipe"
@@ -147,10 +178,11 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
                       "training cases with 0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5 and no keep-largest "
                       "(labels never read), and this model was trained from round 1's weights on those binary targets"
                       if model.parent is not None else "") + ". Trained by `scripts/train_default_models.py`.")
-    notes = recipe_note + "\n\n" + held_out_notes(proto, model.modalities, model.variant, results_dir)
+    notes = (recipe_note + "\n\n" + held_out_notes(proto, model.modalities, model.variant, results_dir)
+             + rule_notes(output_rule, model.modalities, model.variant, results_dir))
     stem = Path(model_file_name(list(model.modalities))).stem
     export_default_model.main([str(model.run), "--name", stem, "--dice-json", str(dice_json), "--hardware", hardware,
-                               "--output-rule", SHIP_OUTPUT_RULE, "--notes", notes]
+                               "--output-rule", output_rule, "--notes", notes]
                               + (["--models-dir", str(models_dir)] if models_dir else []))
 
 
@@ -166,6 +198,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (trainings and pseudo-labels)")
     ap.add_argument("--export", action="store_true", help="after training, write the shipped models and cards")
     ap.add_argument("--hardware", default="2 CPU cores, no GPU", help="for the model card")
+    from CGCLesionSegLib.checkpoint import OUTPUT_RULE_NAMES
+    ap.add_argument("--output-rule", default=SHIP_OUTPUT_RULE, choices=OUTPUT_RULE_NAMES,
+                    help=f"`--postprocess auto` recorded in the exported models (default: {SHIP_OUTPUT_RULE})")
     ap.add_argument("--results-dir", default=str(RESULTS), help="where the protocol's results files are")
     ap.add_argument("--models-dir", help="where --export writes (default: the package's models folder)")
     args = ap.parse_args(argv)
@@ -183,7 +218,7 @@ def main(argv=None) -> int:
         labelled = protocol._case_dirs(Path(args.data) / proto["labelled"])
         for m in models:
             if m.variant == winner:
-                export(proto, m, labelled, args.hardware, results_dir, args.models_dir)
+                export(proto, m, labelled, args.hardware, results_dir, args.models_dir, args.output_rule)
     return 0
 
 

@@ -33,13 +33,14 @@ FORMAT_VERSION = 1
 
 #: Output rules a checkpoint may record as its ``default_output_rule`` (what ``--postprocess auto`` picks).
 OUTPUT_RULE_NAMES = ("none", "single-lesion", "single-lesion-recommended")
-#: The shipped models predate the ``default_output_rule`` field: their rule, by file content (sha256).
-#: They were trained on gliomas (one contiguous lesion per scan).
+#: The first shipped models (replaced 2026-12-02; users may still hold copies) predate the
+#: ``default_output_rule`` field: their rule, by file content (sha256). They were trained on gliomas (one
+#: contiguous lesion per scan). Later shipped files record their rule and orientation themselves.
 KNOWN_MODEL_RULES = {
     "c1c5f7b854ef7e975afce329c2a0da1cc886066ff8efc56294dd3e9d339a921e": "single-lesion",  # cgc_flair.pt
     "52a426f60e16e068b9f008aea58460704ff81426c5c9e74d3b33abe7e0b2b59e": "single-lesion",  # cgc_flair_t1_t1ce_t2.pt
 }
-#: The shipped models predate the ``preprocessing.orientation`` field; every case they were trained on
+#: Those files predate the ``preprocessing.orientation`` field too; every case they were trained on
 #: was stored LPS (identity direction), so that is their orientation.
 KNOWN_MODEL_ORIENTATIONS = {sha: "LPS" for sha in KNOWN_MODEL_RULES}
 #: Largest network a checkpoint may describe (parameters); the shipped ones have about 1 million.

@@ -195,12 +195,12 @@ def test_auto_output_rule_depends_on_whose_model_it_is(tmp_path):
     add_arguments(p)
     parse = lambda *a: p.parse_args(["--input", "x.nii.gz", *a])
     shipped = next(iter(available_default_models().values()))
-    assert resolve_postprocess(parse()) == "single-lesion"                        # no --model: shipped model
-    assert resolve_postprocess(parse("--model", str(shipped))) == "single-lesion"
+    assert resolve_postprocess(parse()) == "single-lesion-recommended"            # no --model: shipped model
+    assert resolve_postprocess(parse("--model", str(shipped))) == "single-lesion-recommended"
     assert resolve_postprocess(parse("--model", str(tmp_path / "mine.pt"))) == "none"
     assert resolve_postprocess(parse("--postprocess", "none")) == "none"
     named = lambda *a: p.parse_args([*a])
-    assert resolve_postprocess(named("--input", "flair=f.nii.gz", "--adapt")) == "single-lesion"  # fine-tunes cgc_flair
+    assert resolve_postprocess(named("--input", "flair=f.nii.gz", "--adapt")) == "single-lesion-recommended"  # fine-tunes cgc_flair
     assert resolve_postprocess(named("--input", "flair=f.nii.gz", "--input", "t2=t.nii.gz", "--adapt")) == "none"
     cfg = _inference_config(parse())
     assert (cfg.gmm_weight, cfg.keep_largest, cfg.opening_radius, cfg.fill_holes) == (0.5, 1, 3, "2d")

@@ -54,9 +54,10 @@ def test_output_rule_comes_from_the_checkpoint_not_its_folder(tmp_path):
     copy = tmp_path / "elsewhere" / "renamed.pt"
     copy.parent.mkdir()
     shutil.copy(shipped, copy)
-    assert resolve_postprocess(_segment_args(shipped)) == "single-lesion"
-    assert resolve_postprocess(_segment_args(copy)) == "single-lesion"  # was "none": decided by the folder
-    assert resolve_postprocess(_segment_args(None)) == "single-lesion"  # the shipped default
+    # the shipped models record cgc-v11's confirmed rule in the file
+    assert resolve_postprocess(_segment_args(shipped)) == "single-lesion-recommended"
+    assert resolve_postprocess(_segment_args(copy)) == "single-lesion-recommended"  # was "none": decided by the folder
+    assert resolve_postprocess(_segment_args(None)) == "single-lesion-recommended"  # the shipped default
     own = save_checkpoint_dict(tmp_path / "own.pt", _ckpt())
     assert resolve_postprocess(_segment_args(own)) == "none"
     recorded = save_checkpoint_dict(tmp_path / "rec.pt", _ckpt(default_output_rule="single-lesion"))
@@ -64,6 +65,22 @@ def test_output_rule_comes_from_the_checkpoint_not_its_folder(tmp_path):
     assert resolve_postprocess(_segment_args(recorded, postprocess="none")) == "none"
     with pytest.raises(CheckpointError, match="default_output_rule"):
         load_checkpoint(save_checkpoint_dict(tmp_path / "bad.pt", _ckpt(default_output_rule="everything")))
+
+
+def test_files_shipped_before_the_rule_field_get_their_rule_by_content(tmp_path, monkeypatch):
+    """A copy of a first-generation shipped model (no ``default_output_rule``) is recognised by its sha256;
+    the same bytes with one more byte are not."""
+    import hashlib
+    from CGCLesionSegLib import checkpoint
+    old = save_checkpoint_dict(tmp_path / "old.pt", _ckpt())
+    assert default_output_rule(old) == "none"
+    monkeypatch.setitem(checkpoint.KNOWN_MODEL_RULES, hashlib.sha256(old.read_bytes()).hexdigest(), "single-lesion")
+    assert default_output_rule(old) == "single-lesion"
+    other = tmp_path / "other.pt"
+    other.write_bytes(old.read_bytes() + b"\0")
+    assert default_output_rule(other, read_checkpoint(old)) == "none"
+    # a recorded field wins over the content table
+    assert default_output_rule(old, dict(read_checkpoint(old), default_output_rule="none")) == "none"
 
 
 # ---------------------------------------------------------------- item 8: NaN / inf weights

@@ -62,6 +62,13 @@ def setup(tmp_path_factory):
     results.mkdir()
     (results / "tiny-screen.json").write_text(json.dumps(
         {"winner": "robust-st", "summary": {"flair/robust-st": _summary_group("flair", "robust-st")}}))
+    # a rule protocol that scored the recipe's fold models with default_rec (as cgc-v11 did cgc-v9's)
+    rule = _summary_group("flair", "robust-st")
+    rule["means"]["default_rec"] = {"dice": 0.61}
+    rule["differences"].update({"default_rec-default": {"mean": 0.06, "ci95": [0.01, 0.11]},
+                                "default_rec-gmm_default": {"mean": 0.08, "ci95": [0.02, 0.14]}})
+    (results / "tinyrule-confirm.json").write_text(json.dumps({"winner": "default_rec",
+                                                               "summary": {"flair/robust-st": rule}}))
     return root
 
 
@@ -91,10 +98,11 @@ def test_recipe_is_read_from_the_screen_and_missing_screen_is_an_error(setup, tm
         tdm.recipe(protocol.load_protocol(tmp_path / "two.toml"), tmp_path)
 
 
-def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup):
+def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup, monkeypatch):
     import torch
 
     import train_default_models as tdm
+    monkeypatch.setitem(tdm.RULE_EVIDENCE, tdm.SHIP_OUTPUT_RULE, ("tinyrule", "confirm", "default_rec"))
     from CGCLesionSegLib.checkpoint import default_output_rule, load_checkpoint, read_checkpoint
     work, models_dir = setup / "work", setup / "models"
     rc = tdm.main(["--protocol", str(setup / "tiny.toml"), "--models", "flair", "--data", str(setup / "data"),
@@ -117,7 +125,8 @@ def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup):
     # the exported model: averaged fp16 weights only, the declared rule inside the file
     out = models_dir / "cgc_flair.pt"
     ck = read_checkpoint(out)
-    assert ck["default_output_rule"] == "single-lesion" == default_output_rule(out)
+    assert ck["default_output_rule"] == tdm.SHIP_OUTPUT_RULE == default_output_rule(out)
+    assert tdm.SHIP_OUTPUT_RULE == "single-lesion-recommended"  # cgc-v11's confirmed rule
     assert "train_model" not in ck and ck["optimizer"] is None
     assert all(v.dtype == torch.float16 for v in ck["model"].values() if v.is_floating_point())
     ema = {k: v.half() for k, v in ck2["model"].items() if v.is_floating_point()}
@@ -127,7 +136,14 @@ def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup):
     assert "screening winner `robust-st`" in card and "round 2" in card
     assert "stage `screen`" in card and "not the confirmation" in card
     assert "network − smoothed P -0.010 [-0.050, +0.030]" in card and "| 0.500 | 0.510 | 0.530 | 0.540 | 0.550 |" in card
-    assert "<!-- card-dice-default" in card and "`single-lesion`" in card
+    assert "<!-- card-dice-default" in card and "`single-lesion-recommended`" in card
+    # the in-sample table's default column is made with the shipped rule, not the run's own ("none")
+    assert "default output (single-lesion-recommended)" in card and "rule `none`" not in card
+    assert all(r["default_rule"] == "single-lesion-recommended" for r in json.loads((r2 / "card_dice.json").read_text()))
+    assert "\n\n## Held-out numbers of the output rule" in card
+    # the rule protocol's numbers for this recipe: gmm 0.530, previous rule 0.550, the shipped rule 0.610
+    assert "output rule `single-lesion-recommended` (protocol `tinyrule`, stage `confirm`)" in card
+    assert "| 0.530 | 0.550 | 0.610 |" in card and "`cgcseg gmm` default +0.080 [+0.020, +0.140]" in card
     rows = json.loads((r2 / "card_dice.json").read_text())
     assert [r["case"] for r in rows] == ["a", "b"]  # in-sample table: the labelled cases only
     # a run whose lesion check found it collapsed is never exported; the shipped file stays as it was
@@ -220,3 +236,37 @@ def test_update_model_cards_re_declares_the_output_rule_without_touching_the_wei
     assert "- **Output rule** (`--postprocess auto`): `single-lesion-recommended`." in card
     assert "default output (single-lesion-recommended)" in card and "| case0 |" in card and "| case1 |" in card
     assert card.count("<!-- card-dice-default ") == 1
+
+
+def test_rule_notes_only_where_a_rule_protocol_measured_this_recipe(setup, monkeypatch):
+    """No card section for a rule without evidence, for another recipe, or for a missing results file."""
+    import train_default_models as tdm
+    monkeypatch.setitem(tdm.RULE_EVIDENCE, "single-lesion-recommended", ("tinyrule", "confirm", "default_rec"))
+    results = setup / "results"
+    text = tdm.rule_notes("single-lesion-recommended", ("flair",), "robust-st", results)
+    assert "0.610" in text and "−" in text
+    assert tdm.rule_notes("single-lesion", ("flair",), "robust-st", results) == ""
+    assert tdm.rule_notes("single-lesion-recommended", ("flair",), "robust", results) == ""
+    assert tdm.rule_notes("single-lesion-recommended", ("flair", "t1", "t1ce", "t2"), "robust-st", results) == ""
+    monkeypatch.setitem(tdm.RULE_EVIDENCE, "single-lesion-recommended", ("absent", "confirm", "default_rec"))
+    assert tdm.rule_notes("single-lesion-recommended", ("flair",), "robust-st", results) == ""
+    # the real evidence file exists and has both shipped model sets
+    monkeypatch.setitem(tdm.RULE_EVIDENCE, "single-lesion-recommended", ("cgc-v11", "confirm", "default_rec"))
+    for mods in tdm.MODEL_SETS.values():
+        assert "`single-lesion-recommended`" in tdm.rule_notes("single-lesion-recommended", mods, "robust-2mm-st")
+
+
+def test_benchmark_tables_name_the_rule_their_default_column_was_made_with():
+    """evaluate_cgc's --model / leave-cases-out tables title the default column with the rows' rule, and
+    say when rows of different rules were mixed."""
+    import evaluate_cgc
+    keys = ("gmm", "cgc", "gmm_clean", "cgc_clean", "default")
+    row = lambda rule, v: dict({f"{k}_{m}": v for k in keys for m in ("dice", "sensitivity")}, case="c", default_rule=rule)
+    text = evaluate_cgc._table([row("single-lesion-recommended", 0.5)], "t", "n")
+    assert "**default** (single-lesion-recommended)" in text and "recommended GMM preset" in text
+    old = {k: v for k, v in row("x", 0.5).items() if k != "default_rule"}  # rows before the field
+    assert "**default** (single-lesion)" in evaluate_cgc._table([old], "t", "n")
+    mixed = evaluate_cgc._table([row("none", 0.2), row("single-lesion", 0.4)], "t", "n")
+    assert "the rule each model records" in mixed and "**0.3000**" in mixed
+    curve = evaluate_cgc._curve_table([([10], [row("single-lesion-recommended", 0.5)])], "t", "n")
+    assert "default (single-lesion-recommended)" in curve

@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "output rule: none = the network's map >= threshold (the paper); single-lesion = mean of the "
                         "network and GMM maps, hole filling, largest lesion (gliomas); single-lesion-recommended = the "
                         "same with the GMM map `cgcseg gmm` thresholds by default (recommended preset, MRI); "
-                        "auto (default) = single-lesion "
-                        "with the shipped BraTS models, none with your own --model. The flags below override it")
+                        "auto (default) = the rule the model file records: single-lesion-recommended for the "
+                        "shipped BraTS models, none for your own --model. The flags below override it")
     p.add_argument("--gmm-weight", type=float, default=None, metavar="W",
                    help="threshold (1-W)*CGC + W*P, P = the model's GMM map, or the recommended preset's with "
                         "single-lesion-recommended (single-lesion*: 0.5, none: 0)")
@@ -80,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_postprocess(args) -> str:
     """``auto`` → the rule the model's checkpoint records (``default_output_rule``; the shipped BraTS
-    glioma models, which predate that field, are recognised by their sha256 and get ``single-lesion``),
+    shipped models record ``single-lesion-recommended``; earlier shipped files, which predate that field,
+    are recognised by their sha256 and get ``single-lesion``),
     else ``none`` — also for ``--adapt`` from scratch, whose lesions may be multi-focal (MS). Decided
     from the file's content, never from the folder it lies in. ``--adapt`` uses its base model's rule."""
     if args.postprocess != "auto":
