@@ -742,10 +742,10 @@ def run(args, extra: list) -> int:
         info = info_from_dict(read_checkpoint(m.run / "last.pt"), m.run / "last.pt")
         gmm_cfg = config_from_dict(GMMConfig, info.preprocessing["gmm"])
         train_labelled = [cases[c.name] for c in m.train if c.name in cases]
-        tag = sigma_tag(m.fold, gmm_cfg)
-        skey = f"{'-'.join(m.modalities)} fold {m.fold}" + tag[len(f"fold{m.fold}"):]
+        stag = sigma_tag(m.fold, gmm_cfg)  # not `tag`: that one names the stage's results
+        skey = f"{'-'.join(m.modalities)} fold {m.fold}" + stag[len(f"fold{m.fold}"):]
         if skey not in sigmas:  # shared by the stage's models of that fold with the same GMM settings
-            sigmas[skey] = sigma_choice(work, tag, train_labelled, m.modalities, gmm_cfg, proto["smoothing_sigmas_mm"])
+            sigmas[skey] = sigma_choice(work, stag, train_labelled, m.modalities, gmm_cfg, proto["smoothing_sigmas_mm"])
         # Scores are kept beside the model, so a later pass (or the final one) does not redo them.
         score_file = m.run / "scores.json"
         stamp = {"sigma": sigmas[skey]["sigma"], "step": info.step}
