@@ -44,9 +44,12 @@ SHIP_SEED = 0
 #: ``--postprocess auto`` of the shipped models. ``single-lesion`` until cgc-v11's confirmation picked
 #: ``single-lesion-recommended`` by its declared rule (both model sets above the old rule, docs/protocols).
 SHIP_OUTPUT_RULE = "single-lesion-recommended"
-#: Where an output rule's held-out numbers come from, for the card: (rule protocol, stage, its column). The
-#: rule protocols score the recipe protocols' fold models, so their summary keys are the recipe's.
-RULE_EVIDENCE = {"single-lesion-recommended": ("cgc-v11", "confirm", "default_rec")}
+#: Where an output rule's held-out numbers come from, for the card: (recipe protocol, rule) -> (rule
+#: protocol, stage, its column). A rule protocol scores one recipe protocol's fold models (its ``source``),
+#: so its numbers belong to that recipe protocol only: keyed by it, a variant name that two recipe
+#: protocols share (``robust-2mm-st`` in cgc-v9 and cgc-v13) cannot borrow the other's numbers.
+RULE_EVIDENCE = {("cgc-v9", "single-lesion-recommended"): ("cgc-v11", "confirm", "default_rec"),
+                 ("cgc-v14", "single-lesion-recommended"): ("cgc-v15", "confirm", "default_rec")}
 
 
 RESULTS = ROOT / "docs" / "protocols" / "results"
@@ -131,13 +134,14 @@ def held_out_notes(proto: dict, mods: tuple, winner: str, results_dir: Path = RE
     return "\n".join(lines)
 
 
-def rule_notes(rule: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
-    """The held-out numbers of the output rule ``rule`` on this recipe's fold models (:data:`RULE_EVIDENCE`),
-    as card markdown; empty when no rule protocol measured it on this recipe (the recipe table's "default
-    output" column is then the rule's number)."""
-    if rule not in RULE_EVIDENCE:
+def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
+    """The held-out numbers of the output rule ``rule`` on the fold models of recipe protocol
+    ``protocol_name``'s variant ``winner`` (:data:`RULE_EVIDENCE`), as card markdown; empty when no rule
+    protocol measured it on this recipe (the recipe table's "default output" column is then the rule's
+    number)."""
+    if (protocol_name, rule) not in RULE_EVIDENCE:
         return ""
-    name, stage, column = RULE_EVIDENCE[rule]
+    name, stage, column = RULE_EVIDENCE[(protocol_name, rule)]
     res = _results({"name": name}, stage, results_dir)
     group = (res or {}).get("summary", {}).get(f"{'-'.join(mods)}/{winner}")
     if not group or column not in group["means"]:
@@ -179,7 +183,7 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
                       "(labels never read), and this model was trained from round 1's weights on those binary targets"
                       if model.parent is not None else "") + ". Trained by `scripts/train_default_models.py`.")
     notes = (recipe_note + "\n\n" + held_out_notes(proto, model.modalities, model.variant, results_dir)
-             + rule_notes(output_rule, model.modalities, model.variant, results_dir))
+             + rule_notes(proto["name"], output_rule, model.modalities, model.variant, results_dir))
     stem = Path(model_file_name(list(model.modalities))).stem
     export_default_model.main([str(model.run), "--name", stem, "--dice-json", str(dice_json), "--hardware", hardware,
                                "--output-rule", output_rule, "--notes", notes]

@@ -102,7 +102,7 @@ def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup, mo
     import torch
 
     import train_default_models as tdm
-    monkeypatch.setitem(tdm.RULE_EVIDENCE, tdm.SHIP_OUTPUT_RULE, ("tinyrule", "confirm", "default_rec"))
+    monkeypatch.setitem(tdm.RULE_EVIDENCE, ("tiny", tdm.SHIP_OUTPUT_RULE), ("tinyrule", "confirm", "default_rec"))
     from CGCLesionSegLib.checkpoint import default_output_rule, load_checkpoint, read_checkpoint
     work, models_dir = setup / "work", setup / "models"
     rc = tdm.main(["--protocol", str(setup / "tiny.toml"), "--models", "flair", "--data", str(setup / "data"),
@@ -239,21 +239,24 @@ def test_update_model_cards_re_declares_the_output_rule_without_touching_the_wei
 
 
 def test_rule_notes_only_where_a_rule_protocol_measured_this_recipe(setup, monkeypatch):
-    """No card section for a rule without evidence, for another recipe, or for a missing results file."""
+    """No card section for a rule without evidence, for another recipe or another recipe protocol (even with
+    the same variant name), or for a missing results file."""
     import train_default_models as tdm
-    monkeypatch.setitem(tdm.RULE_EVIDENCE, "single-lesion-recommended", ("tinyrule", "confirm", "default_rec"))
+    monkeypatch.setitem(tdm.RULE_EVIDENCE, ("tiny", "single-lesion-recommended"), ("tinyrule", "confirm", "default_rec"))
     results = setup / "results"
-    text = tdm.rule_notes("single-lesion-recommended", ("flair",), "robust-st", results)
+    text = tdm.rule_notes("tiny", "single-lesion-recommended", ("flair",), "robust-st", results)
     assert "0.610" in text and "−" in text
-    assert tdm.rule_notes("single-lesion", ("flair",), "robust-st", results) == ""
-    assert tdm.rule_notes("single-lesion-recommended", ("flair",), "robust", results) == ""
-    assert tdm.rule_notes("single-lesion-recommended", ("flair", "t1", "t1ce", "t2"), "robust-st", results) == ""
-    monkeypatch.setitem(tdm.RULE_EVIDENCE, "single-lesion-recommended", ("absent", "confirm", "default_rec"))
-    assert tdm.rule_notes("single-lesion-recommended", ("flair",), "robust-st", results) == ""
-    # the real evidence file exists and has both shipped model sets
-    monkeypatch.setitem(tdm.RULE_EVIDENCE, "single-lesion-recommended", ("cgc-v11", "confirm", "default_rec"))
+    assert tdm.rule_notes("tiny", "single-lesion", ("flair",), "robust-st", results) == ""
+    assert tdm.rule_notes("other", "single-lesion-recommended", ("flair",), "robust-st", results) == ""
+    assert tdm.rule_notes("tiny", "single-lesion-recommended", ("flair",), "robust", results) == ""
+    assert tdm.rule_notes("tiny", "single-lesion-recommended", ("flair", "t1", "t1ce", "t2"), "robust-st", results) == ""
+    monkeypatch.setitem(tdm.RULE_EVIDENCE, ("tiny", "single-lesion-recommended"), ("absent", "confirm", "default_rec"))
+    assert tdm.rule_notes("tiny", "single-lesion-recommended", ("flair",), "robust-st", results) == ""
+    # the real evidence file of the shipped recipe exists and has both shipped model sets; cgc-v13 trained a
+    # variant of the same name, but cgc-v11 did not score its models
     for mods in tdm.MODEL_SETS.values():
-        assert "`single-lesion-recommended`" in tdm.rule_notes("single-lesion-recommended", mods, "robust-2mm-st")
+        assert "`single-lesion-recommended`" in tdm.rule_notes("cgc-v9", "single-lesion-recommended", mods, "robust-2mm-st")
+        assert tdm.rule_notes("cgc-v13", "single-lesion-recommended", mods, "robust-2mm-st") == ""
 
 
 def test_benchmark_tables_name_the_rule_their_default_column_was_made_with():
