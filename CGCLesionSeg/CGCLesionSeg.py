@@ -24,7 +24,7 @@ if MODULE_DIR not in sys.path:  # CGCLesionSegSlicer and CGCLesionSegLib live be
 
 from CGCLesionSegLib.commands import OUTPUT_RULES  # noqa: E402  (argparse only)
 from CGCLesionSegSlicer.constants import (LESION_COLOR, LESION_TERMINOLOGY, MODALITIES,  # noqa: E402,F401
-                                          RESEARCH_NOTICE)
+                                          RESEARCH_NOTICE, TRAINING_RECIPES)
 from CGCLesionSegSlicer.logic import CGCLesionSegLogicBase, pathOrNone  # noqa: E402,F401
 from CGCLesionSegSlicer.runner import (CancelledError, ChildJob, ChildProcess, killProcessTree,  # noqa: E402,F401
                                        parseProgressLine)
@@ -86,7 +86,8 @@ class CGCLesionSegParameterNode:
     Segment: model file (empty = the model shipped for these modalities), threshold, output rule
     (``cgcseg segment --postprocess``: auto, none, single-lesion, single-lesion-recommended), device; the result segmentation
     and the table its statistics are written to.
-    Train: cohort folder (BraTS layout), run folder, epochs and an optional time limit.
+    Train: cohort folder (BraTS layout), run folder, recipe (shipped: the shipped models' recipe and length;
+    paper: the paper's settings for the epochs given) and an optional time limit.
     """
 
     flairVolume: vtkMRMLScalarVolumeNode
@@ -113,6 +114,7 @@ class CGCLesionSegParameterNode:
 
     trainingCasesFolder: str = ""
     trainingOutputFolder: str = ""
+    trainingRecipe: Annotated[str, Choice(list(TRAINING_RECIPES))] = "shipped"
     trainingEpochs: Annotated[int, WithinRange(1, 100000)] = 400
     trainingMaxMinutes: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
 

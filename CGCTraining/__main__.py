@@ -38,7 +38,7 @@ def _prog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from CGCLesionSegLib.losses import ANCHOR_MODES, LABEL_SOURCES, PATCH_RULES, LossConfig
     from CGCLesionSegLib.network import FUSIONS, NORMS, NetConfig
-    from CGCTraining.config import AUGMENTATIONS, LR_SCHEDULES, TrainConfig
+    from CGCTraining.config import AUGMENTATIONS, LR_SCHEDULES, RECIPES, TrainConfig
 
     n, t, lo = NetConfig(), TrainConfig(), LossConfig()
     from CGCLesionSegLib.cli import ArgumentParser
@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "--workers/--checkpoint-every/--device/--progress/--stop-file")
     g.add_argument("--init-from", metavar="CKPT", help="start from this model's weights (fine-tuning; same architecture "
                    "and modalities; the optimizer and step count start fresh)")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
+                   help="defaults of a training recipe; options given still win. paper: the plain defaults; "
+                        "shipped: the shipped models' recipe (--crop 96 96 64 --spacing 2 2 2 --patch 3 3 4 --lr 1e-3 "
+                        "--batch-size 2 --lr-schedule cosine --ema 0.99 --augment scanner --steps 300 "
+                        "--self-train-rounds 1; protocol cgc-v9, docs/TRAINING.md)")
+    g.add_argument("--self-train-rounds", type=int, default=0, metavar="N",
+                   help="after training, N self-training rounds: segment the training cases with the model (0.5*CGC "
+                        "+ 0.5*P, 2-D hole filling, no keep-largest; no label read) and train again from its weights "
+                        "on those maps, same settings, in RUN_DIR/self-train-<k>; RUN_DIR/self_train.json names the "
+                        "final model (the shipped models use 1; default 0; one process, see docs/TRAINING.md for torchrun)")
     g.add_argument("--crop", nargs=3, type=int, default=list(t.crop_xyz), metavar=("X", "Y", "Z"),
                    help="random crop size x y z (default 192 192 64 as the paper; smaller on CPU, e.g. 96 96 64). "
                         "Each side / 8 (the bottleneck) must be a multiple of --patch on that axis, so with the "
@@ -282,6 +292,23 @@ def apply_stored_args(parser: argparse.ArgumentParser, argv: Sequence[str], args
     return argparse.Namespace(**merged)
 
 
+def apply_recipe(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> argparse.Namespace:
+    """``--recipe NAME``: parse again with the recipe's defaults (:data:`CGCTraining.config.RECIPES`); the
+    options written on the command line keep their values, and ``--epochs`` drops the recipe's ``steps``."""
+    from CGCTraining.config import RECIPES
+    defaults = dict(RECIPES[args.recipe])
+    if not defaults:
+        return args
+    if "epochs" in _given(parser, argv):
+        defaults.pop("steps", None)
+    before = {a.dest: a.default for a in parser._actions if a.dest in defaults}
+    parser.set_defaults(**defaults)
+    try:
+        return parser.parse_args(argv)
+    finally:
+        parser.set_defaults(**before)  # the parser's own defaults again (it is also used by --resume)
+
+
 def _store_args(args: argparse.Namespace) -> None:
     """Write RUN_DIR/args.json (rank 0 only) for a new run, or refresh it after a --resume ran."""
     if int(os.environ.get("RANK", "0")) != 0:
@@ -304,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "--":  # Slicer --python-script file.py -- ARGS
         argv = argv[1:]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = apply_recipe(parser, argv, parser.parse_args(argv))
     from CGCLesionSegLib.image_io import GeometryMismatchError, ImageIOError
     from CGCLesionSegLib.progress import Cancelled
     prog = parser.prog
@@ -313,6 +340,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from CGCTraining.data import discover_cases
         from CGCTraining.train import train
         args = apply_stored_args(parser, argv, args)
+        rounds = int(getattr(args, "self_train_rounds", 0) or 0)
+        if rounds < 0:
+            raise ValueError(f"--self-train-rounds must be 0 or more, got {rounds}")
+        if rounds and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--self-train-rounds runs in one process; under torchrun train the rounds as separate "
+                             "commands: this training without it, then `python -m CGCTraining.self_train --model "
+                             "RUN_DIR/last.pt --cases CASES --output-dir TARGETS`, then torchrun ... -m CGCTraining "
+                             "--cases TARGETS/cases.csv --init-from RUN_DIR/last.pt (same settings, another --output-dir)")
         train_cfg, net_cfg, gmm_cfg = configs_from_args(args)
         _check_run_folder_outside_cases(args.output_dir, args.cases)
         cases = discover_cases(args.cases, train_cfg.modalities)
@@ -324,10 +359,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = train(cases, train_cfg, net_cfg, args.output_dir, gmm_config=gmm_cfg,
                        spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=args.resume,
                        device=args.device, progress=args.progress, record_samples=args.record_samples,
-                       init_checkpoint=args.init_from,
+                       init_checkpoint=args.init_from, progress_stage=(0, rounds + 1) if rounds else None,
                        should_stop=(lambda: Path(args.stop_file).exists()) if args.stop_file else None)
         if args.resume:  # the checkpoint accepted these settings: the next --resume starts from them
             _store_args(args)
+        if rounds:
+            result = _self_train(args, rounds, cases, train_cfg, net_cfg, gmm_cfg, result, prog)
     except (ValueError, ImageIOError, GeometryMismatchError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -355,6 +392,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if result.signal is not None:  # stopped by SIGTERM/SIGINT: the checkpoint is intact, the run is not done
         return 128 + int(result.signal)
     return 0 if result.step > 0 or result.total_steps == 0 else 1
+
+
+def _self_train(args, rounds: int, cases, train_cfg, net_cfg, gmm_cfg, first, prog: str):
+    """The ``--self-train-rounds`` after the first training (:mod:`CGCTraining.self_train`); returns the
+    result that decides the exit code (the first training's if it stopped early, else the last round's)."""
+    from CGCTraining import self_train
+    from CGCTraining.data import discover_cases
+    from CGCTraining.train import train
+    if not self_train.finished(first):
+        print(f"{prog}: self-training not started: the first training stopped at step {first.step} of "
+              f"{first.total_steps}; continue it with --output-dir {args.output_dir} --resume", file=sys.stderr)
+        return first
+
+    def train_round(k, run_dir, listing, init_from, resume):
+        return train(discover_cases(listing, train_cfg.modalities), train_cfg, net_cfg, run_dir, gmm_config=gmm_cfg,
+                     spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=resume, device=args.device,
+                     progress=args.progress, init_checkpoint=init_from, progress_stage=(k, rounds + 1),
+                     should_stop=(lambda: Path(args.stop_file).exists()) if args.stop_file else None)
+
+    quiet = args.progress == "none"
+    result = self_train.run_rounds(rounds, args.output_dir, cases, train_cfg.modalities, train_round,
+                                   device=args.device, log=(lambda s: None) if quiet else
+                                   (lambda s: print(s, file=sys.stderr, flush=True)))
+    if self_train.finished(result) and not quiet:
+        print(f"final model: {self_train.round_dir(args.output_dir, rounds) / 'last.pt'}", file=sys.stderr)
+    return result
 
 
 def _check_run_folder_outside_cases(output_dir, cases) -> None:

@@ -259,9 +259,14 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
           spacing_xyz: Optional[Sequence[float]] = None, resume: bool = False, device: str = "auto",
           progress: str = "bar", record_samples: bool = False,
           should_stop: Optional[Callable[[], bool]] = None,
-          init_checkpoint: Optional[str | os.PathLike] = None) -> TrainResult:
+          init_checkpoint: Optional[str | os.PathLike] = None,
+          progress_stage: Optional[tuple[int, int]] = None) -> TrainResult:
     """Train the CGC network on ``cases``; writes ``RUN_DIR/last.pt``, ``loss_log.csv``, ``run.json``
-    and the cache ``RUN_DIR/cache``. See docs/TRAINING.md."""
+    and the cache ``RUN_DIR/cache``. See docs/TRAINING.md.
+
+    ``progress_stage=(k, n)``: this training is round ``k`` (0-based) of ``n`` (``--self-train-rounds``):
+    the reported fraction is ``(k + step / total) / n`` and messages start with ``round k+1/n``, so a
+    progress bar fed by ``--progress json`` runs once over all rounds."""
     t_start = time.monotonic()
     info = dd.from_env()
     dev = pick_device(device, info.local_rank)
@@ -272,7 +277,8 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
         # (kill -9) is free again, so --resume after a crash works.
         lock = _take_run_lock(Path(output_dir), info, dev)
         return _train(cases, train_cfg, net_config, Path(output_dir), gmm_config, normalization, spacing_xyz,
-                      resume, dev, progress, record_samples, should_stop, info, t_start, init_checkpoint)
+                      resume, dev, progress, record_samples, should_stop, info, t_start, init_checkpoint,
+                      progress_stage)
     finally:
         if lock is not None:
             lock.release()
@@ -281,7 +287,8 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
 
 def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_config, normalization,
            spacing_xyz, resume: bool, dev: torch.device, progress: str, record_samples: bool, should_stop,
-           info: dd.DistInfo, t_start: float, init_checkpoint=None) -> TrainResult:
+           info: dd.DistInfo, t_start: float, init_checkpoint=None,
+           progress_stage: Optional[tuple[int, int]] = None) -> TrainResult:
     if net_config.in_channels != len(train_cfg.modalities):
         raise ValueError(f"the network has {net_config.in_channels} input channel(s) but {len(train_cfg.modalities)} "
                          f"modalities were given ({' '.join(train_cfg.modalities)})")
@@ -449,12 +456,15 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                     log.write({"step": step, "epoch": epoch, **{k: f"{v:.6g}" for k, v in vals.items()},
                                "lr": f"{lr_now:.6g}", "seconds": round(time.monotonic() - t_start, 2)})
                 if info.is_main:
-                    frac = step / total
+                    frac, where = step / total, ""
+                    if progress_stage is not None:
+                        frac = (progress_stage[0] + frac) / progress_stage[1]
+                        where = f"round {progress_stage[0] + 1}/{progress_stage[1]} "
                     if json_mode:
                         emit_json("progress", epoch=epoch, step=step, fraction=round(frac, 5),
-                                  loss=round(last_loss, 6), message=f"step {step}/{total}")
+                                  loss=round(last_loss, 6), message=f"{where}step {step}/{total}")
                     else:
-                        reporter.update(frac, f"epoch {epoch} step {step}/{total} loss {last_loss:.4f}")
+                        reporter.update(step / total, f"{where}epoch {epoch} step {step}/{total} loss {last_loss:.4f}")
                 over = budget_s is not None and time.monotonic() - t_start >= budget_s
                 halt = over or stop_requested["flag"] or bool(should_stop and should_stop())
                 halt = dd.any_rank(halt, info, dev)

@@ -212,30 +212,16 @@ def resolve_fold_sigma(models: list, proto: dict, data: Path, work: Path) -> Non
         m.args = [f"{choice['sigma']:g}" if a == FOLD_SIGMA else a for a in m.args]
 
 
-#: Output rule of the pseudo-labels of a self-training round: the fusion 0.5·CGC + 0.5·P, 2-D hole
-#: filling, threshold 0.5, and *no* keep-largest (a training case may hold several lesions).
-PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radius=0, min_component_voxels=0)
-
-
 def pseudo_labels(model: Model, device: str = "cpu") -> dict:
-    """Segment ``model``'s training cases with its round-1 parent (labels never read); returns
+    """Segment ``model``'s training cases with its round-1 parent (labels never read; the rule is
+    :data:`CGCTraining.self_train.PSEUDO_RULE`, the one ``--self-train-rounds`` uses); returns
     {case name: path of the binary target written under the run's ``-pseudo`` folder}."""
-    from CGCLesionSegLib.checkpoint import load_checkpoint
-    from CGCLesionSegLib.image_io import read_image, write_image
-    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    from CGCTraining.data import CaseSpec
+    from CGCTraining.self_train import write_pseudo_labels
     out = model.run.parent / f"{model.run.name}-pseudo"
-    net, info = load_checkpoint(model.parent.run / "last.pt")
-    paths = {}
-    for c in model.train:
-        target = out / f"{c.name}.nii.gz"
-        if not target.exists():
-            imgs = [read_image(c / f"{c.name}_{m}.nii.gz") for m in model.modalities]
-            res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, list(model.modalities),
-                               model.parent.run / "last.pt", config=InferenceConfig(device=device, **PSEUDO_RULE),
-                               model=net, info=info)
-            write_image(target, res.mask.astype("float32"), imgs[0].geometry)
-        paths[c.name] = target
-    return paths
+    specs = [CaseSpec(c.name, {m: str(c / f"{c.name}_{m}.nii.gz") for m in model.modalities}) for c in model.train]
+    write_pseudo_labels(model.parent.run / "last.pt", specs, model.modalities, out, device=device)
+    return {c.name: out / f"{c.name}.nii.gz" for c in model.train}
 
 
 def _listing(model: Model, device: str = "cpu") -> Path:

@@ -9,7 +9,7 @@ Nothing here is chosen by looking at labels; every setting comes from the protoc
 * **recipe**: the winner of the protocol's screening stage (read from
   ``docs/protocols/results/<name>-screen.json``), i.e. the protocol's ``base_train_args`` followed by
   that variant's arguments; a self-training winner trains its round-1 variant first, segments every
-  training case with :data:`protocol.PSEUDO_RULE` (labels never read) and trains round 2 from round
+  training case with :data:`CGCTraining.self_train.PSEUDO_RULE` (labels never read) and trains round 2 from round
   1's weights on those targets, exactly as in the protocol's folds;
 * **budget**: the confirmation stage's ``steps`` per round (the budget the held-out numbers were
   measured at); ``--max-minutes`` is only a safety stop;

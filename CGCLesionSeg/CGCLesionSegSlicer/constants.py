@@ -10,6 +10,12 @@ RESEARCH_NOTICE = ("Research use only. CGC Lesion Seg is not a medical device an
 #: Modalities in the documented input order (the first present one is the reference channel).
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
+#: Training recipes offered by the Train section (``python -m CGCTraining --recipe NAME``; the same names as
+#: ``CGCTraining.config.RECIPES``, which imports torch and so is not imported here). ``shipped`` first: the
+#: recipe of the shipped models, the best measured on held-out cases with a CPU budget (300 + 300 steps, its
+#: own length); ``paper``: the paper's settings, trained for the Epochs given.
+TRAINING_RECIPES = ("shipped", "paper")
+
 #: Segment appearance: a colour that reads well on MRI and a coded terminology entry that Slicer's
 #: terminology selector can match. "Mass" (SCT 4147007) under "Morphologically Altered Structure"
 #: (SCT 49755003) is in both SegmentationCategoryTypeModifier-DICOM-Master.json and

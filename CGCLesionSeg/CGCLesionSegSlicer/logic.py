@@ -7,6 +7,7 @@ nodes only, so it runs under the ``slicer-core`` wheel in CI as it does inside S
 folders come from :mod:`tempfile`; inside Slicer the Widget passes Slicer's temporary folder as base.
 """
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -19,7 +20,7 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from .constants import (LABELMAP_HASH_ATTRIBUTE, LESION_COLOR, LESION_TERMINOLOGY, MODALITIES, MODULE_DIR,
-                        PROBABILITY_REFERENCE_ROLE, SOURCE_REFERENCE_ROLE)
+                        PROBABILITY_REFERENCE_ROLE, SOURCE_REFERENCE_ROLE, TRAINING_RECIPES)
 from .runner import CancelledError, ChildJob, ChildProcess
 
 if MODULE_DIR not in sys.path:  # CGCLesionSegLib lives beside CGCLesionSeg.py
@@ -467,17 +468,24 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
     def buildTrainCommand(self, casesDir: str, outputDir: str, modalities: Sequence[str] = MODALITIES,
                           epochs: Optional[int] = None, steps: Optional[int] = None,
                           maxMinutes: Optional[float] = None, crop: Optional[Sequence[int]] = None,
-                          device: str = "auto", resume: bool = False) -> list:
+                          device: str = "auto", resume: bool = False, recipe: Optional[str] = None) -> list:
         """``python -m CGCTraining --cases DIR --modalities ... --output-dir RUN --progress json``.
 
-        ``crop`` is x, y, z as on the command line. ``epochs`` and ``steps`` are exclusive.
+        ``crop`` is x, y, z as on the command line. ``epochs`` and ``steps`` are exclusive. ``recipe``
+        (:data:`TRAINING_RECIPES`; None = the command line's default) sets the defaults the other options
+        override; ``shipped`` brings its own length (give neither epochs nor steps to keep it) and one
+        self-training round, whose model is ``RUN/self-train-1/last.pt``.
         """
         if not casesDir or not outputDir:
             raise ValueError("Choose the cases folder and the output (run) folder.")
         if epochs is not None and steps is not None:
             raise ValueError("Give epochs or steps, not both.")
+        if recipe is not None and recipe not in TRAINING_RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(TRAINING_RECIPES)}, got {recipe!r}")
         command = [self.pythonExecutable, "-m", "CGCTraining", "--cases", str(casesDir),
                    "--modalities", *[m.lower() for m in modalities], "--output-dir", str(outputDir)]
+        if recipe is not None:
+            command += ["--recipe", recipe]
         if epochs is not None:
             command += ["--epochs", str(int(epochs))]
         if steps is not None:
@@ -545,6 +553,18 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         if tempBase:
             os.makedirs(tempBase, exist_ok=True)
         return tempfile.mkdtemp(prefix="CGCLesionSeg-", dir=tempBase or None)
+
+    @staticmethod
+    def trainedModelPath(outputDir: str) -> str:
+        """The model a finished training in ``outputDir`` produced: the final self-training round's
+        (``RUN/self_train.json``, written by ``--self-train-rounds``), else ``RUN/last.pt``."""
+        record = os.path.join(outputDir, "self_train.json")
+        try:
+            with open(record) as fh:
+                final = json.load(fh).get("final_model")
+        except (OSError, ValueError):
+            final = None
+        return os.path.join(outputDir, final if final else "last.pt")
 
     def prepareTrainJob(self, casesDir: str, outputDir: str, tempBase: Optional[str] = None, **kwargs) -> ChildJob:
         """A training job: :meth:`buildTrainCommand` plus a stop file in a new temporary folder, so

@@ -200,6 +200,7 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainButton.enabled = bool(p and pathOrNone(p.trainingCasesFolder)
                                            and pathOrNone(p.trainingOutputFolder)) and not busy
         self.ui.cancelButton.enabled = busy
+        self.ui.trainingEpochsSpinBox.enabled = bool(p and p.trainingRecipe == "paper")  # shipped: its own length
         self.ui.loadPhantomButton.enabled = not busy
         hasSeg = bool(p and p.outputSegmentation)
         self.ui.exportSegNrrdButton.enabled = hasSeg
@@ -283,10 +284,11 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not start training."):
             if not self.ensurePythonDependencies(needTorch=True):
                 return
+            paper = p.trainingRecipe == "paper"  # the shipped recipe has its own length (300 + 300 steps)
             job = self.logic.prepareTrainJob(
                 pathOrNone(p.trainingCasesFolder), pathOrNone(p.trainingOutputFolder), tempBase=self._tempBase(),
-                modalities=list(self.logic.namedInputs(p).keys()) or list(MODALITIES),
-                epochs=p.trainingEpochs, maxMinutes=p.trainingMaxMinutes or None, device=p.device)
+                modalities=list(self.logic.namedInputs(p).keys()) or list(MODALITIES), recipe=p.trainingRecipe,
+                epochs=p.trainingEpochs if paper else None, maxMinutes=p.trainingMaxMinutes or None, device=p.device)
             self._startJob(job, "Training")
 
     def _startJob(self, job, title: str) -> None:
@@ -330,7 +332,7 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("Could not load the result."):
                 self._loadSegmentResult(job)
         else:
-            self.log("Training finished.")
+            self.log(f"Training finished: {self.logic.trainedModelPath(job.extra.get('outputDir', ''))}")
         self.updateButtons()
 
     def _loadSegmentResult(self, job) -> None:

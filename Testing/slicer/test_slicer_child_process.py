@@ -241,6 +241,27 @@ def test_train_command_is_accepted_by_the_real_training_parser(logic):
     assert args.resume and args.progress == "json" and args.device == "cpu"
 
 
+def test_train_command_with_a_recipe(logic, tmp_path):
+    """The recipe reaches the real parser with its defaults; the shipped recipe keeps its own length when no
+    epochs are given (what the widget does), and the module finds the final self-training model."""
+    import json
+    from CGCTraining.__main__ import apply_recipe, build_parser
+    parser = build_parser()
+    cmd = logic.buildTrainCommand("/c", "/o", modalities=["flair"], recipe="shipped", maxMinutes=5, device="cpu")
+    args = apply_recipe(parser, cmd[3:], parser.parse_args(cmd[3:]))
+    assert (args.recipe, args.steps, args.epochs, args.self_train_rounds, args.ema) == ("shipped", 300, None, 1, 0.99)
+    cmd = logic.buildTrainCommand("/c", "/o", recipe="paper", epochs=7)
+    args = apply_recipe(parser, cmd[3:], parser.parse_args(cmd[3:]))
+    assert (args.recipe, args.epochs, args.self_train_rounds, args.ema) == ("paper", 7, 0, 0.0)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        logic.buildTrainCommand("/c", "/o", recipe="fast")
+    assert logic.trainedModelPath(str(tmp_path)) == str(tmp_path / "last.pt")
+    (tmp_path / "self_train.json").write_text(json.dumps({"final_model": "self-train-1/last.pt"}))
+    assert logic.trainedModelPath(str(tmp_path)) == str(tmp_path / "self-train-1" / "last.pt")
+    (tmp_path / "self_train.json").write_text("{not json")
+    assert logic.trainedModelPath(str(tmp_path)) == str(tmp_path / "last.pt")
+
+
 @pytest.mark.slow
 def test_train_then_segment_through_the_module(logic, scene, tmp_path):
     """Train (child process, JSON progress) on a tiny phantom cohort, then Segment with the checkpoint."""

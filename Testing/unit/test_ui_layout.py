@@ -234,3 +234,14 @@ def test_output_rule_combo_lists_the_rules_the_cli_accepts():
     combo = next(w for w in _ui_tree().getroot().iter("widget") if w.get("name") == "outputRuleComboBox")
     items = [i.find("property/string").text for i in combo.findall("item")]
     assert items == list(OUTPUT_RULES)
+
+
+def test_training_recipe_combo_lists_the_recipes_the_cli_accepts():
+    """The Train section's recipe combo, the parameter's Choice list and `python -m CGCTraining --recipe` agree."""
+    from CGCLesionSegSlicer.constants import TRAINING_RECIPES
+    from CGCTraining.config import RECIPES
+    combo = next(w for w in _ui_tree().getroot().iter("widget") if w.get("name") == "trainingRecipeComboBox")
+    items = [i.find("property/string").text for i in combo.findall("item")]
+    assert items == list(TRAINING_RECIPES) and set(TRAINING_RECIPES) == set(RECIPES)
+    bound = [p.find("string").text for p in combo.findall("property") if p.get("name") == "SlicerParameterName"]
+    assert bound == ["trainingRecipe"]

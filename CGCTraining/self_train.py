@@ -1,0 +1,157 @@
+"""Self-training rounds (issue 9's recipe item; the shipped models' second round), for any cohort.
+
+A self-training round segments every training case with the previous round's model, using the rule
+:data:`PSEUDO_RULE` (0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5, *no* keep-largest: a training case
+may hold several lesions; no label is read), and trains the next round from the previous round's weights
+on those binary maps as targets (the ``prob`` column of a case list). It is what the declared protocols
+(benchmarks/protocol.py) and ``scripts/train_default_models.py`` do, in one place.
+
+Two ways to run it:
+
+* ``python -m CGCTraining ... --self-train-rounds 1``: round 1 trains in ``RUN_DIR`` as usual; round
+  ``k + 1`` lives in ``RUN_DIR/self-train-<k>/`` (its own run folder, with its targets in ``targets/``);
+  ``RUN_DIR/self_train.json`` names the final model. ``--resume`` continues whichever round stopped.
+  One process (one GPU or the CPU); under torchrun the rounds are run as three commands:
+* ``python -m CGCTraining.self_train --model RUN/last.pt --cases CASES --output-dir DIR`` writes the targets
+  and ``DIR/cases.csv``; then ``torchrun ... -m CGCTraining --cases DIR/cases.csv --init-from RUN/last.pt ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CGCLesionSeg"))
+
+#: Output rule of the pseudo-labels: the fusion 0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5, and no
+#: keep-largest or opening (a training case may hold several lesions, small ones included).
+PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radius=0, min_component_voxels=0)
+#: Sub-folder of RUN_DIR for round k + 1, and the record of the rounds.
+ROUND_DIR = "self-train-{k}"
+RECORD = "self_train.json"
+LISTING = "cases.csv"
+
+
+def round_dir(run_dir: str | os.PathLike, k: int) -> Path:
+    """Run folder of self-training round ``k`` (1-based: round 1 is the first retraining, in
+    ``RUN_DIR/self-train-1``; the first training is ``RUN_DIR`` itself)."""
+    return Path(run_dir) / ROUND_DIR.format(k=k)
+
+
+def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modalities: Sequence[str],
+                        out_dir: str | os.PathLike, device: str = "cpu",
+                        log: Callable[[str], None] = lambda s: None) -> Path:
+    """Segment ``cases`` (:class:`CGCTraining.data.CaseSpec`) with ``model_path`` under :data:`PSEUDO_RULE`
+    and write one binary map per case (``out_dir/<case>.nii.gz``, float32 0/1 on the case's own grid) and
+    ``out_dir/cases.csv`` (the case's images, its mask if it had one, the map as ``prob``). A map already
+    written is kept (an interrupted call resumes); each is written atomically. Returns the CSV's path."""
+    from CGCLesionSegLib.checkpoint import load_checkpoint
+    from CGCLesionSegLib.image_io import atomic_write, read_image, write_image
+    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    modalities = [m.lower() for m in modalities]
+    net, info = load_checkpoint(model_path)
+    stored = [str(m).lower() for m in info.channels]
+    if stored and stored != modalities:
+        raise ValueError(f"{model_path} was trained on {' '.join(stored)}, not {' '.join(modalities)}: give the "
+                         "modalities of the model whose targets these are")
+    config = InferenceConfig(device=device, **PSEUDO_RULE)
+    has_mask = any(c.mask for c in cases)
+    rows = []
+    for i, case in enumerate(cases):
+        target = out / f"{case.name}.nii.gz"
+        if not target.exists():
+            imgs = [read_image(case.images[m]) for m in modalities]
+            mask = read_image(case.mask).array_zyx > 0 if case.mask else None
+            res = segment_case([im.array_zyx for im in imgs], imgs[0].geometry, modalities, model_path,
+                               mask_zyx=mask, config=config, model=net, info=info)
+            write_image(target, res.mask.astype("float32"), imgs[0].geometry)
+            log(f"pseudo-label {i + 1}/{len(cases)}: {case.name} ({int(res.mask.sum())} voxels)")
+        rows.append([case.name, *(str(Path(case.images[m]).resolve()) for m in modalities)]
+                    + ([str(Path(case.mask).resolve()) if case.mask else ""] if has_mask else [])
+                    + [str(target.resolve())])
+    header = ["case", *modalities] + (["mask"] if has_mask else []) + ["prob"]
+    listing = out / LISTING
+    with atomic_write(listing) as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return listing
+
+
+def finished(result) -> bool:
+    """Whether a :class:`CGCTraining.train.TrainResult` reached its last step (no budget stop, no signal)."""
+    return result.signal is None and not result.stopped_early and result.step >= result.total_steps
+
+
+def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalities: Sequence[str],
+               train_round: Callable[[int, Path, str, Optional[Path], bool], object], device: str = "cpu",
+               log: Callable[[str], None] = lambda s: None):
+    """Run self-training rounds 1..``rounds`` after the first training in ``run_dir`` has finished.
+
+    ``train_round(k, round_dir, cases_csv, init_from, resume)`` trains round ``k`` and returns a
+    :class:`CGCTraining.train.TrainResult`. A round folder that holds a checkpoint is resumed (a finished
+    one returns at once); a round that stops before its last step (budget, signal) ends the sequence.
+    Writes ``RUN_DIR/self_train.json`` (rounds, finished rounds, the final model once there is one) after
+    each round. Returns the result of the last round run."""
+    from CGCLesionSegLib.image_io import atomic_write
+    prev = Path(run_dir) / "last.pt"
+    record_path = Path(run_dir) / RECORD
+    result = None
+    for k in range(1, rounds + 1):
+        here = round_dir(run_dir, k)
+        listing = write_pseudo_labels(prev, cases, modalities, here / "targets", device=device, log=log)
+        resume = (here / "last.pt").exists()
+        log(f"self-training round {k}/{rounds}: {'continuing' if resume else 'training'} {here} "
+            f"from {prev} on its pseudo-labels")
+        result = train_round(k, here, str(listing), None if resume else prev, resume)
+        done = finished(result)
+        with atomic_write(record_path) as fh:
+            json.dump({"rounds": rounds, "finished_rounds": k if done else k - 1,
+                       "final_model": str(Path(ROUND_DIR.format(k=k)) / "last.pt") if done and k == rounds else None,
+                       "pseudo_rule": PSEUDO_RULE}, fh, indent=1)
+            fh.write("\n")
+        if not done:
+            break
+        prev = here / "last.pt"
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m CGCTraining.self_train``: write one round's pseudo-labels and case list."""
+    from CGCLesionSegLib.cli import ArgumentParser
+    from CGCLesionSegLib.image_io import ImageIOError
+    from CGCTraining.data import discover_cases
+    p = ArgumentParser(prog="python -m CGCTraining.self_train",
+                       description="Write self-training targets: segment the training cases with a model (0.5·CGC + "
+                                   "0.5·P, 2-D hole filling, no keep-largest; no label read) and list them as a "
+                                   "case list whose prob column is the target. Then train the next round with "
+                                   "python -m CGCTraining --cases OUT/cases.csv --init-from MODEL ...")
+    p.add_argument("--model", required=True, help="the previous round's last.pt")
+    p.add_argument("--cases", required=True, metavar="DIR|LIST", help="the training cases (as given to CGCTraining)")
+    p.add_argument("--modalities", nargs="+", help="input channels in order (default: the model's)")
+    p.add_argument("--output-dir", required=True, help="where the targets and cases.csv are written")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = p.parse_args(argv)
+    try:
+        from CGCLesionSegLib.checkpoint import load_checkpoint
+        mods = args.modalities or list(load_checkpoint(args.model)[1].channels)  # CheckpointError is a ValueError
+        cases = discover_cases(args.cases, mods)
+        listing = write_pseudo_labels(args.model, cases, mods, args.output_dir, device=args.device,
+                                      log=lambda s: print(s, file=sys.stderr))
+    except (ValueError, ImageIOError, FileNotFoundError) as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(listing)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""`python -m CGCTraining --self-train-rounds N` and `python -m CGCTraining.self_train`: the shipped recipe's
+self-training round for any cohort, with resume, budget stops and clear refusals."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from CGCLesionSegLib.checkpoint import read_checkpoint
+from CGCLesionSegLib.image_io import read_image
+from test_training_synth import MODS, TINY_NET_ARGS, run_cli, subprocess_env, write_brats_folder
+
+TRAIN = ["--modalities", *MODS, "--crop", "16", "16", "16", "--batch-size", "1", "--workers", "0", "--device", "cpu",
+         "--steps", "2", "--progress", "none", "--checkpoint-every", "1", *TINY_NET_ARGS]
+
+
+def _reference_pseudo_label(model, case_dir, name):
+    """The rule written out by hand: fused map 0.5·CGC + 0.5·P >= 0.5, 2-D hole filling, nothing removed."""
+    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    imgs = [read_image(case_dir / f"{name}_{m}.nii.gz") for m in MODS]
+    cfg = InferenceConfig(device="cpu", gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radius=0,
+                          min_component_voxels=0)
+    return segment_case([i.array_zyx for i in imgs], imgs[0].geometry, list(MODS), model, config=cfg).mask
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("selftrain")
+    cases = write_brats_folder(tmp / "cases", n_cases=2)
+    run = tmp / "run"
+    r = run_cli(["--cases", cases, "--output-dir", run, "--self-train-rounds", "1", *TRAIN], timeout=600)
+    return cases, run, r
+
+
+def test_two_rounds_train_on_the_first_rounds_pseudo_labels(two_rounds):
+    cases, run, r = two_rounds
+    assert r.returncode == 0, r.stderr
+    second = run / "self-train-1"
+    assert read_checkpoint(run / "last.pt")["step"] == 2 and read_checkpoint(second / "last.pt")["step"] == 2
+    record = json.loads((run / "self_train.json").read_text())
+    assert record["final_model"] == "self-train-1/last.pt" and record["finished_rounds"] == 1
+    assert json.loads((second / "run.json").read_text())["init_checkpoint"] == str(run / "last.pt")
+    rows = list(csv.DictReader(open(second / "targets" / "cases.csv")))
+    assert [row["case"] for row in rows] == ["Case000", "Case001"]
+    for row in rows:
+        target = read_image(row["prob"]).array_zyx
+        assert set(np.unique(target)) <= {0.0, 1.0}
+        assert target.shape == read_image(cases / row["case"] / f"{row['case']}_flair.nii.gz").array_zyx.shape
+        # exactly the documented rule with the first round's model (labels are never read)
+        np.testing.assert_array_equal(target > 0, _reference_pseudo_label(run / "last.pt", cases / row["case"],
+                                                                          row["case"]))
+
+
+def test_resume_keeps_finished_rounds_and_their_targets(two_rounds):
+    cases, run, r = two_rounds
+    assert r.returncode == 0, r.stderr
+    target = run / "self-train-1" / "targets" / "Case000.nii.gz"
+    before = (target.stat().st_mtime_ns, (run / "self-train-1" / "last.pt").read_bytes())
+    again = run_cli(["--output-dir", run, "--resume", "--progress", "none"], timeout=600)  # rounds from args.json
+    assert again.returncode == 0, again.stderr
+    assert (target.stat().st_mtime_ns, (run / "self-train-1" / "last.pt").read_bytes()) == before
+    assert not (run / "self-train-2").exists()
+
+
+def test_a_longer_resume_continues_every_round(two_rounds, tmp_path):
+    cases, run, r = two_rounds
+    assert r.returncode == 0, r.stderr
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "self-train-1" / "targets" / "Case000.nii.gz").unlink()  # a target lost: it is written again
+    again = run_cli(["--output-dir", copy, "--resume", "--steps", "3", "--progress", "none"], timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert read_checkpoint(copy / "last.pt")["step"] == 3
+    assert read_checkpoint(copy / "self-train-1" / "last.pt")["step"] == 3
+    assert (copy / "self-train-1" / "targets" / "Case000.nii.gz").exists()
+
+
+def test_rounds_wait_for_a_finished_first_training(tmp_path):
+    cases = write_brats_folder(tmp_path / "cases", n_cases=2)
+    stop = tmp_path / "stop"
+    stop.write_text("")
+    r = run_cli(["--cases", cases, "--output-dir", tmp_path / "run", "--self-train-rounds", "1", "--stop-file", stop,
+                 *TRAIN])
+    assert "self-training not started" in r.stderr and "--resume" in r.stderr, r.stderr
+    assert (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "self-train-1").exists()
+
+
+def test_refused_under_torchrun_and_for_negative_rounds(tmp_path):
+    import subprocess
+    import sys
+    from test_training_synth import REPO
+    cases = write_brats_folder(tmp_path / "cases", n_cases=1)
+    env = dict(subprocess_env(), WORLD_SIZE="2", RANK="0")
+    r = subprocess.run([sys.executable, "-m", "CGCTraining", "--cases", str(cases), "--output-dir",
+                        str(tmp_path / "run"), "--self-train-rounds", "1", *map(str, TRAIN)],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=str(REPO))
+    assert r.returncode == 2 and "torchrun" in r.stderr and "CGCTraining.self_train" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+    r = run_cli(["--cases", cases, "--output-dir", tmp_path / "run", "--self-train-rounds", "-1", *TRAIN])
+    assert r.returncode == 2 and "--self-train-rounds" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_targets_command_for_torchrun_users(two_rounds, tmp_path):
+    import subprocess
+    import sys
+    from test_training_synth import REPO
+    cases, run, r = two_rounds
+    assert r.returncode == 0, r.stderr
+    cmd = [sys.executable, "-m", "CGCTraining.self_train", "--model", str(run / "last.pt"), "--cases", str(cases),
+           "--output-dir", str(tmp_path / "t"), "--device", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
+    assert out.returncode == 0, out.stderr
+    listing = out.stdout.strip().splitlines()[-1]
+    assert listing == str(tmp_path / "t" / "cases.csv")
+    for name in ("Case000", "Case001"):  # the same targets as the one-command rounds
+        np.testing.assert_array_equal(read_image(tmp_path / "t" / f"{name}.nii.gz").array_zyx,
+                                      read_image(run / "self-train-1" / "targets" / f"{name}.nii.gz").array_zyx)
+    # the listing trains the next round as it is
+    nxt = run_cli(["--cases", listing, "--output-dir", tmp_path / "r2", "--init-from", run / "last.pt", *TRAIN])
+    assert nxt.returncode == 0, nxt.stderr
+    bad = subprocess.run(cmd[:-4] + ["--modalities", "flair", "--output-dir", str(tmp_path / "u")], capture_output=True,
+                         text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
+    assert bad.returncode == 2 and "trained on flair t2" in bad.stderr, bad.stderr
+    assert not any((tmp_path / "u").glob("*.nii.gz"))
+
+
+def test_shipped_recipe_is_the_command_line_of_the_shipped_models():
+    """`--recipe shipped` expands to protocol cgc-v9's `robust-2mm-st`: its base arguments, the variant's,
+    300 steps per round and one self-training round (what scripts/train_default_models.py ran)."""
+    import sys
+    from pathlib import Path
+    from CGCTraining.__main__ import apply_recipe, build_parser
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import protocol
+    proto = protocol.load_protocol(root / "docs" / "protocols" / "cgc-v9.toml")
+    variant = proto["variants"]["robust-2mm-st"]
+    assert variant["self_train_from"] == "robust-2mm" and proto["variants"]["robust-2mm"]["args"] == variant["args"]
+    steps = str(proto["stages"]["confirm"]["steps"])
+    parser = build_parser()
+    spelled = ["--output-dir", "x", *proto["base_train_args"], *variant["args"], "--steps", steps,
+               "--self-train-rounds", "1"]
+    by_recipe = ["--output-dir", "x", "--recipe", "shipped", "--workers", "0"]
+    expected = {k: v for k, v in vars(parser.parse_args(spelled)).items() if k != "recipe"}
+    got = vars(apply_recipe(parser, by_recipe, parser.parse_args(by_recipe)))
+    assert {k: v for k, v in got.items() if k != "recipe"} == expected
+    # options given win; --epochs replaces the recipe's steps; the parser's own defaults are left alone
+    over = ["--output-dir", "x", "--recipe", "shipped", "--epochs", "5", "--lr", "0.01", "--self-train-rounds", "0"]
+    got = apply_recipe(parser, over, parser.parse_args(over))
+    assert (got.epochs, got.steps, got.lr, got.self_train_rounds, got.ema) == (5, None, 0.01, 0, 0.99)
+    assert parser.parse_args(["--output-dir", "x"]).ema == 0.0
+
+
+def test_recipe_run_records_its_settings_and_resumes_with_them(tmp_path):
+    cases = write_brats_folder(tmp_path / "cases", n_cases=2)
+    run = tmp_path / "run"
+    small = ["--modalities", *MODS, "--crop", "16", "16", "16", "--spacing", "1", "1", "1", "--batch-size", "1",
+             "--workers", "0", "--device", "cpu", "--steps", "2", "--progress", "none", *TINY_NET_ARGS]
+    r = run_cli(["--cases", cases, "--output-dir", run, "--recipe", "shipped", *small], timeout=600)
+    assert r.returncode == 0, r.stderr
+    for folder in (run, run / "self-train-1"):  # both rounds trained with the recipe's settings
+        cfg = read_checkpoint(folder / "last.pt")["train_config"]
+        assert (cfg["ema"], cfg["lr_schedule"], cfg["augment"], cfg["lr"]) == (0.99, "cosine", "scanner", 1e-3)
+    stored = json.loads((run / "args.json").read_text())
+    assert stored["recipe"] == "shipped" and stored["self_train_rounds"] == 1 and stored["ema"] == 0.99
+    again = run_cli(["--output-dir", run, "--resume", "--steps", "3", "--progress", "none"], timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert read_checkpoint(run / "self-train-1" / "last.pt")["step"] == 3
+
+
+def test_json_progress_runs_once_over_all_rounds(tmp_path):
+    cases = write_brats_folder(tmp_path / "cases", n_cases=2)
+    r = run_cli(["--cases", cases, "--output-dir", tmp_path / "run", "--self-train-rounds", "1",
+                 *[a if a != "none" else "json" for a in TRAIN]], timeout=600)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    fractions = [e["fraction"] for e in events if e["event"] == "progress" and "step" in e]
+    assert fractions == sorted(fractions) and fractions[0] <= 0.5 and fractions[-1] == 1.0
+    assert [e["message"] for e in events if e["event"] == "progress" and "step" in e][-1] == "round 2/2 step 2/2"
+    assert sum(e["event"] == "done" for e in events) == 2
