@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--workers/--checkpoint-every/--device/--progress/--stop-file")
     g.add_argument("--init-from", metavar="CKPT", help="start from this model's weights (fine-tuning; same architecture "
                    "and modalities; the optimizer and step count start fresh)")
+    g.add_argument("--overgrowth-ratio", type=float, default=None, metavar="R",
+                   help="the lesion check after training reports a model that marks more than R times its target's "
+                        "voxels on its training cases as overgrown (default 3.0); --self-train-rounds and the "
+                        "shipping script refuse such a model. Raise it only if your targets are known to mark a "
+                        "small part of each lesion")
     g.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
                    help="defaults of a training recipe; options given still win. paper: the plain defaults; "
                         "shipped: the shipped models' recipe (--crop 96 96 64 --spacing 2 2 2 --patch 3 3 4 --lr 1e-3 "
@@ -343,6 +348,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rounds = int(getattr(args, "self_train_rounds", 0) or 0)
         if rounds < 0:
             raise ValueError(f"--self-train-rounds must be 0 or more, got {rounds}")
+        if args.overgrowth_ratio is not None and not args.overgrowth_ratio > 1.0:
+            raise ValueError(f"--overgrowth-ratio must be above 1 (a model marking its target exactly has 1), "
+                             f"got {args.overgrowth_ratio}")
         if rounds and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("--self-train-rounds runs in one process; under torchrun train the rounds as separate "
                              "commands: this training without it, then `python -m CGCTraining.self_train --model "
@@ -360,6 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=args.resume,
                        device=args.device, progress=args.progress, record_samples=args.record_samples,
                        init_checkpoint=args.init_from, progress_stage=(0, rounds + 1) if rounds else None,
+                       overgrowth_ratio=args.overgrowth_ratio,
                        should_stop=(lambda: Path(args.stop_file).exists()) if args.stop_file else None)
         if args.resume:  # the checkpoint accepted these settings: the next --resume starts from them
             _store_args(args)
@@ -404,11 +413,13 @@ def _self_train(args, rounds: int, cases, train_cfg, net_cfg, gmm_cfg, first, pr
         print(f"{prog}: self-training not started: the first training stopped at step {first.step} of "
               f"{first.total_steps}; continue it with --output-dir {args.output_dir} --resume", file=sys.stderr)
         return first
+    self_train.require_passed(first.lesion_check, first.checkpoint)
 
     def train_round(k, run_dir, listing, init_from, resume):
         return train(discover_cases(listing, train_cfg.modalities), train_cfg, net_cfg, run_dir, gmm_config=gmm_cfg,
                      spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=resume, device=args.device,
                      progress=args.progress, init_checkpoint=init_from, progress_stage=(k, rounds + 1),
+                     overgrowth_ratio=args.overgrowth_ratio,
                      should_stop=(lambda: Path(args.stop_file).exists()) if args.stop_file else None)
 
     quiet = args.progress == "none"

@@ -91,6 +91,17 @@ def finished(result) -> bool:
     return result.signal is None and not result.stopped_early and result.step >= result.total_steps
 
 
+def require_passed(check: Optional[dict], checkpoint: str | os.PathLike) -> None:
+    """Refuse (ValueError) to make targets from a model whose lesion check failed (:mod:`CGCTraining.sanity`):
+    a collapsed or overgrown model's pseudo-labels would teach the next round the same failure."""
+    from CGCTraining.sanity import failed
+    if failed(check):
+        state = "collapsed" if check.get("collapsed") else "overgrown"
+        raise ValueError(f"self-training stopped: {checkpoint} failed its lesion check ({state}: {check['network_voxels']} "
+                         f"voxels >= 0.5 where its target has {check['target_voxels']}), so its pseudo-labels would "
+                         "teach the next round the same failure. Train again with another --seed in a new --output-dir")
+
+
 def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalities: Sequence[str],
                train_round: Callable[[int, Path, str, Optional[Path], bool], object], device: str = "cpu",
                log: Callable[[str], None] = lambda s: None):
@@ -98,7 +109,8 @@ def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalit
 
     ``train_round(k, round_dir, cases_csv, init_from, resume)`` trains round ``k`` and returns a
     :class:`CGCTraining.train.TrainResult`. A round folder that holds a checkpoint is resumed (a finished
-    one returns at once); a round that stops before its last step (budget, signal) ends the sequence.
+    one returns at once); a round that stops before its last step (budget, signal) ends the sequence, and a
+    round whose model failed its lesion check raises ValueError before its targets are made.
     Writes ``RUN_DIR/self_train.json`` (rounds, finished rounds, the final model once there is one) after
     each round. Returns the result of the last round run."""
     from CGCLesionSegLib.image_io import atomic_write
@@ -120,6 +132,8 @@ def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalit
             fh.write("\n")
         if not done:
             break
+        if k < rounds:
+            require_passed(result.lesion_check, here / "last.pt")
         prev = here / "last.pt"
     return result
 

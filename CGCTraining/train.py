@@ -260,13 +260,14 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
           progress: str = "bar", record_samples: bool = False,
           should_stop: Optional[Callable[[], bool]] = None,
           init_checkpoint: Optional[str | os.PathLike] = None,
-          progress_stage: Optional[tuple[int, int]] = None) -> TrainResult:
+          progress_stage: Optional[tuple[int, int]] = None, overgrowth_ratio: Optional[float] = None) -> TrainResult:
     """Train the CGC network on ``cases``; writes ``RUN_DIR/last.pt``, ``loss_log.csv``, ``run.json``
     and the cache ``RUN_DIR/cache``. See docs/TRAINING.md.
 
     ``progress_stage=(k, n)``: this training is round ``k`` (0-based) of ``n`` (``--self-train-rounds``):
     the reported fraction is ``(k + step / total) / n`` and messages start with ``round k+1/n``, so a
-    progress bar fed by ``--progress json`` runs once over all rounds."""
+    progress bar fed by ``--progress json`` runs once over all rounds. ``overgrowth_ratio``: the bound of the
+    lesion check's ``overgrown`` flag (None: :data:`CGCTraining.sanity.OVERGROWTH_RATIO`)."""
     t_start = time.monotonic()
     info = dd.from_env()
     dev = pick_device(device, info.local_rank)
@@ -278,7 +279,7 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
         lock = _take_run_lock(Path(output_dir), info, dev)
         return _train(cases, train_cfg, net_config, Path(output_dir), gmm_config, normalization, spacing_xyz,
                       resume, dev, progress, record_samples, should_stop, info, t_start, init_checkpoint,
-                      progress_stage)
+                      progress_stage, overgrowth_ratio)
     finally:
         if lock is not None:
             lock.release()
@@ -288,7 +289,7 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
 def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_config, normalization,
            spacing_xyz, resume: bool, dev: torch.device, progress: str, record_samples: bool, should_stop,
            info: dd.DistInfo, t_start: float, init_checkpoint=None,
-           progress_stage: Optional[tuple[int, int]] = None) -> TrainResult:
+           progress_stage: Optional[tuple[int, int]] = None, overgrowth_ratio: Optional[float] = None) -> TrainResult:
     if net_config.in_channels != len(train_cfg.modalities):
         raise ValueError(f"the network has {net_config.in_channels} input channel(s) but {len(train_cfg.modalities)} "
                          f"modalities were given ({' '.join(train_cfg.modalities)})")
@@ -505,20 +506,22 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                        "loss": last_loss, "elapsed_s": round(elapsed, 1),
                        "steps_per_s": round((step - start_step) / max(time.monotonic() - t_loop, 1e-9), 4)}
             # Label-free: does the saved model mark lesion where its own target does? (sanity.py)
-            from .sanity import collapse_message, lesion_check
-            check = lesion_check(last, cached, train_cfg.crop_zyx, dev)
+            from .sanity import OVERGROWTH_RATIO, check_message, lesion_check
+            check = lesion_check(last, cached, train_cfg.crop_zyx, dev,
+                                 overgrowth_ratio=OVERGROWTH_RATIO if overgrowth_ratio is None else overgrowth_ratio)
             (out / "lesion_check.json").write_text(json.dumps(check, indent=1))
             summary["lesion_check"] = check
+            warning = check_message(check, last)
             if json_mode:
-                if check["collapsed"]:
-                    emit_json("warning", kind="lesion_check", message=collapse_message(check, last))
+                if warning:
+                    emit_json("warning", kind="lesion_check", message=warning)
                 emit_json("done", **summary)
             else:
                 reporter.close()
                 why = " (time budget reached)" if stopped_early else ""
                 print(f"trained to step {step}/{total}{why}; model: {last}", file=sys.stderr)
-                if check["collapsed"]:
-                    print(collapse_message(check, last), file=sys.stderr)
+                if warning:
+                    print(warning, file=sys.stderr)
         dd.barrier(info)
         return TrainResult(last, step, total, stopped_early, last_loss, elapsed, stopped_by, check)
     finally:

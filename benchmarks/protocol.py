@@ -645,10 +645,15 @@ def lesion_check_line(models: list) -> Optional[str]:
         return None
     ratios = [c["ratio"] for c in checks.values() if c.get("ratio") is not None]
     collapsed = [k for k, c in checks.items() if c.get("collapsed")]
+    # overgrown: the flag since cgc-v14, or the ratio for checks written before it existed
+    from CGCTraining.sanity import OVERGROWTH_RATIO
+    overgrown = [k for k, c in checks.items() if c.get("overgrown") or (c.get("ratio") or 0) > OVERGROWTH_RATIO]
     return (f"Lesion check after training (no label read; the model's voxels ≥ 0.5 over its target's on its two "
             f"largest-target training cases): {len(checks)} of {len(models)} models checked"
             + (f", ratio {min(ratios):.2f}–{max(ratios):.2f}" if ratios else "")
-            + (f"; **collapsed: {', '.join(collapsed)}**." if collapsed else "; none collapsed."))
+            + (f"; **collapsed: {', '.join(collapsed)}**" if collapsed else "; none collapsed")
+            + (f"; **overgrown (ratio > {OVERGROWTH_RATIO:g}): {', '.join(overgrown)}**." if overgrown
+               else "; none overgrown."))
 
 
 def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: list[Model], extra: list,

@@ -167,9 +167,13 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     import export_default_model
     from CGCLesionSegLib.default_models import model_file_name
     check_file = model.run / "lesion_check.json"  # written by CGCTraining after training (CGCTraining.sanity)
-    if check_file.exists() and json.loads(check_file.read_text()).get("collapsed"):
-        raise SystemExit(f"{model.run / 'last.pt'} has collapsed (it marks almost no lesion on its own training cases; "
-                         f"{check_file}): not exported, the shipped model is unchanged. Train again with another seed")
+    from CGCTraining.sanity import failed
+    check = json.loads(check_file.read_text()) if check_file.exists() else None
+    if failed(check):
+        what = ("collapsed (it marks almost no lesion on its own training cases" if check.get("collapsed") else
+                f"overgrown (it marks {check['ratio']:.1f} times its target's voxels on its own training cases")
+        raise SystemExit(f"{model.run / 'last.pt'} has {what}; {check_file}): not exported, the shipped model is "
+                         "unchanged. Train again with another seed")
     # the run's last.pt records no rule; score "default" with the one the exported file will record
     rows = [evaluate_cgc._score_case(c, model.run / "last.pt", list(model.modalities), "cpu", output_rule)
             for c in labelled]

@@ -228,15 +228,20 @@ def test_report_line_names_collapsed_models_from_their_lesion_checks(tmp_path):
     from types import SimpleNamespace
     models = []
     for key, check in (("a", {"ratio": 0.5, "collapsed": False}), ("b", {"ratio": 0.0, "collapsed": True}),
-                       ("c", None), ("d", {"ratio": None, "collapsed": False})):
+                       ("c", None), ("d", {"ratio": None, "collapsed": False}),
+                       ("e", {"ratio": 6.8, "collapsed": False}),  # written before the overgrown flag existed
+                       ("f", {"ratio": 2.0, "collapsed": False, "overgrown": True})):  # a run's own --overgrowth-ratio
         run = tmp_path / key
         run.mkdir()
         if check is not None:
             (run / "lesion_check.json").write_text(json.dumps(check))
         models.append(SimpleNamespace(key=key, run=run))
-    line = protocol.lesion_check_line(models)
+    line = protocol.lesion_check_line(models[:4])
     assert "3 of 4 models checked" in line and "ratio 0.00–0.50" in line and "**collapsed: b**" in line
+    assert "none overgrown" in line
     assert "none collapsed" in protocol.lesion_check_line(models[:1])
+    line = protocol.lesion_check_line(models)
+    assert "5 of 6 models checked" in line and "ratio 0.00–6.80" in line and "**overgrown (ratio > 3): e, f**" in line
     assert protocol.lesion_check_line(models[2:3]) is None  # trained before the check existed
 
 

@@ -13,7 +13,8 @@ from CGCLesionSegLib.image_io import read_image
 from test_training_synth import MODS, TINY_NET_ARGS, run_cli, subprocess_env, write_brats_folder
 
 TRAIN = ["--modalities", *MODS, "--crop", "16", "16", "16", "--batch-size", "1", "--workers", "0", "--device", "cpu",
-         "--steps", "2", "--progress", "none", "--checkpoint-every", "1", *TINY_NET_ARGS]
+         "--steps", "2", "--progress", "none", "--checkpoint-every", "1", *TINY_NET_ARGS,
+         "--overgrowth-ratio", "1000"]  # a 2-step model marks most of the brain: overgrown by the default bound
 
 
 def _reference_pseudo_label(model, case_dir, name):
@@ -158,7 +159,8 @@ def test_recipe_run_records_its_settings_and_resumes_with_them(tmp_path):
     cases = write_brats_folder(tmp_path / "cases", n_cases=2)
     run = tmp_path / "run"
     small = ["--modalities", *MODS, "--crop", "16", "16", "16", "--spacing", "1", "1", "1", "--batch-size", "1",
-             "--workers", "0", "--device", "cpu", "--steps", "2", "--progress", "none", *TINY_NET_ARGS]
+             "--workers", "0", "--device", "cpu", "--steps", "2", "--progress", "none", *TINY_NET_ARGS,
+             "--overgrowth-ratio", "1000"]
     r = run_cli(["--cases", cases, "--output-dir", run, "--recipe", "shipped", *small], timeout=600)
     assert r.returncode == 0, r.stderr
     for folder in (run, run / "self-train-1"):  # both rounds trained with the recipe's settings
@@ -181,3 +183,31 @@ def test_json_progress_runs_once_over_all_rounds(tmp_path):
     assert fractions == sorted(fractions) and fractions[0] <= 0.5 and fractions[-1] == 1.0
     assert [e["message"] for e in events if e["event"] == "progress" and "step" in e][-1] == "round 2/2 step 2/2"
     assert sum(e["event"] == "done" for e in events) == 2
+
+
+def test_no_targets_from_a_model_that_failed_its_lesion_check(tmp_path, monkeypatch, capsys):
+    """An overgrown (or collapsed) first model stops the rounds with a clear error before any target is made."""
+    import CGCTraining.train as train_module
+    from CGCTraining.__main__ import main
+    from CGCTraining.train import TrainResult
+    cases = write_brats_folder(tmp_path / "cases", n_cases=1)
+    run = tmp_path / "run"
+    check = {"cases": ["Case000"], "network_voxels": 700, "target_voxels": 100, "ratio": 7.0, "collapsed": False,
+             "overgrown": True}
+    calls = []
+
+    def fake_train(cases_, *a, **kw):
+        calls.append(kw.get("progress_stage"))
+        return TrainResult(run / "last.pt", 2, 2, False, 0.1, 1.0, None, check)
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    rc = main(["--cases", str(cases), "--output-dir", str(run), "--self-train-rounds", "1", *map(str, TRAIN)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "lesion check" in err and "overgrown" in err and "--seed" in err, err
+    assert calls == [(0, 2)] and not (run / "self-train-1").exists()
+    rc = main(["--cases", str(cases), "--output-dir", str(run), "--overgrowth-ratio", "0.5", *map(str, TRAIN[:-2])])
+    assert rc == 2 and "--overgrowth-ratio must be above 1" in capsys.readouterr().err
+    check.update(overgrown=False)  # a healthy first model goes on to make its targets (here: no model file)
+    rc = main(["--cases", str(cases), "--output-dir", str(tmp_path / "run2"), "--self-train-rounds", "1",
+               *map(str, TRAIN)])
+    assert "lesion check" not in capsys.readouterr().err

@@ -19,7 +19,7 @@ labelled = "brats"
 unlabelled = "unlabelled"
 folds = 2
 base_train_args = ["--crop", "16", "16", "16", "--spacing", "3", "3", "3", "--patch", "1", "1", "1",
-                   "--batch-size", "1", "--checkpoint-every", "1", "--workers", "0"]
+                   "--batch-size", "1", "--checkpoint-every", "1", "--workers", "0", "--overgrowth-ratio", "1000"]
 [variants.control]
 args = []
 [variants.robust]
@@ -152,6 +152,13 @@ def test_trains_both_rounds_and_exports_a_model_with_its_rule_and_card(setup, mo
     (r2 / "lesion_check.json").write_text(json.dumps(dict(check, collapsed=True)))
     before = out.read_bytes()
     with pytest.raises(SystemExit, match="collapsed.*not exported"):
+        tdm.main(["--protocol", str(setup / "tiny.toml"), "--models", "flair", "--data", str(setup / "data"),
+                  "--work-dir", str(work), "--results-dir", str(setup / "results"), "--models-dir", str(models_dir),
+                  "--jobs", "1", "--export"])
+    assert out.read_bytes() == before
+    # so is one whose check found it overgrown (far more voxels than its target)
+    (r2 / "lesion_check.json").write_text(json.dumps(dict(check, ratio=6.8, overgrown=True)))
+    with pytest.raises(SystemExit, match="overgrown.*6.8 times.*not exported"):
         tdm.main(["--protocol", str(setup / "tiny.toml"), "--models", "flair", "--data", str(setup / "data"),
                   "--work-dir", str(work), "--results-dir", str(setup / "results"), "--models-dir", str(models_dir),
                   "--jobs", "1", "--export"])
