@@ -35,7 +35,8 @@ TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gm
           "default_mirror_xyz": "**default output, mirrored in x, y, z**",
           "network_ensemble": "**network ≥ 0.5, seed ensemble**",
           "default_ensemble": "**default output, seed ensemble**",
-          "default_rec": "**default output fused with the `cgcseg gmm` P**"}
+          "default_rec": "**default output fused with the `cgcseg gmm` P**",
+          "default_rec_psmooth": "`single-lesion-recommended` with smoothed P for the network"}
 #: What each column is, for the report.
 MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
             "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
@@ -60,7 +61,11 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
             "default_rec": "the `single-lesion` rule on 0.5·network + 0.5·P_rec, where P_rec is the map `cgcseg gmm` "
                            "thresholds by default (the recommended preset) instead of the model's own P (the paper's "
                            "configuration it was trained on); `cgcseg gmm`'s default output is the same clean-up on "
-                           "P_rec alone"}
+                           "P_rec alone",
+            "default_rec_psmooth": "the network's baseline in the shipped output rule: `single-lesion` on 0.5·smoothed P "
+                                   "+ 0.5·P_rec, where smoothed P is the `p_smooth` column's map (the model's own P, "
+                                   "the fold's sigma) standing where `default_rec` has the network; no network is used, "
+                                   "so `default_rec` − this is what the network adds to the shipped default output"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
@@ -170,7 +175,10 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
                 "default_p": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 1.0),
                 "default_rec": lambda: output_rule_mask(res.network_probability,
                                                         base.gmm_default_probability(case, list(model.modalities)),
-                                                        res.brain_mask, 0.5)}
+                                                        res.brain_mask, 0.5),
+                "default_rec_psmooth": lambda: output_rule_mask(
+                    smooth_probability(p, sigma, case.geometry.spacing),
+                    base.gmm_default_probability(case, list(model.modalities)), res.brain_mask, 0.5)}
         if members:
             make.update(make_ensemble)
         for k, r in other.items():

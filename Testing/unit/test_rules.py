@@ -226,6 +226,13 @@ def test_default_rec_fuses_the_network_with_the_cgcseg_gmm_map(monkeypatch):
     want = binarize(0.5 * net + 0.5 * p_rec, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain)
     assert np.array_equal(masks["default_rec"], want.astype(bool))
     assert not np.array_equal(masks["default_rec"], masks["default"])  # the model's own P gives another mask
+    # the network's baseline in that rule: the same fusion with smoothed P (the p_smooth column's map) for it
+    from scipy.ndimage import gaussian_filter
+    (masks,) = rules._score_with_output_rule(model, {"a": None}, 2.0, "cpu", ["default_rec", "default_rec_psmooth"])
+    smoothed = np.clip(gaussian_filter(p_own, sigma=2.0, mode="constant"), 0, 1)  # 1 mm voxels; zero beyond the edge
+    want = binarize(0.5 * smoothed + 0.5 * p_rec, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain)
+    assert np.array_equal(masks["default_rec_psmooth"], want.astype(bool))
+    assert not np.array_equal(masks["default_rec_psmooth"], masks["default_rec"])
 
 
 @pytest.mark.parametrize("name", ["cgc-v10", "cgc-v11"])
