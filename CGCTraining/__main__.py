@@ -345,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from CGCTraining.data import discover_cases
         from CGCTraining.train import train
         args = apply_stored_args(parser, argv, args)
-        rounds = int(getattr(args, "self_train_rounds", 0) or 0)
+        rounds = args.self_train_rounds
         if rounds < 0:
             raise ValueError(f"--self-train-rounds must be 0 or more, got {rounds}")
         if args.overgrowth_ratio is not None and not args.overgrowth_ratio > 1.0:

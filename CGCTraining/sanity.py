@@ -64,9 +64,19 @@ def lesion_check(checkpoint: str | Path, cases: Sequence, window_zyx: Sequence[i
     return result
 
 
+def failure(check: dict | None) -> str | None:
+    """``"collapsed"`` or ``"overgrown"`` when a lesion check (as written to ``RUN_DIR/lesion_check.json``)
+    failed, else None."""
+    if check and check.get("collapsed"):
+        return "collapsed"
+    if check and check.get("overgrown"):
+        return "overgrown"
+    return None
+
+
 def failed(check: dict | None) -> bool:
     """True when a lesion check (as written to ``RUN_DIR/lesion_check.json``) says collapsed or overgrown."""
-    return bool(check) and bool(check.get("collapsed") or check.get("overgrown"))
+    return failure(check) is not None
 
 
 def check_message(check: dict, checkpoint: str | Path) -> str | None:

@@ -94,9 +94,9 @@ def finished(result) -> bool:
 def require_passed(check: Optional[dict], checkpoint: str | os.PathLike) -> None:
     """Refuse (ValueError) to make targets from a model whose lesion check failed (:mod:`CGCTraining.sanity`):
     a collapsed or overgrown model's pseudo-labels would teach the next round the same failure."""
-    from CGCTraining.sanity import failed
-    if failed(check):
-        state = "collapsed" if check.get("collapsed") else "overgrown"
+    from CGCTraining.sanity import failure
+    state = failure(check)
+    if state:
         raise ValueError(f"self-training stopped: {checkpoint} failed its lesion check ({state}: {check['network_voxels']} "
                          f"voxels >= 0.5 where its target has {check['target_voxels']}), so its pseudo-labels would "
                          "teach the next round the same failure. Train again with another --seed in a new --output-dir")

@@ -167,10 +167,11 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     import export_default_model
     from CGCLesionSegLib.default_models import model_file_name
     check_file = model.run / "lesion_check.json"  # written by CGCTraining after training (CGCTraining.sanity)
-    from CGCTraining.sanity import failed
+    from CGCTraining.sanity import failure
     check = json.loads(check_file.read_text()) if check_file.exists() else None
-    if failed(check):
-        what = ("collapsed (it marks almost no lesion on its own training cases" if check.get("collapsed") else
+    state = failure(check)
+    if state:
+        what = ("collapsed (it marks almost no lesion on its own training cases" if state == "collapsed" else
                 f"overgrown (it marks {check['ratio']:.1f} times its target's voxels on its own training cases")
         raise SystemExit(f"{model.run / 'last.pt'} has {what}; {check_file}): not exported, the shipped model is "
                          "unchanged. Train again with another seed")
