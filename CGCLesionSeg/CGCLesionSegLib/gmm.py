@@ -34,7 +34,8 @@ import numpy as np
 
 from .config import config_from_dict as _config_from_dict
 from .config import config_to_dict as _config_to_dict
-from .preprocess import NormalizationConfig, default_brain_mask, normalize_channels, validate_channels
+from .preprocess import (SKULL_MESSAGE, NormalizationConfig, default_brain_mask, looks_like_mri_with_skull,
+                         normalize_channels, validate_channels)
 from .progress import call_progress, check_stop
 
 ProgressCallback = Callable[[float, str], None]
@@ -642,12 +643,6 @@ def ct_brain_mask(ct_zyx: np.ndarray, window_hu: tuple[float, float] = (0.0, 100
     return keep & (ct_zyx > window_hu[0] - 50) & (ct_zyx < window_hu[1] + 50)
 
 
-def _looks_like_mri_with_skull(ref_zyx: np.ndarray, mask_zyx: np.ndarray) -> bool:
-    """True when the 'non-zero voxels' mask covers (almost) the whole box: no zero background, so
-    the image was not skull-stripped and a brain mask is needed."""
-    return mask_zyx.mean() > 0.95
-
-
 @dataclass
 class PreparedData:
     """Mask voxels of one case, gathered and normalised once; reused by every refit.
@@ -737,11 +732,8 @@ def prepare_data(channels_zyx: Sequence[np.ndarray], mask_zyx: Optional[np.ndarr
         mask = default_brain_mask([channels_zyx[i] for i in use])
         if not mask.any():
             raise ValueError("every voxel is zero in every channel: the images are empty")
-        if _looks_like_mri_with_skull(channels_zyx[0], mask):
-            raise ValueError(
-                "no brain mask given and the image has no zero background, so it does not look skull-stripped. "
-                "Give a brain mask with --mask (in Slicer: the SwissSkullStripper, HD-BET or SynthStrip "
-                "extensions make one), or skull-strip the images first; for CT use modality ct")
+        if looks_like_mri_with_skull(mask):
+            raise ValueError(SKULL_MESSAGE)
     check_stop(should_stop)
     chans = [np.asarray(channels_zyx[i], dtype=np.float32) for i in use]
     reference_raw_vol = chans[0]

@@ -221,13 +221,18 @@ def order_channels(channels_zyx: Sequence[np.ndarray], names: Sequence[str | Non
 
 
 def _brain_mask(channels: Sequence[np.ndarray], preprocessing: dict) -> np.ndarray:
-    """The mask rule the model was trained with: non-zero voxels (skull-stripped MRI) or, for CT
+    """The mask rule the model was trained with: voxels other than the fill value outside the brain
+    (skull-stripped MRI; an image with no background raises ``ValueError``) or, for CT
     models, the GMM stage's HU window on the first channel."""
     if preprocessing.get("brain_mask") == "ct_window":
         from .gmm import ct_brain_mask
         window = tuple((preprocessing.get("gmm") or {}).get("ct_brain_hu", (0.0, 100.0)))
         return ct_brain_mask(channels[0], window)
-    return default_brain_mask(channels)
+    from .preprocess import SKULL_MESSAGE, looks_like_mri_with_skull
+    mask = default_brain_mask(channels)
+    if looks_like_mri_with_skull(mask):  # as `cgcseg gmm` refuses it: the network would segment the head
+        raise ValueError(SKULL_MESSAGE)
+    return mask
 
 
 def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: InferenceConfig,

@@ -46,16 +46,54 @@ def validate_channels(channels_zyx: Sequence[np.ndarray], names: Sequence[str] |
                              "(e.g. 0 outside the brain) before segmenting")
 
 
-def default_brain_mask(channels_zyx: Sequence[np.ndarray]) -> np.ndarray:
-    """Brain mask of skull-stripped MRI: voxels that are non-zero in any channel. ``(z, y, x)`` bool.
+#: Share of the box's face voxels one value must hold to count as the fill value outside the brain.
+BACKGROUND_FACE_SHARE = 0.5
 
-    This is only right for skull-stripped images (background exactly 0). MRI with skull needs a
-    user-supplied mask; CT has its own rule in the GMM stage.
+
+def background_value(channel_zyx: np.ndarray) -> float:
+    """The constant a skull-stripped image holds outside the brain: the value shared by at least
+    :data:`BACKGROUND_FACE_SHARE` of the voxels on the box's six faces, else 0.
+
+    Usually 0, but pipelines that z-score or shift the whole volume after skull stripping leave a
+    non-zero constant (e.g. −0.6 after a whole-volume z-score); reading "non-zero" literally would then
+    call the whole box brain. An image with skull has noisy air on its faces, no value holds half of
+    them, and the rule falls back to 0 (so the "MRI with skull" error still fires). ``(z, y, x)``.
+    """
+    a = np.asarray(channel_zyx)
+    on_face = np.ones(a.shape, dtype=bool)
+    on_face[1:-1, 1:-1, 1:-1] = False
+    faces = a[on_face]  # each face voxel once (edges and corners are shared by faces)
+    values, counts = np.unique(faces, return_counts=True)
+    i = int(counts.argmax())
+    return float(values[i]) if counts[i] >= BACKGROUND_FACE_SHARE * faces.size else 0.0
+
+
+def default_brain_mask(channels_zyx: Sequence[np.ndarray]) -> np.ndarray:
+    """Brain mask of skull-stripped MRI: voxels that differ from their channel's fill value outside the
+    brain (:func:`background_value`; 0 for BraTS-style images) in any channel. ``(z, y, x)`` bool.
+
+    This is only right for skull-stripped images (one constant outside the brain). MRI with skull
+    needs a user-supplied mask (:func:`looks_like_mri_with_skull` detects it); CT has its own rule in
+    the GMM stage.
     """
     mask = np.zeros(channels_zyx[0].shape, dtype=bool)
     for ch in channels_zyx:
-        mask |= ch != 0
+        mask |= ch != background_value(ch)
     return mask
+
+
+#: Above this share of the box, a "skull-stripped" mask is really the whole head (no background).
+WHOLE_BOX_SHARE = 0.95
+SKULL_MESSAGE = ("no brain mask given and the image has no constant background (zero or one fill value "
+                 "outside the brain), so it does not look skull-stripped. Give a brain mask with --mask (in "
+                 "Slicer: the SwissSkullStripper, HD-BET or SynthStrip extensions make one), or skull-strip "
+                 "the images first; for CT use modality ct")
+
+
+def looks_like_mri_with_skull(mask_zyx: np.ndarray) -> bool:
+    """True when the default mask covers (almost) the whole box: no background, so the image was not
+    skull-stripped and a brain mask is needed."""
+    return float(np.mean(mask_zyx)) > WHOLE_BOX_SHARE
 
 
 def normalize_channels(channels_zyx: Sequence[np.ndarray], mask_zyx: np.ndarray,

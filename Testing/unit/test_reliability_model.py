@@ -144,7 +144,8 @@ def test_extreme_input_spacing_is_one_clear_error(spacing, match):
     from CGCLesionSegLib.checkpoint import info_from_dict
     info = info_from_dict(build_checkpoint(model, cfg, ["flair"], PRE), "tiny.pt")
     shape = (40, 40, 40)
-    image = np.random.default_rng(0).random(shape).astype(np.float32) + 1
+    image = np.zeros(shape, np.float32)  # skull-stripped: a zero outside, else the skull error comes first
+    image[4:-4, 4:-4, 4:-4] = np.random.default_rng(0).random((32, 32, 32)) + 1
     geom = Geometry(shape, spacing, (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     t = time.perf_counter()
     with pytest.raises(ValueError, match=match):
