@@ -1,0 +1,96 @@
+"""The preprocessing-shift stress test (benchmarks/preprocessing_shift.py): its shifts against slow
+references, its grids, and the summary's paired differences."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import preprocessing_shift as ps  # noqa: E402
+
+from CGCLesionSegLib.image_io import Geometry  # noqa: E402
+from CGCLesionSegLib.preprocess import default_brain_mask  # noqa: E402
+
+
+def _slow_block_mean(a, f):
+    Z, Y, X = a.shape
+    out = np.zeros(tuple(-(-n // k) for n, k in zip(a.shape, f)))
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            for k in range(out.shape[2]):
+                out[i, j, k] = a[i * f[0]:min(Z, (i + 1) * f[0]), j * f[1]:min(Y, (j + 1) * f[1]),
+                                 k * f[2]:min(X, (k + 1) * f[2])].mean()
+    return out
+
+
+@pytest.mark.parametrize("shape, f", [((11, 6, 7), (5, 1, 1)), ((9, 8, 7), (2, 2, 2)), ((4, 5, 6), (3, 2, 4))])
+def test_block_mean_against_a_loop(shape, f):
+    a = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(ps.block_mean(a, f), _slow_block_mean(a, f), rtol=1e-5, atol=1e-6)
+
+
+def test_coarse_grid_centres_each_block_and_maps_block_masks_back_exactly():
+    d = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # a turned direction, to catch axis mix-ups
+    g = Geometry((20, 12, 10), (1.0, 0.8, 1.2), (5.0, -3.0, 7.0), d)
+    f = (5, 2, 1)
+    c = ps.coarse_geometry(g, f)
+    assert c.shape_zyx == (4, 6, 10) and c.spacing == pytest.approx((1.0, 1.6, 6.0))
+    fine = np.mean([g.index_to_lps((i, j, k)) for k in range(5) for j in range(2) for i in range(1)], axis=0)
+    np.testing.assert_allclose(c.index_to_lps((0, 0, 0)), fine, atol=1e-9)
+    blocks = np.random.default_rng(1).random((4, 6, 10)) > 0.5
+    fine_mask = np.repeat(np.repeat(blocks, 5, axis=0), 2, axis=1)
+    back = ps.back_to(blocks, c, g)
+    # Block centres and interiors come back exactly; only voxels between two different blocks may differ.
+    inner = np.zeros_like(fine_mask)
+    inner[2::5] = True
+    np.testing.assert_array_equal(back[inner], fine_mask[inner])
+
+
+def _case(seed=0):
+    rng = np.random.default_rng(seed)
+    a = np.zeros((16, 18, 20), np.float32)
+    a[3:13, 4:14, 5:15] = rng.normal(200, 30, (10, 10, 10))
+    return a
+
+
+@pytest.mark.parametrize("shift", [s for s in ps.SHIFTS if s not in ("thick5", "iso2")])
+def test_intensity_shifts_keep_the_grid_and_the_brain(shift):
+    g = Geometry((16, 18, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    a = _case()
+    (b,), g2 = ps.apply_shift(shift, [a], g, "c")
+    assert g2 == g and b.shape == a.shape and np.isfinite(b).all()
+    np.testing.assert_array_equal(default_brain_mask([b]), a != 0)
+    if shift == "none":
+        np.testing.assert_array_equal(b, a)
+    elif shift == "zscore":
+        assert abs(float(b.mean())) < 1e-4 and float(b[0, 0, 0]) < 0
+    elif shift == "gamma":  # monotonic inside the brain: the ranks of the voxels are kept
+        inside = a != 0
+        assert (np.argsort(a[inside], kind="stable") == np.argsort(b[inside], kind="stable")).all()
+    elif shift == "uint8":
+        assert b.max() == 255 and (b == np.round(b)).all()
+    elif shift == "bias":
+        ratio = b[a != 0] / a[a != 0]
+        assert 0.69 < ratio.min() and ratio.max() < 1.41
+    else:
+        assert not np.array_equal(b, a)
+    (again,), _ = ps.apply_shift(shift, [a], g, "c")
+    np.testing.assert_array_equal(again, b)  # seeded per case and channel
+
+
+def test_summary_differences_average_seeds_per_case_first():
+    def row(case, shift, **dice):
+        return {"case": case, "shift": shift, **{c: {"dice": dice.get(c, 0.5)} for c in ps.COLUMNS}}
+    rows = [row("a", "none", network=0.9, p_smooth=0.7), row("a", "none", network=0.5, p_smooth=0.7),
+            row("b", "none", network=0.6, p_smooth=0.8)]
+    s = ps.summarise(rows, ["none"], resamples=200)
+    d = s["none"]["differences"]["network − p_smooth"]
+    assert d["mean"] == pytest.approx(((0.7 - 0.7) + (0.6 - 0.8)) / 2) and d["min_case"] == pytest.approx(-0.2)
+    assert s["none"]["means"]["network"] == pytest.approx((0.7 + 0.6) / 2)
+    assert ps.failures(s) == []
+    bad = ps.summarise(rows + [row("a", "noise", network=0.1, p_smooth=0.7), row("b", "noise", network=0.2, p_smooth=0.8)], ["none", "noise"], 200)
+    assert ps.failures(bad) == ["noise/network (0.150, -0.500)"]
