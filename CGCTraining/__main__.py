@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=t.lr_schedule,
                    help="constant (the paper) or cosine: 5 %% warm-up, then decay to 1 %% of --lr at the last step "
                         f"(default {t.lr_schedule})")
+    g.add_argument("--head-lr-scale", type=float, default=t.head_lr_scale, metavar="K",
+                   help="the output layers (lesion and coarse logits) learn at K × --lr; in a short run Adam moves "
+                        f"each weight by about --lr per step, too little for the output's offset (default {t.head_lr_scale:g})")
     g.add_argument("--ema", type=float, default=t.ema, metavar="DECAY",
                    help="keep an exponential moving average of the weights with this decay (e.g. 0.99) and save it "
                         f"as the model; 0 = off (default {t.ema:g})")
@@ -225,7 +228,7 @@ def configs_from_args(args):
                             flip=not args.no_flip, intensity_jitter=args.intensity_jitter,
                             checkpoint_every=args.checkpoint_every, amp=not args.no_amp, loss=loss,
                             augment=args.augment, lr_schedule=args.lr_schedule, ema=args.ema,
-                            target_sigma_mm=args.target_sigma)
+                            target_sigma_mm=args.target_sigma, head_lr_scale=args.head_lr_scale)
     net_cfg = NetConfig(in_channels=len(modalities), widths=tuple(args.widths), blocks=tuple(args.blocks),
                         decoder_width=args.decoder_width, norm=args.norm, coarse=not args.no_coarse,
                         fine=not args.no_fine, fusion=args.fusion, patch_size_xyz=tuple(args.patch),

@@ -117,6 +117,24 @@ def _json_roundtrip(d):
     return json.loads(json.dumps(d))
 
 
+#: The 1×1 convolutions that turn features into the lesion logit and the coarse logit.
+OUTPUT_LAYERS = ("head", "coarse_head")
+
+
+def param_groups(model: torch.nn.Module, head_lr_scale: float, lr: float) -> list[dict]:
+    """Adam parameter groups: :data:`OUTPUT_LAYERS` get ``lr × head_lr_scale``, the rest ``lr``; each group
+    carries its ``lr_scale`` so the schedule keeps the ratio. One group when the scale is 1 (as before,
+    so older runs' optimizer states load unchanged)."""
+    if float(head_lr_scale) == 1.0:
+        return [{"params": list(model.parameters()), "lr": lr, "lr_scale": 1.0}]
+    heads = [p for name in OUTPUT_LAYERS if getattr(model, name, None) is not None
+             for p in getattr(model, name).parameters()]
+    ids = {id(p) for p in heads}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr": lr, "lr_scale": 1.0},
+            {"params": heads, "lr": lr * float(head_lr_scale), "lr_scale": float(head_lr_scale)}]
+
+
 def _check_resume_compatible(ckpt: dict, net_config: NetConfig, train_cfg: TrainConfig, channels: list,
                              preprocessing: dict, path: Path) -> None:
     problems = []
@@ -322,7 +340,7 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
         torch.manual_seed(train_cfg.seed)
         np.random.seed(train_cfg.seed)
         model = CGCNet(net_config).to(dev)
-        optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+        optimizer = torch.optim.Adam(param_groups(model, train_cfg.head_lr_scale, train_cfg.lr))
         start_step = 0
         if init_checkpoint is not None and not resume:
             _init_from(model, Path(init_checkpoint), net_config, channels, dev)
@@ -429,7 +447,7 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                 loss, terms = cgc_loss(outputs, p, train_cfg.loss, patch_zyx)
                 lr_now = train_cfg.lr_at(step, total)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_now
+                    group["lr"] = lr_now * group.get("lr_scale", 1.0)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

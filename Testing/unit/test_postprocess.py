@@ -106,3 +106,99 @@ def test_opening_cuts_thin_bridges_before_keeping_the_largest():
     np.testing.assert_array_equal(open_and_keep(line, 2), line)
     with pytest.raises(ValueError, match="keep_largest"):
         binarize(p, opening_radius=2)
+
+
+# ------------------------------------------------------------------ the opening radius in millimetres
+def test_step_axes_follow_whole_voxels_within_the_radius():
+    from CGCLesionSegLib.postprocess import step_axes
+    assert step_axes(3) == [(True, True, True)] * 3 == step_axes(3, (1.0, 1.0, 1.0))
+    assert step_axes(3, (1.0, 1.0, 5.0)) == [(False, True, True)] * 3  # (z, y, x): no 5 mm step within 3 mm
+    six = step_axes(6, (1.0, 1.0, 5.0))
+    assert len(six) == 6 and [a[0] for a in six] == [False] * 4 + [True, False]
+    assert step_axes(3, (2.0, 2.0, 2.0)) == [(True, True, True)] * 2  # round(1.5) steps of 2 mm
+    assert step_axes(0, (1.0, 1.0, 5.0)) == []
+
+
+def _old_open_and_keep(binary, radius, keep_largest=1):
+    """The voxel rule as it was before millimetres: scipy's iterated 6-connected opening and growth."""
+    st = ndimage.generate_binary_structure(3, 1)
+    opened = ndimage.binary_opening(binary, st, iterations=radius)
+    if not opened.any():
+        return remove_small_components(binary, 0, keep_largest)
+    kept = remove_small_components(opened, 0, keep_largest)
+    return ndimage.binary_dilation(kept, st, iterations=2 * radius, mask=binary)
+
+
+def _blobs(seed, shape=(18, 22, 24)):
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.52
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_millimetre_grids_keep_the_voxel_rule(seed):
+    from CGCLesionSegLib.postprocess import open_and_keep
+    b = _blobs(seed)
+    ref = _old_open_and_keep(b, 2)
+    np.testing.assert_array_equal(open_and_keep(b, 2, 1, (1.0, 1.0, 1.0)), ref)
+    np.testing.assert_array_equal(open_and_keep(b, 2, 1), ref)
+
+
+def _slow_morph(binary, offsets, erode):
+    """Erosion (every offset inside) or dilation (any offset inside) by an explicit offset set, border = outside."""
+    Z, Y, X = binary.shape
+    out = np.zeros_like(binary)
+    for z in range(Z):
+        for y in range(Y):
+            for x in range(X):
+                hits = []
+                for dz, dy, dx in offsets:
+                    q = (z + dz, y + dy, x + dx)
+                    hits.append(0 <= q[0] < Z and 0 <= q[1] < Y and 0 <= q[2] < X and bool(binary[q]))
+                out[z, y, x] = all(hits) if erode else any(hits)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_anisotropic_opening_against_an_explicit_structuring_element(seed):
+    from CGCLesionSegLib.postprocess import open_and_keep, step_axes
+    spacing = (0.9, 1.0, 2.5)  # x, y, z in mm
+    steps = step_axes(2.0, spacing)
+    offsets = {(0, 0, 0)}
+    for axes in steps:  # Minkowski sum of the steps' crosses
+        moves = [(0, 0, 0)] + [tuple(s if i == a else 0 for i in range(3)) for a, on in enumerate(axes) if on
+                               for s in (-1, 1)]
+        offsets = {tuple(o + m for o, m in zip(off, mv)) for off in offsets for mv in moves}
+    b = _blobs(seed, (8, 12, 12))
+    opened = _slow_morph(_slow_morph(b, offsets, True), [tuple(-v for v in o) for o in offsets], False)
+    assert opened.any()  # the seeds give blobs thick enough, so the opening itself is compared
+    kept = remove_small_components(opened, 0, 1)
+    for axes in step_axes(4.0, spacing):  # geodesic growth: one step at a time inside the mask
+        kept = ndimage.binary_dilation(kept, _cross_ref(axes), mask=b)
+    np.testing.assert_array_equal(open_and_keep(b, 2.0, 1, spacing), kept)
+
+
+def _cross_ref(axes):
+    st = np.zeros((3, 3, 3), bool)
+    st[1, 1, 1] = True
+    for a, on in enumerate(axes):
+        if on:
+            for v in (0, 2):
+                idx = [1, 1, 1]
+                idx[a] = v
+                st[tuple(idx)] = True
+    return st
+
+
+def test_thin_slab_lesion_on_thick_slices_survives_the_single_lesion_rule():
+    # 5 mm slices: a lesion 3 slices (15 mm) thick and 16 x 16 mm wide, and a smaller bright blob joined to
+    # it by a one-voxel bridge. Counting voxels, the 3-voxel opening erased the lesion across slices.
+    prob = np.zeros((9, 40, 40), np.float32)
+    prob[3:6, 4:20, 4:20] = 1.0
+    prob[3:6, 24:32, 24:32] = 1.0
+    prob[4, 19:25, 19] = 1.0
+    mm = binarize(prob, 0.5, keep_largest=1, opening_radius=3, spacing_xyz=(1.0, 1.0, 5.0)).astype(bool)
+    lesion = np.zeros_like(mm)
+    lesion[3:6, 4:20, 4:20] = True
+    assert mm[lesion].all() and not mm[3:6, 24:32, 24:32].any()
+    voxels = binarize(prob, 0.5, keep_largest=1, opening_radius=3).astype(bool)
+    assert not np.array_equal(voxels, mm)  # the old rule: the opening removes everything, no bridge is cut

@@ -109,12 +109,14 @@ def test_output_rule_mask_reproduces_segment_and_varies_only_the_fusion_weight(t
     res = segment_case([ph.channels[m] for m in mods], ph.geometry, mods, model, mask_zyx=ph.brain_mask,
                        config=InferenceConfig(device="cpu", **output_preset("single-lesion")), gmm_probability_zyx=p)
     net, brain = res.network_probability, res.brain_mask
-    assert np.array_equal(rules.output_rule_mask(net, p, brain, 0.5), res.mask.astype(bool))
+    sp = ph.geometry.spacing  # 1.5 mm: the opening counts millimetres, as `cgcseg segment` does
+    assert np.array_equal(rules.output_rule_mask(net, p, brain, 0.5, sp), res.mask.astype(bool))
     # w = 0 and w = 1: the same clean-up on one map alone (brute force: the map itself to binarize)
     for w, alone in ((0.0, net), (1.0, p)):
-        ref = binarize(alone, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain).astype(bool)
-        assert np.array_equal(rules.output_rule_mask(net, p, brain, w), ref)
-    assert rules.output_rule_mask(net, p, brain, 1.0).sum() > 0
+        ref = binarize(alone, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain,
+                       spacing_xyz=sp).astype(bool)
+        assert np.array_equal(rules.output_rule_mask(net, p, brain, w, sp), ref)
+    assert rules.output_rule_mask(net, p, brain, 1.0, sp).sum() > 0
 
 
 def test_each_named_pass_column_comes_from_a_pass_with_that_passes_settings(monkeypatch):

@@ -80,3 +80,42 @@ def test_scanner_augmentation_keeps_background_and_is_a_function_of_the_key():
         a, b = basic[k], scan[k]
         assert torch.equal(a["prob"], b["prob"])
     assert any(not torch.equal(basic[k]["image"], scan[k]["image"]) for k in keys)
+
+
+def test_head_lr_scale_moves_only_the_output_layers_faster():
+    from CGCLesionSegLib.network import CGCNet, NetConfig
+    from CGCTraining.train import OUTPUT_LAYERS, param_groups
+    torch.manual_seed(0)
+    net = CGCNet(NetConfig(in_channels=1, widths=(4, 4, 8, 8), blocks=(0, 0, 0, 1), patch_size_xyz=(1, 1, 1)))
+    assert len(param_groups(net, 1.0, 1e-3)) == 1  # the paper's single rate: one group, as before
+    groups = param_groups(net, 10.0, 1e-3)
+    heads = {id(p) for n in OUTPUT_LAYERS for p in getattr(net, n).parameters()}
+    assert {id(p) for p in groups[1]["params"]} == heads and len(heads) == 4  # weight + bias of both heads
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(net.parameters()))
+    before = {id(p): p.detach().clone() for p in net.parameters()}
+    opt = torch.optim.Adam(groups)
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()  # Adam's first step moves every weight by its group's lr (the gradient's sign)
+    for p in net.parameters():
+        step = (before[id(p)] - p.detach()).abs()
+        want = 1e-2 if id(p) in heads else 1e-3
+        assert torch.allclose(step, torch.full_like(step, want), rtol=1e-3), (want, step.max())
+    with pytest.raises(ValueError, match="head_lr_scale"):
+        TrainConfig(steps=1, head_lr_scale=0)
+
+
+def test_schedule_keeps_the_head_ratio_in_a_run(tmp_path):
+    from CGCLesionSegLib.checkpoint import read_checkpoint
+    from test_training_synth import MODS, TINY_NET_ARGS, run_cli, write_csv_with_prob
+    cases = write_csv_with_prob(tmp_path / "list", n_cases=2)
+    r = run_cli(["--cases", cases, "--modalities", *MODS, "--output-dir", tmp_path / "run", "--crop", "16", "16", "16",
+                 "--batch-size", "2", "--workers", "0", "--device", "cpu", "--steps", "3", "--lr", "1e-3",
+                 "--lr-schedule", "cosine", "--head-lr-scale", "10", "--progress", "none", "--overgrowth-ratio", "1000",
+                 *TINY_NET_ARGS])
+    assert r.returncode == 0, r.stderr
+    ck = read_checkpoint(tmp_path / "run" / "last.pt")
+    g = ck["optimizer"]["param_groups"]
+    assert [x["lr_scale"] for x in g] == [1.0, 10.0]
+    assert g[1]["lr"] == pytest.approx(10 * g[0]["lr"]) and g[0]["lr"] < 1e-3  # the schedule moved both
+    assert ck["train_config"]["head_lr_scale"] == 10.0

@@ -28,7 +28,8 @@ def _log_rows(run):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
 
 
-RECIPES = {"paper": [], "ema-cosine-scanner": ["--ema", "0.9", "--lr-schedule", "cosine", "--augment", "scanner"]}
+RECIPES = {"paper": [], "ema-cosine-scanner": ["--ema", "0.9", "--lr-schedule", "cosine", "--augment", "scanner"],
+           "head-lr": ["--head-lr-scale", "10", "--lr-schedule", "cosine", "--ema", "0.9"]}
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
