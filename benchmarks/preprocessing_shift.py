@@ -174,8 +174,8 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
     g = shifted.geometry
     masks = {"p": p >= 0.5, "p_smooth": smooth_probability(p, sigma, g.spacing) >= 0.5,
              "network": res.probability >= 0.5,
-             "default_rec": output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5),
-             "gmm_default": binarize(rec.probability, threshold, mask_zyx=rec.mask, **post)}
+             "default_rec": output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5, g.spacing),
+             "gmm_default": binarize(rec.probability, threshold, mask_zyx=rec.mask, spacing_xyz=g.spacing, **post)}
     target = case.geometry
     spacing_zyx = tuple(reversed(target.spacing))
     return {c: all_metrics(back_to(m, g, target), case.reference, spacing_zyx) for c, m in masks.items()}

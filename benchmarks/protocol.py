@@ -418,7 +418,8 @@ def gmm_default_probability(case: CaseData, mods):
 def _gmm_default_mask(case: CaseData, mods):
     from CGCLesionSegLib.postprocess import binarize
     _, threshold, post = _gmm_default_settings(mods)
-    return binarize(gmm_default_probability(case, mods), threshold, mask_zyx=case.brain(mods), **post)
+    return binarize(gmm_default_probability(case, mods), threshold, mask_zyx=case.brain(mods),
+                    spacing_xyz=case.geometry.spacing, **post)
 
 
 def choose_sigma(train_cases: list[CaseData], mods, gmm_cfg, sigmas) -> tuple[float, dict]:

@@ -119,12 +119,14 @@ def rule_masks(p, network_probability, sigma: float, spacing_xyz) -> dict:
             "network_smooth": smooth_probability(network_probability, sigma, spacing_xyz) >= 0.5}
 
 
-def output_rule_mask(network_probability, p, brain, gmm_weight: float):
+def output_rule_mask(network_probability, p, brain, gmm_weight: float, spacing_xyz=None):
     """The ``single-lesion`` output rule with the fused map ``(1 − w)·network + w·P`` (``w`` = ``gmm_weight``,
-    0 … 1; 0.5 is what ``cgcseg segment`` does); all arrays ``(Z, Y, X)`` on the input grid; returns bool."""
+    0 … 1; 0.5 is what ``cgcseg segment`` does); all arrays ``(Z, Y, X)`` on the input grid (``spacing_xyz``
+    in mm, as ``cgcseg segment`` passes it; None counts the opening in voxels, the same on 1 mm grids);
+    returns bool."""
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
     fused = (1.0 - gmm_weight) * network_probability + gmm_weight * p
-    return output_mask(fused, brain, InferenceConfig(**output_preset("single-lesion"))).astype(bool)
+    return output_mask(fused, brain, InferenceConfig(**output_preset("single-lesion")), spacing_xyz).astype(bool)
 
 
 def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu", columns=COLUMNS,
@@ -163,7 +165,7 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
             maps = [res.network_probability if gen is None else next(gen)[2].network_probability for gen in member_passes]
             mean_map = np.mean(maps, axis=0)
             make_ensemble = {"network_ensemble": lambda: mean_map >= 0.5,
-                             "default_ensemble": lambda: output_rule_mask(mean_map, p, res.brain_mask, 0.5)}
+                             "default_ensemble": lambda: output_rule_mask(mean_map, p, res.brain_mask, 0.5, case.geometry.spacing)}
         make = {"p": lambda: p >= 0.5,
                 "p_smooth": lambda: smooth_probability(p, sigma, case.geometry.spacing) >= 0.5,
                 "gmm_default": lambda: base.gmm_default_mask(case, list(model.modalities)),
@@ -171,21 +173,23 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
                 "network_smooth": lambda: smooth_probability(res.network_probability, sigma,
                                                              case.geometry.spacing) >= 0.5,
                 "default": lambda: res.mask.astype(bool),
-                "default_net": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 0.0),
-                "default_p": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 1.0),
+                "default_net": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 0.0, case.geometry.spacing),
+                "default_p": lambda: output_rule_mask(res.network_probability, p, res.brain_mask, 1.0, case.geometry.spacing),
                 "default_rec": lambda: output_rule_mask(res.network_probability,
                                                         base.gmm_default_probability(case, list(model.modalities)),
-                                                        res.brain_mask, 0.5),
+                                                        res.brain_mask, 0.5, case.geometry.spacing),
                 "default_rec_psmooth": lambda: output_rule_mask(
                     smooth_probability(p, sigma, case.geometry.spacing),
-                    base.gmm_default_probability(case, list(model.modalities)), res.brain_mask, 0.5)}
+                    base.gmm_default_probability(case, list(model.modalities)), res.brain_mask, 0.5,
+                    case.geometry.spacing)}
         if members:
             make.update(make_ensemble)
         for k, r in other.items():
             make[f"network_{k}"] = lambda r=r: r.network_probability >= 0.5
             make[f"default_{k}"] = lambda r=r: r.mask.astype(bool)
         if {"default_net", "default_p", "default_ensemble", "default_rec"} & set(names) and not np.array_equal(
-                output_rule_mask(res.network_probability, p, res.brain_mask, 0.5), res.mask.astype(bool)):
+                output_rule_mask(res.network_probability, p, res.brain_mask, 0.5, case.geometry.spacing),
+                res.mask.astype(bool)):
             # e.g. an input whose voxel order the model turns: 2-D hole filling would run along other axes
             raise RuntimeError(f"{model.key} {case.name}: the output rule recomputed here does not reproduce "
                                "`cgcseg segment`'s mask, so its variants would not be comparable")

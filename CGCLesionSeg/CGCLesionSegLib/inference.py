@@ -71,7 +71,7 @@ class InferenceConfig:
     min_component_voxels: int = 0
     fill_holes: bool | str = False
     keep_largest: int = 0
-    opening_radius: int = 0
+    opening_radius: float = 0  # mm on the image's grid (voxels of a 1 mm grid), see postprocess.open_and_keep
     gmm_weight: float = 0.0
     device: str = "auto"
     amp: bool = True
@@ -155,7 +155,7 @@ def window_for_checkpoint(config: InferenceConfig, train_config: Optional[dict])
 # Output rules, selectable by name (``cgcseg segment --postprocess NAME``).
 #  * ``none``: the paper's output, CGC probability ≥ threshold, nothing else.
 #  * ``single-lesion``: for one contiguous lesion per scan (gliomas, the shipped BraTS models): the
-#    fused map 0.5·CGC + 0.5·P, 2-D hole filling, and the largest lesion after an opening of radius 3
+#    fused map 0.5·CGC + 0.5·P, 2-D hole filling, and the largest lesion after an opening of radius 3 mm
 #    (the GMM's recommended clean-up, docs/GMM.md). Fixed before the leave-cases-out run, from the
 #    shipped model's in-sample numbers (docs/BENCHMARKS.md); wrong for multi-focal disease (MS).
 #  * ``single-lesion-recommended``: the same with P from the recommended GMM preset (``fusion_map``),
@@ -258,13 +258,15 @@ def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: 
     return prob.float().cpu().numpy()
 
 
-def output_mask(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceConfig) -> np.ndarray:
+def output_mask(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceConfig,
+                spacing_xyz: Optional[Sequence[float]] = None) -> np.ndarray:
     """The output rule of ``config`` (threshold and clean-up) on a ``(Z, Y, X)`` map already fused as
-    wanted; uint8 ``(Z, Y, X)``, limited to ``brain_zyx``."""
+    wanted; uint8 ``(Z, Y, X)``, limited to ``brain_zyx``. ``spacing_xyz`` (mm) makes the opening
+    radius millimetres (``cgcseg segment`` passes the image's); without it, voxels."""
     from .postprocess import binarize
     return binarize(prob_zyx, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
                     fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain_zyx,
-                    opening_radius=config.opening_radius)
+                    opening_radius=config.opening_radius, spacing_xyz=spacing_xyz)
 
 
 def _is_recommended(preprocessing: dict) -> bool:
@@ -396,7 +398,7 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
         if config.fusion_map == "recommended" and not (gmm_probability is not None and _is_recommended(pre)):
             fuse = _recommended_probability(channels, brain, expected, geometry, pre, progress, timings)
         prob = (1.0 - config.gmm_weight) * prob + config.gmm_weight * fuse
-    mask = output_mask(prob, brain, config)
+    mask = output_mask(prob, brain, config, geometry.spacing)
     if turn.active:  # back to the input's own voxel order
         prob, mask, brain = turn.back(prob), turn.back(mask), turn.back(brain)
         gmm_probability, network_prob = turn.back(gmm_probability), turn.back(network_prob)

@@ -72,9 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(recommended preset: 2d)")
     o.add_argument("--keep-largest", type=int, default=None, metavar="N",
                    help="binary output: keep only the N largest components, 0 = all (recommended preset: 1)")
-    o.add_argument("--open-radius", type=int, default=None, metavar="R",
-                   help="with --keep-largest: rank components after an opening of R voxels, so thin bridges "
-                        "to other bright tissue do not join them (recommended preset: 3)")
+    o.add_argument("--open-radius", type=float, default=None, metavar="R",
+                   help="with --keep-largest: rank components after an opening of R mm (R voxels on 1 mm grids; "
+                        "a coarser axis only by whole voxels within R mm), so thin bridges to other bright "
+                        "tissue do not join them (recommended preset: 3)")
     o.add_argument("--no-postprocess", action="store_true",
                    help="binary output: plain threshold, ignore the preset's clean-up")
     p.add_argument("--strict", action="store_true",
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cgcseg gmm: warning: {w}", file=sys.stderr)
     binary = None
     if "--binary-output" in outputs:
-        binary = binarize(result.probability, args.threshold, mask_zyx=result.mask, **post)
+        binary = binarize(result.probability, args.threshold, mask_zyx=result.mask, spacing_xyz=ref_geom.spacing, **post)
     elapsed = time.perf_counter() - t0
     inputs = {n: str(Path(p).resolve()) for n, p in zip(names, paths)}
     if args.mask:

@@ -49,8 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fill-holes", nargs="?", const="2d", choices=("2d", "3d", "none"), default=None,
                    help="fill holes inside lesion components, slice by slice (2d, the default when given alone), in 3-D, or none")
     p.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest lesion components (0: all)")
-    p.add_argument("--open-radius", type=int, default=None, metavar="R",
-                   help="with --keep-largest: rank components after an opening of R voxels (thin bridges do not merge lesions)")
+    p.add_argument("--open-radius", type=float, default=None, metavar="R",
+                   help="with --keep-largest: rank components after an opening of R mm (R voxels on 1 mm grids; "
+                        "thin bridges do not merge lesions)")
     p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="sliding-window size (default: the model's training crop, e.g. 96 96 64; "
                         "160 192 160 for models that record none)")
