@@ -101,7 +101,7 @@ def _table(rows: list[dict], title: str, note: str) -> str:
             ("default", f"**default** ({rule})")]
     lines = [f"### {title}", "", note, "",
              "Columns: Dice (whole lesion). GMM = P ≥ 0.5, CGC = network ≥ 0.5 (the paper's comparison); "
-             "clean-up = the GMM's recommended one (2-D hole filling, largest lesion after an opening r = 3); "
+             "clean-up = the GMM's recommended one (2-D hole filling, largest lesion after an opening r = 3 mm); "
              f"default = what `cgcseg segment` writes with the model, its output rule `{rule}`"
              + (f" ({RULE_TEXT[rule]})" if rule in RULE_TEXT else "") + ".", "",
              "| case | " + " | ".join(n for _, n in cols) + " | Δ CGC−GMM | Δ default−GMM | Δ default−(GMM + clean-up) |",
