@@ -14,7 +14,8 @@ Declared before its first run (2026-12-02, committed with this file; no number o
   ``bias`` (a smooth multiplicative field, ×0.7–1.4 over the brain, per channel); ``noise`` (Gaussian,
   SD 5 % of the brain's 99th percentile, inside the brain); ``gamma`` (intensity ** 0.6, rescaled to the
   channel's maximum, inside the brain); ``uint8`` (rounded to 0–255). Random parts are seeded per case and
-  channel.
+  channel. Added 2026-12-02 09:47, before its first run, with the same reading: ``clinical`` (``bias``, then
+  ``noise``, then ``thick5`` — several changes at once, as a 2-D clinical FLAIR from another scanner has).
 - Columns (Dice on the original 1 mm grid; a coarser grid's mask is mapped back by linear interpolation of
   the mask, ≥ 0.5, the same for every column): ``p`` (P ≥ 0.5, the model's GMM settings), ``p_smooth``
   (smoothed P ≥ 0.5, the fold's sigma), ``network`` (≥ 0.5), ``default_rec`` (the shipped output rule,
@@ -48,7 +49,7 @@ sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
 
 import protocol as base  # noqa: E402
 
-SHIFTS = ("none", "zscore", "thick5", "iso2", "bias", "noise", "gamma", "uint8")
+SHIFTS = ("none", "zscore", "thick5", "iso2", "bias", "noise", "gamma", "uint8", "clinical")
 COLUMNS = ("p", "p_smooth", "network", "default_rec", "gmm_default")
 FAIL_BELOW, FAIL_DROP = 0.3, 0.15
 
@@ -101,6 +102,11 @@ def apply_shift(shift: str, channels: list, geometry, case: str):
     for ch in channels:
         brain |= ch != 0
     out = []
+    if shift == "clinical":
+        chans, g = channels, geometry
+        for part in ("bias", "noise", "thick5"):
+            chans, g = apply_shift(part, chans, g, case)
+        return chans, g
     if shift in ("thick5", "iso2"):
         f = (5, 1, 1) if shift == "thick5" else (2, 2, 2)
         return [block_mean(c, f) for c in channels], coarse_geometry(geometry, f)

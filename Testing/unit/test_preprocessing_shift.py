@@ -57,7 +57,7 @@ def _case(seed=0):
     return a
 
 
-@pytest.mark.parametrize("shift", [s for s in ps.SHIFTS if s not in ("thick5", "iso2")])
+@pytest.mark.parametrize("shift", [s for s in ps.SHIFTS if s not in ("thick5", "iso2", "clinical")])
 def test_intensity_shifts_keep_the_grid_and_the_brain(shift):
     g = Geometry((16, 18, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     a = _case()
@@ -94,3 +94,14 @@ def test_summary_differences_average_seeds_per_case_first():
     assert ps.failures(s) == []
     bad = ps.summarise(rows + [row("a", "noise", network=0.1, p_smooth=0.7), row("b", "noise", network=0.2, p_smooth=0.8)], ["none", "noise"], 200)
     assert ps.failures(bad) == ["noise/network (0.150, -0.500)"]
+
+
+def test_clinical_is_bias_then_noise_then_thick_slices():
+    g = Geometry((16, 18, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    a = _case()
+    (b,), gb = ps.apply_shift("bias", [a], g, "c")
+    (n,), _ = ps.apply_shift("noise", [b], gb, "c")
+    (want,), gw = ps.apply_shift("thick5", [n], gb, "c")
+    (got,), gg = ps.apply_shift("clinical", [a], g, "c")
+    assert gg == gw and gg.spacing == (1.0, 1.0, 5.0)
+    np.testing.assert_array_equal(got, want)
