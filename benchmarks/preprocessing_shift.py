@@ -14,7 +14,7 @@ Declared before its first run (2026-12-02, committed with this file; no number o
   ``bias`` (a smooth multiplicative field, ×0.7–1.4 over the brain, per channel); ``noise`` (Gaussian,
   SD 5 % of the brain's 99th percentile, inside the brain); ``gamma`` (intensity ** 0.6, rescaled to the
   channel's maximum, inside the brain); ``uint8`` (rounded to 0–255). Random parts are seeded per case and
-  channel. Added 2026-12-02 09:47, before its first run, with the same reading: ``clinical`` (``bias``, then
+  channel. Added 2026-12-02 09:45, before its first run, with the same reading: ``clinical`` (``bias``, then
   ``noise``, then ``thick5`` — several changes at once, as a 2-D clinical FLAIR from another scanner has).
 - Columns (Dice on the original 1 mm grid; a coarser grid's mask is mapped back by linear interpolation of
   the mask, ≥ 0.5, the same for every column): ``p`` (P ≥ 0.5, the model's GMM settings), ``p_smooth``
