@@ -98,9 +98,6 @@ def smooth_field(shape_zyx, rng: np.random.Generator) -> np.ndarray:
 
 def apply_shift(shift: str, channels: list, geometry, case: str):
     """``(channels, geometry)`` after ``shift``; channels are (Z, Y, X) arrays of a skull-stripped case."""
-    brain = np.zeros(channels[0].shape, bool)
-    for ch in channels:
-        brain |= ch != 0
     out = []
     if shift == "clinical":
         chans, g = channels, geometry
@@ -110,6 +107,9 @@ def apply_shift(shift: str, channels: list, geometry, case: str):
     if shift in ("thick5", "iso2"):
         f = (5, 1, 1) if shift == "thick5" else (2, 2, 2)
         return [block_mean(c, f) for c in channels], coarse_geometry(geometry, f)
+    brain = np.zeros(channels[0].shape, bool)
+    for ch in channels:
+        brain |= ch != 0
     for i, ch in enumerate(channels):
         a = np.asarray(ch, np.float32)
         rng = _rng(case, shift, i)
@@ -161,16 +161,26 @@ class ShiftedCase:
         return self._p[key]
 
 
+_LOADED: dict = {}
+
+
+def _load(model: "base.Model"):
+    """``(network, info)`` of ``model``, read once per run of this script."""
+    from CGCLesionSegLib.checkpoint import load_checkpoint
+    if model.run not in _LOADED:
+        _LOADED[model.run] = load_checkpoint(model.run / "last.pt")
+    return _LOADED[model.run]
+
+
 def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigma: float, device: str) -> dict:
     """Dice (and the other metrics) of every column for one model, case and shift."""
-    from CGCLesionSegLib.checkpoint import load_checkpoint
     from CGCLesionSegLib.config import config_from_dict
     from CGCLesionSegLib.gmm import GMMConfig
     from CGCLesionSegLib.inference import InferenceConfig, segment_case
     from CGCLesionSegLib.metrics import all_metrics
     from CGCLesionSegLib.postprocess import binarize, smooth_probability
     from rules import output_rule_mask
-    net, info = load_checkpoint(model.run / "last.pt")
+    net, info = _load(model)
     p = shifted.probability(config_from_dict(GMMConfig, info.preprocessing["gmm"])).probability
     gmm_cfg, threshold, post = base._gmm_default_settings(shifted.mods)
     rec = shifted.probability(gmm_cfg)

@@ -34,8 +34,7 @@ import numpy as np
 
 from .config import config_from_dict as _config_from_dict
 from .config import config_to_dict as _config_to_dict
-from .preprocess import (SKULL_MESSAGE, NormalizationConfig, default_brain_mask, looks_like_mri_with_skull,
-                         normalize_channels, validate_channels)
+from .preprocess import NormalizationConfig, normalize_channels, skull_stripped_mask, validate_channels
 from .progress import call_progress, check_stop
 
 ProgressCallback = Callable[[float, str], None]
@@ -729,11 +728,9 @@ def prepare_data(channels_zyx: Sequence[np.ndarray], mask_zyx: Optional[np.ndarr
     elif config.modality == "ct":
         mask = ct_brain_mask(np.asarray(channels_zyx[0]), tuple(config.ct_brain_hu))
     else:
-        mask = default_brain_mask([channels_zyx[i] for i in use])
+        mask = skull_stripped_mask([channels_zyx[i] for i in use])
         if not mask.any():
             raise ValueError("every voxel is zero in every channel: the images are empty")
-        if looks_like_mri_with_skull(mask):
-            raise ValueError(SKULL_MESSAGE)
     check_stop(should_stop)
     chans = [np.asarray(channels_zyx[i], dtype=np.float32) for i in use]
     reference_raw_vol = chans[0]

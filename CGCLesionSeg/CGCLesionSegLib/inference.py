@@ -16,7 +16,7 @@ import torch
 
 from .config import config_from_dict, xyz_to_zyx
 from .image_io import Geometry
-from .preprocess import NormalizationConfig, default_brain_mask, normalize_channels, validate_channels
+from .preprocess import NormalizationConfig, normalize_channels, validate_channels
 from .progress import ProgressCallback, StopCallback, call_progress, check_stop
 from .resample import check_work_grid, grid_for_spacing, resample_to_grid, same_spacing
 from .sliding_window import brain_bounding_box, sliding_window_probability
@@ -228,11 +228,8 @@ def _brain_mask(channels: Sequence[np.ndarray], preprocessing: dict) -> np.ndarr
         from .gmm import ct_brain_mask
         window = tuple((preprocessing.get("gmm") or {}).get("ct_brain_hu", (0.0, 100.0)))
         return ct_brain_mask(channels[0], window)
-    from .preprocess import SKULL_MESSAGE, looks_like_mri_with_skull
-    mask = default_brain_mask(channels)
-    if looks_like_mri_with_skull(mask):  # as `cgcseg gmm` refuses it: the network would segment the head
-        raise ValueError(SKULL_MESSAGE)
-    return mask
+    from .preprocess import skull_stripped_mask
+    return skull_stripped_mask(channels)  # refused as `cgcseg gmm` refuses it: the network would segment the head
 
 
 def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: InferenceConfig,

@@ -60,9 +60,9 @@ def background_value(channel_zyx: np.ndarray) -> float:
     them, and the rule falls back to 0 (so the "MRI with skull" error still fires). ``(z, y, x)``.
     """
     a = np.asarray(channel_zyx)
-    on_face = np.ones(a.shape, dtype=bool)
-    on_face[1:-1, 1:-1, 1:-1] = False
-    faces = a[on_face]  # each face voxel once (edges and corners are shared by faces)
+    # Each face voxel once (edges and corners are shared by faces), without a volume-sized index mask.
+    faces = np.concatenate([a[0].ravel(), a[-1].ravel(), a[1:-1, 0].ravel(), a[1:-1, -1].ravel(),
+                            a[1:-1, 1:-1, 0].ravel(), a[1:-1, 1:-1, -1].ravel()])
     values, counts = np.unique(faces, return_counts=True)
     i = int(counts.argmax())
     return float(values[i]) if counts[i] >= BACKGROUND_FACE_SHARE * faces.size else 0.0
@@ -94,6 +94,15 @@ def looks_like_mri_with_skull(mask_zyx: np.ndarray) -> bool:
     """True when the default mask covers (almost) the whole box: no background, so the image was not
     skull-stripped and a brain mask is needed."""
     return float(np.mean(mask_zyx)) > WHOLE_BOX_SHARE
+
+
+def skull_stripped_mask(channels_zyx: Sequence[np.ndarray]) -> np.ndarray:
+    """:func:`default_brain_mask`, or ``ValueError`` (:data:`SKULL_MESSAGE`) when it covers the whole box
+    — the one check `cgcseg gmm`, `cgcseg segment` and the module share. ``(z, y, x)`` bool."""
+    mask = default_brain_mask(channels_zyx)
+    if looks_like_mri_with_skull(mask):
+        raise ValueError(SKULL_MESSAGE)
+    return mask
 
 
 def normalize_channels(channels_zyx: Sequence[np.ndarray], mask_zyx: np.ndarray,
