@@ -214,7 +214,9 @@ def summarise(rows: list, shifts, resamples: int = 10000) -> dict:
             d = [v[a] - v[b] for v in mean_case.values()]
             lo, hi = base.bootstrap_ci(d, resamples, 0)
             diffs[f"{a} − {b}"] = {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d)}
-        out[s] = {"cases": len(mean_case), "means": means, "differences": diffs}
+        lowest = {col: min(mean_case, key=lambda c: mean_case[c][col]) for col in COLUMNS}
+        out[s] = {"cases": len(mean_case), "means": means, "differences": diffs,
+                  "lowest": {col: {"case": c, "dice": mean_case[c][col]} for col, c in lowest.items()}}
     if "none" in out:
         for s, v in out.items():
             v["change"] = {col: v["means"][col] - out["none"]["means"][col] for col in COLUMNS}
@@ -242,6 +244,10 @@ def report(title: str, summary: dict, n_models: int) -> str:
         for d in v["differences"].values():
             cells.append(f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], worst {d['min_case']:+.3f}")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "Lowest case per column (Dice, seeds averaged):", "", "| shift | " + " | ".join(COLUMNS) + " |",
+              "|" + "---|" * (len(COLUMNS) + 1)]
+    for s, v in summary.items():
+        lines.append(f"| {s} | " + " | ".join(f"{v['lowest'][c]['dice']:.3f} ({v['lowest'][c]['case']})" for c in COLUMNS) + " |")
     bad = failures(summary)
     lines += ["", "Failures by the declared rule (mean < 0.3 or > 0.15 below `none`): " + (", ".join(bad) or "none") + "."]
     return "\n".join(lines)
