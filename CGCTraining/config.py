@@ -63,8 +63,8 @@ class TrainConfig:
     logit, ``train.OUTPUT_LAYERS``) learn at ``lr × head_lr_scale``; 1 (default) is the paper's single
     rate. Our option (issue 9, cgc-v17): Adam moves each parameter by at most about ``lr`` per step, so in
     the shipped recipe's 300 steps the lesion head's bias reached only −0.37 (−0.50 after the
-    self-training round) and the network's map sits at 0.30–0.41 wherever its target is 0, with the BCE
-    still 0.37 at the last step — the output layer, not the features, runs out of steps.
+    self-training round) and the network's map sits at a median 0.24–0.41 (round 1) wherever its target is
+    below 0.1, with the BCE still 0.30–0.38 at the last step (docs/BENCHMARKS.md, map-floor) — the output layer, not the features, runs out of steps.
     ``checkpoint_every``: steps between ``last.pt`` writes (also written at the end and on budget stop).
     ``amp``: bf16 autocast on CUDA (ignored on CPU, where training runs in float32 for exact resume).
     ``target_sigma_mm``: > 0 trains on P smoothed with a Gaussian of this SD (mm, on the training grid;
