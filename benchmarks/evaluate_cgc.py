@@ -197,6 +197,10 @@ def main(argv=None) -> int:
     ap.add_argument("--score-available", action="store_true",
                     help="with --protocol: score the models that have finished (kept beside them), train nothing; "
                          "print their tables marked PARTIAL, write no report")
+    ap.add_argument("--train-variants", nargs="+", metavar="VARIANT",
+                    help="with --protocol: train only these variants of the stage (and their round-1 models), "
+                         "then stop: nothing is scored or written. Rebuilds a source protocol's run folders "
+                         "(lost with runs/) for a rule protocol; CPU trainings are deterministic per seed")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv

@@ -716,6 +716,11 @@ def run(args, extra: list) -> int:
     work = Path(args.work_dir or ROOT / "runs" / f"protocol-{proto['name']}") / f"{args.stage}{tag}"
     data = Path(args.data)
     models = plan(proto, args.stage, data, work, results_dir, extra)
+    if getattr(args, "train_variants", None):
+        models = only_variants(models, args.train_variants)
+        print(f"training {len(models)} models of stage {args.stage}: " + ", ".join(m.key for m in models), file=sys.stderr)
+        train_all(models, stage, int(args.jobs or proto.get("jobs", 1)), args.device)
+        return 0
     print(f"{len(models)} models in stage {args.stage}: " + ", ".join(m.key for m in models), file=sys.stderr)
     if not args.score_only and not args.score_available:
         train_all(models, stage, int(args.jobs or proto.get("jobs", 1)), args.device)
@@ -759,6 +764,17 @@ def run(args, extra: list) -> int:
                      "variant_differences": (variant_differences(summary, proto, table_reference(stage))
                                              if len(stage.get("variants", [])) > 1 else {})})
     return 0
+
+
+def only_variants(models: list[Model], names: list[str]) -> list[Model]:
+    """The models of the variants ``names`` and their round-1 parents, in plan order (``--train-variants``)."""
+    known = sorted({m.variant for m in models})
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--train-variants: {', '.join(unknown)} not in this stage; it has {', '.join(known)}")
+    keep = {id(m) for m in models if m.variant in names}
+    keep |= {id(m.parent) for m in models if id(m) in keep and m.parent is not None}
+    return [m for m in models if id(m) in keep]
 
 
 def write_stage(results_dir: Path, name: str, text: str, payload: dict) -> None:

@@ -36,7 +36,9 @@ TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gm
           "network_ensemble": "**network ≥ 0.5, seed ensemble**",
           "default_ensemble": "**default output, seed ensemble**",
           "default_rec": "**default output fused with the `cgcseg gmm` P**",
-          "default_rec_psmooth": "`single-lesion-recommended` with smoothed P for the network"}
+          "default_rec_psmooth": "`single-lesion-recommended` with smoothed P for the network",
+          "network_t": "**network ≥ t (fold's t)**", "p_smooth_t": "smoothed P ≥ t (fold's t)",
+          "default_rec_t": "**default output at the fold's t**", "gmm_default_t": "`cgcseg gmm` default at the fold's t"}
 #: What each column is, for the report.
 MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
             "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
@@ -65,7 +67,12 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
             "default_rec_psmooth": "the network's baseline in the shipped output rule: `single-lesion` on 0.5·smoothed P "
                                    "+ 0.5·P_rec, where smoothed P is the `p_smooth` column's map (the model's own P, "
                                    "the fold's sigma) standing where `default_rec` has the network; no network is used, "
-                                   "so `default_rec` − this is what the network adds to the shipped default output"}
+                                   "so `default_rec` − this is what the network adds to the shipped default output",
+            "network_t": "the network's map ≥ t, t chosen per fold on the fold's labelled training cases from the "
+                         "other folds' models' held-out maps (:func:`choose_thresholds`)",
+            "p_smooth_t": "smoothed P (the fold's sigma) ≥ t, t chosen the same way on the same cases",
+            "default_rec_t": "the shipped output rule (`default_rec`) at threshold t, t chosen like the network's",
+            "gmm_default_t": "`cgcseg gmm`'s default clean-up on P_rec at threshold t, t chosen the same way"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
@@ -76,6 +83,9 @@ DIFFERENCES = (("network_smooth", "p_smooth", "≥ +0.03, CI > 0"), ("network_sm
 PASSES = {"padded": {"pad_to_window": True}, "mirror_x": {"mirror_axes": ("x",)},
           "mirror_xyz": {"mirror_axes": ("x", "y", "z")}}
 ENSEMBLE_COLUMNS = {"network_ensemble", "default_ensemble"}
+#: Columns whose threshold is chosen per fold (cgc-v18) -> the swept map family they are read from.
+THRESHOLD_COLUMNS = {"network_t": "network", "p_smooth_t": "p_smooth", "default_rec_t": "default_rec",
+                     "gmm_default_t": "gmm_default"}
 
 
 def collapsed(model: base.Model) -> bool:
@@ -130,7 +140,7 @@ def output_rule_mask(network_probability, p, brain, gmm_weight: float, spacing_x
 
 
 def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu", columns=COLUMNS,
-                siblings: list = ()) -> list[dict]:
+                siblings: list = (), thresholds: tuple = (), fold_sigmas: dict | None = None) -> list[dict]:
     """Rows of ``model``'s held-out cases for ``columns``; ``siblings``: the stage's other models (the
     seed-ensemble columns average the maps of ``model``'s group among them, :func:`ensemble_members`)."""
     names = [c for c, _ in columns]
@@ -142,11 +152,11 @@ def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu
             masks = rule_masks(p, net_map, sigma, case.geometry.spacing)
             rows.append(base.score_row(model, case, info, {c: masks[c] for c in names}, sigma))
         return rows
-    return _score_with_output_rule(model, cases, sigma, device, names, list(siblings))
+    return _score_with_output_rule(model, cases, sigma, device, names, list(siblings), thresholds, fold_sigmas)
 
 
 def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device: str, names: list,
-                            siblings: list = ()) -> list[dict]:
+                            siblings: list = (), thresholds: tuple = (), fold_sigmas: dict | None = None) -> list[dict]:
     """Columns from the default output rule (``single-lesion``, as the source protocol scored it), and, for
     each :data:`PASSES` entry a column names, from another pass with that entry's settings."""
     from CGCLesionSegLib.inference import output_preset
@@ -196,8 +206,145 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
         extra = {"window_xyz": list(res.window_xyz or ())}
         if members:
             extra["ensemble"] = [m.key for m in members]
-        rows.append(base.score_row(model, case, info, {c: make[c]() for c in names}, sigma, **extra))
+        if THRESHOLD_COLUMNS.keys() & set(names):
+            extra["sweep"] = threshold_sweep(case, list(model.modalities), p, res, thresholds, fold_sigmas or {})
+        rows.append(base.score_row(model, case, info, {c: make[c]() for c in names if c not in THRESHOLD_COLUMNS},
+                                   sigma, **extra))
     return rows
+
+
+def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_sigmas: dict) -> dict:
+    """Every metric of each swept map family at each threshold of ``thresholds``, for one held-out case:
+    {family: {"0.45": metrics}}. Families: ``network`` (the network's map), ``default_rec`` (the shipped
+    output rule on 0.5·network + 0.5·P_rec), ``gmm_default`` (``cgcseg gmm``'s clean-up on P_rec; the same
+    for every model, memoised per case) and ``p_smooth@K`` (P smoothed with fold K's sigma, for every fold
+    of ``fold_sigmas`` {fold: sigma mm}: a fold's threshold is chosen with its own sigma on its training
+    cases, which are other folds' held-out cases). Maps ``(Z, Y, X)`` on the input grid."""
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
+    from CGCLesionSegLib.metrics import all_metrics
+    from CGCLesionSegLib.postprocess import binarize, smooth_probability
+    spacing = case.geometry.spacing
+    spacing_zyx = tuple(reversed(spacing))
+    p_rec = base.gmm_default_probability(case, mods)
+    fused = 0.5 * res.network_probability + 0.5 * p_rec
+    preset = output_preset("single-lesion")
+    _, _, post = base._gmm_default_settings(mods)
+    smoothed = {k: smooth_probability(p, s, spacing) for k, s in sorted(fold_sigmas.items())}
+
+    def sweep(make) -> dict:
+        return {f"{t:.2f}": all_metrics(make(t), case.reference, spacing_zyx) for t in thresholds}
+
+    key = ("gmm_default_sweep", tuple(mods), tuple(thresholds))
+    if key not in case.__dict__.setdefault("_memo", {}):
+        case._memo[key] = sweep(lambda t: binarize(p_rec, t, mask_zyx=case.brain(mods), spacing_xyz=spacing, **post))
+    out = {"network": sweep(lambda t: res.network_probability >= t),
+           "default_rec": sweep(lambda t: output_mask(fused, res.brain_mask, InferenceConfig(**{**preset, "threshold": t}),
+                                                      spacing).astype(bool)),
+           "gmm_default": case._memo[key]}
+    for k, sm in smoothed.items():
+        out[f"p_smooth@{k}"] = sweep(lambda t, sm=sm: sm >= t)
+    return out
+
+
+def _best_threshold(scores: dict) -> str:
+    """The key of ``scores`` ({"0.45": mean Dice}) with the highest score; ties to the value nearer 0.5,
+    then the higher value (scores rounded to 1e-6, so float noise does not decide)."""
+    return max(scores, key=lambda t: (round(scores[t], 6), -abs(float(t) - 0.5), float(t)))
+
+
+def choose_thresholds(rows: list[dict]) -> dict:
+    """Fills each row's threshold columns (:data:`THRESHOLD_COLUMNS`) in place and returns the choice
+    {"<modalities>/<variant> fold K": {column: {"threshold": t, "scores": {t: Dice}}}}.
+
+    Fold K's threshold for a family is the one with the highest mean Dice over fold K's labelled training
+    cases — the rows of every other fold of the same modalities and variant (their held-out cases), seeds
+    averaged per case first — read from those rows' sweeps (``p_smooth`` with fold K's own sigma). So no
+    label of fold K's held-out cases is read for fold K."""
+    choice: dict = {}
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(("-".join(r["modalities"]), r["variant"]), []).append(r)
+    for (mods, variant), rs in groups.items():
+        for fold in sorted({r["fold"] for r in rs}):
+            others = [r for r in rs if r["fold"] != fold]
+            if not others:
+                raise SystemExit(f"{mods}/{variant}: fold {fold} has no other fold's rows to choose its threshold on")
+            entry = choice.setdefault(f"{mods}/{variant} fold {fold}", {})
+            for col, family in THRESHOLD_COLUMNS.items():
+                fam = f"{family}@{fold}" if family == "p_smooth" else family
+                per_case: dict = {}
+                for r in others:
+                    for t, m in r["sweep"][fam].items():
+                        per_case.setdefault(t, {}).setdefault(r["case"], []).append(m["dice"])
+                scores = {t: statistics.mean(statistics.mean(v) for v in by_case.values())
+                          for t, by_case in per_case.items()}
+                best = _best_threshold(scores)
+                entry[col] = {"threshold": float(best), "scores": scores}
+                own = f"{family}@{fold}" if family == "p_smooth" else family
+                for r in rs:
+                    if r["fold"] == fold:
+                        r[col] = dict(r["sweep"][own][best])
+                        r.setdefault("thresholds", {})[col] = float(best)
+    return choice
+
+
+def fold_sigmas_of(model: base.Model, models: list, work: Path) -> dict:
+    """{fold: smoothed-P sigma in mm} of every fold of ``model``'s modalities in the source stage (the
+    source protocol's choices, read from its sigma files)."""
+    out = {}
+    for m in models:
+        if m.modalities == model.modalities and m.fold not in out:
+            sfile = base.sigma_path(work, m.modalities, base.model_sigma_tag(m))
+            if not sfile.exists():
+                raise SystemExit(f"{sfile} not found: score the source stage first (its sigma choice per fold)")
+            out[m.fold] = float(json.loads(sfile.read_text())["sigma"])
+    return out
+
+
+def check_sweep_at_half(rows: list[dict]) -> None:
+    """The sweeps at t = 0.5 must reproduce the rows' own 0.5 columns (the same maps and clean-ups), else
+    the thresholded columns would not be comparable with them."""
+    pairs = {"network": "network", "default_rec": "default_rec", "gmm_default": "gmm_default"}
+    for r in rows:
+        for col, fam in [*pairs.items(), ("p_smooth", f"p_smooth@{r['fold']}")]:
+            if col in r and fam in r["sweep"] and abs(r[col]["dice"] - r["sweep"][fam]["0.50"]["dice"]) > 1e-9:
+                raise RuntimeError(f"{r['model']} {r['case']}: the sweep of {fam} at 0.5 gives Dice "
+                                   f"{r['sweep'][fam]['0.50']['dice']:.6f}, the {col} column {r[col]['dice']:.6f}")
+
+
+def threshold_report(choice: dict, decisions: dict | None) -> str:
+    """Markdown: the threshold chosen per fold and column (with the training-case Dice it was chosen by),
+    and the declared decisions."""
+    lines = ["#### Thresholds chosen inside the training folds", "",
+             "| fold | column | t | mean Dice on the fold's labelled training cases at t (at 0.5) |", "|---|---|---|---|"]
+    for fold, cols in sorted(choice.items()):
+        for col, c in cols.items():
+            t = f"{c['threshold']:.2f}"
+            lines.append(f"| {fold} | {col} | {t} | {c['scores'][t]:.4f} ({c['scores']['0.50']:.4f}) |")
+    if decisions:
+        lines += ["", "| decision | models | rule − control | (rule − its baseline) − (control − its baseline) | passes |",
+                  "|---|---|---|---|---|"]
+        for name, groups in decisions.items():
+            for g, d in groups.items():
+                lines.append(f"| {name} (`{d['rule']}` vs `{d['control']}`; baseline `{d['baseline_rule']}` vs "
+                             f"`{d['baseline']}`) | {g} | {d['gain']:+.4f} | {d['gain_over_baseline']:+.4f} | "
+                             f"{'**yes**' if d['passes'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def decide(summary: dict, decisions: list, margin: float) -> dict:
+    """cgc-v18's declared reading, per summary group: a decision passes when its rule beats its control by
+    more than ``margin`` mean Dice AND its margin over its baseline rule grows by more than ``margin``
+    ((rule − baseline_rule) − (control − baseline)). Returns {decision name: {group: {...}}}."""
+    out: dict = {}
+    for d in decisions:
+        for gname, g in summary.items():
+            m = {k: g["means"][d[k]]["dice"] for k in ("rule", "control", "baseline_rule", "baseline")}
+            gain = m["rule"] - m["control"]
+            over = (m["rule"] - m["baseline_rule"]) - (m["control"] - m["baseline"])
+            out.setdefault(d["name"], {})[gname] = {"gain": gain, "gain_over_baseline": over,
+                                                    "passes": gain > margin and over > margin, **d}
+    return out
 
 
 def pick_winner(summary: dict, control: str, rules: list, companions: dict | None = None,
@@ -258,6 +405,10 @@ def run(args, proto: dict, proto_path: Path) -> int:
     models = [m for m in models if base._finished(m) is not None]
     cases = {d.name: base.CaseData(d) for d in base._case_dirs(data / src["labelled"])}
     rows, sigmas = [], {}
+    thresholds = tuple(float(t) for t in proto.get("thresholds", ()))
+    swept = bool(THRESHOLD_COLUMNS.keys() & {c for c, _ in columns})
+    if swept and 0.5 not in thresholds:
+        raise SystemExit(f"{proto['name']}: its thresholds must include 0.5 (the columns it is checked against)")
     for m in models:
         tag = base.model_sigma_tag(m)
         skey = f"{'-'.join(m.modalities)} fold {m.fold}" + tag[len(f"fold{m.fold}"):]
@@ -273,12 +424,24 @@ def run(args, proto: dict, proto_path: Path) -> int:
         stamp = {"sigma": sigmas[skey]["sigma"], "step": base._finished(m).get("step")}
         if ENSEMBLE_COLUMNS & {c for c, _ in columns}:  # the ensemble changes when a member does
             stamp["ensemble"] = {e.key: base._finished(e).get("step") for e in ensemble_members(m, models)}
+        fold_sigmas = fold_sigmas_of(m, models, work) if swept else {}
+        if swept:
+            stamp.update(thresholds=list(thresholds), fold_sigmas={str(k): v for k, v in fold_sigmas.items()})
         rows += base.kept_scores(score_file, stamp,
-                                 lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device, columns, models))
-    summary = base.summarise(rows, proto, columns, differences)
+                                 lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device, columns, models,
+                                                     thresholds, fold_sigmas))
+    choice = decisions = None
+    if swept and not missing:
+        check_sweep_at_half(rows)
+        choice = choose_thresholds(rows)
+    summary = base.summarise(rows, proto, columns, differences) if not (swept and missing) else {}
+    if choice is not None and "decisions" in proto:
+        decisions = decide(summary, proto["decisions"], float(proto.get("margin", 0.01)))
     winner = pick_winner(summary, proto["control"], proto["rules"], proto.get("companions"),
                          proto.get("companion_tolerance", 0.01)) if "winner_rule" in stage else None
     text = report(proto, src, args.stage, summary, sigmas, winner)
+    if choice is not None:
+        text += threshold_report(choice, decisions)
     if args.score_available or missing:
         print(f"PARTIAL: {len({r['model'] for r in rows})} finished model(s) scored; not yet finished: {', '.join(missing) or 'none'}. "
               "Progress, not the stage's result.\n\n" + text)
@@ -287,5 +450,6 @@ def run(args, proto: dict, proto_path: Path) -> int:
     if not args.no_write:
         base.write_stage(results_dir, f"{proto['name']}-{args.stage}", text,
                          {"protocol": proto["name"], "stage": args.stage, "winner": winner, "sigmas": sigmas,
-                          "summary": summary, "rows": rows})
+                          "summary": summary, "rows": rows, **({"thresholds": choice, "decisions": decisions}
+                                                               if choice is not None else {})})
     return 0

@@ -291,3 +291,19 @@ def test_sigma_tag_keeps_the_paper_settings_files_and_separates_other_gmm_settin
     tag = protocol.sigma_tag(1, rec)
     assert tag.startswith("fold1-gmm-") and tag == protocol.sigma_tag(1, recommended_config())
     assert tag != protocol.sigma_tag(1, GMMConfig(n_clusters=5))
+
+
+def test_train_variants_keeps_the_named_variants_and_their_round_one_models_only(tmp_path):
+    """``--train-variants`` (rebuilding a source protocol's lost run folders): the named self-training
+    variant brings its round-1 parents, the other variants stay out, and an unknown name is refused."""
+    for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1"])):
+        for n in names:
+            (tmp_path / group / n).mkdir(parents=True)
+    proto = protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v13.toml")
+    models = protocol.plan(proto, "screen", tmp_path, tmp_path / "work", tmp_path / "results", [])
+    kept = protocol.only_variants(models, ["robust-2mm-st"])
+    assert {m.variant for m in kept} == {"robust-2mm", "robust-2mm-st"} and len(kept) == 8
+    assert all(m.parent in kept for m in kept if m.variant == "robust-2mm-st")
+    assert [m for m in models if m in kept] == kept  # plan order: round 1 before the round 2 that needs it
+    with pytest.raises(SystemExit, match="not in this stage.*robust-2mm-st"):
+        protocol.only_variants(models, ["robust-st"])

@@ -249,3 +249,121 @@ def test_each_stage_reads_the_models_of_its_own_source_protocol(tmp_path, name):
     with pytest.raises(SystemExit, match=r"cgc-v9 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-st/"
                                          r"fold0-seed900.*flair/robust-2mm-st/fold1-seed901"):
         evaluate_cgc.main(confirm)
+
+
+def _metrics(pred, ref):
+    from CGCLesionSegLib.metrics import all_metrics
+    return all_metrics(pred, ref, (1.0, 1.0, 1.0))
+
+
+def test_threshold_sweep_matches_thresholding_each_map_by_hand(monkeypatch):
+    """cgc-v18's sweep: at every threshold, each family's metrics are those of its map thresholded and
+    cleaned up by hand (network ≥ t; the shipped rule at t on 0.5·network + 0.5·P_rec; ``cgcseg gmm``'s
+    clean-up on P_rec at t; P smoothed with each fold's sigma ≥ t)."""
+    from types import SimpleNamespace
+    from scipy.ndimage import gaussian_filter
+    from CGCLesionSegLib.postprocess import binarize
+    shape = (14, 14, 14)
+    rng = np.random.default_rng(7)
+    net, p, p_rec = (gaussian_filter(rng.random(shape), 1.5).astype(np.float32) for _ in range(3))
+    net, p, p_rec = ((m - m.min()) / (m.max() - m.min()) for m in (net, p, p_rec))
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    ref = np.zeros(shape, bool)
+    ref[3:10, 4:11, 2:9] = True
+    case = SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0)), reference=ref,
+                           brain=lambda mods: brain)
+    res = SimpleNamespace(network_probability=net, brain_mask=brain)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda c, mods: p_rec)
+    ts = (0.3, 0.5, 0.6)
+    sweep = rules.threshold_sweep(case, ["flair"], p, res, ts, {0: 1.0, 1: 2.0})
+    assert set(sweep) == {"network", "default_rec", "gmm_default", "p_smooth@0", "p_smooth@1"}
+    for t in ts:
+        k = f"{t:.2f}"
+        assert sweep["network"][k] == _metrics(net >= t, ref)
+        fused = binarize(0.5 * net + 0.5 * p_rec, t, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain,
+                         spacing_xyz=(1.0, 1.0, 1.0))
+        assert sweep["default_rec"][k] == _metrics(fused.astype(bool), ref)
+        gmm = binarize(p_rec, t, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain,
+                       spacing_xyz=(1.0, 1.0, 1.0))
+        assert sweep["gmm_default"][k] == _metrics(gmm.astype(bool), ref)
+        for fold, s in ((0, 1.0), (1, 2.0)):
+            sm = np.clip(gaussian_filter(p.astype(np.float64), s, mode="constant"), 0, 1)
+            got = sweep[f"p_smooth@{fold}"][k]
+            assert abs(got["dice"] - _metrics(sm >= t, ref)["dice"]) < 0.02  # float32 rounding at the edge
+    # the thresholds change the masks (else the test would be vacuous)
+    assert sweep["network"]["0.30"]["dice"] != sweep["network"]["0.60"]["dice"]
+
+
+def _sweep_row(case, fold, seed, by_t, mods=("flair",)):
+    """A row whose every family has Dice ``by_t`` ({"0.40": d}); the 0.5 columns copied from it."""
+    fams = {f: {t: {"dice": d, "sensitivity": d, "precision": d, "hd95_mm": 1.0, "assd_mm": 1.0}
+                for t, d in by_t.items()} for f in ("network", "default_rec", "gmm_default", "p_smooth@0", "p_smooth@1")}
+    return {"case": case, "fold": fold, "seed": seed, "variant": "v", "modalities": list(mods), "model": f"m{fold}{seed}",
+            "sweep": fams, "network": dict(fams["network"]["0.50"])}
+
+
+def test_each_folds_threshold_is_chosen_on_the_other_folds_rows_only():
+    rows = [_sweep_row("a", 0, 1, {"0.40": 0.9, "0.50": 0.5, "0.60": 0.1}),
+            _sweep_row("b", 0, 1, {"0.40": 0.8, "0.50": 0.5, "0.60": 0.2}),
+            _sweep_row("c", 1, 1, {"0.40": 0.1, "0.50": 0.5, "0.60": 0.7}),
+            # two seeds of case d: averaged first, so d weighs as much as c
+            _sweep_row("d", 1, 1, {"0.40": 0.2, "0.50": 0.5, "0.60": 0.9}),
+            _sweep_row("d", 1, 2, {"0.40": 0.2, "0.50": 0.5, "0.60": 0.9})]
+    choice = rules.choose_thresholds(rows)
+    # fold 0 (held out a, b) takes the threshold that is best on c, d — 0.6 — although 0.4 is best on a, b
+    assert choice["flair/v fold 0"]["network_t"]["threshold"] == 0.6
+    assert choice["flair/v fold 1"]["network_t"]["threshold"] == 0.4
+    assert choice["flair/v fold 0"]["network_t"]["scores"]["0.60"] == pytest.approx(0.8)
+    assert rows[0]["network_t"]["dice"] == 0.1 and rows[2]["network_t"]["dice"] == 0.1
+    assert rows[0]["thresholds"] == {c: 0.6 for c in rules.THRESHOLD_COLUMNS}
+    # a held-out case's own labels cannot move its fold's threshold
+    rows[0]["sweep"]["network"]["0.60"]["dice"] = 0.0
+    assert rules.choose_thresholds(rows)["flair/v fold 0"]["network_t"]["threshold"] == 0.6
+    # p_smooth: fold 0's threshold is read from the other fold's rows smoothed with fold 0's sigma
+    rows[2]["sweep"]["p_smooth@0"]["0.40"]["dice"] = rows[3]["sweep"]["p_smooth@0"]["0.40"]["dice"] = 1.0
+    rows[4]["sweep"]["p_smooth@0"]["0.40"]["dice"] = 1.0
+    again = rules.choose_thresholds(rows)
+    assert again["flair/v fold 0"]["p_smooth_t"]["threshold"] == 0.4
+    assert again["flair/v fold 0"]["network_t"]["threshold"] == 0.6
+    assert rows[0]["p_smooth_t"] == rows[0]["sweep"]["p_smooth@0"]["0.40"]
+    with pytest.raises(SystemExit, match="no other fold"):
+        rules.choose_thresholds([r for r in rows if r["fold"] == 0])
+
+
+def test_threshold_ties_go_to_the_value_nearer_one_half_then_the_higher():
+    assert rules._best_threshold({"0.40": 0.7, "0.50": 0.7, "0.60": 0.6}) == "0.50"
+    assert rules._best_threshold({"0.40": 0.7, "0.45": 0.6, "0.55": 0.6, "0.60": 0.7}) == "0.60"
+    assert rules._best_threshold({"0.30": 0.7000000001, "0.50": 0.7}) == "0.50"  # float noise does not decide
+    assert rules._best_threshold({"0.30": 0.71, "0.50": 0.7}) == "0.30"
+
+
+def test_a_threshold_decision_needs_its_gain_and_more_than_its_baseline_gains():
+    def summary(rule, control, brule, base):
+        means = {"network_t": rule, "network": control, "p_smooth_t": brule, "p_smooth": base}
+        return {"g": {"means": {k: {"dice": v} for k, v in means.items()}}}
+    d = [{"name": "net", "rule": "network_t", "control": "network", "baseline_rule": "p_smooth_t", "baseline": "p_smooth"}]
+    assert rules.decide(summary(0.80, 0.78, 0.76, 0.76), d, 0.01)["net"]["g"]["passes"]       # +0.02, baseline flat
+    assert not rules.decide(summary(0.80, 0.78, 0.78, 0.76), d, 0.01)["net"]["g"]["passes"]   # baseline gains as much
+    assert not rules.decide(summary(0.785, 0.78, 0.70, 0.76), d, 0.01)["net"]["g"]["passes"]  # gain only +0.005
+    got = rules.decide(summary(0.80, 0.78, 0.765, 0.76), d, 0.01)["net"]["g"]
+    assert got["gain"] == pytest.approx(0.02) and got["gain_over_baseline"] == pytest.approx(0.015) and got["passes"]
+
+
+def test_the_sweep_must_reproduce_the_half_threshold_columns():
+    row = _sweep_row("a", 0, 1, {"0.50": 0.5})
+    rules.check_sweep_at_half([row])
+    row["network"] = {"dice": 0.49}
+    with pytest.raises(RuntimeError, match="sweep of network at 0.5"):
+        rules.check_sweep_at_half([row])
+
+
+def test_cgc_v18_reads_cgc_v13s_screen_then_cgc_v17s_confirmation_models(tmp_path):
+    proto = ROOT / "docs" / "protocols" / "cgc-v18.toml"
+    argv = _screen_without_models(tmp_path, proto)
+    with pytest.raises(SystemExit, match="cgc-v13 has not finished these models yet.*robust-2mm-st/fold0-seed900"):
+        evaluate_cgc.main(argv)
+    confirm = [a if a != "screen" else "confirm" for a in argv]
+    with pytest.raises(SystemExit, match=r"cgc-v17 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-st/"
+                                         r"fold0-seed1700.*flair/robust-2mm-st/fold1-seed1701"):
+        evaluate_cgc.main(confirm)
