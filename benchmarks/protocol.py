@@ -717,7 +717,7 @@ def run(args, extra: list) -> int:
     data = Path(args.data)
     models = plan(proto, args.stage, data, work, results_dir, extra)
     if getattr(args, "train_variants", None):
-        models = only_variants(models, args.train_variants)
+        models = only_variants(models, args.train_variants, getattr(args, "train_seeds", None))
         print(f"training {len(models)} models of stage {args.stage}: " + ", ".join(m.key for m in models), file=sys.stderr)
         train_all(models, stage, int(args.jobs or proto.get("jobs", 1)), args.device)
         return 0
@@ -766,13 +766,16 @@ def run(args, extra: list) -> int:
     return 0
 
 
-def only_variants(models: list[Model], names: list[str]) -> list[Model]:
-    """The models of the variants ``names`` and their round-1 parents, in plan order (``--train-variants``)."""
+def only_variants(models: list[Model], names: list[str], seeds: Optional[list[int]] = None) -> list[Model]:
+    """The models of the variants ``names`` (of ``seeds`` only, when given) and their round-1 parents, in
+    plan order (``--train-variants``, ``--train-seeds``)."""
     known = sorted({m.variant for m in models})
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"--train-variants: {', '.join(unknown)} not in this stage; it has {', '.join(known)}")
-    keep = {id(m) for m in models if m.variant in names}
+    if seeds and not set(seeds) <= {m.seed for m in models}:
+        raise SystemExit(f"--train-seeds: the stage's seeds are {', '.join(map(str, sorted({m.seed for m in models})))}")
+    keep = {id(m) for m in models if m.variant in names and (not seeds or m.seed in seeds)}
     keep |= {id(m.parent) for m in models if id(m) in keep and m.parent is not None}
     return [m for m in models if id(m) in keep]
 

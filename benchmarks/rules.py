@@ -397,7 +397,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
     work = Path(args.work_dir or base.ROOT / "runs" / f"protocol-{src['name']}") / stage["source_stage"]
     data = Path(args.data)
     models = [m for m in base.plan(src, stage["source_stage"], data, work, results_dir, [])
-              if m.variant == stage["variant"]]
+              if m.variant == stage["variant"] and ("seeds" not in stage or m.seed in stage["seeds"])]
     missing = [m.key for m in models if base._finished(m) is None]
     if missing and not args.score_available:
         raise SystemExit(f"{src['name']} has not finished these models yet: {', '.join(missing)}; run its stage "

@@ -307,3 +307,7 @@ def test_train_variants_keeps_the_named_variants_and_their_round_one_models_only
     assert [m for m in models if m in kept] == kept  # plan order: round 1 before the round 2 that needs it
     with pytest.raises(SystemExit, match="not in this stage.*robust-2mm-st"):
         protocol.only_variants(models, ["robust-st"])
+    one_seed = protocol.only_variants(models, ["robust-2mm-st"], [900])
+    assert {m.seed for m in one_seed} == {900} and len(one_seed) == 4
+    with pytest.raises(SystemExit, match="seeds are 900, 901"):
+        protocol.only_variants(models, ["robust-2mm-st"], [5])
