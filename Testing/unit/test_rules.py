@@ -237,18 +237,22 @@ def test_default_rec_fuses_the_network_with_the_cgcseg_gmm_map(monkeypatch):
     assert not np.array_equal(masks["default_rec_psmooth"], masks["default_rec"])
 
 
-@pytest.mark.parametrize("name", ["cgc-v10", "cgc-v11"])
-def test_each_stage_reads_the_models_of_its_own_source_protocol(tmp_path, name):
+@pytest.mark.parametrize("name, screen, confirm", [
+    ("cgc-v10", ("cgc-v5", "seed500"), ("cgc-v9", "900", "901")),
+    ("cgc-v11", ("cgc-v5", "seed500"), ("cgc-v9", "900", "901")),
+    ("cgc-v18", ("cgc-v13", "seed900"), ("cgc-v17", "1700", "1701"))])
+def test_each_stage_reads_the_models_of_its_own_source_protocol(tmp_path, name, screen, confirm):
     """cgc-v10 / cgc-v11 name a source per stage: the screen scores cgc-v5's screen models, the confirmation
-    cgc-v9's confirmation models (seeds 900/901, both model sets), and each waits for its own."""
+    cgc-v9's confirmation models (seeds 900/901, both model sets), and each waits for its own; cgc-v18
+    screens on cgc-v13's screen models and confirms on cgc-v17's confirmation models (fresh seeds)."""
     proto = ROOT / "docs" / "protocols" / f"{name}.toml"
     argv = _screen_without_models(tmp_path, proto)
-    with pytest.raises(SystemExit, match="cgc-v5 has not finished these models yet.*robust-2mm-st/fold0-seed500"):
+    with pytest.raises(SystemExit, match=f"{screen[0]} has not finished these models yet.*robust-2mm-st/fold0-{screen[1]}"):
         evaluate_cgc.main(argv)
-    confirm = [a if a != "screen" else "confirm" for a in argv]
-    with pytest.raises(SystemExit, match=r"cgc-v9 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-st/"
-                                         r"fold0-seed900.*flair/robust-2mm-st/fold1-seed901"):
-        evaluate_cgc.main(confirm)
+    src, first, last = confirm
+    with pytest.raises(SystemExit, match=rf"{src} has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-st/"
+                                         rf"fold0-seed{first}.*flair/robust-2mm-st/fold1-seed{last}"):
+        evaluate_cgc.main([a if a != "screen" else "confirm" for a in argv])
 
 
 def _metrics(pred, ref):
@@ -356,14 +360,3 @@ def test_the_sweep_must_reproduce_the_half_threshold_columns():
     row["network"] = {"dice": 0.49}
     with pytest.raises(RuntimeError, match="sweep of network at 0.5"):
         rules.check_sweep_at_half([row])
-
-
-def test_cgc_v18_reads_cgc_v13s_screen_then_cgc_v17s_confirmation_models(tmp_path):
-    proto = ROOT / "docs" / "protocols" / "cgc-v18.toml"
-    argv = _screen_without_models(tmp_path, proto)
-    with pytest.raises(SystemExit, match="cgc-v13 has not finished these models yet.*robust-2mm-st/fold0-seed900"):
-        evaluate_cgc.main(argv)
-    confirm = [a if a != "screen" else "confirm" for a in argv]
-    with pytest.raises(SystemExit, match=r"cgc-v17 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-st/"
-                                         r"fold0-seed1700.*flair/robust-2mm-st/fold1-seed1701"):
-        evaluate_cgc.main(confirm)
