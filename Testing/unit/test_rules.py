@@ -360,3 +360,30 @@ def test_the_sweep_must_reproduce_the_half_threshold_columns():
     row["network"] = {"dice": 0.49}
     with pytest.raises(RuntimeError, match="sweep of network at 0.5"):
         rules.check_sweep_at_half([row])
+
+
+def test_threshold_columns_summarise_decide_and_report_like_the_runner():
+    """The runner's chain on cgc-v18's own columns: rows with sweeps -> the half-threshold check -> fold
+    choices -> summary -> declared decisions -> report text (one group, two folds, two cases each)."""
+    import tomllib
+    proto = tomllib.loads((ROOT / "docs" / "protocols" / "cgc-v18.toml").read_text())
+    columns, differences = rules.columns_of(proto)
+    rows = []
+    for case, fold, best in (("a", 0, 0.40), ("b", 0, 0.40), ("c", 1, 0.60), ("d", 1, 0.60)):
+        by_t = {f"{t:.2f}": 0.8 - abs(t - best) for t in proto["thresholds"]}
+        r = _sweep_row(case, fold, 1, by_t, mods=("flair", "t1"))
+        r.update(sigma_mm=2.0, step=300)
+        for col in ("p", "p_smooth", "gmm_default", "default_rec"):
+            r[col] = dict(r["sweep"]["network"]["0.50"])
+        rows.append(r)
+    rules.check_sweep_at_half(rows)
+    choice = rules.choose_thresholds(rows)
+    assert choice["flair-t1/v fold 0"]["default_rec_t"]["threshold"] == 0.6  # read on fold 1's cases
+    summary = rules.base.summarise(rows, proto, columns, differences)
+    g = summary["flair-t1/v"]
+    assert g["means"]["network_t"]["dice"] == pytest.approx(0.6) and g["means"]["network"]["dice"] == pytest.approx(0.7)
+    decisions = rules.decide(summary, proto["decisions"], proto["margin"])
+    assert set(decisions) == {"network threshold", "default-output threshold"}
+    assert not decisions["network threshold"]["flair-t1/v"]["passes"]  # each fold's choice is wrong for the other
+    text = rules.threshold_report(choice, decisions)
+    assert "| flair-t1/v fold 0 | network_t | 0.60 | 0.8000 (0.7000) |" in text and "| no |" in text
