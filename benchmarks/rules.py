@@ -315,7 +315,7 @@ def check_sweep_at_half(rows: list[dict]) -> None:
 def threshold_report(choice: dict, decisions: dict | None) -> str:
     """Markdown: the threshold chosen per fold and column (with the training-case Dice it was chosen by),
     and the declared decisions."""
-    lines = ["#### Thresholds chosen inside the training folds", "",
+    lines = ["", "#### Thresholds chosen inside the training folds", "",
              "| fold | column | t | mean Dice on the fold's labelled training cases at t (at 0.5) |", "|---|---|---|---|"]
     for fold, cols in sorted(choice.items()):
         for col, c in cols.items():
