@@ -54,10 +54,9 @@ def main(argv=None) -> int:
              "| case | P ≥ 0.5 | 0.1 < P < 0.9 | 0.1 ≤ P < 0.2 | mean P |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {r['p_ge_0.5']:.3f} | {r['undecided_0.1_0.9']:.3f} | {r['low_0.1_0.2']:.3f} | {r['mean_p']:.3f} |"
               for n, r in rows.items()]
-    text = "\n".join(lines)
-    print(text)
     from _report import write_section
-    write_section("p-haze", text)
+    print("\n".join(lines))
+    write_section("p-haze", "\n".join(lines))
     return 0
 
 
