@@ -716,14 +716,14 @@ def run(args, extra: list) -> int:
     work = Path(args.work_dir or ROOT / "runs" / f"protocol-{proto['name']}") / f"{args.stage}{tag}"
     data = Path(args.data)
     models = plan(proto, args.stage, data, work, results_dir, extra)
-    if getattr(args, "train_variants", None):
-        models = only_variants(models, args.train_variants, getattr(args, "train_seeds", None))
-        print(f"training {len(models)} models of stage {args.stage}: " + ", ".join(m.key for m in models), file=sys.stderr)
-        train_all(models, stage, int(args.jobs or proto.get("jobs", 1)), args.device)
-        return 0
+    only = getattr(args, "train_variants", None)
+    if only:
+        models = only_variants(models, only, getattr(args, "train_seeds", None))
     print(f"{len(models)} models in stage {args.stage}: " + ", ".join(m.key for m in models), file=sys.stderr)
-    if not args.score_only and not args.score_available:
+    if only or (not args.score_only and not args.score_available):
         train_all(models, stage, int(args.jobs or proto.get("jobs", 1)), args.device)
+    if only:  # --train-variants trains and stops: nothing is scored or written
+        return 0
     missing = [m.key for m in models if _finished(m) is None]
     if missing and args.score_available:
         models = [m for m in models if _finished(m) is not None]

@@ -271,7 +271,7 @@ def choose_thresholds(rows: list[dict]) -> dict:
                 raise SystemExit(f"{mods}/{variant}: fold {fold} has no other fold's rows to choose its threshold on")
             entry = choice.setdefault(f"{mods}/{variant} fold {fold}", {})
             for col, family in THRESHOLD_COLUMNS.items():
-                fam = f"{family}@{fold}" if family == "p_smooth" else family
+                fam = f"{family}@{fold}" if family == "p_smooth" else family  # fold K's own sigma
                 per_case: dict = {}
                 for r in others:
                     for t, m in r["sweep"][fam].items():
@@ -280,10 +280,9 @@ def choose_thresholds(rows: list[dict]) -> dict:
                           for t, by_case in per_case.items()}
                 best = _best_threshold(scores)
                 entry[col] = {"threshold": float(best), "scores": scores}
-                own = f"{family}@{fold}" if family == "p_smooth" else family
                 for r in rs:
                     if r["fold"] == fold:
-                        r[col] = dict(r["sweep"][own][best])
+                        r[col] = dict(r["sweep"][fam][best])
                         r.setdefault("thresholds", {})[col] = float(best)
     return choice
 
@@ -304,9 +303,8 @@ def fold_sigmas_of(model: base.Model, models: list, work: Path) -> dict:
 def check_sweep_at_half(rows: list[dict]) -> None:
     """The sweeps at t = 0.5 must reproduce the rows' own 0.5 columns (the same maps and clean-ups), else
     the thresholded columns would not be comparable with them."""
-    pairs = {"network": "network", "default_rec": "default_rec", "gmm_default": "gmm_default"}
     for r in rows:
-        for col, fam in [*pairs.items(), ("p_smooth", f"p_smooth@{r['fold']}")]:
+        for col, fam in [(c, c) for c in ("network", "default_rec", "gmm_default")] + [("p_smooth", f"p_smooth@{r['fold']}")]:
             if col in r and fam in r["sweep"] and abs(r[col]["dice"] - r["sweep"][fam]["0.50"]["dice"]) > 1e-9:
                 raise RuntimeError(f"{r['model']} {r['case']}: the sweep of {fam} at 0.5 gives Dice "
                                    f"{r['sweep'][fam]['0.50']['dice']:.6f}, the {col} column {r[col]['dice']:.6f}")
@@ -404,7 +402,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
                          f"{stage['source_stage']} first (or give --score-available for a partial look)")
     models = [m for m in models if base._finished(m) is not None]
     cases = {d.name: base.CaseData(d) for d in base._case_dirs(data / src["labelled"])}
-    rows, sigmas = [], {}
+    rows, sigmas, all_fold_sigmas = [], {}, {}
     thresholds = tuple(float(t) for t in proto.get("thresholds", ()))
     swept = bool(THRESHOLD_COLUMNS.keys() & {c for c, _ in columns})
     if swept and 0.5 not in thresholds:
@@ -424,7 +422,10 @@ def run(args, proto: dict, proto_path: Path) -> int:
         stamp = {"sigma": sigmas[skey]["sigma"], "step": base._finished(m).get("step")}
         if ENSEMBLE_COLUMNS & {c for c, _ in columns}:  # the ensemble changes when a member does
             stamp["ensemble"] = {e.key: base._finished(e).get("step") for e in ensemble_members(m, models)}
-        fold_sigmas = fold_sigmas_of(m, models, work) if swept else {}
+        # Every fold's sigma, read once per modality set (each read opens every model's checkpoint).
+        if swept and m.modalities not in all_fold_sigmas:
+            all_fold_sigmas[m.modalities] = fold_sigmas_of(m, models, work)
+        fold_sigmas = all_fold_sigmas.get(m.modalities, {})
         if swept:
             stamp.update(thresholds=list(thresholds), fold_sigmas={str(k): v for k, v in fold_sigmas.items()})
         rows += base.kept_scores(score_file, stamp,
