@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default {lo.patch_rule})")
     lg.add_argument("--patch-threshold", type=float, default=lo.patch_threshold,
                     help=f"label-map value that makes a patch lesion (default {lo.patch_threshold})")
+    lg.add_argument("--ignore-band", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                    help="no BCE (eq. 1 and the coarse loss) where the target lies strictly between LO and HI, "
+                         "e.g. 0.1 0.9: the network learns only where P is decided (default: every voxel, the paper)")
     lg.add_argument("--anchors", choices=ANCHOR_MODES, default=lo.anchors,
                     help=f"anchors of eq. 6: lesion patches, or all patches (default {lo.anchors})")
 
@@ -218,7 +221,8 @@ def configs_from_args(args):
     modalities = [m.lower() for m in args.modalities]
     loss = LossConfig(tau=args.tau, lambda_cg=args.lambda_cg, lambda_fg=args.lambda_fg,
                       patch_label_source=args.patch_labels, patch_threshold=args.patch_threshold,
-                      patch_rule=args.patch_rule, anchors=args.anchors)
+                      patch_rule=args.patch_rule, anchors=args.anchors,
+                      ignore_band=tuple(args.ignore_band) if args.ignore_band is not None else None)
     epochs = args.epochs if args.steps is None else None
     if args.steps is None and args.epochs is None:
         epochs = TrainConfig().epochs

@@ -15,16 +15,18 @@ D = torch.float64  # references and losses are compared in double precision
 
 
 # ------------------------------------------------------------------------------------ references
-def bce_reference(logits: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+def bce_reference(logits: torch.Tensor, prob: torch.Tensor, band=None) -> torch.Tensor:
     total, n = 0.0, 0
     for lg, y in zip(logits.flatten(), prob.flatten()):
+        if band is not None and band[0] < float(y) < band[1]:
+            continue  # undecided target: no loss
         s = 1.0 / (1.0 + torch.exp(-lg))
         total = total - (y * torch.log(s) + (1 - y) * torch.log(1 - s))
         n += 1
-    return total / n
+    return total / n if n else logits.sum() * 0.0
 
 
-def coarse_reference(coarse: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+def coarse_reference(coarse: torch.Tensor, prob: torch.Tensor, band=None) -> torch.Tensor:
     B, _, Z, Y, X = prob.shape
     f = 8
     targets = torch.zeros_like(coarse)
@@ -35,7 +37,7 @@ def coarse_reference(coarse: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
                     cell = prob[b, 0, z * f:(z + 1) * f, y * f:(y + 1) * f, x * f:(x + 1) * f]
                     # Padding is zero: the cell mean divides by the full 8³ even at the border.
                     targets[b, 0, z, y, x] = cell.sum() / f ** 3
-    return bce_reference(coarse, targets)
+    return bce_reference(coarse, targets, band)
 
 
 def supcon_reference(emb: torch.Tensor, labels: torch.Tensor, tau: float, anchors: str) -> torch.Tensor:
@@ -112,6 +114,69 @@ def test_coarse_loss_matches_reference_including_padding():
     vr, (gcr,) = _grads(lambda c: coarse_reference(c, prob), coarse)
     assert torch.allclose(v, vr, rtol=1e-10)
     assert torch.allclose(gc, gcr, rtol=1e-8)
+
+
+@pytest.mark.parametrize("band", [(0.1, 0.9), (0.0, 0.5), (0.3, 1.0)])
+def test_bce_ignore_band_matches_reference(band):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 1, 3, 4, 5, generator=g, dtype=D) * 3
+    prob = torch.rand(2, 1, 3, 4, 5, generator=g, dtype=D)
+    prob[0, 0, 0] = torch.tensor([0.0, 1.0, 0.1, 0.9, 0.5])  # both ends, the band's edges (kept), inside
+    v, (gl,) = _grads(lambda l: bce_loss(l, prob, band), logits)
+    vr, (glr,) = _grads(lambda l: bce_reference(l, prob, band), logits)
+    assert torch.allclose(v, vr, rtol=1e-10)
+    assert torch.allclose(gl, glr, rtol=1e-8, atol=1e-12)
+    inside = (prob > band[0]) & (prob < band[1])
+    assert inside.any() and bool((gl[inside] == 0).all()) and bool((gl[~inside] != 0).all())
+    assert not torch.allclose(v, bce_loss(logits, prob))  # the band changed the value
+
+
+def test_coarse_ignore_band_matches_reference():
+    g = torch.Generator().manual_seed(4)
+    prob = 0.2 + 0.6 * torch.rand(2, 1, 16, 16, 16, generator=g, dtype=D)  # no padding: cell means near 0.5
+    prob[0, 0, :8, :8, :8] = 0.0   # one decided cell per image (its mean 0 and 1), the rest undecided
+    prob[1, 0, :8, :8, :8] = 1.0
+    coarse = torch.randn(2, 1, 2, 2, 2, generator=g, dtype=D)
+    v, (gc,) = _grads(lambda c: coarse_loss(c, prob, (0.1, 0.9)), coarse)
+    vr, (gcr,) = _grads(lambda c: coarse_reference(c, prob, (0.1, 0.9)), coarse)
+    assert torch.allclose(v, vr, rtol=1e-10)
+    assert torch.allclose(gc, gcr, rtol=1e-8, atol=1e-12)
+    assert int((gc != 0).sum()) == 2  # only the two decided cells teach
+
+
+def test_ignore_band_all_undecided_is_a_zero_that_keeps_the_graph():
+    logits = torch.randn(1, 1, 2, 2, 2, requires_grad=True)
+    v = bce_loss(logits, torch.full((1, 1, 2, 2, 2), 0.5), (0.1, 0.9))
+    v.backward()
+    assert float(v) == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_ignore_band_leaves_binary_targets_alone():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(1, 1, 4, 4, 4, generator=g, dtype=D)
+    target = (torch.rand(1, 1, 4, 4, 4, generator=g, dtype=D) > 0.5).to(D)
+    assert torch.equal(bce_loss(logits, target, (0.1, 0.9)), bce_loss(logits, target))
+
+
+@pytest.mark.parametrize("band", [(0.9, 0.1), (0.5, 0.5), (-0.1, 0.5), (0.2, 1.5), (0.5,)])
+def test_ignore_band_rejects_bad_bands(band):
+    with pytest.raises(ValueError, match="ignore_band"):
+        LossConfig(ignore_band=band)
+
+
+def test_ignore_band_reaches_cgc_loss_and_survives_a_dict_round_trip():
+    from dataclasses import asdict
+    import json
+    cfg = LossConfig(ignore_band=[0.1, 0.9])
+    assert cfg.ignore_band == (0.1, 0.9)
+    back = LossConfig(**json.loads(json.dumps(asdict(cfg))))
+    assert back == cfg
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(1, 1, 8, 8, 8, generator=g)
+    prob = torch.rand(1, 1, 8, 8, 8, generator=g)
+    _, terms = cgc_loss({"logits": logits}, prob, cfg)
+    assert torch.allclose(terms["bce"], bce_loss(logits, prob, (0.1, 0.9)))
+    assert not torch.allclose(terms["bce"], bce_loss(logits, prob))
 
 
 def test_coarse_loss_rejects_wrong_grid():
