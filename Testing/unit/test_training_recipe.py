@@ -119,3 +119,34 @@ def test_schedule_keeps_the_head_ratio_in_a_run(tmp_path):
     assert [x["lr_scale"] for x in g] == [1.0, 10.0]
     assert g[1]["lr"] == pytest.approx(10 * g[0]["lr"]) and g[0]["lr"] < 1e-3  # the schedule moved both
     assert ck["train_config"]["head_lr_scale"] == 10.0
+
+
+def test_ignore_band_reaches_the_run_and_its_checkpoint(tmp_path):
+    """`--ignore-band 0.1 0.9` is recorded in the checkpoint and changes the logged BCE of the same seed's
+    first step (P made undecided, 0.5, wherever the phantom's P is below 0.5); a bad band is refused
+    before any training."""
+    import csv
+    import numpy as np
+    from CGCLesionSegLib.checkpoint import read_checkpoint
+    from CGCLesionSegLib.image_io import read_image, write_image
+    from test_training_synth import MODS, TINY_NET_ARGS, run_cli, write_csv_with_prob
+    cases = write_csv_with_prob(tmp_path / "list", n_cases=2)
+    for path in (tmp_path / "list" / "img").glob("*_p.nii.gz"):
+        img = read_image(path)
+        prob = img.array_zyx
+        assert (prob >= 0.5).any() and (prob < 0.5).any()
+        write_image(path, np.where(prob >= 0.5, 1.0, 0.5).astype(np.float32), img.geometry)
+    common = ["--cases", cases, "--modalities", *MODS, "--crop", "16", "16", "16", "--batch-size", "2",
+              "--workers", "0", "--device", "cpu", "--steps", "1", "--progress", "none", "--overgrowth-ratio", "1000",
+              *TINY_NET_ARGS]
+    bce = {}
+    for name, extra in (("plain", []), ("band", ["--ignore-band", "0.1", "0.9"])):
+        r = run_cli([*common, "--output-dir", tmp_path / name, *extra])
+        assert r.returncode == 0, r.stderr
+        with open(tmp_path / name / "loss_log.csv", newline="") as fh:
+            bce[name] = float(next(csv.DictReader(fh))["bce"])
+    assert tuple(read_checkpoint(tmp_path / "band" / "last.pt")["train_config"]["loss"]["ignore_band"]) == (0.1, 0.9)
+    assert read_checkpoint(tmp_path / "plain" / "last.pt")["train_config"]["loss"]["ignore_band"] is None
+    assert bce["band"] != pytest.approx(bce["plain"], rel=1e-3)
+    r = run_cli([*common, "--output-dir", tmp_path / "bad", "--ignore-band", "0.9", "0.1"])
+    assert r.returncode != 0 and "ignore_band" in r.stderr and not (tmp_path / "bad" / "last.pt").exists()
