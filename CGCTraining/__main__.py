@@ -222,7 +222,7 @@ def configs_from_args(args):
     loss = LossConfig(tau=args.tau, lambda_cg=args.lambda_cg, lambda_fg=args.lambda_fg,
                       patch_label_source=args.patch_labels, patch_threshold=args.patch_threshold,
                       patch_rule=args.patch_rule, anchors=args.anchors,
-                      ignore_band=tuple(args.ignore_band) if args.ignore_band is not None else None)
+                      ignore_band=args.ignore_band)  # LossConfig checks it and makes it a tuple
     epochs = args.epochs if args.steps is None else None
     if args.steps is None and args.epochs is None:
         epochs = TrainConfig().epochs
