@@ -25,8 +25,14 @@ Declared before its first run (2026-12-02, committed with this file; no number o
   cases. A column whose mean falls below 0.3 under a shift, or more than 0.15 below its ``none`` score, is
   a failure to trace and fix in the code (not by tuning on these cases); nothing ships from the numbers.
 
+Added 2026-12-02 17:45, before any number of it existed (protocol ``lesion-choice-v1``, docs/protocols/README.md):
+column ``default_vote`` — the shipped output rule with ``lesion_choice="network"`` (the opened components of
+the fused map ranked by how many voxels the network's own map marks >= 0.5, size breaking ties), from the
+same network and P maps as ``default_rec``; the paired difference ``default_vote − default_rec`` per shift
+and per case; kept scores without the column are recomputed. Its decisions are declared in that README.
+
     python benchmarks/preprocessing_shift.py --protocol docs/protocols/cgc-v13.toml --stage screen \\
-        --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...]
+        --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--tag NAME]
 
 Writes ``docs/protocols/results/shift-<protocol>-<stage>-<modalities>.json`` and the docs/BENCHMARKS.md
 section ``shift-<protocol>-<stage>-<modalities>``; per model scores are kept beside it
@@ -50,7 +56,8 @@ sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
 import protocol as base  # noqa: E402
 
 SHIFTS = ("none", "zscore", "thick5", "iso2", "bias", "noise", "gamma", "uint8", "clinical")
-COLUMNS = ("p", "p_smooth", "network", "default_rec", "gmm_default")
+COLUMNS = ("p", "p_smooth", "network", "default_rec", "gmm_default", "default_vote")
+PAIRS = (("network", "p_smooth"), ("default_rec", "gmm_default"), ("default_vote", "default_rec"))
 FAIL_BELOW, FAIL_DROP = 0.3, 0.15
 
 
@@ -176,7 +183,7 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
     """Dice (and the other metrics) of every column for one model, case and shift."""
     from CGCLesionSegLib.config import config_from_dict
     from CGCLesionSegLib.gmm import GMMConfig
-    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset, segment_case
     from CGCLesionSegLib.metrics import all_metrics
     from CGCLesionSegLib.postprocess import binarize, smooth_probability
     from rules import output_rule_mask
@@ -192,13 +199,18 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
              "network": res.probability >= 0.5,
              "default_rec": output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5, g.spacing),
              "gmm_default": binarize(rec.probability, threshold, mask_zyx=rec.mask, spacing_xyz=g.spacing, **post)}
+    # The shipped rule again, its component chosen by the network's votes (protocol lesion-choice-v1).
+    vote = InferenceConfig(**{**output_preset("single-lesion"), "lesion_choice": "network"})
+    masks["default_vote"] = output_mask(0.5 * res.probability + 0.5 * rec.probability, res.brain_mask, vote, g.spacing,
+                                        res.probability).astype(bool)
     target = case.geometry
     spacing_zyx = tuple(reversed(target.spacing))
     return {c: all_metrics(back_to(m, g, target), case.reference, spacing_zyx) for c, m in masks.items()}
 
 
 def summarise(rows: list, shifts, resamples: int = 10000) -> dict:
-    """Per shift: column means (seeds averaged per case), change from ``none``, two paired differences."""
+    """Per shift: column means (seeds averaged per case), change from ``none``, the :data:`PAIRS`' paired
+    differences (with the per-case values of each)."""
     out = {}
     for s in shifts:
         per_case: dict = {}
@@ -210,10 +222,11 @@ def summarise(rows: list, shifts, resamples: int = 10000) -> dict:
         mean_case = {c: {col: statistics.mean(x[col]["dice"] for x in rs) for col in COLUMNS} for c, rs in per_case.items()}
         means = {col: statistics.mean(v[col] for v in mean_case.values()) for col in COLUMNS}
         diffs = {}
-        for a, b in (("network", "p_smooth"), ("default_rec", "gmm_default")):
+        for a, b in PAIRS:
             d = [v[a] - v[b] for v in mean_case.values()]
             lo, hi = base.bootstrap_ci(d, resamples, 0)
-            diffs[f"{a} − {b}"] = {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d)}
+            diffs[f"{a} − {b}"] = {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d),
+                                  "per_case": {c: v[a] - v[b] for c, v in mean_case.items()}}
         lowest = {col: min(mean_case, key=lambda c: mean_case[c][col]) for col in COLUMNS}
         out[s] = {"cases": len(mean_case), "means": means, "differences": diffs,
                   "lowest": {col: {"case": c, "dice": mean_case[c][col]} for col, c in lowest.items()}}
@@ -234,11 +247,37 @@ def failures(summary: dict) -> list[str]:
     return bad
 
 
+#: lesion-choice-v1's declared limits (docs/protocols/README.md): no shift's mean below, no case below.
+VOTE_SHIFT_FLOOR, VOTE_CASE_FLOOR = -0.005, -0.05
+#: The (shift, case) that motivated the rule: its number is in-sample and read apart.
+VOTE_MOTIVATION = ("clinical", "BraTS2021_00000")
+
+
+def lesion_choice_reading(summary: dict) -> str:
+    """lesion-choice-v1's decisions on ``default_vote − default_rec``: every (shift, case) that changed, the
+    mean over all pairs and without the motivating one, and the two declared limits."""
+    key = "default_vote − default_rec"
+    pairs = {(s, c): d for s, v in summary.items() for c, d in v["differences"][key]["per_case"].items()}
+    changed = {k: d for k, d in pairs.items() if abs(d) > 1e-9}
+    rest = [d for k, d in pairs.items() if k != VOTE_MOTIVATION]
+    low_shifts = [s for s, v in summary.items() if v["differences"][key]["mean"] < VOTE_SHIFT_FLOOR]
+    low_cases = [f"{s}/{c}" for (s, c), d in pairs.items() if d < VOTE_CASE_FLOOR]
+    listed = ": " + ", ".join(f"{s}/{c} {d:+.3f}" for (s, c), d in sorted(changed.items())) if changed else ""
+    verdict = "passes" if not low_shifts and not low_cases else "fails"
+    return (f"`default_vote − default_rec` (protocol lesion-choice-v1): {len(changed)} of {len(pairs)} (shift, case) "
+            f"pairs changed{listed}. Mean over all pairs {statistics.mean(pairs.values()):+.4f}; without "
+            f"{'/'.join(VOTE_MOTIVATION)} (the pair that motivated the rule, in-sample) "
+            f"{statistics.mean(rest) if rest else float('nan'):+.4f}. Shift means below {VOTE_SHIFT_FLOOR}: "
+            f"{', '.join(f'`{x}`' for x in low_shifts) or 'nothing'}; pairs below {VOTE_CASE_FLOOR}: "
+            f"{', '.join(low_cases) or 'nothing'} — "
+            f"{verdict} the declared limits.")
+
+
 def report(title: str, summary: dict, n_models: int) -> str:
-    head = "| shift | " + " | ".join(COLUMNS) + " | network − p_smooth (95 % CI) | default_rec − gmm_default (95 % CI) |"
+    head = "| shift | " + " | ".join(COLUMNS) + " | " + " | ".join(f"{a} − {b} (95 % CI)" for a, b in PAIRS) + " |"
     lines = [f"### {title}", "", f"`benchmarks/preprocessing_shift.py` (declared in its docstring before its first run). "
              f"{n_models} fold models, held-out cases only, seeds averaged per case; mean Dice on the original grid "
-             "(change from `none` in brackets).", "", head, "|" + "---|" * (len(COLUMNS) + 3)]
+             "(change from `none` in brackets).", "", head, "|" + "---|" * (len(COLUMNS) + len(PAIRS) + 1)]
     for s, v in summary.items():
         cells = [f"{v['means'][c]:.3f} ({v.get('change', {}).get(c, 0.0):+.3f})" for c in COLUMNS]
         for d in v["differences"].values():
@@ -248,6 +287,7 @@ def report(title: str, summary: dict, n_models: int) -> str:
               "|" + "---|" * (len(COLUMNS) + 1)]
     for s, v in summary.items():
         lines.append(f"| {s} | " + " | ".join(f"{v['lowest'][c]['dice']:.3f} ({v['lowest'][c]['case']})" for c in COLUMNS) + " |")
+    lines += ["", lesion_choice_reading(summary)]
     bad = failures(summary)
     lines += ["", "Failures by the declared rule (mean < 0.3 or > 0.15 below `none`): " + (", ".join(bad) or "none") + "."]
     return "\n".join(lines)
@@ -263,6 +303,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the results file and section name, so a later run (e.g. of "
+                                              "another protocol on rebuilt models) does not overwrite an earlier record")
     args = ap.parse_args(argv)
     proto = base.load_protocol(args.protocol)
     work = ROOT / "runs" / f"protocol-{proto['name']}" / args.stage
@@ -283,7 +325,7 @@ def main(argv=None) -> int:
                     keep = m.run / "shift-scores.json"
                     kept = json.loads(keep.read_text()) if keep.exists() else {}
                     key = f"{s}/{name}"
-                    if key not in kept:
+                    if key not in kept or any(c not in kept[key] for c in COLUMNS):
                         shifted = shifted or ShiftedCase(case, mods, s)
                         sigma = json.loads(base.sigma_path(work, mods, base.model_sigma_tag(m)).read_text())["sigma"]
                         kept[key] = score(m, case, shifted, sigma, args.device)
@@ -294,7 +336,7 @@ def main(argv=None) -> int:
             case._images.clear()  # one case's images at a time
     tag = "-".join(args.modalities or ["all"])
     summary = summarise(rows, args.shifts)
-    name = f"shift-{proto['name']}-{args.stage}-{tag}"
+    name = f"shift-{proto['name']}-{args.stage}-{tag}" + (f"-{args.tag}" if args.tag else "")
     text = report(f"Preprocessing shifts: {proto['name']} `{args.stage}`, `{args.variant}`, {tag}", summary, len(models))
     print(text)
     if not args.no_write:

@@ -61,6 +61,15 @@ class InferenceConfig:
     K = 4..8 averaged, components >= 1 SD above the brain average), i.e. the very map ``cgcseg gmm``
     thresholds by default, so the output rule is ``cgcseg gmm``'s default output with the network
     added. MRI models only (that preset was chosen on MRI tumours). Costs one more GMM fit per case.
+
+    ``lesion_choice``: which components ``keep_largest`` keeps. ``"size"`` (the default): the largest
+    (after the opening). ``"network"``: those holding the most voxels where the network's own map is
+    >= 0.5 (:data:`NETWORK_VOTE`, its operating point whatever ``threshold`` the output uses), size
+    breaking ties; with no such voxel in any component it is the largest again. Why: the fused map
+    thresholds ``(CGC + P) / 2``, so where P leaks widely (a bias field plus noise on a clinical FLAIR)
+    a large region that P alone marks passes 0.5 and outranks the tumour by size, while the network
+    marks the tumour; the network's votes pick the lesion without any new parameter. Under test
+    (docs/protocols/README.md, "lesion-choice-v1"): not a measured improvement yet.
     """
 
     window_xyz: Optional[tuple[int, int, int]] = None
@@ -79,6 +88,7 @@ class InferenceConfig:
     pad_to_window: bool = False
     mirror_axes: tuple[str, ...] = ()
     fusion_map: str = "model"
+    lesion_choice: str = "size"
 
     def __post_init__(self) -> None:
         axes = tuple(str(a).lower() for a in self.mirror_axes)
@@ -108,10 +118,18 @@ class InferenceConfig:
             raise ValueError(f"gmm_weight must be in [0, 1), got {self.gmm_weight}")
         if self.fusion_map not in FUSION_MAPS:
             raise ValueError(f"fusion_map must be one of {', '.join(FUSION_MAPS)}, got {self.fusion_map!r}")
+        if self.lesion_choice not in LESION_CHOICES:
+            raise ValueError(f"lesion_choice must be one of {', '.join(LESION_CHOICES)}, got {self.lesion_choice!r}")
+        if self.lesion_choice != "size" and not self.keep_largest:
+            raise ValueError("lesion_choice ranks components for keep_largest; set keep_largest too")
 
 
 #: Values of :attr:`InferenceConfig.fusion_map`.
 FUSION_MAPS = ("model", "recommended")
+#: Values of :attr:`InferenceConfig.lesion_choice`.
+LESION_CHOICES = ("size", "network")
+#: Where the network's own map votes for a component under ``lesion_choice="network"``.
+NETWORK_VOTE = 0.5
 #: Axis name -> dimension of a ``(B, C, Z, Y, X)`` batch.
 MIRROR_AXES = {"x": 4, "y": 3, "z": 2}
 
@@ -163,11 +181,11 @@ def window_for_checkpoint(config: InferenceConfig, train_config: Optional[dict])
 #    (docs/protocols/cgc-v11.toml) measures it on held-out cases. MRI models only.
 OUTPUT_PRESETS: dict[str, dict] = {
     "none": dict(gmm_weight=0.0, fill_holes=False, keep_largest=0, opening_radius=0, min_component_voxels=0,
-                 fusion_map="model"),
+                 fusion_map="model", lesion_choice="size"),
     "single-lesion": dict(gmm_weight=0.5, fill_holes="2d", keep_largest=1, opening_radius=3, min_component_voxels=0,
-                          fusion_map="model"),
+                          fusion_map="model", lesion_choice="size"),
     "single-lesion-recommended": dict(gmm_weight=0.5, fill_holes="2d", keep_largest=1, opening_radius=3,
-                                      min_component_voxels=0, fusion_map="recommended"),
+                                      min_component_voxels=0, fusion_map="recommended", lesion_choice="size"),
 }
 
 
@@ -256,14 +274,19 @@ def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: 
 
 
 def output_mask(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceConfig,
-                spacing_xyz: Optional[Sequence[float]] = None) -> np.ndarray:
+                spacing_xyz: Optional[Sequence[float]] = None,
+                network_zyx: Optional[np.ndarray] = None) -> np.ndarray:
     """The output rule of ``config`` (threshold and clean-up) on a ``(Z, Y, X)`` map already fused as
     wanted; uint8 ``(Z, Y, X)``, limited to ``brain_zyx``. ``spacing_xyz`` (mm) makes the opening
-    radius millimetres (``cgcseg segment`` passes the image's); without it, voxels."""
+    radius millimetres (``cgcseg segment`` passes the image's); without it, voxels. ``network_zyx``: the
+    network's own map, read by ``lesion_choice="network"`` (None: ``prob_zyx`` is the network's map)."""
     from .postprocess import binarize
+    votes = None
+    if config.lesion_choice == "network" and config.keep_largest:
+        votes = np.asarray(prob_zyx if network_zyx is None else network_zyx) >= NETWORK_VOTE
     return binarize(prob_zyx, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
                     fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain_zyx,
-                    opening_radius=config.opening_radius, spacing_xyz=spacing_xyz)
+                    opening_radius=config.opening_radius, spacing_xyz=spacing_xyz, votes_zyx=votes)
 
 
 def _is_recommended(preprocessing: dict) -> bool:
@@ -395,7 +418,7 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
         if config.fusion_map == "recommended" and not (gmm_probability is not None and _is_recommended(pre)):
             fuse = _recommended_probability(channels, brain, expected, geometry, pre, progress, timings)
         prob = (1.0 - config.gmm_weight) * prob + config.gmm_weight * fuse
-    mask = output_mask(prob, brain, config, geometry.spacing)
+    mask = output_mask(prob, brain, config, geometry.spacing, network_prob)
     if turn.active:  # back to the input's own voxel order
         prob, mask, brain = turn.back(prob), turn.back(mask), turn.back(brain)
         gmm_probability, network_prob = turn.back(gmm_probability), turn.back(network_prob)

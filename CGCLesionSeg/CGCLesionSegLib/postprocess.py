@@ -26,9 +26,12 @@ def min_voxels_from_volume(min_volume_mm3: float, spacing_xyz: Sequence[float]) 
     return int(np.ceil(float(min_volume_mm3) / vox))
 
 
-def remove_small_components(binary_zyx: np.ndarray, min_voxels: int = 0, keep_largest: int = 0) -> np.ndarray:
+def remove_small_components(binary_zyx: np.ndarray, min_voxels: int = 0, keep_largest: int = 0,
+                            votes_zyx: Optional[np.ndarray] = None) -> np.ndarray:
     """Drop connected components smaller than ``min_voxels``; with ``keep_largest`` > 0 also keep only
-    that many of the largest components. Returns bool (z, y, x)."""
+    that many components: the largest, or with ``votes_zyx`` (bool, same shape) those holding the most of
+    its voxels, size breaking ties (so a ``votes_zyx`` that marks no component ranks by size alone).
+    Returns bool (z, y, x)."""
     from scipy import ndimage
     binary = np.asarray(binary_zyx, dtype=bool)
     if (min_voxels <= 1 and keep_largest <= 0) or not binary.any():
@@ -38,7 +41,12 @@ def remove_small_components(binary_zyx: np.ndarray, min_voxels: int = 0, keep_la
     sizes[0] = 0
     keep = sizes >= max(int(min_voxels), 1)
     if keep_largest > 0:
-        order = np.argsort(sizes)[::-1]
+        if votes_zyx is None:
+            order = np.argsort(sizes)[::-1]
+        else:
+            votes = np.bincount(lab[np.asarray(votes_zyx, dtype=bool)], minlength=sizes.size)
+            votes[0] = 0
+            order = np.lexsort((sizes, votes))[::-1]  # most votes first, then the largest
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
         keep &= rank < keep_largest
@@ -74,7 +82,7 @@ def _cross(axes: tuple[bool, bool, bool]) -> np.ndarray:
 
 
 def open_and_keep(binary_zyx: np.ndarray, radius: float, keep_largest: int = 1,
-                  spacing_xyz: Optional[Sequence[float]] = None) -> np.ndarray:
+                  spacing_xyz: Optional[Sequence[float]] = None, votes_zyx: Optional[np.ndarray] = None) -> np.ndarray:
     """Keep the ``keep_largest`` largest objects after cutting thin bridges, without eroding them.
 
     The mask is opened (eroded then dilated by ``radius`` mm in 6-connected steps, :func:`step_axes`;
@@ -83,12 +91,14 @@ def open_and_keep(binary_zyx: np.ndarray, radius: float, keep_largest: int = 1,
     inside the original mask by ``2 * radius`` mm of geodesic steps (enough to restore the corners an
     opening cuts off; a bridge keeps at most a stub of that length). On a 1 mm grid ``radius`` 3 is the
     3 voxels it always was; on 5 mm slices the opening no longer erodes 15 mm across slices, which cut
-    lesions thinner than seven slices apart. Returns bool (z, y, x)."""
+    lesions thinner than seven slices apart. With ``votes_zyx`` (bool, same shape) the opened components
+    are ranked by how many of its voxels they hold, then by size (:func:`remove_small_components`).
+    Returns bool (z, y, x)."""
     from scipy import ndimage
     binary = np.asarray(binary_zyx, dtype=bool)
     steps = step_axes(radius, spacing_xyz) if radius > 0 else []
     if not steps or not binary.any():
-        return remove_small_components(binary, 0, keep_largest)
+        return remove_small_components(binary, 0, keep_largest, votes_zyx)
     # Work in the bounding box (plus margin) of the foreground: morphology on the whole volume is slow.
     idx = np.argwhere(binary)
     pad = len(steps) + 1
@@ -96,14 +106,15 @@ def open_and_keep(binary_zyx: np.ndarray, radius: float, keep_largest: int = 1,
     hi = np.minimum(idx.max(axis=0) + pad + 1, binary.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     sub = binary[box]
+    votes = None if votes_zyx is None else np.asarray(votes_zyx, dtype=bool)[box]
     opened = sub
     for axes in steps:
         opened = ndimage.binary_erosion(opened, _cross(axes))
     for axes in reversed(steps):
         opened = ndimage.binary_dilation(opened, _cross(axes))
     if not opened.any():  # everything is thinner than the opening: fall back to no opening
-        return remove_small_components(binary, 0, keep_largest)
-    grown = remove_small_components(opened, 0, keep_largest)
+        return remove_small_components(binary, 0, keep_largest, votes_zyx)
+    grown = remove_small_components(opened, 0, keep_largest, votes)
     for axes in step_axes(2 * radius, spacing_xyz):
         grown = ndimage.binary_dilation(grown, _cross(axes), mask=sub)
     out = np.zeros_like(binary)
@@ -132,7 +143,8 @@ _fill = fill_holes  # binarize's parameter of the same name shadows the function
 def binarize(prob_zyx: np.ndarray, threshold: float = 0.5, min_component_voxels: int = 0,
              fill_holes: FillHoles = False, spacing_xyz: Optional[Sequence[float]] = None,
              min_component_mm3: Optional[float] = None, keep_largest: int = 0,
-             mask_zyx: Optional[np.ndarray] = None, opening_radius: float = 0) -> np.ndarray:
+             mask_zyx: Optional[np.ndarray] = None, opening_radius: float = 0,
+             votes_zyx: Optional[np.ndarray] = None) -> np.ndarray:
     """Threshold a probability map and optionally clean it: uint8 (z, y, x), 1 = lesion.
 
     ``prob_zyx >= threshold`` is lesion. Then, in this order: holes are filled (``fill_holes``:
@@ -140,7 +152,9 @@ def binarize(prob_zyx: np.ndarray, threshold: float = 0.5, min_component_voxels:
     ``min_component_mm3`` with ``spacing_xyz``) are removed, and with ``keep_largest`` > 0 only that
     many of the largest components are kept; with ``opening_radius`` > 0 as well, components are
     ranked after an opening of that radius (mm with ``spacing_xyz``, else voxels; see
-    :func:`open_and_keep`) so thin bridges to other bright tissue do not make them one object. ``mask_zyx`` (optional) limits the result to the brain.
+    :func:`open_and_keep`) so thin bridges to other bright tissue do not make them one object. With
+    ``votes_zyx`` (bool, same shape) ``keep_largest`` keeps the components holding the most of its voxels
+    instead of the largest (size breaks ties). ``mask_zyx`` (optional) limits the result to the brain.
     """
     prob = np.asarray(prob_zyx)
     if prob.ndim != 3:
@@ -163,9 +177,11 @@ def binarize(prob_zyx: np.ndarray, threshold: float = 0.5, min_component_voxels:
         out = _fill(out, fill_holes)
     if min_vox > 1:
         out = remove_small_components(out, min_vox)
+    if votes_zyx is not None and np.shape(votes_zyx) != prob.shape:
+        raise ValueError(f"votes_zyx has shape {np.shape(votes_zyx)}, the map {prob.shape}")
     if keep_largest > 0:
-        out = open_and_keep(out, opening_radius, keep_largest, spacing_xyz) if opening_radius else \
-            remove_small_components(out, 0, keep_largest)
+        out = open_and_keep(out, opening_radius, keep_largest, spacing_xyz, votes_zyx) if opening_radius else \
+            remove_small_components(out, 0, keep_largest, votes_zyx)
     if mask_zyx is not None:
         out &= np.asarray(mask_zyx, dtype=bool)
     return out.astype(np.uint8)

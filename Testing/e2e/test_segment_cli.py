@@ -211,6 +211,12 @@ def test_auto_output_rule_depends_on_whose_model_it_is(tmp_path):
     assert (cfg.gmm_weight, cfg.keep_largest, cfg.fill_holes) == (0.0, 0, False)
     assert not cfg.pad_to_window and _inference_config(parse("--pad-to-window")).pad_to_window
     assert cfg.mirror_axes == () and _inference_config(parse("--mirror", "z", "x")).mirror_axes == ("x", "z")
+    # The component choice: the rules' size unless asked; only with keep-largest.
+    assert _inference_config(parse()).lesion_choice == "size"
+    assert _inference_config(parse("--lesion-choice", "network")).lesion_choice == "network"
+    assert _inference_config(parse("--keep-largest", "0")).lesion_choice == "size"
+    with pytest.raises(ValueError, match="keep_largest"):
+        _inference_config(parse("--postprocess", "none", "--lesion-choice", "network"))
 
 
 def test_segment_case_fuses_a_given_gmm_map_and_keeps_the_network_map(tiny_model, case):
@@ -229,6 +235,47 @@ def test_segment_case_fuses_a_given_gmm_map_and_keeps_the_network_map(tiny_model
     with pytest.raises(ValueError, match="GMM map shape"):
         segment_case(chans, geom, MODS, tiny_model, config=InferenceConfig(device="cpu", gmm_weight=0.5),
                      gmm_probability_zyx=given[:-1])
+
+
+def ndimage_smooth(a):
+    from scipy import ndimage
+    return ndimage.gaussian_filter(a, 2.0)
+
+
+def test_lesion_choice_network_ranks_the_fused_components_by_the_networks_own_votes(tmp_path, tiny_model, case):
+    """segment_case hands the network's own map (not the fused one) to the ranking; the ranking itself is
+    tested in test_postprocess.py and :func:`test_output_mask_keeps_the_component_the_network_votes_for`."""
+    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    from CGCLesionSegLib.postprocess import binarize
+    images = [read_image(case[m]) for m in MODS]
+    chans, geom = [i.array_zyx for i in images], images[0].geometry
+    brain = chans[0] != 0
+    rule = dict(device="cpu", keep_largest=1, opening_radius=2, fill_holes="2d")
+    plain = segment_case(chans, geom, MODS, tiny_model, config=InferenceConfig(**rule), compute_gmm=False)
+    net = plain.probability
+    given = (ndimage_smooth(np.random.default_rng(1).random(geom.shape_zyx)) > 0.5).astype(np.float32) * brain
+    fused_cfg = dict(rule, gmm_weight=0.5)
+    by_size = segment_case(chans, geom, MODS, tiny_model, config=InferenceConfig(**fused_cfg), gmm_probability_zyx=given)
+    by_votes = segment_case(chans, geom, MODS, tiny_model, config=InferenceConfig(**fused_cfg, lesion_choice="network"),
+                            gmm_probability_zyx=given)
+    kw = dict(fill_holes="2d", keep_largest=1, opening_radius=2, spacing_xyz=geom.spacing, mask_zyx=by_votes.brain_mask)
+    np.testing.assert_array_equal(by_votes.mask, binarize(by_votes.probability, 0.5, votes_zyx=net >= 0.5, **kw))
+    np.testing.assert_array_equal(by_size.mask, binarize(by_size.probability, 0.5, **kw))
+    # Without fusion the thresholded map is the network's: its votes are that map's.
+    alone = segment_case(chans, geom, MODS, tiny_model, config=InferenceConfig(**rule, lesion_choice="network"),
+                         compute_gmm=False)
+    np.testing.assert_array_equal(alone.mask, binarize(net, 0.5, fill_holes="2d", keep_largest=1, opening_radius=2,
+                                                       spacing_xyz=geom.spacing, mask_zyx=alone.brain_mask,
+                                                       votes_zyx=net >= 0.5))
+    # The CLI flag reaches the run and its sidecar.
+    seg = tmp_path / "seg.nii.gz"
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", seg, "--postprocess", "single-lesion",
+            "--lesion-choice", "network")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "seg.nii.gz.json").read_text())["inference"]["lesion_choice"] == "network"
+    r = cli("segment", *_inputs(case), "--model", tiny_model, "--output", tmp_path / "x.nii.gz", "--postprocess", "none",
+            "--lesion-choice", "network")
+    assert r.returncode != 0 and "keep_largest" in r.stderr and not (tmp_path / "x.nii.gz").exists()
 
 
 def test_single_lesion_recommended_fuses_the_map_cgcseg_gmm_thresholds(tmp_path, tiny_model, case):

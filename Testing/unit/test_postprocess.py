@@ -202,3 +202,94 @@ def test_thin_slab_lesion_on_thick_slices_survives_the_single_lesion_rule():
     assert mm[lesion].all() and not mm[3:6, 24:32, 24:32].any()
     voxels = binarize(prob, 0.5, keep_largest=1, opening_radius=3).astype(bool)
     assert not np.array_equal(voxels, mm)  # the old rule: the opening removes everything, no bridge is cut
+
+
+# ------------------------------------------------------------------ choosing the lesion by the network's votes
+def _ranked_reference(binary, votes, keep):
+    """Brute force: label, then sort the components by (votes inside, size), both descending."""
+    lab, n = ndimage.label(binary, np.ones((3, 3, 3)))
+    comps = [(int((votes & (lab == i)).sum()), int((lab == i).sum()), i) for i in range(1, n + 1)]
+    comps.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    return np.isin(lab, [c[2] for c in comps[:keep]])
+
+
+def test_votes_rank_components_against_a_brute_force_reference():
+    changed = 0
+    for seed in range(6):
+        rng = np.random.default_rng(100 + seed)
+        b = _blobs(seed, (14, 18, 20))
+        lab, n = ndimage.label(b, np.ones((3, 3, 3)))
+        density = rng.random(n + 1)  # each component gets its own share of votes, so size alone does not decide
+        density[1 + np.argmax(np.bincount(lab.ravel())[1:])] = 0.03  # the largest: few votes
+        votes = (rng.random(b.shape) < density[lab]) & b | (rng.random(b.shape) < 0.05)
+        sizes = np.bincount(lab.ravel())[1:]
+        inside = np.bincount(lab[votes], minlength=n + 1)[1:]
+        keys = sorted(zip(inside, sizes), reverse=True)
+        assert n >= 3 and keys[0] != keys[1] != keys[2]  # no tie decides which two are kept
+        for keep in (1, 2):
+            np.testing.assert_array_equal(remove_small_components(b, 0, keep, votes), _ranked_reference(b, votes, keep))
+        changed += not np.array_equal(remove_small_components(b, 0, 1, votes), remove_small_components(b, 0, 1))
+    assert changed >= 2  # the votes, not the sizes, decided some of these
+
+
+def test_votes_that_miss_every_component_rank_by_size_and_none_is_the_old_rule():
+    b = _blobs(7)
+    none = np.zeros_like(b)
+    for keep in (1, 2):
+        np.testing.assert_array_equal(remove_small_components(b, 0, keep, none), remove_small_components(b, 0, keep))
+    # Votes outside the mask count for no component.
+    outside = ~b
+    np.testing.assert_array_equal(remove_small_components(b, 0, 1, outside), remove_small_components(b, 0, 1))
+
+
+def test_votes_pick_the_lesion_after_the_opening_and_it_grows_back_in_full():
+    from CGCLesionSegLib.postprocess import open_and_keep
+    b = np.zeros((16, 30, 40), bool)
+    b[3:13, 5:15, 3:13] = True        # big bright region, 1000 voxels
+    b[5:11, 8:14, 25:31] = True       # the lesion, 216 voxels
+    b[8, 10, 13:25] = True            # a thin bridge joins them
+    votes = np.zeros_like(b)
+    votes[6:10, 9:13, 26:30] = True   # the network marks the lesion only
+    kept = binarize(b.astype(np.float32), keep_largest=1, opening_radius=2, votes_zyx=votes).astype(bool)
+    lesion = np.zeros_like(b)
+    lesion[5:11, 8:14, 25:31] = True
+    assert kept[lesion].all() and not kept[3:13, 5:15, 3:13].any()
+    assert kept.sum() <= lesion.sum() + 2 * 2 + 1  # at most a short bridge stub
+    # Without the opening the bridge makes one object, which holds the votes: everything is kept.
+    assert binarize(b.astype(np.float32), keep_largest=1, votes_zyx=votes).sum() == b.sum()
+    # Everything thinner than the opening: the fallback ranks by votes too.
+    line = np.zeros((5, 5, 30), bool)
+    line[2, 2, 1:10] = line[2, 2, 14:20] = True
+    v = np.zeros_like(line)
+    v[2, 2, 15] = True
+    np.testing.assert_array_equal(open_and_keep(line, 2, 1, None, v), line & (np.arange(30) >= 14))
+    with pytest.raises(ValueError, match="votes_zyx"):
+        binarize(b.astype(np.float32), keep_largest=1, votes_zyx=votes[:-1])
+
+
+def test_output_mask_keeps_the_component_the_network_votes_for():
+    from CGCLesionSegLib.inference import NETWORK_VOTE, InferenceConfig, output_mask, output_preset
+    net = np.full((20, 30, 40), 0.2, np.float32)
+    p = np.zeros_like(net)
+    p[2:18, 2:20, 2:20] = 1.0          # a large region P alone marks (a leaking bias field)
+    p[6:14, 10:18, 26:34] = 1.0        # the lesion, which the network marks too
+    net[6:14, 10:18, 26:34] = 0.9
+    fused = 0.5 * net + 0.5 * p
+    brain = np.ones(net.shape, bool)
+    rule = output_preset("single-lesion")
+    by_size = output_mask(fused, brain, InferenceConfig(**rule), (1.0, 1.0, 1.0), net).astype(bool)
+    by_votes = output_mask(fused, brain, InferenceConfig(**{**rule, "lesion_choice": "network"}), (1.0, 1.0, 1.0),
+                           net).astype(bool)
+    assert by_size[2:18, 2:20, 2:20].all() and not by_size[6:14, 10:18, 26:34].any()
+    assert by_votes[6:14, 10:18, 26:34].all() and by_votes.sum() == 8 * 8 * 8
+    # A lower output threshold does not move the vote: the network's map still votes at its 0.5.
+    low = output_mask(fused, brain, InferenceConfig(**{**rule, "lesion_choice": "network", "threshold": 0.3}),
+                      (1.0, 1.0, 1.0), net).astype(bool)
+    assert NETWORK_VOTE == 0.5 and np.array_equal(low, by_votes)
+    # No network map given: the thresholded map votes (the `none`-style rule with keep-largest).
+    alone = output_mask(net, brain, InferenceConfig(keep_largest=1, lesion_choice="network")).astype(bool)
+    assert alone.sum() == 8 * 8 * 8
+    with pytest.raises(ValueError, match="lesion_choice"):
+        InferenceConfig(keep_largest=1, lesion_choice="votes")
+    with pytest.raises(ValueError, match="keep_largest"):
+        InferenceConfig(lesion_choice="network")

@@ -105,3 +105,21 @@ def test_clinical_is_bias_then_noise_then_thick_slices():
     (got,), gg = ps.apply_shift("clinical", [a], g, "c")
     assert gg == gw and gg.spacing == (1.0, 1.0, 5.0)
     np.testing.assert_array_equal(got, want)
+
+
+def test_lesion_choice_reading_applies_the_declared_limits_and_reads_the_motivating_pair_apart():
+    def row(case, shift, vote, rec=0.8):
+        return {"case": case, "shift": shift, **{c: {"dice": 0.5} for c in ps.COLUMNS},
+                "default_rec": {"dice": rec}, "default_vote": {"dice": vote}}
+    rows = [row("BraTS2021_00000", "clinical", 0.7, 0.0), row("b", "clinical", 0.8), row("b", "none", 0.8),
+            row("BraTS2021_00000", "none", 0.8)]
+    text = ps.lesion_choice_reading(ps.summarise(rows, ["none", "clinical"], 200))
+    assert "1 of 4 (shift, case) pairs changed: clinical/BraTS2021_00000 +0.700" in text
+    assert "Mean over all pairs +0.1750" in text and "in-sample) +0.0000" in text
+    assert "below -0.005: nothing; pairs below -0.05: nothing — passes" in text
+    # One case 0.06 below: the case limit fails; the shift's mean (-0.03) is below -0.005 as well.
+    rows.append(row("c", "none", 0.74))
+    text = ps.lesion_choice_reading(ps.summarise(rows, ["none", "clinical"], 200))
+    assert "Shift means below -0.005: `none`;" in text and "-0.05: none/c —" in text
+    assert text.endswith("fails the declared limits.")
+    assert "default_vote − default_rec" in ps.report("t", ps.summarise(rows, ["none"], 200), 1)

@@ -52,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open-radius", type=float, default=None, metavar="R",
                    help="with --keep-largest: rank components after an opening of R mm (R voxels on 1 mm grids; "
                         "thin bridges do not merge lesions)")
+    p.add_argument("--lesion-choice", choices=("size", "network"), default=None,
+                   help="with --keep-largest: keep the largest components (size, the rules' default) or those holding "
+                        "the most voxels where the network's own map is >= 0.5 (network; under test, "
+                        "docs/protocols/README.md 'lesion-choice-v1')")
     p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="sliding-window size (default: the model's training crop, e.g. 96 96 64; "
                         "160 192 160 for models that record none)")
@@ -109,11 +113,13 @@ def _inference_config(args):
     from ..inference import InferenceConfig, output_preset
     kw = output_preset(resolve_postprocess(args))
     overrides = dict(gmm_weight=args.gmm_weight, min_component_voxels=args.min_size, keep_largest=args.keep_largest,
-                     opening_radius=args.open_radius,
+                     opening_radius=args.open_radius, lesion_choice=args.lesion_choice,
                      fill_holes=None if args.fill_holes is None else (False if args.fill_holes == "none" else args.fill_holes))
     kw.update({k: v for k, v in overrides.items() if v is not None})
     if not kw["keep_largest"] and args.open_radius is None:
         kw["opening_radius"] = 0  # the preset's opening only ranks components for keep-largest
+    if not kw["keep_largest"] and args.lesion_choice is None:
+        kw["lesion_choice"] = "size"  # likewise the preset's choice of component
     kw.update(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
               pad_to_window=args.pad_to_window, mirror_axes=tuple(args.mirror))
     if args.window:
