@@ -25,7 +25,7 @@ Declared before its first run (2026-12-02, committed with this file; no number o
   cases. A column whose mean falls below 0.3 under a shift, or more than 0.15 below its ``none`` score, is
   a failure to trace and fix in the code (not by tuning on these cases); nothing ships from the numbers.
 
-Added 2026-12-02 17:45, before any number of it existed (protocol ``lesion-choice-v1``, docs/protocols/README.md):
+Added 2026-12-02 16:59, before any number of it existed (protocol ``lesion-choice-v1``, docs/protocols/README.md):
 column ``default_vote`` — the shipped output rule with ``lesion_choice="network"`` (the opened components of
 the fused map ranked by how many voxels the network's own map marks >= 0.5, size breaking ties), from the
 same network and P maps as ``default_rec``; the paired difference ``default_vote − default_rec`` per shift
