@@ -32,7 +32,7 @@ same network and P maps as ``default_rec``; the paired difference ``default_vote
 and per case; kept scores without the column are recomputed. Its decisions are declared in that README.
 
     python benchmarks/preprocessing_shift.py --protocol docs/protocols/cgc-v13.toml --stage screen \\
-        --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--tag NAME]
+        --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--seeds S ...] [--tag NAME]
 
 Writes ``docs/protocols/results/shift-<protocol>-<stage>-<modalities>.json`` and the docs/BENCHMARKS.md
 section ``shift-<protocol>-<stage>-<modalities>``; per model scores are kept beside it
@@ -302,6 +302,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help="only the stage's models of these seeds (default: every one; e.g. the seeds rebuilt after runs/ was lost)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--tag", default="", help="suffix of the results file and section name, so a later run (e.g. of "
                                               "another protocol on rebuilt models) does not overwrite an earlier record")
@@ -310,7 +312,8 @@ def main(argv=None) -> int:
     work = ROOT / "runs" / f"protocol-{proto['name']}" / args.stage
     results_dir = ROOT / "docs" / "protocols" / "results"
     models = [m for m in base.plan(proto, args.stage, Path(args.data), work, results_dir, [])
-              if m.variant == args.variant and (args.modalities is None or list(m.modalities) == args.modalities)]
+              if m.variant == args.variant and (args.modalities is None or list(m.modalities) == args.modalities)
+              and (args.seeds is None or m.seed in args.seeds)]
     missing = [m.key for m in models if base._finished(m) is None]
     if not models or missing:
         raise SystemExit(f"no finished models to score ({', '.join(missing) or 'none match'}); train the stage first")
