@@ -30,6 +30,10 @@ column ``default_vote`` — the shipped output rule with ``lesion_choice="networ
 the fused map ranked by how many voxels the network's own map marks >= 0.5, size breaking ties), from the
 same network and P maps as ``default_rec``; the paired difference ``default_vote − default_rec`` per shift
 and per case; kept scores without the column are recomputed. Its decisions are declared in that README.
+Added 2026-12-02 17:35, before any number of them existed (protocol ``n4-v1``, same README): columns
+``gmm_default_n4`` (`cgcseg gmm`'s default with N4 bias-field correction in the recommended preset) and
+``default_n4`` (the shipped output rule fused with that map), paired against ``gmm_default`` and
+``default_rec``.
 
     python benchmarks/preprocessing_shift.py --protocol docs/protocols/cgc-v13.toml --stage screen \\
         --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--seeds S ...] [--tag NAME]
@@ -41,6 +45,7 @@ section ``shift-<protocol>-<stage>-<modalities>``; per model scores are kept bes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -56,8 +61,9 @@ sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
 import protocol as base  # noqa: E402
 
 SHIFTS = ("none", "zscore", "thick5", "iso2", "bias", "noise", "gamma", "uint8", "clinical")
-COLUMNS = ("p", "p_smooth", "network", "default_rec", "gmm_default", "default_vote")
-PAIRS = (("network", "p_smooth"), ("default_rec", "gmm_default"), ("default_vote", "default_rec"))
+COLUMNS = ("p", "p_smooth", "network", "default_rec", "gmm_default", "default_vote", "gmm_default_n4", "default_n4")
+PAIRS = (("network", "p_smooth"), ("default_rec", "gmm_default"), ("default_vote", "default_rec"),
+         ("gmm_default_n4", "gmm_default"), ("default_n4", "default_rec"))
 FAIL_BELOW, FAIL_DROP = 0.3, 0.15
 
 
@@ -203,6 +209,10 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
     vote = InferenceConfig(**{**output_preset("single-lesion"), "lesion_choice": "network"})
     masks["default_vote"] = output_mask(0.5 * res.probability + 0.5 * rec.probability, res.brain_mask, vote, g.spacing,
                                         res.probability).astype(bool)
+    # The recommended preset with N4 first: `cgcseg gmm`'s default and the shipped rule fused with it (n4-v1).
+    rec_n4 = shifted.probability(dataclasses.replace(gmm_cfg, n4=True))
+    masks["gmm_default_n4"] = binarize(rec_n4.probability, threshold, mask_zyx=rec_n4.mask, spacing_xyz=g.spacing, **post)
+    masks["default_n4"] = output_rule_mask(res.probability, rec_n4.probability, res.brain_mask, 0.5, g.spacing)
     target = case.geometry
     spacing_zyx = tuple(reversed(target.spacing))
     return {c: all_metrics(back_to(m, g, target), case.reference, spacing_zyx) for c, m in masks.items()}
@@ -247,30 +257,39 @@ def failures(summary: dict) -> list[str]:
     return bad
 
 
-#: lesion-choice-v1's declared limits (docs/protocols/README.md): no shift's mean below, no case below.
-VOTE_SHIFT_FLOOR, VOTE_CASE_FLOOR = -0.005, -0.05
-#: The (shift, case) that motivated the rule: its number is in-sample and read apart.
-VOTE_MOTIVATION = ("clinical", "BraTS2021_00000")
+#: Declared limits of the output-rule protocols read here (docs/protocols/README.md): no shift's mean
+#: below the first, no (shift, case) pair below the second.
+RULE_SHIFT_FLOOR, RULE_CASE_FLOOR = -0.005, -0.05
+#: Protocol -> (rival, baseline, (shift, case) pairs and shifts read apart as in-sample or targeted).
+RULE_PROTOCOLS = {
+    "lesion-choice-v1": ("default_vote", "default_rec", {("clinical", "BraTS2021_00000")}),
+    "n4-v1 (`cgcseg gmm`)": ("gmm_default_n4", "gmm_default", {"bias", "clinical"}),
+    "n4-v1 (shipped rule)": ("default_n4", "default_rec", {"bias", "clinical"}),
+}
 
 
-def lesion_choice_reading(summary: dict) -> str:
-    """lesion-choice-v1's decisions on ``default_vote − default_rec``: every (shift, case) that changed, the
-    mean over all pairs and without the motivating one, and the two declared limits."""
-    key = "default_vote − default_rec"
-    pairs = {(s, c): d for s, v in summary.items() for c, d in v["differences"][key]["per_case"].items()}
+def rule_reading(summary: dict, name: str) -> str:
+    """A declared output-rule protocol's decisions on ``rival − baseline`` (:data:`RULE_PROTOCOLS`): every
+    (shift, case) that changed, the mean over all pairs and without those read apart, and the two limits."""
+    a, b, apart = RULE_PROTOCOLS[name]
+    key = f"{a} − {b}"
+    pairs = {(s, c): d for s, v in summary.items() if key in v["differences"]
+             for c, d in v["differences"][key]["per_case"].items()}
+    if not pairs:
+        return ""
     changed = {k: d for k, d in pairs.items() if abs(d) > 1e-9}
-    rest = [d for k, d in pairs.items() if k != VOTE_MOTIVATION]
-    low_shifts = [s for s, v in summary.items() if v["differences"][key]["mean"] < VOTE_SHIFT_FLOOR]
-    low_cases = [f"{s}/{c}" for (s, c), d in pairs.items() if d < VOTE_CASE_FLOOR]
+    rest = [d for k, d in pairs.items() if k not in apart and k[0] not in apart]
+    low_shifts = [s for s, v in summary.items() if key in v["differences"]
+                  and v["differences"][key]["mean"] < RULE_SHIFT_FLOOR]
+    low_cases = [f"{s}/{c}" for (s, c), d in pairs.items() if d < RULE_CASE_FLOOR]
     listed = ": " + ", ".join(f"{s}/{c} {d:+.3f}" for (s, c), d in sorted(changed.items())) if changed else ""
+    aside = ", ".join(sorted("/".join(x) if isinstance(x, tuple) else f"`{x}`" for x in apart))
     verdict = "passes" if not low_shifts and not low_cases else "fails"
-    return (f"`default_vote − default_rec` (protocol lesion-choice-v1): {len(changed)} of {len(pairs)} (shift, case) "
-            f"pairs changed{listed}. Mean over all pairs {statistics.mean(pairs.values()):+.4f}; without "
-            f"{'/'.join(VOTE_MOTIVATION)} (the pair that motivated the rule, in-sample) "
-            f"{statistics.mean(rest) if rest else float('nan'):+.4f}. Shift means below {VOTE_SHIFT_FLOOR}: "
-            f"{', '.join(f'`{x}`' for x in low_shifts) or 'nothing'}; pairs below {VOTE_CASE_FLOOR}: "
-            f"{', '.join(low_cases) or 'nothing'} — "
-            f"{verdict} the declared limits.")
+    return (f"`{key}` (protocol {name}): {len(changed)} of {len(pairs)} (shift, case) pairs changed{listed}. "
+            f"Mean over all pairs {statistics.mean(pairs.values()):+.4f}; without {aside} (read apart) "
+            f"{statistics.mean(rest) if rest else float('nan'):+.4f}. Shift means below {RULE_SHIFT_FLOOR}: "
+            f"{', '.join(f'`{x}`' for x in low_shifts) or 'nothing'}; pairs below {RULE_CASE_FLOOR}: "
+            f"{', '.join(low_cases) or 'nothing'} — {verdict} the declared limits.")
 
 
 def report(title: str, summary: dict, n_models: int) -> str:
@@ -287,7 +306,7 @@ def report(title: str, summary: dict, n_models: int) -> str:
               "|" + "---|" * (len(COLUMNS) + 1)]
     for s, v in summary.items():
         lines.append(f"| {s} | " + " | ".join(f"{v['lowest'][c]['dice']:.3f} ({v['lowest'][c]['case']})" for c in COLUMNS) + " |")
-    lines += ["", lesion_choice_reading(summary)]
+    lines += [x for name in RULE_PROTOCOLS for x in ("", rule_reading(summary, name)) if rule_reading(summary, name)]
     bad = failures(summary)
     lines += ["", "Failures by the declared rule (mean < 0.3 or > 0.15 below `none`): " + (", ".join(bad) or "none") + "."]
     return "\n".join(lines)

@@ -113,13 +113,26 @@ def test_lesion_choice_reading_applies_the_declared_limits_and_reads_the_motivat
                 "default_rec": {"dice": rec}, "default_vote": {"dice": vote}}
     rows = [row("BraTS2021_00000", "clinical", 0.7, 0.0), row("b", "clinical", 0.8), row("b", "none", 0.8),
             row("BraTS2021_00000", "none", 0.8)]
-    text = ps.lesion_choice_reading(ps.summarise(rows, ["none", "clinical"], 200))
+    text = ps.rule_reading(ps.summarise(rows, ["none", "clinical"], 200), "lesion-choice-v1")
     assert "1 of 4 (shift, case) pairs changed: clinical/BraTS2021_00000 +0.700" in text
-    assert "Mean over all pairs +0.1750" in text and "in-sample) +0.0000" in text
+    assert "Mean over all pairs +0.1750" in text and "(read apart) +0.0000" in text
     assert "below -0.005: nothing; pairs below -0.05: nothing — passes" in text
     # One case 0.06 below: the case limit fails; the shift's mean (-0.03) is below -0.005 as well.
     rows.append(row("c", "none", 0.74))
-    text = ps.lesion_choice_reading(ps.summarise(rows, ["none", "clinical"], 200))
+    text = ps.rule_reading(ps.summarise(rows, ["none", "clinical"], 200), "lesion-choice-v1")
     assert "Shift means below -0.005: `none`;" in text and "-0.05: none/c —" in text
     assert text.endswith("fails the declared limits.")
     assert "default_vote − default_rec" in ps.report("t", ps.summarise(rows, ["none"], 200), 1)
+
+
+def test_n4_reading_sets_the_shifts_it_targets_apart():
+    def row(case, shift, n4, gmm=0.8):
+        return {"case": case, "shift": shift, **{c: {"dice": 0.5} for c in ps.COLUMNS},
+                "gmm_default": {"dice": gmm}, "gmm_default_n4": {"dice": n4}}
+    rows = [row("a", "none", 0.792), row("b", "none", 0.8), row("a", "bias", 0.9, 0.6), row("b", "bias", 0.8)]
+    s = ps.summarise(rows, ["none", "bias"], 200)
+    text = ps.rule_reading(s, "n4-v1 (`cgcseg gmm`)")
+    assert "2 of 4 (shift, case) pairs changed: bias/a +0.300, none/a -0.008" in text
+    assert "Mean over all pairs +0.0730; without `bias`, `clinical` (read apart) -0.0040" in text
+    assert text.endswith("passes the declared limits.")  # none: -0.004
+    assert "n4-v1 (`cgcseg gmm`)" in ps.report("t", s, 1)
