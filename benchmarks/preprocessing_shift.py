@@ -30,7 +30,7 @@ column ``default_vote`` — the shipped output rule with ``lesion_choice="networ
 the fused map ranked by how many voxels the network's own map marks >= 0.5, size breaking ties), from the
 same network and P maps as ``default_rec``; the paired difference ``default_vote − default_rec`` per shift
 and per case; kept scores without the column are recomputed. Its decisions are declared in that README.
-Added 2026-12-02 17:35, before any number of them existed (protocol ``n4-v1``, same README): columns
+Added 2026-12-02 17:24, before any number of them existed (protocol ``n4-v1``, same README): columns
 ``gmm_default_n4`` (`cgcseg gmm`'s default with N4 bias-field correction in the recommended preset) and
 ``default_n4`` (the shipped output rule fused with that map), paired against ``gmm_default`` and
 ``default_rec``.
