@@ -33,7 +33,9 @@ and per case; kept scores without the column are recomputed. Its decisions are d
 Added 2026-12-02 17:24, before any number of them existed (protocol ``n4-v1``, same README): columns
 ``gmm_default_n4`` (`cgcseg gmm`'s default with N4 bias-field correction in the recommended preset) and
 ``default_n4`` (the shipped output rule fused with that map), paired against ``gmm_default`` and
-``default_rec``.
+``default_rec``. Added 2026-12-02 18:06, before any number of them existed (protocol ``n4-v2``): columns
+``gmm_default_n4x`` and ``default_n4x``, the same with N4 fitted without P_rec >= 0.5
+(:func:`lesion_excluded_n4_probability`).
 
     python benchmarks/preprocessing_shift.py --protocol docs/protocols/cgc-v13.toml --stage screen \\
         --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--seeds S ...] [--tag NAME]
@@ -61,9 +63,11 @@ sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
 import protocol as base  # noqa: E402
 
 SHIFTS = ("none", "zscore", "thick5", "iso2", "bias", "noise", "gamma", "uint8", "clinical")
-COLUMNS = ("p", "p_smooth", "network", "default_rec", "gmm_default", "default_vote", "gmm_default_n4", "default_n4")
+COLUMNS = ("p", "p_smooth", "network", "default_rec", "gmm_default", "default_vote", "gmm_default_n4", "default_n4",
+           "gmm_default_n4x", "default_n4x")
 PAIRS = (("network", "p_smooth"), ("default_rec", "gmm_default"), ("default_vote", "default_rec"),
-         ("gmm_default_n4", "gmm_default"), ("default_n4", "default_rec"))
+         ("gmm_default_n4", "gmm_default"), ("default_n4", "default_rec"),
+         ("gmm_default_n4x", "gmm_default"), ("default_n4x", "default_rec"))
 FAIL_BELOW, FAIL_DROP = 0.3, 0.15
 
 
@@ -185,6 +189,22 @@ def _load(model: "base.Model"):
     return _LOADED[model.run]
 
 
+def lesion_excluded_n4_probability(shifted: ShiftedCase, gmm_cfg, rec):
+    """n4-v2's map: the FLAIR corrected by N4 fitted inside ``rec``'s brain mask without ``rec.probability >=
+    0.5`` (the lesion candidates, so a large lesion is not absorbed into the field) and divided out over the
+    whole mask, then the recommended preset ``gmm_cfg`` (no N4 of its own) on it. Memoised on ``shifted``."""
+    from CGCLesionSegLib.bias_field import n4_correct
+    from CGCLesionSegLib.gmm import compute_probability_map
+    if "n4x" not in shifted._p:
+        fi = shifted.mods.index("flair")
+        fit = rec.mask & (rec.probability < 0.5)
+        chans = list(shifted.channels)
+        chans[fi] = n4_correct(chans[fi], fit, spacing_xyz=shifted.geometry.spacing, apply_mask_zyx=rec.mask)
+        shifted._p["n4x"] = compute_probability_map(chans, rec.mask, gmm_cfg, names=shifted.mods,
+                                                    spacing_xyz=shifted.geometry.spacing)
+    return shifted._p["n4x"]
+
+
 def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigma: float, device: str) -> dict:
     """Dice (and the other metrics) of every column for one model, case and shift."""
     from CGCLesionSegLib.config import config_from_dict
@@ -213,6 +233,10 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
     rec_n4 = shifted.probability(dataclasses.replace(gmm_cfg, n4=True))
     masks["gmm_default_n4"] = binarize(rec_n4.probability, threshold, mask_zyx=rec_n4.mask, spacing_xyz=g.spacing, **post)
     masks["default_n4"] = output_rule_mask(res.probability, rec_n4.probability, res.brain_mask, 0.5, g.spacing)
+    # N4 fitted on the brain without P_rec >= 0.5 and divided out over the whole brain (n4-v2).
+    rec_x = lesion_excluded_n4_probability(shifted, gmm_cfg, rec)
+    masks["gmm_default_n4x"] = binarize(rec_x.probability, threshold, mask_zyx=rec_x.mask, spacing_xyz=g.spacing, **post)
+    masks["default_n4x"] = output_rule_mask(res.probability, rec_x.probability, res.brain_mask, 0.5, g.spacing)
     target = case.geometry
     spacing_zyx = tuple(reversed(target.spacing))
     return {c: all_metrics(back_to(m, g, target), case.reference, spacing_zyx) for c, m in masks.items()}
@@ -265,6 +289,8 @@ RULE_PROTOCOLS = {
     "lesion-choice-v1": ("default_vote", "default_rec", {("clinical", "BraTS2021_00000")}),
     "n4-v1 (`cgcseg gmm`)": ("gmm_default_n4", "gmm_default", {"bias", "clinical"}),
     "n4-v1 (shipped rule)": ("default_n4", "default_rec", {"bias", "clinical"}),
+    "n4-v2 (`cgcseg gmm`)": ("gmm_default_n4x", "gmm_default", {"bias", "clinical"}),
+    "n4-v2 (shipped rule)": ("default_n4x", "default_rec", {"bias", "clinical"}),
 }
 
 

@@ -74,6 +74,30 @@ def test_n4_removes_a_smooth_bias():
         n4_correct(img, np.zeros(shape, bool))
 
 
+def test_n4_fitted_without_a_bright_region_corrects_it_too():
+    rng = np.random.default_rng(1)
+    shape = (24, 40, 40)
+    z, y, x = np.indices(shape, dtype=float)
+    brain = ((z - 11.5) / 11) ** 2 + ((y - 19.5) / 18) ** 2 + ((x - 19.5) / 18) ** 2 <= 1
+    blob = ((z - 12) ** 2 + (y - 12) ** 2 + (x - 20) ** 2) <= 25  # a bright "lesion" where the field is low
+    truth = np.where(blob, 300.0, 100.0) + rng.normal(0, 2, shape)
+    bias = np.exp(0.25 * (y - 19.5) / 19.5)
+    img = np.where(brain, truth * bias, 0).astype(np.float32)
+    fit = brain & ~blob
+    inside = n4_correct(img, fit, shrink=2)
+    np.testing.assert_array_equal(inside[blob], img[blob])  # default: divided out only where fitted
+    out = n4_correct(img, fit, shrink=2, apply_mask_zyx=brain)
+    np.testing.assert_array_equal(out[~brain], img[~brain])
+    np.testing.assert_array_equal(out[fit], inside[fit])  # the same field where both apply it
+    # The blob gets the field of its surroundings: its contrast to the tissue around it is restored.
+    ring = brain & ~blob & (((z - 12) ** 2 + (y - 12) ** 2 + (x - 20) ** 2) <= 64)
+    ratio_before = img[blob].mean() / img[ring].mean()
+    ratio_after = out[blob].mean() / out[ring].mean()
+    assert abs(ratio_after - 3.0) <= abs(ratio_before - 3.0) + 0.02 and not np.array_equal(out[blob], img[blob])
+    with pytest.raises(ValueError, match="apply-mask"):
+        n4_correct(img, fit, shrink=2, apply_mask_zyx=brain[:-1])
+
+
 def test_n4_in_pipeline_runs():
     flair, _, mask, lesion = phantom()
     res = compute_probability_map([flair], None, GMMConfig(n_clusters=3, n4=True))
