@@ -35,7 +35,7 @@ Added 2026-12-02 17:24, before any number of them existed (protocol ``n4-v1``, s
 ``default_n4`` (the shipped output rule fused with that map), paired against ``gmm_default`` and
 ``default_rec``. Added 2026-12-02 18:06, before any number of them existed (protocol ``n4-v2``): columns
 ``gmm_default_n4x`` and ``default_n4x``, the same with N4 fitted without P_rec >= 0.5
-(:func:`lesion_excluded_n4_probability`).
+(``ShiftedCase.lesion_excluded_n4``).
 
     python benchmarks/preprocessing_shift.py --protocol docs/protocols/cgc-v13.toml --stage screen \\
         --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--seeds S ...] [--tag NAME]
@@ -177,6 +177,21 @@ class ShiftedCase:
                                                    spacing_xyz=self.geometry.spacing)
         return self._p[key]
 
+    def lesion_excluded_n4(self, gmm_cfg, rec):
+        """n4-v2's map: the FLAIR corrected by N4 fitted inside ``rec``'s brain mask without ``rec.probability
+        >= 0.5`` (the lesion candidates, so a large lesion is not absorbed into the field) and divided out over
+        the whole mask, then the recommended preset ``gmm_cfg`` (no N4 of its own) on it; memoised."""
+        from CGCLesionSegLib.bias_field import n4_correct
+        from CGCLesionSegLib.gmm import compute_probability_map
+        if "n4x" not in self._p:
+            fi = self.mods.index("flair")
+            chans = list(self.channels)
+            chans[fi] = n4_correct(chans[fi], rec.mask & (rec.probability < 0.5), spacing_xyz=self.geometry.spacing,
+                                   apply_mask_zyx=rec.mask)
+            self._p["n4x"] = compute_probability_map(chans, rec.mask, gmm_cfg, names=self.mods,
+                                                     spacing_xyz=self.geometry.spacing)
+        return self._p["n4x"]
+
 
 _LOADED: dict = {}
 
@@ -187,22 +202,6 @@ def _load(model: "base.Model"):
     if model.run not in _LOADED:
         _LOADED[model.run] = load_checkpoint(model.run / "last.pt")
     return _LOADED[model.run]
-
-
-def lesion_excluded_n4_probability(shifted: ShiftedCase, gmm_cfg, rec):
-    """n4-v2's map: the FLAIR corrected by N4 fitted inside ``rec``'s brain mask without ``rec.probability >=
-    0.5`` (the lesion candidates, so a large lesion is not absorbed into the field) and divided out over the
-    whole mask, then the recommended preset ``gmm_cfg`` (no N4 of its own) on it. Memoised on ``shifted``."""
-    from CGCLesionSegLib.bias_field import n4_correct
-    from CGCLesionSegLib.gmm import compute_probability_map
-    if "n4x" not in shifted._p:
-        fi = shifted.mods.index("flair")
-        fit = rec.mask & (rec.probability < 0.5)
-        chans = list(shifted.channels)
-        chans[fi] = n4_correct(chans[fi], fit, spacing_xyz=shifted.geometry.spacing, apply_mask_zyx=rec.mask)
-        shifted._p["n4x"] = compute_probability_map(chans, rec.mask, gmm_cfg, names=shifted.mods,
-                                                    spacing_xyz=shifted.geometry.spacing)
-    return shifted._p["n4x"]
 
 
 def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigma: float, device: str) -> dict:
@@ -234,7 +233,7 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
     masks["gmm_default_n4"] = binarize(rec_n4.probability, threshold, mask_zyx=rec_n4.mask, spacing_xyz=g.spacing, **post)
     masks["default_n4"] = output_rule_mask(res.probability, rec_n4.probability, res.brain_mask, 0.5, g.spacing)
     # N4 fitted on the brain without P_rec >= 0.5 and divided out over the whole brain (n4-v2).
-    rec_x = lesion_excluded_n4_probability(shifted, gmm_cfg, rec)
+    rec_x = shifted.lesion_excluded_n4(gmm_cfg, rec)
     masks["gmm_default_n4x"] = binarize(rec_x.probability, threshold, mask_zyx=rec_x.mask, spacing_xyz=g.spacing, **post)
     masks["default_n4x"] = output_rule_mask(res.probability, rec_x.probability, res.brain_mask, 0.5, g.spacing)
     target = case.geometry

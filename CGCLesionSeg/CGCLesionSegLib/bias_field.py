@@ -20,8 +20,8 @@ def n4_correct(image_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_xyz: Optiona
     estimate; ``iterations``: maximum iterations per fitting level (``fitting_levels`` values).
     Voxels outside the mask are returned unchanged. ``apply_mask_zyx`` (default: ``mask_zyx``): where the
     field is divided out, e.g. the whole brain when the field was fitted on the brain without its
-    brightest region, so that a large lesion is not taken for part of the smooth field. Needs positive intensities inside the mask
-    (MRI magnitudes); raises ``ValueError`` otherwise.
+    brightest region, so that a large lesion is not taken for part of the smooth field. Needs positive
+    intensities inside the mask (MRI magnitudes); raises ``ValueError`` otherwise.
     """
     import SimpleITK as sitk
     img = np.asarray(image_zyx, dtype=np.float32)
