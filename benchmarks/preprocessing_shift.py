@@ -35,10 +35,13 @@ Added 2026-12-02 17:24, before any number of them existed (protocol ``n4-v1``, s
 ``default_n4`` (the shipped output rule fused with that map), paired against ``gmm_default`` and
 ``default_rec``. Added 2026-12-02 18:06, before any number of them existed (protocol ``n4-v2``): columns
 ``gmm_default_n4x`` and ``default_n4x``, the same with N4 fitted without P_rec >= 0.5
-(``ShiftedCase.lesion_excluded_n4``).
+(``ShiftedCase.lesion_excluded_n4``). All three protocols are decided (none adopted), so since 2026-12-02
+21:40 their columns are scored only when named with ``--rules`` (each costs extra GMM passes, the N4 ones an
+N4 fit, per case and shift); kept scores gain the columns asked for and keep the others.
 
     python benchmarks/preprocessing_shift.py --protocol docs/protocols/cgc-v13.toml --stage screen \\
         --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--seeds S ...] [--tag NAME]
+        [--rules lesion-choice-v1 n4-v1 n4-v2]
 
 Writes ``docs/protocols/results/shift-<protocol>-<stage>-<modalities>.json`` and the docs/BENCHMARKS.md
 section ``shift-<protocol>-<stage>-<modalities>``; per model scores are kept beside it
@@ -63,11 +66,29 @@ sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
 import protocol as base  # noqa: E402
 
 SHIFTS = ("none", "zscore", "thick5", "iso2", "bias", "noise", "gamma", "uint8", "clinical")
-COLUMNS = ("p", "p_smooth", "network", "default_rec", "gmm_default", "default_vote", "gmm_default_n4", "default_n4",
-           "gmm_default_n4x", "default_n4x")
-PAIRS = (("network", "p_smooth"), ("default_rec", "gmm_default"), ("default_vote", "default_rec"),
-         ("gmm_default_n4", "gmm_default"), ("default_n4", "default_rec"),
-         ("gmm_default_n4x", "gmm_default"), ("default_n4x", "default_rec"))
+#: Columns every run scores, and their paired differences.
+BASE_COLUMNS = ("p", "p_smooth", "network", "default_rec", "gmm_default")
+BASE_PAIRS = (("network", "p_smooth"), ("default_rec", "gmm_default"))
+#: The decided output-rule protocols' columns, scored only when asked for (``--rules``): each costs extra
+#: GMM passes (and the N4 ones an N4 fit) per case and shift, and all three protocols are decided.
+RULE_COLUMNS = {
+    "lesion-choice-v1": (("default_vote",), (("default_vote", "default_rec"),)),
+    "n4-v1": (("gmm_default_n4", "default_n4"), (("gmm_default_n4", "gmm_default"), ("default_n4", "default_rec"))),
+    "n4-v2": (("gmm_default_n4x", "default_n4x"), (("gmm_default_n4x", "gmm_default"), ("default_n4x", "default_rec"))),
+}
+#: Every column and pair, in report order (the default of the summary and report functions).
+COLUMNS = BASE_COLUMNS + tuple(c for cols, _ in RULE_COLUMNS.values() for c in cols)
+PAIRS = BASE_PAIRS + tuple(p for _, pairs in RULE_COLUMNS.values() for p in pairs)
+
+
+def columns_for(rules) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """``(columns, pairs)`` scored with the output-rule protocols ``rules`` (keys of :data:`RULE_COLUMNS`)."""
+    unknown = sorted(set(rules) - set(RULE_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown rule protocol(s) {', '.join(unknown)}; choose from {', '.join(RULE_COLUMNS)}")
+    cols = BASE_COLUMNS + tuple(c for r in RULE_COLUMNS if r in rules for c in RULE_COLUMNS[r][0])
+    pairs = BASE_PAIRS + tuple(p for r in RULE_COLUMNS if r in rules for p in RULE_COLUMNS[r][1])
+    return cols, pairs
 FAIL_BELOW, FAIL_DROP = 0.3, 0.15
 
 
@@ -204,8 +225,10 @@ def _load(model: "base.Model"):
     return _LOADED[model.run]
 
 
-def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigma: float, device: str) -> dict:
-    """Dice (and the other metrics) of every column for one model, case and shift."""
+def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigma: float, device: str,
+          rules=tuple(RULE_COLUMNS)) -> dict:
+    """Dice (and the other metrics) of :data:`BASE_COLUMNS` and of the columns of the output-rule protocols
+    ``rules`` for one model, case and shift."""
     from CGCLesionSegLib.config import config_from_dict
     from CGCLesionSegLib.gmm import GMMConfig
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset, segment_case
@@ -224,18 +247,20 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
              "network": res.probability >= 0.5,
              "default_rec": output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5, g.spacing),
              "gmm_default": binarize(rec.probability, threshold, mask_zyx=rec.mask, spacing_xyz=g.spacing, **post)}
-    # The shipped rule again, its component chosen by the network's votes (protocol lesion-choice-v1).
-    vote = InferenceConfig(**{**output_preset("single-lesion"), "lesion_choice": "network"})
-    masks["default_vote"] = output_mask(0.5 * res.probability + 0.5 * rec.probability, res.brain_mask, vote, g.spacing,
-                                        res.probability).astype(bool)
-    # The recommended preset with N4 first: `cgcseg gmm`'s default and the shipped rule fused with it (n4-v1).
-    rec_n4 = shifted.probability(dataclasses.replace(gmm_cfg, n4=True))
-    masks["gmm_default_n4"] = binarize(rec_n4.probability, threshold, mask_zyx=rec_n4.mask, spacing_xyz=g.spacing, **post)
-    masks["default_n4"] = output_rule_mask(res.probability, rec_n4.probability, res.brain_mask, 0.5, g.spacing)
-    # N4 fitted on the brain without P_rec >= 0.5 and divided out over the whole brain (n4-v2).
-    rec_x = shifted.lesion_excluded_n4(gmm_cfg, rec)
-    masks["gmm_default_n4x"] = binarize(rec_x.probability, threshold, mask_zyx=rec_x.mask, spacing_xyz=g.spacing, **post)
-    masks["default_n4x"] = output_rule_mask(res.probability, rec_x.probability, res.brain_mask, 0.5, g.spacing)
+    if "lesion-choice-v1" in rules:  # the shipped rule, its component chosen by the network's votes
+        vote = InferenceConfig(**{**output_preset("single-lesion"), "lesion_choice": "network"})
+        masks["default_vote"] = output_mask(0.5 * res.probability + 0.5 * rec.probability, res.brain_mask, vote,
+                                            g.spacing, res.probability).astype(bool)
+    if "n4-v1" in rules:  # the recommended preset with N4 first; the shipped rule fused with that map
+        rec_n4 = shifted.probability(dataclasses.replace(gmm_cfg, n4=True))
+        masks["gmm_default_n4"] = binarize(rec_n4.probability, threshold, mask_zyx=rec_n4.mask, spacing_xyz=g.spacing,
+                                           **post)
+        masks["default_n4"] = output_rule_mask(res.probability, rec_n4.probability, res.brain_mask, 0.5, g.spacing)
+    if "n4-v2" in rules:  # N4 fitted on the brain without P_rec >= 0.5, divided out over the whole brain
+        rec_x = shifted.lesion_excluded_n4(gmm_cfg, rec)
+        masks["gmm_default_n4x"] = binarize(rec_x.probability, threshold, mask_zyx=rec_x.mask, spacing_xyz=g.spacing,
+                                            **post)
+        masks["default_n4x"] = output_rule_mask(res.probability, rec_x.probability, res.brain_mask, 0.5, g.spacing)
     target = case.geometry
     spacing_zyx = tuple(reversed(target.spacing))
     return {c: all_metrics(back_to(m, g, target), case.reference, spacing_zyx) for c, m in masks.items()}
@@ -243,7 +268,10 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
 
 def summarise(rows: list, shifts, resamples: int = 10000) -> dict:
     """Per shift: column means (seeds averaged per case), change from ``none``, the :data:`PAIRS`' paired
-    differences (with the per-case values of each)."""
+    differences (with the per-case values of each), over the columns every row has (a run without
+    ``--rules`` has only :data:`BASE_COLUMNS`)."""
+    cols = tuple(c for c in COLUMNS if rows and all(c in r for r in rows))
+    pairs = tuple((a, b) for a, b in PAIRS if a in cols and b in cols)
     out = {}
     for s in shifts:
         per_case: dict = {}
@@ -252,20 +280,20 @@ def summarise(rows: list, shifts, resamples: int = 10000) -> dict:
                 per_case.setdefault(r["case"], []).append(r)
         if not per_case:
             continue
-        mean_case = {c: {col: statistics.mean(x[col]["dice"] for x in rs) for col in COLUMNS} for c, rs in per_case.items()}
-        means = {col: statistics.mean(v[col] for v in mean_case.values()) for col in COLUMNS}
+        mean_case = {c: {col: statistics.mean(x[col]["dice"] for x in rs) for col in cols} for c, rs in per_case.items()}
+        means = {col: statistics.mean(v[col] for v in mean_case.values()) for col in cols}
         diffs = {}
-        for a, b in PAIRS:
+        for a, b in pairs:
             d = [v[a] - v[b] for v in mean_case.values()]
             lo, hi = base.bootstrap_ci(d, resamples, 0)
             diffs[f"{a} − {b}"] = {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d),
                                   "per_case": {c: v[a] - v[b] for c, v in mean_case.items()}}
-        lowest = {col: min(mean_case, key=lambda c: mean_case[c][col]) for col in COLUMNS}
+        lowest = {col: min(mean_case, key=lambda c: mean_case[c][col]) for col in cols}
         out[s] = {"cases": len(mean_case), "means": means, "differences": diffs,
                   "lowest": {col: {"case": c, "dice": mean_case[c][col]} for col, c in lowest.items()}}
     if "none" in out:
         for s, v in out.items():
-            v["change"] = {col: v["means"][col] - out["none"]["means"][col] for col in COLUMNS}
+            v["change"] = {col: v["means"][col] - out["none"]["means"][col] for col in cols}
     return out
 
 
@@ -273,7 +301,7 @@ def failures(summary: dict) -> list[str]:
     """The declared failure rule: a mean below 0.3, or more than 0.15 below the unchanged case."""
     bad = []
     for s, v in summary.items():
-        for col in COLUMNS:
+        for col in v["means"]:
             m, ch = v["means"][col], v.get("change", {}).get(col, 0.0)
             if m < FAIL_BELOW or ch < -FAIL_DROP:
                 bad.append(f"{s}/{col} ({m:.3f}, {ch:+.3f})")
@@ -318,19 +346,21 @@ def rule_reading(summary: dict, name: str) -> str:
 
 
 def report(title: str, summary: dict, n_models: int) -> str:
-    head = "| shift | " + " | ".join(COLUMNS) + " | " + " | ".join(f"{a} − {b} (95 % CI)" for a, b in PAIRS) + " |"
+    first = next(iter(summary.values()), {"means": {}, "differences": {}})
+    cols, diffs = list(first["means"]), list(first["differences"])
+    head = "| shift | " + " | ".join(cols) + " | " + " | ".join(f"{d} (95 % CI)" for d in diffs) + " |"
     lines = [f"### {title}", "", f"`benchmarks/preprocessing_shift.py` (declared in its docstring before its first run). "
              f"{n_models} fold models, held-out cases only, seeds averaged per case; mean Dice on the original grid "
-             "(change from `none` in brackets).", "", head, "|" + "---|" * (len(COLUMNS) + len(PAIRS) + 1)]
+             "(change from `none` in brackets).", "", head, "|" + "---|" * (len(cols) + len(diffs) + 1)]
     for s, v in summary.items():
-        cells = [f"{v['means'][c]:.3f} ({v.get('change', {}).get(c, 0.0):+.3f})" for c in COLUMNS]
+        cells = [f"{v['means'][c]:.3f} ({v.get('change', {}).get(c, 0.0):+.3f})" for c in cols]
         for d in v["differences"].values():
             cells.append(f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], worst {d['min_case']:+.3f}")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    lines += ["", "Lowest case per column (Dice, seeds averaged):", "", "| shift | " + " | ".join(COLUMNS) + " |",
-              "|" + "---|" * (len(COLUMNS) + 1)]
+    lines += ["", "Lowest case per column (Dice, seeds averaged):", "", "| shift | " + " | ".join(cols) + " |",
+              "|" + "---|" * (len(cols) + 1)]
     for s, v in summary.items():
-        lines.append(f"| {s} | " + " | ".join(f"{v['lowest'][c]['dice']:.3f} ({v['lowest'][c]['case']})" for c in COLUMNS) + " |")
+        lines.append(f"| {s} | " + " | ".join(f"{v['lowest'][c]['dice']:.3f} ({v['lowest'][c]['case']})" for c in cols) + " |")
     lines += [x for name in RULE_PROTOCOLS for x in ("", rule_reading(summary, name)) if rule_reading(summary, name)]
     bad = failures(summary)
     lines += ["", "Failures by the declared rule (mean < 0.3 or > 0.15 below `none`): " + (", ".join(bad) or "none") + "."]
@@ -348,10 +378,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="only the stage's models of these seeds (default: every one; e.g. the seeds rebuilt after runs/ was lost)")
+    ap.add_argument("--rules", nargs="+", default=[], choices=list(RULE_COLUMNS), metavar="PROTOCOL",
+                    help="also score these decided output-rule protocols' columns (" + ", ".join(RULE_COLUMNS)
+                    + "; default: none, as they cost extra GMM and N4 passes)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--tag", default="", help="suffix of the results file and section name, so a later run (e.g. of "
                                               "another protocol on rebuilt models) does not overwrite an earlier record")
     args = ap.parse_args(argv)
+    columns, _ = columns_for(args.rules)
     proto = base.load_protocol(args.protocol)
     work = ROOT / "runs" / f"protocol-{proto['name']}" / args.stage
     results_dir = ROOT / "docs" / "protocols" / "results"
@@ -372,13 +406,14 @@ def main(argv=None) -> int:
                     keep = m.run / "shift-scores.json"
                     kept = json.loads(keep.read_text()) if keep.exists() else {}
                     key = f"{s}/{name}"
-                    if key not in kept or any(c not in kept[key] for c in COLUMNS):
+                    if key not in kept or any(c not in kept[key] for c in columns):
                         shifted = shifted or ShiftedCase(case, mods, s)
                         sigma = json.loads(base.sigma_path(work, mods, base.model_sigma_tag(m)).read_text())["sigma"]
-                        kept[key] = score(m, case, shifted, sigma, args.device)
+                        kept[key] = {**kept.get(key, {}), **score(m, case, shifted, sigma, args.device, args.rules)}
                         keep.write_text(json.dumps(kept))
-                    rows.append({"shift": s, "case": name, "model": m.key, "modalities": list(mods), **kept[key]})
-                    print(f"  {s} {m.key} {name}: " + " ".join(f"{c} {kept[key][c]['dice']:.3f}" for c in COLUMNS),
+                    rows.append({"shift": s, "case": name, "model": m.key, "modalities": list(mods),
+                                 **{c: kept[key][c] for c in columns}})
+                    print(f"  {s} {m.key} {name}: " + " ".join(f"{c} {kept[key][c]['dice']:.3f}" for c in columns),
                           file=sys.stderr)
             case._images.clear()  # one case's images at a time
     tag = "-".join(args.modalities or ["all"])

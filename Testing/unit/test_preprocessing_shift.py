@@ -136,3 +136,27 @@ def test_n4_reading_sets_the_shifts_it_targets_apart():
     assert "Mean over all pairs +0.0730; without `bias`, `clinical` (read apart) -0.0040" in text
     assert text.endswith("passes the declared limits.")  # none: -0.004
     assert "n4-v1 (`cgcseg gmm`)" in ps.report("t", s, 1)
+
+
+def test_rule_columns_are_opt_in_and_the_summary_reads_only_the_columns_every_row_has():
+    assert ps.columns_for([]) == (ps.BASE_COLUMNS, ps.BASE_PAIRS)
+    cols, pairs = ps.columns_for(["n4-v2"])
+    assert cols == ps.BASE_COLUMNS + ("gmm_default_n4x", "default_n4x")
+    assert pairs[-2:] == (("gmm_default_n4x", "gmm_default"), ("default_n4x", "default_rec"))
+    with pytest.raises(ValueError, match="unknown rule protocol"):
+        ps.columns_for(["n4-v3"])
+
+    def row(case, cols, **dice):
+        return {"case": case, "shift": "none", **{c: {"dice": dice.get(c, 0.5)} for c in cols}}
+    base_rows = [row("a", ps.BASE_COLUMNS, network=0.9), row("b", ps.BASE_COLUMNS)]
+    s = ps.summarise(base_rows, ["none"], 200)
+    assert list(s["none"]["means"]) == list(ps.BASE_COLUMNS)
+    assert list(s["none"]["differences"]) == ["network − p_smooth", "default_rec − gmm_default"]
+    text = ps.report("t", s, 1)
+    assert "default_vote" not in text and "n4" not in text and "network − p_smooth (95 % CI)" in text
+    # A row missing a rule column (an older kept score) drops that column rather than failing.
+    mixed = base_rows + [row("c", ps.BASE_COLUMNS + ("default_vote",), default_vote=0.1)]
+    assert "default_vote" not in ps.summarise(mixed, ["none"], 200)["none"]["means"]
+    full = [row("a", cols), row("b", cols, default_n4x=0.7)]
+    d = ps.summarise(full, ["none"], 200)["none"]["differences"]["default_n4x − default_rec"]
+    assert d["mean"] == pytest.approx(0.1) and d["per_case"] == pytest.approx({"a": 0.0, "b": 0.2})
