@@ -1,0 +1,81 @@
+"""benchmarks/other_lesions.py: lesion-hit share against a brute-force flood fill, and the declared CT
+bleed generator (shape, intensity, seeding) on a small synthetic head."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
+import other_lesions as ol  # noqa: E402
+
+
+def _components(mask):
+    """26-connected components by an explicit flood fill (the slow reference)."""
+    seen = np.zeros(mask.shape, bool)
+    comps = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        stack, comp = [start], []
+        seen[start] = True
+        while stack:
+            p = stack.pop()
+            comp.append(p)
+            for d in np.ndindex(3, 3, 3):
+                q = tuple(int(a) + b - 1 for a, b in zip(p, d))
+                if all(0 <= q[i] < mask.shape[i] for i in range(3)) and mask[q] and not seen[q]:
+                    seen[q] = True
+                    stack.append(q)
+        comps.append(comp)
+    return comps
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lesions_touched_matches_a_flood_fill(seed):
+    rng = np.random.default_rng(seed)
+    ref = rng.random((7, 8, 9)) > 0.85
+    pred = rng.random((7, 8, 9)) > 0.9
+    comps = _components(ref)
+    want = sum(any(pred[p] for p in c) for c in comps) / len(comps)
+    assert ol.lesions_touched(pred, ref) == pytest.approx(want)
+    assert ol.lesions_touched(pred, np.zeros_like(ref)) is None
+
+
+def _head(shape=(40, 48, 44)):
+    z, y, x = np.indices(shape)
+    c = [(n - 1) / 2 for n in shape]
+    brain = ((z - c[0]) / 18) ** 2 + ((y - c[1]) / 22) ** 2 + ((x - c[2]) / 20) ** 2 <= 1
+    return np.where(brain, 30.0, 0.0).astype(np.float32), brain
+
+
+def test_bleeds_are_seeded_inside_the_brain_at_the_declared_intensity():
+    ct, brain = _head()
+    a, bleed = ol.synthetic_bleeds(ct, brain, (1.0, 1.0, 1.0), 3, seed=7)
+    b, bleed_b = ol.synthetic_bleeds(ct, brain, (1.0, 1.0, 1.0), 3, seed=7)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(bleed, bleed_b)
+    assert bleed.any() and not (bleed & ~brain).any()
+    np.testing.assert_array_equal(a[~brain], ct[~brain])  # nothing changes outside the brain
+    # Brain noise has SD ~4 HU around 30; bleeds sit at 55-80 HU plus the same noise.
+    healthy = a[brain & ~bleed]
+    assert abs(float(healthy.mean()) - 30.0) < 0.5 and 3.5 < float(healthy.std()) < 4.5
+    assert 55.0 - 20 < float(a[bleed].min()) and float(a[bleed].max()) < 80.0 + 20
+    assert 55.0 <= float(np.median(a[bleed])) <= 80.0
+    # At most 3 ellipsoids, each no larger than its 15 mm semi-axes allow.
+    assert 1 <= len(_components(bleed)) <= 3
+    assert bleed.sum() <= 3 * 4 / 3 * np.pi * 15 ** 3
+    other, _ = ol.synthetic_bleeds(ct, brain, (1.0, 1.0, 1.0), 3, seed=8)
+    assert not np.array_equal(other, a)
+
+
+def test_bleeds_need_deep_brain():
+    ct, brain = _head((40, 48, 44))
+    brain[:] = False
+    brain[15:25, 15:25, 15:25] = True  # 10 voxels wide: no voxel is 12 mm deep
+    with pytest.raises(ValueError, match="12 mm"):
+        ol.synthetic_bleeds(ct, brain, (1.0, 1.0, 1.0), 1, seed=0)
