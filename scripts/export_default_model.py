@@ -106,7 +106,8 @@ def dice_section(rows: list[dict]) -> list[str]:
             ("default", f"default output ({rule})")]
     lines = [DICE_HEADING, "",
              "**These are the cases it was trained on** (without labels): not a held-out result; see "
-             "docs/BENCHMARKS.md for leave-cases-out numbers. Whole lesion = seg > 0; GMM = P with the settings above; "
+             "docs/BENCHMARKS.md for leave-cases-out numbers (its `cgc-accuracy-*` sections are another CPU run of the "
+             "same measurement: values may differ in the fourth decimal). Whole lesion = seg > 0; GMM = P with the settings above; "
              "CGC = this model's map ≥ 0.5 on CPU (the paper's output); clean-up = 2-D hole filling + largest lesion "
              "after an opening r = 3 mm; default = what `cgcseg segment` writes with this model (its output rule `"
              + rule + "`" + (f": {RULE_TEXT[rule]}" if rule in RULE_TEXT else "") + ").", "",

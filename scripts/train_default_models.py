@@ -104,6 +104,32 @@ def plan_models(proto: dict, sets: list[str], data: Path, work: Path, results_di
     return models
 
 
+def effective_args(args: list[str]) -> list[str]:
+    """``args`` with each repeated ``--option`` shown once, with its last values (what argparse keeps), at its
+    first place: ``--spacing 1.5 1.5 1.5 ... --spacing 2 2 2`` reads ``--spacing 2 2 2 ...``. Values are the
+    tokens after an option up to the next ``--``-token (negative numbers have one dash)."""
+    groups: dict[str, list[str]] = {}
+    loose: list[str] = []
+    current = None
+    for tok in args:
+        if tok.startswith("--"):
+            current = tok
+            groups.pop(tok, None)  # re-inserted last; its first place is restored below
+            groups[tok] = []
+        elif current is None:
+            loose.append(tok)
+        else:
+            groups[current].append(tok)
+    first = {}
+    for i, tok in enumerate(args):
+        if tok.startswith("--"):
+            first.setdefault(tok, i)
+    out = list(loose)
+    for opt in sorted(groups, key=first.__getitem__):
+        out += [opt, *groups[opt]]
+    return out
+
+
 def held_out_notes(proto: dict, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
     """The protocol's held-out numbers of this recipe (confirmation if it exists, else screening), as
     card markdown; the card says which stage they come from."""
@@ -182,7 +208,7 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     dice_json.write_text(json.dumps(rows))
     chosen = "screening winner" if "screen" in proto.get("stages", {}) else "confirmed recipe"
     recipe_note = (f"**Recipe**: protocol `{proto['name']}`'s {chosen} `{model.variant}` "
-                   f"(`{' '.join(model.args)}`)"
+                   f"(`{' '.join(effective_args(list(model.args)))}`)"
                    + (f"; self-training round 2: round 1 (`{model.parent.variant}`, same seed and data) segmented the "
                       "training cases with 0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5 and no keep-largest "
                       "(labels never read), and this model was trained from round 1's weights on those binary targets"

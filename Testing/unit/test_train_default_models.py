@@ -280,3 +280,20 @@ def test_benchmark_tables_name_the_rule_their_default_column_was_made_with():
     assert "the rule each model records" in mixed and "**0.3000**" in mixed
     curve = evaluate_cgc._curve_table([([10], [row("single-lesion-recommended", 0.5)])], "t", "n")
     assert "default (single-lesion-recommended)" in curve
+
+
+def test_card_recipe_shows_each_repeated_option_once_with_the_value_argparse_keeps():
+    import argparse
+
+    import train_default_models as tdm
+    args = ["--crop", "96", "96", "64", "--spacing", "1.5", "1.5", "1.5", "--lr", "1e-3", "--ema", "0.99",
+            "--shift", "-0.5", "--spacing", "2", "2", "2", "--flip"]
+    got = tdm.effective_args(args)
+    assert got == ["--crop", "96", "96", "64", "--spacing", "2", "2", "2", "--lr", "1e-3", "--ema", "0.99",
+                   "--shift", "-0.5", "--flip"]
+    ap = argparse.ArgumentParser()
+    for opt, n in (("--crop", 3), ("--spacing", 3), ("--lr", 1), ("--ema", 1), ("--shift", 1)):
+        ap.add_argument(opt, nargs=n)
+    ap.add_argument("--flip", action="store_true")
+    assert vars(ap.parse_args(got)) == vars(ap.parse_args(args))  # the same parse as the full list
+    assert tdm.effective_args([]) == []
