@@ -79,3 +79,17 @@ def test_bleeds_need_deep_brain():
     brain[15:25, 15:25, 15:25] = True  # 10 voxels wide: no voxel is 12 mm deep
     with pytest.raises(ValueError, match="12 mm"):
         ol.synthetic_bleeds(ct, brain, (1.0, 1.0, 1.0), 1, seed=0)
+
+
+def test_report_means_skip_undefined_values_and_name_the_hot_template_share():
+    def m(d, s, p, t):
+        return {"dice": d, "sensitivity": s, "precision": p, "lesions_touched": t, "voxels": 10}
+    ms = {"a": {c: m(0.2, 0.5, 0.1, 1.0) for c in ol.MS_COLUMNS}, "b": {c: m(0.4, None, None, 0.5) for c in ol.MS_COLUMNS}}
+    ct = {"single/0": {"gmm_default": {**m(0.1, 1.0, 0.05, 1.0), "bleed_voxels": 5}},
+          "three/0": {"gmm_default": {**m(0.3, 1.0, 0.2, 1.0), "bleed_voxels": 9}}}
+    text = ol.report(ms, ct, {"voxels": 123, "share": 0.0531})
+    assert "| **mean** | **0.300** (0.500 / 0.100; 0.750)" in text  # None left out of the means
+    assert "| b | 0.400 (— / —; 0.500)" in text
+    assert "**single mean** | | | **0.100**" in text and "**three mean** | | | **0.300**" in text
+    assert "123 voxels (5.3 %)" in text
+    assert "MS lesions" not in ol.report({}, ct) and "head-CT" not in ol.report(ms, {})
