@@ -75,7 +75,7 @@ class Model:
     test: list
     train: list
     args: list = field(default_factory=list)
-    parent: Optional["Model"] = None  # self-training: round 1, whose pseudo-labels are this model's targets
+    parent: Optional["Model"] = None  # self-training: the previous round, whose pseudo-labels are this model's targets
 
     @property
     def key(self) -> str:
@@ -123,18 +123,23 @@ def plan(proto: dict, stage_name: str, data: Path, work: Path, results_dir: Path
                 test = labelled[fold::k]
                 train = [c for c in labelled if c not in test] + unlabelled
                 for seed in stage["seeds"]:
-                    run = work / "-".join(mods) / vname / f"fold{fold}-seed{seed}"
-                    parent = None
-                    source = proto["variants"][vname].get("self_train_from")
-                    if source:  # round 1 lives where its own variant's model would (trained once, shared)
-                        prun = work / "-".join(mods) / source / f"fold{fold}-seed{seed}"
-                        parent = next((m for m in models if m.run == prun), None) or Model(
-                            tuple(mods), source, fold, int(seed), prun, test, train,
-                            list(proto["base_train_args"]) + _variant_args(proto, stage, results_dir, source) + list(extra))
-                        if parent not in models:
-                            models.append(parent)
-                    models.append(Model(tuple(mods), vname, fold, int(seed), run, test, train,
-                                        list(proto["base_train_args"]) + vargs + list(extra), parent))
+                    def model(name: str, args: list, chain: tuple = ()) -> Model:
+                        """``name``'s model of this fold and seed, after the earlier rounds it trains on (each
+                        planned once, where its own variant's model would live, and shared)."""
+                        if name in chain:
+                            raise SystemExit(f"self_train_from loops: {' -> '.join(chain + (name,))}")
+                        run = work / "-".join(mods) / name / f"fold{fold}-seed{seed}"
+                        found = next((m for m in models if m.run == run), None)
+                        if found is not None:
+                            return found
+                        source = proto["variants"][name].get("self_train_from")
+                        parent = model(source, _variant_args(proto, stage, results_dir, source),
+                                       chain + (name,)) if source else None
+                        made = Model(tuple(mods), name, fold, int(seed), run, test, train,
+                                     list(proto["base_train_args"]) + args + list(extra), parent)
+                        models.append(made)
+                        return made
+                    model(vname, vargs)
     resolve_fold_sigma(models, proto, data, work)
     return models
 
@@ -767,16 +772,20 @@ def run(args, extra: list) -> int:
 
 
 def only_variants(models: list[Model], names: list[str], seeds: Optional[list[int]] = None) -> list[Model]:
-    """The models of the variants ``names`` (of ``seeds`` only, when given) and their round-1 parents, in
-    plan order (``--train-variants``, ``--train-seeds``)."""
+    """The models of the variants ``names`` (of ``seeds`` only, when given) and every earlier self-training
+    round they train on, in plan order (``--train-variants``, ``--train-seeds``)."""
     known = sorted({m.variant for m in models})
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"--train-variants: {', '.join(unknown)} not in this stage; it has {', '.join(known)}")
     if seeds and not set(seeds) <= {m.seed for m in models}:
         raise SystemExit(f"--train-seeds: the stage's seeds are {', '.join(map(str, sorted({m.seed for m in models})))}")
-    keep = {id(m) for m in models if m.variant in names and (not seeds or m.seed in seeds)}
-    keep |= {id(m.parent) for m in models if id(m) in keep and m.parent is not None}
+    keep = set()
+    for m in models:
+        if m.variant in names and (not seeds or m.seed in seeds):
+            while m is not None and id(m) not in keep:  # the model and every earlier round it trains on
+                keep.add(id(m))
+                m = m.parent
     return [m for m in models if id(m) in keep]
 
 

@@ -311,3 +311,48 @@ def test_train_variants_keeps_the_named_variants_and_their_round_one_models_only
     assert {m.seed for m in one_seed} == {900} and len(one_seed) == 4
     with pytest.raises(SystemExit, match="seeds are 900, 901"):
         protocol.only_variants(models, ["robust-2mm-st"], [5])
+
+
+CHAIN_PROTOCOL = """
+name = "tiny-chain"
+labelled = "brats"
+unlabelled = "unlabelled"
+folds = 2
+base_train_args = ["--crop", "16", "16", "16"]
+[variants.r1]
+args = ["--ema", "0.9"]
+[variants.r2]
+args = ["--ema", "0.9"]
+self_train_from = "r1"
+[variants.r3]
+args = ["--ema", "0.9"]
+self_train_from = "r2"
+[stages.screen]
+modalities = [["flair"]]
+variants = ["r3", "r2"]
+seeds = [1, 2]
+steps = 2
+"""
+
+
+def test_a_second_self_training_round_chains_to_the_first_and_each_round_is_planned_once(tmp_path):
+    for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1"])):
+        for n in names:
+            (tmp_path / group / n).mkdir(parents=True)
+    (tmp_path / "p.toml").write_text(CHAIN_PROTOCOL)
+    proto = protocol.load_protocol(tmp_path / "p.toml")
+    models = protocol.plan(proto, "screen", tmp_path, tmp_path / "work", tmp_path / "results", [])
+    assert len(models) == 3 * 2 * 2 and len({m.run for m in models}) == len(models)  # r2 listed after r3: no copy
+    for m in models:
+        want = {"r1": None, "r2": "r1", "r3": "r2"}[m.variant]
+        assert (m.parent.variant if m.parent else None) == want
+        if m.parent is not None:
+            assert m.parent in models and models.index(m.parent) < models.index(m)  # trained before
+            assert (m.parent.fold, m.parent.seed, m.parent.test) == (m.fold, m.seed, m.test)
+    r3 = [m for m in models if m.variant == "r3"]
+    assert all(m.parent.parent.variant == "r1" for m in r3)
+    kept = protocol.only_variants(models, ["r3"], [2])
+    assert sorted(m.variant for m in kept) == ["r1", "r1", "r2", "r2", "r3", "r3"] and {m.seed for m in kept} == {2}
+    proto["variants"]["r1"]["self_train_from"] = "r3"
+    with pytest.raises(SystemExit, match="loops"):
+        protocol.plan(proto, "screen", tmp_path, tmp_path / "work", tmp_path / "results", [])
