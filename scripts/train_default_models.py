@@ -81,25 +81,29 @@ def recipe(proto: dict, results_dir: Path = RESULTS) -> str:
 
 def plan_models(proto: dict, sets: list[str], data: Path, work: Path, results_dir: Path = RESULTS,
                 seed: int = SHIP_SEED) -> list:
-    """One :class:`protocol.Model` per round per model set, training on every case (no held-out cases)."""
+    """One :class:`protocol.Model` per round per model set, training on every case (no held-out cases); each
+    self-training round after the round it trains on."""
     import protocol
     labelled = protocol._case_dirs(data / proto["labelled"])
     unlabelled = protocol._case_dirs(data / proto["unlabelled"])
     winner = recipe(proto, results_dir)
-    variant = proto["variants"][winner]
     models = []
     for name in sets:
         mods = MODEL_SETS[name]
         train = labelled + unlabelled
         base = list(proto["base_train_args"])
-        parent = None
-        source = variant.get("self_train_from")
-        if source:
-            parent = protocol.Model(mods, source, -1, seed, work / "-".join(mods) / source / f"all-seed{seed}", [], train,
-                                    base + list(proto["variants"][source].get("args", [])))
-            models.append(parent)
-        models.append(protocol.Model(mods, winner, -1, seed, work / "-".join(mods) / winner / f"all-seed{seed}", [],
-                                     train, base + list(variant.get("args", [])), parent))
+
+        def model(vname: str, chain: tuple = ()) -> "protocol.Model":
+            """``vname``'s model after every earlier self-training round it trains on (appended first)."""
+            if vname in chain:
+                raise SystemExit(f"self_train_from loops: {' -> '.join(chain + (vname,))}")
+            source = proto["variants"][vname].get("self_train_from")
+            parent = model(source, chain + (vname,)) if source else None
+            made = protocol.Model(mods, vname, -1, seed, work / "-".join(mods) / vname / f"all-seed{seed}", [], train,
+                                  base + list(proto["variants"][vname].get("args", [])), parent)
+            models.append(made)
+            return made
+        model(winner)
     protocol.resolve_fold_sigma(models, proto, data, work)  # no held-out case: chosen on every labelled one
     return models
 
@@ -207,11 +211,15 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     dice_json = model.run / "card_dice.json"
     dice_json.write_text(json.dumps(rows))
     chosen = "screening winner" if "screen" in proto.get("stages", {}) else "confirmed recipe"
+    rounds, m = 1, model
+    while m.parent is not None:  # this model's round: 1 + the rounds before it
+        rounds, m = rounds + 1, m.parent
     recipe_note = (f"**Recipe**: protocol `{proto['name']}`'s {chosen} `{model.variant}` "
                    f"(`{' '.join(effective_args(list(model.args)))}`)"
-                   + (f"; self-training round 2: round 1 (`{model.parent.variant}`, same seed and data) segmented the "
-                      "training cases with 0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5 and no keep-largest "
-                      "(labels never read), and this model was trained from round 1's weights on those binary targets"
+                   + (f"; self-training round {rounds}: round {rounds - 1} (`{model.parent.variant}`, same seed and data) "
+                      "segmented the training cases with 0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5 and no "
+                      f"keep-largest (labels never read), and this model was trained from round {rounds - 1}'s weights "
+                      "on those binary targets" + (" (each earlier round likewise from the one before)" if rounds > 2 else "")
                       if model.parent is not None else "") + ". Trained by `scripts/train_default_models.py`.")
     notes = (recipe_note + "\n\n" + held_out_notes(proto, model.modalities, model.variant, results_dir)
              + rule_notes(proto["name"], output_rule, model.modalities, model.variant, results_dir))

@@ -297,3 +297,18 @@ def test_card_recipe_shows_each_repeated_option_once_with_the_value_argparse_kee
     ap.add_argument("--flip", action="store_true")
     assert vars(ap.parse_args(got)) == vars(ap.parse_args(args))  # the same parse as the full list
     assert tdm.effective_args([]) == []
+
+
+def test_shipping_a_second_self_training_round_trains_every_round_in_order(setup, tmp_path):
+    import protocol
+    import train_default_models as tdm
+    chain = PROTOCOL.replace('self_train_from = "robust"\n', 'self_train_from = "robust"\n[variants.robust-st2]\n'
+                             'args = ["--ema", "0.9"]\nself_train_from = "robust-st"\n')
+    (tmp_path / "chain.toml").write_text(chain)
+    proto = protocol.load_protocol(tmp_path / "chain.toml")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "tiny-screen.json").write_text(json.dumps({"winner": "robust-st2"}))
+    models = tdm.plan_models(proto, ["flair"], setup / "data", tmp_path / "w", tmp_path / "results")
+    assert [m.variant for m in models] == ["robust", "robust-st", "robust-st2"]
+    assert models[2].parent is models[1] and models[1].parent is models[0] and models[0].parent is None
+    assert models[2].args[-2:] == ["--ema", "0.9"] and all(m.test == [] for m in models)
