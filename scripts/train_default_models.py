@@ -10,7 +10,9 @@ Nothing here is chosen by looking at labels; every setting comes from the protoc
   ``docs/protocols/results/<name>-screen.json``), i.e. the protocol's ``base_train_args`` followed by
   that variant's arguments; a self-training winner trains its round-1 variant first, segments every
   training case with :data:`CGCTraining.self_train.PSEUDO_RULE` (labels never read) and trains round 2 from round
-  1's weights on those targets, exactly as in the protocol's folds;
+  1's weights on those targets, exactly as in the protocol's folds (a chain of rounds likewise, each from the
+  one before); ``--variant`` names the recipe instead, for a confirmation that compared a control and a
+  rival at fresh seeds (e.g. cgc-v21) and was decided as its protocol declares;
 * **budget**: the confirmation stage's ``steps`` per round (the budget the held-out numbers were
   measured at); ``--max-minutes`` is only a safety stop;
 * **data**: every tumour case the protocol names: its labelled folder (images only) and its
@@ -31,6 +33,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -80,13 +83,15 @@ def recipe(proto: dict, results_dir: Path = RESULTS) -> str:
 
 
 def plan_models(proto: dict, sets: list[str], data: Path, work: Path, results_dir: Path = RESULTS,
-                seed: int = SHIP_SEED) -> list:
+                seed: int = SHIP_SEED, variant: Optional[str] = None) -> list:
     """One :class:`protocol.Model` per round per model set, training on every case (no held-out cases); each
     self-training round after the round it trains on."""
     import protocol
     labelled = protocol._case_dirs(data / proto["labelled"])
     unlabelled = protocol._case_dirs(data / proto["unlabelled"])
-    winner = recipe(proto, results_dir)
+    winner = variant or recipe(proto, results_dir)
+    if winner not in proto["variants"]:
+        raise SystemExit(f"{proto['name']} has no variant {winner!r}; it has {', '.join(proto['variants'])}")
     models = []
     for name in sets:
         mods = MODEL_SETS[name]
@@ -244,6 +249,9 @@ def main(argv=None) -> int:
     from CGCLesionSegLib.checkpoint import OUTPUT_RULE_NAMES
     ap.add_argument("--output-rule", default=SHIP_OUTPUT_RULE, choices=OUTPUT_RULE_NAMES,
                     help=f"`--postprocess auto` recorded in the exported models (default: {SHIP_OUTPUT_RULE})")
+    ap.add_argument("--variant", help="ship this variant instead of the screening winner: a recipe whose "
+                    "confirmation (a stage with a control and a rival) was decided as its protocol declares, "
+                    "recorded in docs/protocols/README.md")
     ap.add_argument("--results-dir", default=str(RESULTS), help="where the protocol's results files are")
     ap.add_argument("--models-dir", help="where --export writes (default: the package's models folder)")
     args = ap.parse_args(argv)
@@ -252,8 +260,8 @@ def main(argv=None) -> int:
     stage = {"steps": args.steps or int(proto["stages"]["confirm"]["steps"]), "max_minutes": args.max_minutes}
     work = Path(args.work_dir or ROOT / "runs" / f"default-models-{proto['name']}")
     results_dir = Path(args.results_dir)
-    winner = recipe(proto, results_dir)
-    models = plan_models(proto, args.models, Path(args.data), work, results_dir)
+    winner = args.variant or recipe(proto, results_dir)
+    models = plan_models(proto, args.models, Path(args.data), work, results_dir, variant=winner)
     print(f"recipe {winner} ({stage['steps']} steps per round): " + ", ".join(str(m.run) for m in models),
           file=sys.stderr)
     protocol.train_all(models, stage, args.jobs, args.device)

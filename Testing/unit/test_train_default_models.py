@@ -312,3 +312,14 @@ def test_shipping_a_second_self_training_round_trains_every_round_in_order(setup
     assert [m.variant for m in models] == ["robust", "robust-st", "robust-st2"]
     assert models[2].parent is models[1] and models[1].parent is models[0] and models[0].parent is None
     assert models[2].args[-2:] == ["--ema", "0.9"] and all(m.test == [] for m in models)
+
+
+def test_a_named_variant_is_shipped_without_a_screening_winner_and_an_unknown_one_is_refused(setup, tmp_path):
+    import protocol
+    import train_default_models as tdm
+    proto = protocol.load_protocol(setup / "tiny.toml")
+    models = tdm.plan_models(proto, ["flair"], setup / "data", tmp_path / "w", tmp_path / "no-results",
+                             variant="robust-st")  # no results file: the screen's winner is not read
+    assert [m.variant for m in models] == ["robust", "robust-st"]
+    with pytest.raises(SystemExit, match="no variant 'robust-st9'"):
+        tdm.plan_models(proto, ["flair"], setup / "data", tmp_path / "w", tmp_path / "no-results", variant="robust-st9")
