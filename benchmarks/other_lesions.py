@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
 MS_COLUMNS = ("gmm_paper", "gmm_rec_raw", "gmm_default", "network", "default", "rater2")
 CT_SCENARIOS = {"single": 1, "three": 3}
 CT_SEEDS = range(5)
+CT_TEMPLATE, CT_TEMPLATE_MASK = "scct_unsmooth_SS_0.01.nii.gz", "scct_unsmooth_SS_0.01_Mask.nii.gz"
 
 
 def lesions_touched(pred: np.ndarray, ref: np.ndarray) -> float | None:
@@ -131,11 +132,11 @@ def synthetic_bleeds(ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, n: int, 
     return ct, bleed
 
 
-def ct_cases(data: Path, tmp: Path) -> dict:
+def ct_cases(data: Path, tmp: Path) -> tuple[dict, dict]:
+    """``(rows, hot)``: every scenario and seed scored, and :func:`template_hot_share` of the template (read once)."""
     from CGCLesionSegLib.image_io import read_image, write_image
-    img = read_image(data / "ct_template" / "scct_unsmooth_SS_0.01.nii.gz")
-    brain_img = read_image(data / "ct_template" / "scct_unsmooth_SS_0.01_Mask.nii.gz")
-    brain = brain_img.array_zyx > 0
+    img = read_image(data / "ct_template" / CT_TEMPLATE)
+    brain = read_image(data / "ct_template" / CT_TEMPLATE_MASK).array_zyx > 0
     spacing_zyx = tuple(reversed(img.geometry.spacing))
     mask_path = tmp / "brain.nii.gz"
     write_image(mask_path, brain.astype(np.uint8), img.geometry)
@@ -150,15 +151,12 @@ def ct_cases(data: Path, tmp: Path) -> dict:
                   "--binary-output", str(seg)])
             out[f"{scen}/{seed}"] = {"gmm_default": {**metrics(_read(seg), bleed), "seconds": time.perf_counter() - t0,
                                                      "bleed_voxels": int(bleed.sum())}}
-    return out
+    return out, template_hot_share(img.array_zyx, brain)
 
 
-def template_hot_share(data: Path) -> dict:
+def template_hot_share(ct_hu: np.ndarray, brain: np.ndarray) -> dict:
     """Voxels of the CT template's brain mask already in the blood range (>= 50 HU) before any bleed."""
-    from CGCLesionSegLib.image_io import read_image
-    ct = read_image(data / "ct_template" / "scct_unsmooth_SS_0.01.nii.gz").array_zyx
-    brain = read_image(data / "ct_template" / "scct_unsmooth_SS_0.01_Mask.nii.gz").array_zyx > 0
-    hot = int((ct[brain] >= 50.0).sum())
+    hot = int((ct_hu[brain] >= 50.0).sum())
     return {"voxels": hot, "share": hot / max(int(brain.sum()), 1)}
 
 
@@ -231,7 +229,7 @@ def main(argv=None) -> int:
                 print(f"  {case_dir.name}: " + " ".join(f"{c} {ms[case_dir.name][c]['dice']:.3f}" for c in MS_COLUMNS),
                       file=sys.stderr)
         if args.only != "ms":
-            ct, hot = ct_cases(args.data, tmp), template_hot_share(args.data)
+            ct, hot = ct_cases(args.data, tmp)
     text = report(ms, ct, hot)
     print(text)
     if not args.no_write:
