@@ -201,6 +201,9 @@ def main(argv=None) -> int:
                     help="with --protocol: train only these variants of the stage (and their round-1 models), "
                          "then stop: nothing is scored or written. Rebuilds a source protocol's run folders "
                          "(lost with runs/) for a rule protocol; CPU trainings are deterministic per seed")
+    ap.add_argument("--model-set", nargs="+", metavar="MODALITY",
+                    help="with --protocol: only this model set of the stage (e.g. `--model-set flair`): train, "
+                         "score and write it alone (results `<protocol>-<stage>-<set>`); decisions are per set")
     ap.add_argument("--train-seeds", nargs="+", type=int, metavar="SEED",
                     help="with --train-variants: only these seeds of the stage")
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -721,6 +721,7 @@ def run(args, extra: list) -> int:
     work = Path(args.work_dir or ROOT / "runs" / f"protocol-{proto['name']}") / f"{args.stage}{tag}"
     data = Path(args.data)
     models = plan(proto, args.stage, data, work, results_dir, extra)
+    models, set_tag = only_model_set(models, getattr(args, "model_set", None), stage)
     only = getattr(args, "train_variants", None)
     if only:
         models = only_variants(models, only, getattr(args, "train_seeds", None))
@@ -755,7 +756,7 @@ def run(args, extra: list) -> int:
     summary = summarise(rows, proto)
     winner = pick_winner(summary, stage) if "winner_rule" in stage and not args.score_available else None
     finished = {m.key: _finished(m) for m in models}
-    text = report(proto, args.stage, summary, sigmas, models, extra, winner, finished)
+    text = report(proto, args.stage, summary, sigmas, models, extra, winner, finished) + model_set_note(set_tag)
     if args.score_available:  # progress only: the same tables, marked, and nothing written
         print(f"PARTIAL: {len(models)} finished model(s) scored"
               + (f"; not yet finished: {', '.join(missing)}" if missing else "")
@@ -763,12 +764,36 @@ def run(args, extra: list) -> int:
         return 0
     print(text)
     if not args.no_write:
-        write_stage(results_dir, f"{proto['name']}-{args.stage}{tag}", text,
+        write_stage(results_dir, f"{proto['name']}-{args.stage}{tag}{set_tag}", text,
                     {"protocol": proto["name"], "stage": args.stage, "extra_args": extra, "winner": winner,
                      "sigmas": sigmas, "trained": finished, "summary": summary, "rows": rows,
                      "variant_differences": (variant_differences(summary, proto, table_reference(stage))
                                              if len(stage.get("variants", [])) > 1 else {})})
     return 0
+
+
+def only_model_set(models: list[Model], mods: Optional[list[str]], stage: dict) -> tuple[list[Model], str]:
+    """The models of one of the stage's model sets (``--model-set flair``) and the suffix its results are
+    written under (``-flair``); every model and ``""`` without ``mods``. Scores, sigmas, summaries and the
+    declared decisions are all per model set, so one set can be scored and written when it is finished
+    while another still trains; the numbers are those the whole stage gives for that set. Refused for a
+    stage whose ``winner_rule`` averages over several sets (one set alone would not be that rule)."""
+    if not mods:
+        return models, ""
+    sets = sorted({m.modalities for m in models})
+    if "winner_rule" in stage and len(sets) > 1:
+        raise SystemExit("--model-set: this stage's winner rule averages over its model sets "
+                         f"({'; '.join(' '.join(s) for s in sets)}); score the whole stage")
+    if tuple(mods) not in sets:
+        raise SystemExit(f"--model-set {' '.join(mods)}: this stage's model sets are "
+                         + "; ".join(" ".join(s) for s in sets))
+    return [m for m in models if m.modalities == tuple(mods)], "-" + "-".join(mods)
+
+
+def model_set_note(set_tag: str) -> str:
+    """The line a report scored with ``--model-set`` ends with (empty without it)."""
+    return (f"\nModel set `{set_tag[1:]}` only (`--model-set`): the stage's other model sets are scored apart; "
+            "their decisions are their own.\n") if set_tag else ""
 
 
 def only_variants(models: list[Model], names: list[str], seeds: Optional[list[int]] = None) -> list[Model]:

@@ -396,6 +396,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
     data = Path(args.data)
     models = [m for m in base.plan(src, stage["source_stage"], data, work, results_dir, [])
               if m.variant == stage["variant"] and ("seeds" not in stage or m.seed in stage["seeds"])]
+    models, set_tag = base.only_model_set(models, getattr(args, "model_set", None), stage)
     missing = [m.key for m in models if base._finished(m) is None]
     if missing and not args.score_available:
         raise SystemExit(f"{src['name']} has not finished these models yet: {', '.join(missing)}; run its stage "
@@ -443,13 +444,14 @@ def run(args, proto: dict, proto_path: Path) -> int:
     text = report(proto, src, args.stage, summary, sigmas, winner)
     if choice is not None:
         text += threshold_report(choice, decisions)
+    text += base.model_set_note(set_tag)
     if args.score_available or missing:
         print(f"PARTIAL: {len({r['model'] for r in rows})} finished model(s) scored; not yet finished: {', '.join(missing) or 'none'}. "
               "Progress, not the stage's result.\n\n" + text)
         return 0
     print(text)
     if not args.no_write:
-        base.write_stage(results_dir, f"{proto['name']}-{args.stage}", text,
+        base.write_stage(results_dir, f"{proto['name']}-{args.stage}{set_tag}", text,
                          {"protocol": proto["name"], "stage": args.stage, "winner": winner, "sigmas": sigmas,
                           "summary": summary, "rows": rows, **({"thresholds": choice, "decisions": decisions}
                                                                if choice is not None else {})})

@@ -34,6 +34,20 @@ seeds = [1]
 steps = 2
 max_minutes = 5
 winner_rule = "max mean network Dice; paper unless beaten by > 0.01"
+[stages.confirm]
+modalities = [["flair"], ["flair", "t1"]]
+variants = ["paper"]
+seeds = [1]
+steps = 2
+max_minutes = 5
+[stages.pooled]
+modalities = [["flair"], ["flair", "t1"]]
+variants = ["paper", "rec"]
+control = "paper"
+seeds = [1]
+steps = 2
+max_minutes = 5
+winner_rule = "max mean network Dice over both sets"
 """
 
 
@@ -69,3 +83,28 @@ def test_stage_results_are_named_after_protocol_stage_and_tag(data, monkeypatch,
     assert sorted(payload["summary"]["flair/rec"]["cases"]) == ["a", "b", "c", "d"]
     assert payload["winner"] in ("paper", "rec")
     json.dumps(payload, default=str)  # what write_stage stores
+
+
+def test_one_model_set_is_trained_scored_and_written_alone_with_the_whole_stages_numbers(data, monkeypatch):
+    """``--model-set``: a stage's decisions are per model set, so a finished set is scored and written as
+    ``<name>-<stage>-<set>`` while the other still trains; its numbers are the whole stage's for that set.
+    A set the stage lacks and a winner rule that averages over sets are refused before anything trains."""
+    import evaluate_cgc
+    import protocol
+    written = []
+    monkeypatch.setattr(protocol, "write_stage", lambda results_dir, name, text, payload: written.append((name, text, payload)))
+    common = ["--protocol", str(data / "tinyrun.toml"), "--data", str(data / "data"), "--work-dir", str(data / "work")]
+    assert evaluate_cgc.main(common + ["--stage", "confirm", "--model-set", "flair"]) == 0
+    assert not (data / "work" / "confirm" / "flair-t1").exists()  # the other set was not trained
+    (name, text, alone), = written
+    assert name == "tinyrun-confirm-flair" and set(alone["summary"]) == {"flair/paper"}
+    assert "Model set `flair` only" in text
+    assert evaluate_cgc.main(common + ["--stage", "confirm"]) == 0  # the whole stage, both sets
+    whole = written[1][2]
+    assert written[1][0] == "tinyrun-confirm" and set(whole["summary"]) == {"flair/paper", "flair-t1/paper"}
+    assert whole["summary"]["flair/paper"] == alone["summary"]["flair/paper"]
+    with pytest.raises(SystemExit, match="model sets are flair; flair t1"):
+        evaluate_cgc.main(common + ["--stage", "confirm", "--model-set", "t1"])
+    with pytest.raises(SystemExit, match="winner rule averages over its model sets"):
+        evaluate_cgc.main(common + ["--stage", "pooled", "--model-set", "flair"])
+    assert not (data / "work" / "pooled").exists() and len(written) == 2
