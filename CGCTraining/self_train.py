@@ -32,6 +32,13 @@ if __package__ in (None, ""):
 #: Output rule of the pseudo-labels: the fusion 0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5, and no
 #: keep-largest or opening (a training case may hold several lesions, small ones included).
 PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radius=0, min_component_voxels=0)
+#: How the pseudo-label threshold is set per case. ``fixed``: :data:`PSEUDO_RULE`'s 0.5 (the shipped recipe).
+#: ``keep-p``: lowered, never raised, so that the target keeps at least the volume of the model's own P >= 0.5
+#: (its first training target), down to :data:`KEEP_P_FLOOR` (see :func:`volume_keeping_threshold`).
+PSEUDO_VOLUMES = ("fixed", "keep-p")
+KEEP_P_FLOOR = 0.3
+#: Per-case record of the thresholds and volumes, written beside the targets.
+TARGET_RECORD = "targets.json"
 #: Sub-folder of RUN_DIR for round k + 1, and the record of the rounds.
 ROUND_DIR = "self-train-{k}"
 RECORD = "self_train.json"
@@ -44,16 +51,44 @@ def round_dir(run_dir: str | os.PathLike, k: int) -> Path:
     return Path(run_dir) / ROUND_DIR.format(k=k)
 
 
+def volume_keeping_threshold(fused_zyx, p_zyx, brain_zyx, floor: float = KEEP_P_FLOOR,
+                             ceiling: float = 0.5) -> float:
+    """Threshold of the fused map ``fused_zyx`` (``(Z, Y, X)``) for a ``keep-p`` pseudo-label: ``ceiling``
+    when ``fused >= ceiling`` already holds at least as many brain voxels as ``p >= 0.5`` (the model's first
+    target); else the largest t with ``|fused >= t| >= |p >= 0.5|`` (the V-th largest fused value in the
+    brain), but not below ``floor``.
+
+    Why (cgc-v22): each self-training round thresholds 0.5·CGC + 0.5·P at 0.5, and the held-out network is
+    conservative (it misses lesion rather than adding it), so the targets shrink round by round. Holding
+    the target's volume at the first target's — a label-free quantity — is the simplest way to stop that;
+    the threshold is only lowered (a round never grows a target beyond what P itself marked) and the floor
+    keeps the network's background level (~0.3-0.4 of its map) from entering through the fusion."""
+    import numpy as np
+    brain = np.asarray(brain_zyx, bool)
+    want = int(np.count_nonzero((np.asarray(p_zyx) >= 0.5) & brain))
+    values = np.asarray(fused_zyx, np.float32)[brain]
+    if want == 0 or int(np.count_nonzero(values >= ceiling)) >= want:
+        return float(ceiling)
+    want = min(want, values.size)
+    kth = float(np.partition(values, values.size - want)[values.size - want])  # the want-th largest
+    return float(min(ceiling, max(floor, kth)))
+
+
 def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modalities: Sequence[str],
                         out_dir: str | os.PathLike, device: str = "cpu",
-                        log: Callable[[str], None] = lambda s: None) -> Path:
+                        log: Callable[[str], None] = lambda s: None, volume: str = "fixed") -> Path:
     """Segment ``cases`` (:class:`CGCTraining.data.CaseSpec`) with ``model_path`` under :data:`PSEUDO_RULE`
     and write one binary map per case (``out_dir/<case>.nii.gz``, float32 0/1 on the case's own grid) and
-    ``out_dir/cases.csv`` (the case's images, its mask if it had one, the map as ``prob``). A map already
-    written is kept (an interrupted call resumes); each is written atomically. Returns the CSV's path."""
+    ``out_dir/cases.csv`` (the case's images, its mask if it had one, the map as ``prob``). ``volume``
+    (:data:`PSEUDO_VOLUMES`): ``keep-p`` thresholds each case at :func:`volume_keeping_threshold` instead of
+    0.5. ``out_dir/targets.json`` records each case's threshold and voxel counts. A map already written is
+    kept (an interrupted call resumes); each is written atomically. Returns the CSV's path."""
+    from dataclasses import replace
     from CGCLesionSegLib.checkpoint import load_checkpoint
     from CGCLesionSegLib.image_io import atomic_write, read_image, write_image
-    from CGCLesionSegLib.inference import InferenceConfig, segment_case
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, segment_case
+    if volume not in PSEUDO_VOLUMES:
+        raise ValueError(f"pseudo-label volume rule must be one of {', '.join(PSEUDO_VOLUMES)}, got {volume!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     modalities = [m.lower() for m in modalities]
@@ -64,6 +99,16 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
                          "modalities of the model whose targets these are")
     config = InferenceConfig(device=device, **PSEUDO_RULE)
     has_mask = any(c.mask for c in cases)
+    record_path = out / TARGET_RECORD
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if not record and volume != "fixed" and any(out.glob("*.nii.gz")):
+        raise ValueError(f"{out} holds targets without a record of their rule: give another output folder for "
+                         f"--pseudo-volume {volume}")
+    if record.get("volume", volume) != volume:
+        raise ValueError(f"{out} holds targets of the pseudo-label volume rule {record['volume']!r}, not {volume!r}: "
+                         "give another output folder")
+    record.update(volume=volume, model=str(model_path))
+    record.setdefault("cases", {})
     rows = []
     for i, case in enumerate(cases):
         target = out / f"{case.name}.nii.gz"
@@ -72,8 +117,22 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
             mask = read_image(case.mask).array_zyx > 0 if case.mask else None
             res = segment_case([im.array_zyx for im in imgs], imgs[0].geometry, modalities, model_path,
                                mask_zyx=mask, config=config, model=net, info=info)
-            write_image(target, res.mask.astype("float32"), imgs[0].geometry)
-            log(f"pseudo-label {i + 1}/{len(cases)}: {case.name} ({int(res.mask.sum())} voxels)")
+            threshold, target_mask = config.threshold, res.mask
+            if volume == "keep-p":
+                threshold = volume_keeping_threshold(res.probability, res.gmm_probability, res.brain_mask)
+                if threshold != config.threshold:
+                    target_mask = output_mask(res.probability, res.brain_mask, replace(config, threshold=threshold),
+                                              imgs[0].geometry.spacing)
+            write_image(target, target_mask.astype("float32"), imgs[0].geometry)
+            record["cases"][case.name] = {
+                "threshold": threshold, "voxels": int(target_mask.sum()),
+                "voxels_at_0.5": int(res.mask.sum()),
+                "p_voxels": int(((res.gmm_probability >= 0.5) & res.brain_mask).sum())}
+            with atomic_write(record_path) as fh:
+                json.dump(record, fh, indent=1)
+                fh.write("\n")
+            log(f"pseudo-label {i + 1}/{len(cases)}: {case.name} ({int(target_mask.sum())} voxels"
+                + (f", threshold {threshold:.3f}" if volume != "fixed" else "") + ")")
         rows.append([case.name, *(str(Path(case.images[m]).resolve()) for m in modalities)]
                     + ([str(Path(case.mask).resolve()) if case.mask else ""] if has_mask else [])
                     + [str(target.resolve())])
@@ -153,13 +212,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--modalities", nargs="+", help="input channels in order (default: the model's)")
     p.add_argument("--output-dir", required=True, help="where the targets and cases.csv are written")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--pseudo-volume", choices=PSEUDO_VOLUMES, default="fixed",
+                   help="fixed: threshold 0.5 (the shipped recipe); keep-p: lower the threshold per case (not below "
+                        f"{KEEP_P_FLOOR}) until the target holds as many voxels as the model's P >= 0.5 (protocol cgc-v22)")
     args = p.parse_args(argv)
     try:
         from CGCLesionSegLib.checkpoint import load_checkpoint
         mods = args.modalities or list(load_checkpoint(args.model)[1].channels)  # CheckpointError is a ValueError
         cases = discover_cases(args.cases, mods)
         listing = write_pseudo_labels(args.model, cases, mods, args.output_dir, device=args.device,
-                                      log=lambda s: print(s, file=sys.stderr))
+                                      log=lambda s: print(s, file=sys.stderr), volume=args.pseudo_volume)
     except (ValueError, ImageIOError, FileNotFoundError) as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2

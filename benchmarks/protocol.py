@@ -52,6 +52,11 @@ def load_protocol(path: str | os.PathLike) -> dict:
         if not isinstance(v, dict) or "args" not in v:
             raise SystemExit(f"{path}: variant '{name}' has no 'args' (a name with a dot must be quoted: "
                              f'[variants."{name}.…"])')
+    from CGCTraining.self_train import PSEUDO_VOLUMES
+    for name, v in proto["variants"].items():
+        if "pseudo_volume" in v and (v["pseudo_volume"] not in PSEUDO_VOLUMES or not v.get("self_train_from")):
+            raise SystemExit(f"{path}: variant '{name}' pseudo_volume = {v['pseudo_volume']!r}: one of "
+                             f"{', '.join(PSEUDO_VOLUMES)}, and only in a variant with self_train_from")
     for sname, stage in proto["stages"].items():
         for ref in [v for v in stage.get("variants", []) if v not in proto["variants"]]:
             raise SystemExit(f"{path}: stage '{sname}' names variant '{ref}', which is not declared "
@@ -76,6 +81,7 @@ class Model:
     train: list
     args: list = field(default_factory=list)
     parent: Optional["Model"] = None  # self-training: the previous round, whose pseudo-labels are this model's targets
+    pseudo_volume: str = "fixed"  # how those pseudo-labels are thresholded (CGCTraining.self_train.PSEUDO_VOLUMES)
 
     @property
     def key(self) -> str:
@@ -136,7 +142,8 @@ def plan(proto: dict, stage_name: str, data: Path, work: Path, results_dir: Path
                         parent = model(source, _variant_args(proto, stage, results_dir, source),
                                        chain + (name,)) if source else None
                         made = Model(tuple(mods), name, fold, int(seed), run, test, train,
-                                     list(proto["base_train_args"]) + args + list(extra), parent)
+                                     list(proto["base_train_args"]) + args + list(extra), parent,
+                                     proto["variants"][name].get("pseudo_volume", "fixed"))
                         models.append(made)
                         return made
                     model(vname, vargs)
@@ -219,13 +226,15 @@ def resolve_fold_sigma(models: list, proto: dict, data: Path, work: Path) -> Non
 
 def pseudo_labels(model: Model, device: str = "cpu") -> dict:
     """Segment ``model``'s training cases with its round-1 parent (labels never read; the rule is
-    :data:`CGCTraining.self_train.PSEUDO_RULE`, the one ``--self-train-rounds`` uses); returns
+    :data:`CGCTraining.self_train.PSEUDO_RULE`, the one ``--self-train-rounds`` uses, thresholded as the
+    variant's ``pseudo_volume`` says); returns
     {case name: path of the binary target written under the run's ``-pseudo`` folder}."""
     from CGCTraining.data import CaseSpec
     from CGCTraining.self_train import write_pseudo_labels
     out = model.run.parent / f"{model.run.name}-pseudo"
     specs = [CaseSpec(c.name, {m: str(c / f"{c.name}_{m}.nii.gz") for m in model.modalities}) for c in model.train]
-    write_pseudo_labels(model.parent.run / "last.pt", specs, model.modalities, out, device=device)
+    write_pseudo_labels(model.parent.run / "last.pt", specs, model.modalities, out, device=device,
+                        volume=model.pseudo_volume)
     return {c.name: out / f"{c.name}.nii.gz" for c in model.train}
 
 
@@ -628,6 +637,8 @@ def variants_table(summary: dict, proto: dict, stage: dict) -> list[str]:
             args = "—" if vargs is None else (" ".join(vargs) or "(base)")
             if proto["variants"].get(v, {}).get("self_train_from"):
                 args += f"` + a self-training round on `{proto['variants'][v]['self_train_from']}"
+                if proto["variants"][v].get("pseudo_volume", "fixed") != "fixed":
+                    args += f"`, pseudo-labels `{proto['variants'][v]['pseudo_volume']}"
             d = diffs.get(mods, {}).get(v)
             ci = lambda x: f"{x['mean']:+.4f} [{x['ci95'][0]:+.4f}, {x['ci95'][1]:+.4f}]"  # noqa: E731
             dn = f"{ci(d['network'])}; {d['network']['min_case']:+.4f}" if d else "—"

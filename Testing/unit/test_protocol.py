@@ -356,3 +356,22 @@ def test_a_second_self_training_round_chains_to_the_first_and_each_round_is_plan
     proto["variants"]["r1"]["self_train_from"] = "r3"
     with pytest.raises(SystemExit, match="loops"):
         protocol.plan(proto, "screen", tmp_path, tmp_path / "work", tmp_path / "results", [])
+
+
+def test_a_volume_keeping_variant_carries_its_pseudo_label_rule_and_bad_rules_are_refused(tmp_path):
+    for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1"])):
+        for n in names:
+            (tmp_path / group / n).mkdir(parents=True)
+    text = CHAIN_PROTOCOL.replace('self_train_from = "r1"', 'self_train_from = "r1"\npseudo_volume = "keep-p"')
+    (tmp_path / "p.toml").write_text(text)
+    proto = protocol.load_protocol(tmp_path / "p.toml")
+    models = protocol.plan(proto, "screen", tmp_path, tmp_path / "work", tmp_path / "results", [])
+    assert {m.variant: m.pseudo_volume for m in models} == {"r1": "fixed", "r2": "keep-p", "r3": "fixed"}
+    (tmp_path / "bad.toml").write_text(text.replace('"keep-p"', '"bigger"'))
+    with pytest.raises(SystemExit, match="pseudo_volume = 'bigger': one of fixed, keep-p"):
+        protocol.load_protocol(tmp_path / "bad.toml")
+    (tmp_path / "bad2.toml").write_text(CHAIN_PROTOCOL.replace('args = ["--ema", "0.9"]\n[variants.r2]',
+                                                               'args = ["--ema", "0.9"]\npseudo_volume = "keep-p"\n'
+                                                               '[variants.r2]', 1))
+    with pytest.raises(SystemExit, match="only in a variant with self_train_from"):
+        protocol.load_protocol(tmp_path / "bad2.toml")

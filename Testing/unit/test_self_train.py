@@ -211,3 +211,79 @@ def test_no_targets_from_a_model_that_failed_its_lesion_check(tmp_path, monkeypa
     rc = main(["--cases", str(cases), "--output-dir", str(tmp_path / "run2"), "--self-train-rounds", "1",
                *map(str, TRAIN)])
     assert "lesion check" not in capsys.readouterr().err
+
+
+def _slow_volume_threshold(fused, p, brain, floor=0.3, ceiling=0.5):
+    """Every candidate threshold tried in turn, from the ceiling down: the first that holds P's volume."""
+    want = int(((p >= 0.5) & brain).sum())
+    candidates = [ceiling] + sorted({float(v) for v in fused[brain] if v < ceiling}, reverse=True)
+    for t in candidates:
+        if t < floor:
+            break
+        if int(((fused >= t) & brain).sum()) >= want:
+            return t
+    return floor
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_volume_keeping_threshold_matches_trying_every_threshold(seed):
+    from CGCTraining.self_train import volume_keeping_threshold
+    rng = np.random.default_rng(seed)
+    shape = (5, 6, 7)
+    brain = rng.random(shape) < 0.8
+    p = rng.random(shape).astype(np.float32) ** rng.uniform(0.3, 3)
+    fused = (0.5 * rng.random(shape) + 0.5 * p).astype(np.float32) * rng.uniform(0.5, 1.2)
+    if seed % 4 == 0:
+        fused = np.round(fused, 1)  # ties
+    got = volume_keeping_threshold(fused, p, brain)
+    assert got == pytest.approx(_slow_volume_threshold(fused, p, brain))
+    assert 0.3 <= got <= 0.5
+    if got > 0.3:  # the target holds at least P's volume, and the threshold was lowered no further than needed
+        assert ((fused >= got) & brain).sum() >= ((p >= 0.5) & brain).sum()
+    assert volume_keeping_threshold(fused, np.zeros(shape), brain) == 0.5  # nothing to keep: the fixed rule
+
+
+def test_keep_p_targets_lower_the_threshold_only_as_far_as_ps_volume(two_rounds, tmp_path):
+    """`--pseudo-volume keep-p` (cgc-v22): each target is the fixed rule's clean-up at the recorded threshold,
+    computed by hand; the record holds it; a folder of fixed-rule targets is not mixed with keep-p ones."""
+    import subprocess
+    import sys
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, segment_case
+    from CGCTraining.self_train import volume_keeping_threshold
+    from test_training_synth import REPO
+    cases, run, r = two_rounds
+    assert r.returncode == 0, r.stderr
+    cmd = [sys.executable, "-m", "CGCTraining.self_train", "--model", str(run / "last.pt"), "--cases", str(cases),
+           "--output-dir", str(tmp_path / "t"), "--device", "cpu", "--pseudo-volume", "keep-p"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "t" / "targets.json").read_text())
+    assert record["volume"] == "keep-p" and sorted(record["cases"]) == ["Case000", "Case001"]
+    cfg = InferenceConfig(device="cpu", gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radius=0,
+                          min_component_voxels=0)
+    for name, rec in record["cases"].items():
+        imgs = [read_image(cases / name / f"{name}_{m}.nii.gz") for m in MODS]
+        res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, list(MODS), run / "last.pt", config=cfg)
+        t = volume_keeping_threshold(res.probability, res.gmm_probability, res.brain_mask)
+        assert rec["threshold"] == pytest.approx(t) and 0.3 <= t <= 0.5
+        by_hand = res.mask if t == 0.5 else output_mask(
+            res.probability, res.brain_mask, InferenceConfig(**{**cfg.__dict__, "threshold": t}))
+        target = read_image(tmp_path / "t" / f"{name}.nii.gz").array_zyx
+        np.testing.assert_array_equal(target > 0, by_hand > 0)
+        assert rec["voxels"] == int(by_hand.sum()) >= rec["voxels_at_0.5"] == int(res.mask.sum())
+        assert rec["p_voxels"] == int(((res.gmm_probability >= 0.5) & res.brain_mask).sum())
+    # the default rule's targets in a folder are not topped up with keep-p ones (nor the reverse)
+    fixed = tmp_path / "f"
+    ok = subprocess.run(cmd[:7] + ["--output-dir", str(fixed), "--device", "cpu"], capture_output=True, text=True,
+                        timeout=300, env=subprocess_env(), cwd=str(REPO))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((fixed / "targets.json").read_text())["volume"] == "fixed"
+    (fixed / "Case001.nii.gz").unlink()
+    bad = subprocess.run(cmd[:7] + ["--output-dir", str(fixed), "--device", "cpu", "--pseudo-volume", "keep-p"],
+                         capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
+    assert bad.returncode == 2 and "'fixed', not 'keep-p'" in bad.stderr, bad.stderr
+    assert not (fixed / "Case001.nii.gz").exists()
+    (fixed / "targets.json").unlink()
+    bad = subprocess.run(cmd[:7] + ["--output-dir", str(fixed), "--device", "cpu", "--pseudo-volume", "keep-p"],
+                         capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
+    assert bad.returncode == 2 and "without a record" in bad.stderr, bad.stderr
