@@ -83,7 +83,8 @@ class CGCLesionSegParameterNode:
     GMM: which channels enter it ("reference" = the first volume only, as in the paper, or "all"),
     the number of clusters, how many of them are lesion (highest reference mean), or an explicit
     list of lesion labels (1-based, as shown in the components labelmap).
-    Segment: model file (empty = the model shipped for these modalities), threshold, output rule
+    Segment: model file (empty = the model shipped for these modalities), threshold (the model's own by
+    default: ``thresholdFromModel``), output rule
     (``cgcseg segment --postprocess``: auto, none, single-lesion, single-lesion-recommended), device; the result segmentation
     and the table its statistics are written to.
     Train: cohort folder (BraTS layout), run folder, recipe (shipped: the shipped models' recipe and length;
@@ -106,6 +107,7 @@ class CGCLesionSegParameterNode:
     componentsVolume: vtkMRMLLabelMapVolumeNode
 
     modelPath: str = ""  # paths are str: a pathlib.Path parameter shows "." before anything is chosen
+    thresholdFromModel: bool = True  # the threshold the model records for its own rule (else 0.5); off: `threshold`
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     outputRule: Annotated[str, Choice(list(OUTPUT_RULES))] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"

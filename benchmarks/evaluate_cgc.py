@@ -51,8 +51,10 @@ def _score_case(case: Path, model_path: Path, modalities, device: str, rule: str
     writes with this model, i.e. the output rule its checkpoint records (``default_rule`` in the row;
     ``single-lesion``: 0.5·CGC + 0.5·P, then the same clean-up; ``single-lesion-recommended``: the same
     with the recommended preset's P). ``rule`` overrides it: a training run's ``last.pt`` records none, and
-    the shipping script scores it with the rule the exported file will record."""
-    from CGCLesionSegLib.checkpoint import default_output_rule
+    the shipping script scores it with the rule the exported file will record. The default column is
+    thresholded at the threshold the checkpoint records for that rule (``default_threshold`` in the row),
+    as ``cgcseg segment`` does without ``--threshold``."""
+    from CGCLesionSegLib.checkpoint import default_output_rule, default_threshold
     from CGCLesionSegLib.gmm import RECOMMENDED_POSTPROCESS
     from CGCLesionSegLib.image_io import read_image
     from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
@@ -69,14 +71,16 @@ def _score_case(case: Path, model_path: Path, modalities, device: str, rule: str
     clean = lambda prob: binarize(prob, threshold=0.5, mask_zyx=res.brain_mask, **post)
     w = preset["gmm_weight"]
     rule = rule or default_output_rule(model_path)
-    if rule == "single-lesion":
+    threshold = default_threshold(model_path, rule)
+    if rule == "single-lesion" and threshold == 0.5:
         default = clean((1 - w) * cgc + w * gmm)
     else:  # the rule's own path (e.g. the recommended preset's P), as `cgcseg segment` runs it
         default = segment_case([i.array_zyx for i in images], images[0].geometry, list(modalities), model_path, None,
-                               InferenceConfig(device=device, **output_preset(rule)), gmm_probability_zyx=gmm).mask
+                               InferenceConfig(device=device, threshold=threshold, **output_preset(rule)),
+                               gmm_probability_zyx=gmm).mask
     masks = {"gmm": gmm >= 0.5, "cgc": res.mask.astype(bool), "gmm_clean": clean(gmm), "cgc_clean": clean(cgc),
              "default": default.astype(bool)}
-    row = {"case": case.name, "seconds": round(res.elapsed_s, 1), "default_rule": rule}
+    row = {"case": case.name, "seconds": round(res.elapsed_s, 1), "default_rule": rule, "default_threshold": threshold}
     for k, m in masks.items():
         row[f"{k}_dice"] = dice(m, ref)
         row[f"{k}_sensitivity"] = sensitivity(m, ref)

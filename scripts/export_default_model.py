@@ -193,6 +193,8 @@ def main(argv=None) -> int:
         f"- **Length**: {info.step} steps ({info.epoch} epochs of {extra.get('steps_per_epoch')} steps), "
         + _length_note(run, extra, args.hardware) + ".",
         f"- **Output rule** (`--postprocess auto`): `{ck.get('default_output_rule', 'none')}`.",
+        *([f"- **Threshold** of that rule when none is given (`--threshold`): `{float(ck['default_threshold']):g}`."]
+          if ck.get("default_threshold") is not None else []),
         f"- **Why not the paper's schedule**: the paper trains 400 epochs on 228 subjects at 192×192×64 (≈ 45,600 steps) on "
         f"two A6000 GPUs. This model had a budget of hours, not days, so it uses a {_xyz(spacing)} mm grid, "
         f"{_xyz(crop)} crops ({_xyz([c * v for c, v in zip(crop, spacing)])} mm), {_xyz(patch)} mini-patches of the "

@@ -87,12 +87,16 @@ def _package_version() -> str:
 def build_checkpoint(model: torch.nn.Module, net_config: NetConfig, channels: Sequence[str],
                      preprocessing: dict, train_config: Optional[dict] = None,
                      optimizer: Optional[torch.optim.Optimizer | dict] = None, step: int = 0, epoch: int = 0,
-                     extra: Optional[dict] = None, default_output_rule: Optional[str] = None) -> dict:
+                     extra: Optional[dict] = None, default_output_rule: Optional[str] = None,
+                     default_threshold: Optional[float] = None) -> dict:
     """The checkpoint dict (see the module docstring); tensors are cloned to CPU.
     ``default_output_rule``: what ``--postprocess auto`` uses with this model (None: not recorded,
-    which means ``none`` — the paper's output — for any model but the shipped ones)."""
+    which means ``none`` — the paper's output — for any model but the shipped ones).
+    ``default_threshold``: the threshold of that rule when the user gives none (None: 0.5)."""
     if default_output_rule is not None and default_output_rule not in OUTPUT_RULE_NAMES:
         raise ValueError(f"default_output_rule must be one of {', '.join(OUTPUT_RULE_NAMES)}, got {default_output_rule!r}")
+    if default_threshold is not None and not valid_threshold(default_threshold):
+        raise ValueError(f"default_threshold must be a number in (0, 1), got {default_threshold!r}")
     channels = [str(c) for c in channels]
     if len(channels) != net_config.in_channels:
         raise ValueError(f"{len(channels)} channel name(s) {channels} for a network with "
@@ -113,6 +117,7 @@ def build_checkpoint(model: torch.nn.Module, net_config: NetConfig, channels: Se
         "epoch": int(epoch),
         "extra": dict(extra or {}),
         **({"default_output_rule": default_output_rule} if default_output_rule is not None else {}),
+        **({"default_threshold": float(default_threshold)} if default_threshold is not None else {}),
     }
 
 
@@ -234,6 +239,8 @@ def _check_fields(ckpt: dict, net_config: NetConfig, path) -> None:
     rule = ckpt.get("default_output_rule")
     if rule is not None and rule not in OUTPUT_RULE_NAMES:
         raise bad("default_output_rule", f"one of {', '.join(OUTPUT_RULE_NAMES)} is needed, got {rule!r:.60}")
+    if "default_threshold" in ckpt and not valid_threshold(ckpt["default_threshold"]):
+        raise bad("default_threshold", f"a number in (0, 1) is needed, got {ckpt['default_threshold']!r:.60}")
     if not isinstance(ckpt.get("model"), dict):
         raise bad("model", f"a state dict is needed, got {type(ckpt.get('model')).__name__}")
 
@@ -277,6 +284,24 @@ def default_output_rule(path: str | os.PathLike, ckpt: Optional[dict] = None) ->
     if rule in OUTPUT_RULE_NAMES:
         return rule
     return KNOWN_MODEL_RULES.get(_sha256(path), "none")
+
+
+def valid_threshold(value) -> bool:
+    """A usable recorded threshold: a real number strictly between 0 and 1 (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < float(value) < 1.0
+
+
+def default_threshold(path: str | os.PathLike, rule: str, ckpt: Optional[dict] = None) -> float:
+    """The threshold used with the model in ``path`` and output rule ``rule`` when the user gives none:
+    the checkpoint's ``default_threshold`` if ``rule`` is the model's own default output rule (the one
+    that threshold was chosen for: the shipped models record the one protocol cgc-v18 chose inside its
+    folds), else 0.5 — any other rule, a model without the field, the paper's output."""
+    if ckpt is None:
+        ckpt = read_checkpoint(path)
+    recorded = ckpt.get("default_threshold")
+    if recorded is None or rule != default_output_rule(path, ckpt):
+        return 0.5
+    return float(recorded)
 
 
 def _sha256(path) -> str:

@@ -441,7 +441,9 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
                             postprocess: str = "auto") -> list:
         """``python -m CGCLesionSegLib.cli segment --input NAME=PATH ... --output OUT --progress json``.
 
-        ``postprocess``: the output rule (auto, none, single-lesion, single-lesion-recommended; see ``cgcseg segment --help``)."""
+        ``postprocess``: the output rule (auto, none, single-lesion, single-lesion-recommended; see ``cgcseg segment --help``).
+        ``threshold`` None: no ``--threshold``, so the child uses the threshold the model records for its own
+        rule (0.5 for other rules and models without one)."""
         if not inputs:
             raise ValueError("At least one input is needed.")
         if device not in ("auto", "cpu", "cuda"):
@@ -545,7 +547,7 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         return ChildJob(command=command, env=self.childEnvironment(), kind="segment", tempDir=tempDir,
                         outputPath=outputPath, probabilityOutputPath=probabilityPath,
                         referenceVolumeNode=reference, segmentName=segmentName,
-                        extra={"threshold": 0.5 if threshold is None else float(threshold)})
+                        extra={"threshold": None if threshold is None else float(threshold)})  # None: the model's
 
     @staticmethod
     def makeJobFolder(tempBase: Optional[str] = None) -> str:

@@ -201,6 +201,7 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                            and pathOrNone(p.trainingOutputFolder)) and not busy
         self.ui.cancelButton.enabled = busy
         self.ui.trainingEpochsSpinBox.enabled = bool(p and p.trainingRecipe == "paper")  # shipped: its own length
+        self.ui.thresholdSliderWidget.enabled = bool(p and not p.thresholdFromModel)  # ticked: the model's threshold
         self.ui.loadPhantomButton.enabled = not busy
         hasSeg = bool(p and p.outputSegmentation)
         self.ui.exportSegNrrdButton.enabled = hasSeg
@@ -275,7 +276,8 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if choice is False:
                     p.outputSegmentation = None  # the result goes into a new node
             job = self.logic.prepareSegmentJob(inputs, maskNode=p.maskVolume, modelPath=pathOrNone(p.modelPath),
-                                               threshold=p.threshold, device=p.device, postprocess=p.outputRule,
+                                               threshold=None if p.thresholdFromModel else p.threshold,
+                                               device=p.device, postprocess=p.outputRule,
                                                tempBase=self._tempBase())
             self._startJob(job, "Segmenting")  # a failed start removes the job's folder
 

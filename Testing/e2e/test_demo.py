@@ -92,6 +92,27 @@ def test_demo_runs_the_cgc_stage_with_a_model(tmp_path):
     assert "GMM stage alone" in proc.stdout
 
 
+def test_demo_uses_the_threshold_its_model_records_for_its_rule(tmp_path):
+    """A model recording `single-lesion` at 0.3: the CGC stage runs at 0.3, the GMM mask stays at 0.5, and
+    `--threshold` sets both."""
+    torch = pytest.importorskip("torch")
+    from CGCLesionSegLib.checkpoint import build_checkpoint, save_checkpoint_dict
+    from CGCLesionSegLib.network import CGCNet, NetConfig
+    torch.manual_seed(0)
+    config = NetConfig(in_channels=4, widths=(4, 8, 8, 8), blocks=(0, 0, 0, 1), decoder_width=4)
+    model = save_checkpoint_dict(tmp_path / "tiny.pt", build_checkpoint(
+        CGCNet(config), config, ["flair", "t1", "t1ce", "t2"], {}, default_output_rule="single-lesion",
+        default_threshold=0.3))
+    for extra, want in (([], 0.3), (["--threshold", "0.45"], 0.45)):
+        out = tmp_path / f"demo{want}"
+        proc = _cgcseg("demo", "--output-dir", str(out), "--model", str(model), "--device", "cpu", "--progress", "none",
+                       *extra)
+        assert proc.returncode == 0, proc.stderr
+        side = json.loads((out / "segmentation.nii.gz.json").read_text())
+        assert side["stage"] == "cgc" and side["threshold"] == want and side["inference"]["threshold"] == want
+        assert "single-lesion" in side["stage_note"]
+
+
 def test_demo_bad_input_fails_cleanly(tmp_path):
     from CGCLesionSegLib.image_io import Geometry, write_image
     g = Geometry((8, 16, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))

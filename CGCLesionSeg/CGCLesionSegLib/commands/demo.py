@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "report Dice; the phantom's ground truth is used automatically")
     p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0; same seed, same phantom)")
     p.add_argument("--model", metavar="CKPT", help="CGC checkpoint (default: the model shipped for these modalities)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold of the masks (default: 0.5 for the GMM mask; for the CGC stage the "
+                        "threshold its model records for its own output rule, as in `cgcseg segment`, else 0.5)")
     add_output_rule_arg(p, "output rule of the CGC stage, as in `cgcseg segment` (auto: single-lesion with the "
                            "shipped models, none with --model)")
     p.add_argument("--slices", type=int, default=4, metavar="N", help="axial slices in overview.png (default 4)")
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import ProgressReporter, emit_json
     from ..sidecar import write_sidecar
 
-    if not 0.0 < args.threshold < 1.0:
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
     if args.slices < 1:
         raise ValueError(f"--slices must be at least 1, got {args.slices}")
@@ -218,13 +220,14 @@ def run(args: argparse.Namespace) -> int:
                                       progress=lambda f, m: reporter(0.15 + 0.35 * f, f"GMM: {m}"),
                                       names=[n or f"channel {i + 1}" for i, n in enumerate(names)],
                                       spacing_xyz=geometry.spacing)
-        gmm_mask = binarize(gmm.probability, threshold=args.threshold, mask_zyx=gmm.mask)
+        gmm_threshold = 0.5 if args.threshold is None else args.threshold
+        gmm_mask = binarize(gmm.probability, threshold=gmm_threshold, mask_zyx=gmm.mask)
         times["gmm_s"] = time.perf_counter() - t
         brain = gmm.mask
 
         cgc = None
         rule = _output_rule(args, model_path)
-        cgc_config = _inference_config(args, rule)
+        cgc_config = _inference_config(args, rule, model_path)
         if model is not None:
             reporter(0.5, "CGC network")
             t = time.perf_counter()
@@ -238,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
             stage_note = f"CGC network ({model_path.name}) on the GMM map, output rule {rule}"
         else:
             stage, segmentation, probability = "gmm", gmm_mask, gmm.probability
-            stage_note = f"GMM stage only (P >= {args.threshold}); CGC not run: {no_cgc_reason}"
+            stage_note = f"GMM stage only (P >= {gmm_threshold:g}); CGC not run: {no_cgc_reason}"
 
         evaluation: dict[str, Any] = {}
         reference = case["reference"]
@@ -258,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
         seg_path, prob_path, gmm_path, png_path = (out_dir / n for n in OUTPUT_NAMES)
         common = dict(inputs=case["inputs"], gmm_settings=gmm.summary(), device=cgc.device if cgc else "cpu",
                       model_path=model_path if cgc is not None else None, command="cgcseg demo",
-                      stage=stage, stage_note=stage_note, threshold=args.threshold,
+                      stage=stage, stage_note=stage_note,
+                      threshold=cgc_config.threshold if cgc is not None else gmm_threshold,
                       phantom=case["phantom"], timings={k: round(v, 3) for k, v in times.items()},
                       channel_check=check.to_dict())
         if cgc is not None:
@@ -366,9 +370,14 @@ def _output_rule(args, model_path) -> str:
     return default_output_rule(model_path)
 
 
-def _inference_config(args, rule: str):
+def _inference_config(args, rule: str, model_path=None):
+    """The CGC stage's settings: ``rule``'s preset at ``--threshold``, else at the threshold ``model_path``
+    records for ``rule`` (0.5 without a model or for another rule)."""
+    from ..checkpoint import default_threshold
     from ..inference import InferenceConfig, output_preset
-    return InferenceConfig(threshold=args.threshold, device=args.device, **output_preset(rule))
+    threshold = args.threshold if args.threshold is not None else (
+        default_threshold(model_path, rule) if model_path is not None else 0.5)
+    return InferenceConfig(threshold=threshold, device=args.device, **output_preset(rule))
 
 
 def _print_summary(s: dict, fh) -> None:

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from . import add_device_args, add_input_args, add_output_rule_arg, add_progress_args
 
@@ -35,7 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", metavar="DIR|CSV", help="cohort mode: BraTS-layout folder or CSV of paths")
     p.add_argument("--output-dir", metavar="DIR", help="cohort mode: output folder")
     p.add_argument("--modalities", nargs="+", metavar="NAME", help="cohort mode: modalities to read (default: the model's)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the mask (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold of the map the output rule thresholds (default: the threshold the "
+                        "model records for its own output rule — the shipped models: chosen by protocol cgc-v18 — "
+                        "else 0.5; with --postprocess none, another rule or another --gmm-weight, 0.5)")
     add_output_rule_arg(p,
                         "output rule: none = the network's map >= threshold (the paper); single-lesion = mean of the "
                         "network and GMM maps, hole filling, largest lesion (gliomas); single-lesion-recommended = the "
@@ -92,6 +96,15 @@ def resolve_postprocess(args) -> str:
     if args.postprocess != "auto":
         return args.postprocess
     from ..checkpoint import default_output_rule
+    model = _rule_model(args)
+    return "none" if model is None else default_output_rule(model)
+
+
+def _rule_model(args) -> Optional[Path]:
+    """The model whose recorded rule and threshold apply: ``--model``, else the shipped model for the
+    inputs' modalities (``--adapt`` adapts that one, and keeps its rule); None when there is no such file
+    (no shipped model fits — ``--adapt`` then trains from scratch — or a missing ``--model``, which is
+    reported where it is used)."""
     from ..default_models import default_model_path
     from ..inputs import parse_input_specs
     model = getattr(args, "model", None)
@@ -103,15 +116,28 @@ def resolve_postprocess(args) -> str:
                 names = [n for n, _ in parse_input_specs(args.inputs or [])]
             model = default_model_path(names)
         except ValueError:
-            return "none"  # no shipped model fits: --adapt trains from scratch (or the run stops with its own error)
-    if not Path(model).is_file():
-        return "none"  # a missing --model is reported where it is used
-    return default_output_rule(model)
+            return None
+    return Path(model) if Path(model).is_file() else None
+
+
+def resolve_threshold(args, rule: str, same_map: bool = True) -> float:
+    """``--threshold`` if given, else the threshold the rule's model records for ``rule``
+    (:func:`CGCLesionSegLib.checkpoint.default_threshold`), else 0.5. ``same_map`` False (``--gmm-weight``
+    changed what is thresholded, e.g. the network's map alone, whose background sits at 0.3-0.4): 0.5,
+    since the recorded threshold was chosen for the rule's own map."""
+    if args.threshold is not None:
+        return float(args.threshold)
+    if not same_map:
+        return 0.5
+    from ..checkpoint import default_threshold
+    model = _rule_model(args)
+    return 0.5 if model is None else default_threshold(model, rule)
 
 
 def _inference_config(args):
     from ..inference import InferenceConfig, output_preset
-    kw = output_preset(resolve_postprocess(args))
+    rule = resolve_postprocess(args)
+    kw = output_preset(rule)
     overrides = dict(gmm_weight=args.gmm_weight, min_component_voxels=args.min_size, keep_largest=args.keep_largest,
                      opening_radius=args.open_radius, lesion_choice=args.lesion_choice,
                      fill_holes=None if args.fill_holes is None else (False if args.fill_holes == "none" else args.fill_holes))
@@ -120,7 +146,8 @@ def _inference_config(args):
         kw["opening_radius"] = 0  # the preset's opening only ranks components for keep-largest
     if not kw["keep_largest"] and args.lesion_choice is None:
         kw["lesion_choice"] = "size"  # likewise the preset's choice of component
-    kw.update(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+    same_map = kw["gmm_weight"] == output_preset(rule)["gmm_weight"]
+    kw.update(threshold=resolve_threshold(args, rule, same_map), overlap=args.overlap, batch_size=args.batch_size, device=args.device,
               pad_to_window=args.pad_to_window, mirror_axes=tuple(args.mirror))
     if args.window:
         kw["window_xyz"] = tuple(args.window)
