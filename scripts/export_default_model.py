@@ -102,6 +102,7 @@ def dice_section(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     rule = rows[0].get("default_rule", "single-lesion")  # rows made before the field: the shipped rule then
+    threshold = rows[0].get("default_threshold", 0.5)  # rows made before the field: 0.5
     cols = [("gmm", "GMM (P ≥ 0.5)"), ("cgc", "CGC (≥ 0.5)"), ("gmm_clean", "GMM + clean-up"),
             ("default", f"default output ({rule})")]
     lines = [DICE_HEADING, "",
@@ -110,7 +111,8 @@ def dice_section(rows: list[dict]) -> list[str]:
              "same measurement: values may differ in the fourth decimal). Whole lesion = seg > 0; GMM = P with the settings above; "
              "CGC = this model's map ≥ 0.5 on CPU (the paper's output); clean-up = 2-D hole filling + largest lesion "
              "after an opening r = 3 mm; default = what `cgcseg segment` writes with this model (its output rule `"
-             + rule + "`" + (f": {RULE_TEXT[rule]}" if rule in RULE_TEXT else "") + ").", "",
+             + rule + "` at threshold " + f"{threshold:g}" + (f": {RULE_TEXT[rule]}" if rule in RULE_TEXT else "")
+             + ").", "",
              "| case | " + " | ".join(n for _, n in cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
         lines.append(f"| {r['case']} | " + " | ".join(f"{r[k + '_dice']:.4f}" for k, _ in cols) + " |")

@@ -53,10 +53,12 @@ def test_shipped_model_reproduces_its_card(mods, shared_data):
     # The default output rule of `cgcseg segment` with this model (the rule it records), from its own record.
     found = re.search(r"<!-- card-dice-default (\{.*?\}) -->", card)
     assert found, "the model card has no per-case Dice record of the default output rule"
-    from CGCLesionSegLib.checkpoint import default_output_rule
+    from CGCLesionSegLib.checkpoint import default_output_rule, default_threshold
     from CGCLesionSegLib.inference import output_preset
     rule = default_output_rule(path)
     assert f"`{rule}`" in card  # the card names the rule its numbers were made with
+    threshold = default_threshold(path, rule)  # what `cgcseg segment` uses when --threshold is not given
+    assert f"threshold {threshold:g}" in card
     res = segment_case([i.array_zyx for i in images], images[0].geometry, list(mods), path,
-                       config=InferenceConfig(device="cpu", **output_preset(rule)))
+                       config=InferenceConfig(device="cpu", threshold=threshold, **output_preset(rule)))
     assert dice(res.mask, ref) == pytest.approx(json.loads(found.group(1))[case], abs=0.01)

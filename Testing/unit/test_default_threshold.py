@@ -159,3 +159,21 @@ def test_the_shipped_threshold_is_the_best_mean_over_every_case_with_seeds_avera
     assert st.threshold_over_all_cases(tied, "default_rec")["flair/v"]["threshold"] == 0.5
     with pytest.raises(SystemExit, match="no 'network' sweep"):
         st.threshold_over_all_cases(rows, "network")
+
+
+def test_paired_differences_average_seeds_per_case_before_the_bootstrap():
+    import statistics
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import protocol
+    import shipped_thresholds as st
+    rows = [{"case": c, "modalities": ["flair"], "variant": "v", "a": {"dice": da}, "b": {"dice": db}}
+            for c, da, db in (("x", 0.9, 0.8), ("x", 0.7, 0.8), ("x", 0.8, 0.8), ("y", 0.6, 0.5), ("z", 0.5, 0.7))]
+    got = st.paired(rows, "a", "b", resamples=500, seed=1)["flair/v"]
+    per_case = [0.0, 0.1, -0.2]  # x: (0.1 - 0.1 + 0.0) / 3
+    assert got["cases"] == 3 and abs(got["mean"] - statistics.mean(per_case)) < 1e-12
+    assert abs(got["worst"] + 0.2) < 1e-12
+    assert all(abs(u - v) < 1e-9 for u, v in zip(got["ci95"], protocol.bootstrap_ci(per_case, 500, 1)))
+    with pytest.raises(SystemExit, match="lacks column 'c'"):
+        st.paired(rows, "a", "c")
