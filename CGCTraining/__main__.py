@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "+ 0.5*P, 2-D hole filling, no keep-largest; no label read) and train again from its weights "
                         "on those maps, same settings, in RUN_DIR/self-train-<k>; RUN_DIR/self_train.json names the "
                         "final model (the shipped models use 1; default 0; one process, see docs/TRAINING.md for torchrun)")
+    g.add_argument("--pseudo-volume", choices=("fixed", "keep-p"), default="fixed",
+                   help="with --self-train-rounds: how each round's targets are thresholded. fixed: at 0.5 (the "
+                        "shipped recipe); keep-p: per case at the largest threshold <= 0.5 (not below 0.3) whose "
+                        "target keeps the previous model's P >= 0.5 volume (protocol cgc-v22; recorded in each "
+                        "round's targets/targets.json)")
     g.add_argument("--crop", nargs=3, type=int, default=list(t.crop_xyz), metavar=("X", "Y", "Z"),
                    help="random crop size x y z (default 192 192 64 as the paper; smaller on CPU, e.g. 96 96 64). "
                         "Each side / 8 (the bottleneck) must be a multiple of --patch on that axis, so with the "
@@ -355,6 +360,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rounds = args.self_train_rounds
         if rounds < 0:
             raise ValueError(f"--self-train-rounds must be 0 or more, got {rounds}")
+        if args.pseudo_volume != "fixed" and not rounds:
+            raise ValueError(f"--pseudo-volume {args.pseudo_volume} sets the targets of self-training rounds: give "
+                             "--self-train-rounds N (N >= 1) with it")
         if args.overgrowth_ratio is not None and not args.overgrowth_ratio > 1.0:
             raise ValueError(f"--overgrowth-ratio must be above 1 (a model marking its target exactly has 1), "
                              f"got {args.overgrowth_ratio}")
@@ -431,7 +439,8 @@ def _self_train(args, rounds: int, cases, train_cfg, net_cfg, gmm_cfg, first, pr
 
     quiet = args.progress == "none"
     result = self_train.run_rounds(rounds, args.output_dir, cases, train_cfg.modalities, train_round,
-                                   device=args.device, log=(lambda s: None) if quiet else
+                                   device=args.device, volume=args.pseudo_volume,
+                                   log=(lambda s: None) if quiet else
                                    (lambda s: print(s, file=sys.stderr, flush=True)))
     if self_train.finished(result) and not quiet:
         print(f"final model: {self_train.round_dir(args.output_dir, rounds) / 'last.pt'}", file=sys.stderr)

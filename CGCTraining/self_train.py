@@ -163,7 +163,7 @@ def require_passed(check: Optional[dict], checkpoint: str | os.PathLike) -> None
 
 def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalities: Sequence[str],
                train_round: Callable[[int, Path, str, Optional[Path], bool], object], device: str = "cpu",
-               log: Callable[[str], None] = lambda s: None):
+               log: Callable[[str], None] = lambda s: None, volume: str = "fixed"):
     """Run self-training rounds 1..``rounds`` after the first training in ``run_dir`` has finished.
 
     ``train_round(k, round_dir, cases_csv, init_from, resume)`` trains round ``k`` and returns a
@@ -171,14 +171,16 @@ def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalit
     one returns at once); a round that stops before its last step (budget, signal) ends the sequence, and a
     round whose model failed its lesion check raises ValueError before its targets are made.
     Writes ``RUN_DIR/self_train.json`` (rounds, finished rounds, the final model once there is one) after
-    each round. Returns the result of the last round run."""
+    each round. ``volume`` (:data:`PSEUDO_VOLUMES`) sets how every round's targets are thresholded
+    (:func:`write_pseudo_labels`). Returns the result of the last round run."""
     from CGCLesionSegLib.image_io import atomic_write
     prev = Path(run_dir) / "last.pt"
     record_path = Path(run_dir) / RECORD
     result = None
     for k in range(1, rounds + 1):
         here = round_dir(run_dir, k)
-        listing = write_pseudo_labels(prev, cases, modalities, here / "targets", device=device, log=log)
+        listing = write_pseudo_labels(prev, cases, modalities, here / "targets", device=device, log=log,
+                                      volume=volume)
         resume = (here / "last.pt").exists()
         log(f"self-training round {k}/{rounds}: {'continuing' if resume else 'training'} {here} "
             f"from {prev} on its pseudo-labels")
@@ -187,7 +189,7 @@ def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalit
         with atomic_write(record_path) as fh:
             json.dump({"rounds": rounds, "finished_rounds": k if done else k - 1,
                        "final_model": str(Path(ROUND_DIR.format(k=k)) / "last.pt") if done and k == rounds else None,
-                       "pseudo_rule": PSEUDO_RULE}, fh, indent=1)
+                       "pseudo_rule": PSEUDO_RULE, "pseudo_volume": volume}, fh, indent=1)
             fh.write("\n")
         if not done:
             break

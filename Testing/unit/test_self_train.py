@@ -287,3 +287,31 @@ def test_keep_p_targets_lower_the_threshold_only_as_far_as_ps_volume(two_rounds,
     bad = subprocess.run(cmd[:7] + ["--output-dir", str(fixed), "--device", "cpu", "--pseudo-volume", "keep-p"],
                          capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
     assert bad.returncode == 2 and "without a record" in bad.stderr, bad.stderr
+
+
+def test_self_train_rounds_take_keep_p_targets(tmp_path):
+    """`python -m CGCTraining --self-train-rounds 1 --pseudo-volume keep-p`: round 2 trains on exactly the
+    targets `python -m CGCTraining.self_train --pseudo-volume keep-p` writes for round 1's model, and the run
+    records the rule (args.json for --resume, self_train.json, targets.json); without rounds it is refused."""
+    from CGCTraining.data import discover_cases
+    from CGCTraining.self_train import write_pseudo_labels
+    cases = write_brats_folder(tmp_path / "cases", n_cases=2)
+    bad = run_cli(["--cases", cases, "--output-dir", tmp_path / "none", "--pseudo-volume", "keep-p", *TRAIN])
+    assert bad.returncode == 2 and "--self-train-rounds" in bad.stderr, bad.stderr
+    assert not (tmp_path / "none" / "last.pt").exists()
+    run = tmp_path / "run"
+    r = run_cli(["--cases", cases, "--output-dir", run, "--self-train-rounds", "1", "--pseudo-volume", "keep-p",
+                 *TRAIN], timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "args.json").read_text())["pseudo_volume"] == "keep-p"
+    assert json.loads((run / "self_train.json").read_text())["pseudo_volume"] == "keep-p"
+    targets = run / "self-train-1" / "targets"
+    record = json.loads((targets / "targets.json").read_text())
+    assert record["volume"] == "keep-p"
+    by_hand = write_pseudo_labels(run / "last.pt", discover_cases(cases, list(MODS)), list(MODS), tmp_path / "ref",
+                                  volume="keep-p").parent
+    ref = json.loads((by_hand / "targets.json").read_text())
+    assert record["cases"] == ref["cases"]
+    for name in ref["cases"]:
+        np.testing.assert_array_equal(read_image(targets / f"{name}.nii.gz").array_zyx,
+                                      read_image(by_hand / f"{name}.nii.gz").array_zyx)
