@@ -105,7 +105,8 @@ def plan_models(proto: dict, sets: list[str], data: Path, work: Path, results_di
             source = proto["variants"][vname].get("self_train_from")
             parent = model(source, chain + (vname,)) if source else None
             made = protocol.Model(mods, vname, -1, seed, work / "-".join(mods) / vname / f"all-seed{seed}", [], train,
-                                  base + list(proto["variants"][vname].get("args", [])), parent)
+                                  base + list(proto["variants"][vname].get("args", [])), parent,
+                                  proto["variants"][vname].get("pseudo_volume", "fixed"))
             models.append(made)
             return made
         model(winner)
@@ -222,7 +223,10 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     recipe_note = (f"**Recipe**: protocol `{proto['name']}`'s {chosen} `{model.variant}` "
                    f"(`{' '.join(effective_args(list(model.args)))}`)"
                    + (f"; self-training round {rounds}: round {rounds - 1} (`{model.parent.variant}`, same seed and data) "
-                      "segmented the training cases with 0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5 and no "
+                      "segmented the training cases with 0.5·CGC + 0.5·P, 2-D hole filling, "
+                      + ("threshold 0.5" if model.pseudo_volume == "fixed" else
+                         f"a per-case threshold (`--pseudo-volume {model.pseudo_volume}`, between 0.3 and 0.5, "
+                         "keeping round 1's own P >= 0.5 volume)") + " and no "
                       f"keep-largest (labels never read), and this model was trained from round {rounds - 1}'s weights "
                       "on those binary targets" + (" (each earlier round likewise from the one before)" if rounds > 2 else "")
                       if model.parent is not None else "") + ". Trained by `scripts/train_default_models.py`.")

@@ -323,3 +323,19 @@ def test_a_named_variant_is_shipped_without_a_screening_winner_and_an_unknown_on
     assert [m.variant for m in models] == ["robust", "robust-st"]
     with pytest.raises(SystemExit, match="no variant 'robust-st9'"):
         tdm.plan_models(proto, ["flair"], setup / "data", tmp_path / "w", tmp_path / "no-results", variant="robust-st9")
+
+
+def test_a_keep_p_variant_ships_with_its_pseudo_label_rule(setup, tmp_path):
+    """A variant with `pseudo_volume = "keep-p"` (cgc-v22) is retrained with that rule's targets, not the
+    fixed threshold: the plan carries it to protocol.pseudo_labels; its round 1 and a fixed variant keep fixed."""
+    import protocol
+    import train_default_models as tdm
+    text = PROTOCOL.replace('self_train_from = "robust"\n', 'self_train_from = "robust"\n[variants.robust-stv]\n'
+                            'args = ["--ema", "0.9", "--lr-schedule", "cosine"]\nself_train_from = "robust"\n'
+                            'pseudo_volume = "keep-p"\n')
+    (tmp_path / "v.toml").write_text(text)
+    proto = protocol.load_protocol(tmp_path / "v.toml")
+    models = tdm.plan_models(proto, ["flair"], setup / "data", tmp_path / "w", tmp_path / "none", variant="robust-stv")
+    assert [(m.variant, m.pseudo_volume) for m in models] == [("robust", "fixed"), ("robust-stv", "keep-p")]
+    fixed = tdm.plan_models(proto, ["flair"], setup / "data", tmp_path / "w", tmp_path / "none", variant="robust-st")
+    assert [m.pseudo_volume for m in fixed] == ["fixed", "fixed"]
