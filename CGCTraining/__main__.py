@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from CGCLesionSegLib.losses import ANCHOR_MODES, LABEL_SOURCES, PATCH_RULES, LossConfig
     from CGCLesionSegLib.network import FUSIONS, NORMS, NetConfig
     from CGCTraining.config import AUGMENTATIONS, LR_SCHEDULES, RECIPES, TrainConfig
+    from CGCTraining.self_train import KEEP_P_FLOOR, PSEUDO_VOLUMES
 
     n, t, lo = NetConfig(), TrainConfig(), LossConfig()
     from CGCLesionSegLib.cli import ArgumentParser
@@ -81,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "+ 0.5*P, 2-D hole filling, no keep-largest; no label read) and train again from its weights "
                         "on those maps, same settings, in RUN_DIR/self-train-<k>; RUN_DIR/self_train.json names the "
                         "final model (the shipped models use 1; default 0; one process, see docs/TRAINING.md for torchrun)")
-    g.add_argument("--pseudo-volume", choices=("fixed", "keep-p"), default="fixed",
+    g.add_argument("--pseudo-volume", choices=PSEUDO_VOLUMES, default="fixed",
                    help="with --self-train-rounds: how each round's targets are thresholded. fixed: at 0.5 (the "
-                        "shipped recipe); keep-p: per case at the largest threshold <= 0.5 (not below 0.3) whose "
+                        f"shipped recipe); keep-p: per case at the largest threshold <= 0.5 (not below {KEEP_P_FLOOR}) whose "
                         "target keeps the previous model's P >= 0.5 volume (protocol cgc-v22; recorded in each "
                         "round's targets/targets.json)")
     g.add_argument("--crop", nargs=3, type=int, default=list(t.crop_xyz), metavar=("X", "Y", "Z"),

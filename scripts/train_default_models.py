@@ -204,6 +204,7 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     from CGCLesionSegLib.default_models import model_file_name
     check_file = model.run / "lesion_check.json"  # written by CGCTraining after training (CGCTraining.sanity)
     from CGCTraining.sanity import failure
+    from CGCTraining.self_train import KEEP_P_FLOOR
     check = json.loads(check_file.read_text()) if check_file.exists() else None
     state = failure(check)
     if state:
@@ -225,7 +226,7 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
                    + (f"; self-training round {rounds}: round {rounds - 1} (`{model.parent.variant}`, same seed and data) "
                       "segmented the training cases with 0.5·CGC + 0.5·P, 2-D hole filling, "
                       + ("threshold 0.5" if model.pseudo_volume == "fixed" else
-                         f"a per-case threshold (`--pseudo-volume {model.pseudo_volume}`, between 0.3 and 0.5, "
+                         f"a per-case threshold (`--pseudo-volume {model.pseudo_volume}`, between {KEEP_P_FLOOR} and 0.5, "
                          "keeping round 1's own P >= 0.5 volume)") + " and no "
                       f"keep-largest (labels never read), and this model was trained from round {rounds - 1}'s weights "
                       "on those binary targets" + (" (each earlier round likewise from the one before)" if rounds > 2 else "")
