@@ -99,6 +99,15 @@ def _rule_of(rows: list[dict]) -> str:
     return rules.pop() if len(rules) == 1 else "the rule each model records"
 
 
+def _threshold_text(rows: list[dict]) -> str:
+    """How the rows' ``default`` column was thresholded (rows made before the field: 0.5)."""
+    ts = {r.get("default_threshold", 0.5) for r in rows}
+    if len(ts) > 1:
+        return ", thresholded at the threshold each model records"
+    t = ts.pop()
+    return ", thresholded at 0.5" if t == 0.5 else f", thresholded at {t:g} (the checkpoint's `default_threshold`)"
+
+
 def _table(rows: list[dict], title: str, note: str) -> str:
     rule = _rule_of(rows)
     cols = [("gmm", "GMM"), ("cgc", "CGC"), ("gmm_clean", "GMM + clean-up"), ("cgc_clean", "CGC + clean-up"),
@@ -107,7 +116,7 @@ def _table(rows: list[dict], title: str, note: str) -> str:
              "Columns: Dice (whole lesion). GMM = P ≥ 0.5, CGC = network ≥ 0.5 (the paper's comparison); "
              "clean-up = the GMM's recommended one (2-D hole filling, largest lesion after an opening r = 3 mm); "
              f"default = what `cgcseg segment` writes with the model, its output rule `{rule}`"
-             + (f" ({RULE_TEXT[rule]})" if rule in RULE_TEXT else "") + ".", "",
+             + (f" ({RULE_TEXT[rule]})" if rule in RULE_TEXT else "") + _threshold_text(rows) + ".", "",
              "| case | " + " | ".join(n for _, n in cols) + " | Δ CGC−GMM | Δ default−GMM | Δ default−(GMM + clean-up) |",
              "|---|" + "---|" * (len(cols) + 3)]
     mean = lambda k: statistics.mean(r[f"{k}_dice"] for r in rows)

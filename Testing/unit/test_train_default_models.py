@@ -282,6 +282,20 @@ def test_benchmark_tables_name_the_rule_their_default_column_was_made_with():
     assert "default (single-lesion-recommended)" in curve
 
 
+def test_benchmark_tables_say_which_threshold_their_default_column_used():
+    """A model that records ``default_threshold`` (0.3 for the shipped ones) has its default column
+    thresholded there; the table says so, and says 0.5 for rows made before the field."""
+    import evaluate_cgc
+    keys = ("gmm", "cgc", "gmm_clean", "cgc_clean", "default")
+    row = dict({f"{k}_{m}": 0.5 for k in keys for m in ("dice", "sensitivity")}, case="c",
+               default_rule="single-lesion-recommended")
+    assert "thresholded at 0.3 (the checkpoint's `default_threshold`)" in evaluate_cgc._table(
+        [dict(row, default_threshold=0.3)], "t", "n")
+    assert "thresholded at 0.5." in evaluate_cgc._table([row], "t", "n")
+    mixed = evaluate_cgc._table([dict(row, default_threshold=0.3), dict(row, default_threshold=0.5)], "t", "n")
+    assert "the threshold each model records" in mixed
+
+
 def test_card_recipe_shows_each_repeated_option_once_with_the_value_argparse_keeps():
     import argparse
 
