@@ -9,7 +9,9 @@ label: ``network_smooth`` smooths the network's map with the very Gaussian the `
 zero-padded where the brain's box is smaller than it (``InferenceConfig.pad_to_window``);
 ``network_mirror_x`` / ``default_mirror_x`` (and ``_xyz``) segment again with test-time mirroring
 (``InferenceConfig.mirror_axes``); ``default_net`` / ``default_p`` apply the ``single-lesion`` clean-up to the network's map or to P alone
-(:func:`output_rule_mask`; its fused version must reproduce ``cgcseg segment``'s mask, checked per case).
+(:func:`output_rule_mask`; its fused version must reproduce ``cgcseg segment``'s mask, checked per case);
+``network_vol`` / ``p_smooth_vol`` / ``default_rec_vol`` (cgc-v23) keep, per case, as many brain voxels as
+P ≥ 0.5 (P_rec ≥ 0.5 for the default output) instead of thresholding at a fixed value (:func:`volume_threshold`).
 
 A protocol names its ``columns`` and ``differences`` (``[a, b, target]``); without them (cgc-v3) the
 columns are :data:`COLUMNS` and the differences :data:`DIFFERENCES`, as that protocol was run.
@@ -38,7 +40,10 @@ TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gm
           "default_rec": "**default output fused with the `cgcseg gmm` P**",
           "default_rec_psmooth": "`single-lesion-recommended` with smoothed P for the network",
           "network_t": "**network ≥ t (fold's t)**", "p_smooth_t": "smoothed P ≥ t (fold's t)",
-          "default_rec_t": "**default output at the fold's t**", "gmm_default_t": "`cgcseg gmm` default at the fold's t"}
+          "default_rec_t": "**default output at the fold's t**", "gmm_default_t": "`cgcseg gmm` default at the fold's t",
+          "network_vol": "**network, P ≥ 0.5's volume**", "p_smooth_vol": "smoothed P, P ≥ 0.5's volume",
+          "default_rec_vol": "**default output, P_rec ≥ 0.5's volume**",
+          "default_rec_03": "default output as shipped (t = 0.3)"}
 #: What each column is, for the report.
 MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
             "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
@@ -72,7 +77,16 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
                          "other folds' models' held-out maps (:func:`choose_thresholds`)",
             "p_smooth_t": "smoothed P (the fold's sigma) ≥ t, t chosen the same way on the same cases",
             "default_rec_t": "the shipped output rule (`default_rec`) at threshold t, t chosen like the network's",
-            "gmm_default_t": "`cgcseg gmm`'s default clean-up on P_rec at threshold t, t chosen the same way"}
+            "gmm_default_t": "`cgcseg gmm`'s default clean-up on P_rec at threshold t, t chosen the same way",
+            "network_vol": "the network's map ≥ t, t per case the value that keeps as many brain voxels as P ≥ 0.5 "
+                           "(:func:`volume_threshold`; no label, no fitted parameter)",
+            "p_smooth_vol": "the smoothed P (the fold's sigma) kept to P ≥ 0.5's volume the same way (the same rule "
+                            "on P; P itself kept to its own volume is the P ≥ 0.5 column)",
+            "default_rec_vol": "the shipped output rule (`default_rec`) with its threshold set per case so that "
+                               "0.5·network + 0.5·P_rec keeps as many brain voxels as P_rec ≥ 0.5 before the "
+                               "clean-up (the same rule on `cgcseg gmm`'s output is that output)",
+            "default_rec_03": "the shipped output rule at the shipped models' threshold 0.3 (`cgcseg segment`'s "
+                              "default output)"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
@@ -86,6 +100,10 @@ ENSEMBLE_COLUMNS = {"network_ensemble", "default_ensemble"}
 #: Columns whose threshold is chosen per fold (cgc-v18) -> the swept map family they are read from.
 THRESHOLD_COLUMNS = {"network_t": "network", "p_smooth_t": "p_smooth", "default_rec_t": "default_rec",
                      "gmm_default_t": "gmm_default"}
+#: Columns that keep a volume set per case (cgc-v23); their rows record the thresholds and volumes.
+VOLUME_COLUMNS = {"network_vol", "p_smooth_vol", "default_rec_vol"}
+#: The shipped models' default-output threshold (docs/protocols/README.md, cgc-v18 shipped).
+SHIPPED_THRESHOLD = 0.3
 
 
 def collapsed(model: base.Model) -> bool:
@@ -127,6 +145,24 @@ def rule_masks(p, network_probability, sigma: float, spacing_xyz) -> dict:
     return {"p": p >= 0.5, "p_smooth": smooth_probability(p, sigma, spacing_xyz) >= 0.5,
             "network": network_probability >= 0.5,
             "network_smooth": smooth_probability(network_probability, sigma, spacing_xyz) >= 0.5}
+
+
+def volume_threshold(values, brain, voxels: int) -> float:
+    """The threshold t at which ``values >= t`` inside ``brain`` keeps ``voxels`` voxels: the ``voxels``-th
+    largest value in the brain (ties at t are all kept, so a plateau may add voxels). ``values`` and
+    ``brain``: ``(Z, Y, X)``; ``voxels`` 0 gives +inf (an empty mask); more than the brain holds gives its
+    smallest value (the whole brain)."""
+    inside = np.asarray(values, dtype=np.float64)[np.asarray(brain, bool)]
+    if voxels <= 0 or inside.size == 0:
+        return float("inf")
+    k = inside.size - min(int(voxels), inside.size)
+    return float(np.partition(inside, k)[k])
+
+
+def volume_matched(values, brain, voxels: int):
+    """``(mask, t)``: ``values >= t`` inside ``brain`` with t = :func:`volume_threshold`; mask bool ``(Z, Y, X)``."""
+    t = volume_threshold(values, brain, voxels)
+    return (np.asarray(values) >= t) & np.asarray(brain, bool), t
 
 
 def output_rule_mask(network_probability, p, brain, gmm_weight: float, spacing_xyz=None):
@@ -194,6 +230,9 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
                     case.geometry.spacing)}
         if members:
             make.update(make_ensemble)
+        volumes: dict = {}
+        if VOLUME_COLUMNS & set(names) or "default_rec_03" in names:
+            make.update(_volume_columns(case, list(model.modalities), p, res, sigma, volumes))
         for k, r in other.items():
             make[f"network_{k}"] = lambda r=r: r.network_probability >= 0.5
             make[f"default_{k}"] = lambda r=r: r.mask.astype(bool)
@@ -206,11 +245,47 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
         extra = {"window_xyz": list(res.window_xyz or ())}
         if members:
             extra["ensemble"] = [m.key for m in members]
+        masks = {c: make[c]() for c in names if c not in THRESHOLD_COLUMNS}
+        if volumes:
+            extra["volumes"] = volumes
         if THRESHOLD_COLUMNS.keys() & set(names):
             extra["sweep"] = threshold_sweep(case, list(model.modalities), p, res, thresholds, fold_sigmas or {})
-        rows.append(base.score_row(model, case, info, {c: make[c]() for c in names if c not in THRESHOLD_COLUMNS},
-                                   sigma, **extra))
+        rows.append(base.score_row(model, case, info, masks, sigma, **extra))
     return rows
+
+
+def _volume_columns(case, mods: list, p, res, sigma: float, volumes: dict) -> dict:
+    """cgc-v23's column makers for one case: {column: () -> (Z, Y, X) bool}. Each records its threshold and
+    volumes in ``volumes`` when called (V = P ≥ 0.5's brain voxels; V_rec = P_rec ≥ 0.5's)."""
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
+    from CGCLesionSegLib.postprocess import smooth_probability
+    brain = np.asarray(res.brain_mask, bool)
+    spacing = case.geometry.spacing
+    v = int(((p >= 0.5) & brain).sum())
+    volumes.update(p_voxels=v, network_voxels=int(((res.network_probability >= 0.5) & brain).sum()))
+
+    def matched(column, values, voxels):
+        mask, t = volume_matched(values, brain, voxels)
+        volumes[f"{column}_t"] = t
+        return mask
+
+    def default_rec(threshold_of_fused):
+        p_rec = base.gmm_default_probability(case, mods)
+        fused = 0.5 * res.network_probability + 0.5 * p_rec
+        t = threshold_of_fused(fused, p_rec)
+        return output_mask(fused, brain, InferenceConfig(**{**output_preset("single-lesion"), "threshold": t}),
+                           spacing).astype(bool)
+
+    def rec_volume_t(fused, p_rec):
+        v_rec = int(((p_rec >= 0.5) & brain).sum())
+        t = volume_threshold(fused, brain, v_rec)
+        volumes.update(p_rec_voxels=v_rec, default_rec_vol_t=t)
+        return t
+
+    return {"network_vol": lambda: matched("network_vol", res.network_probability, v),
+            "p_smooth_vol": lambda: matched("p_smooth_vol", smooth_probability(p, sigma, spacing), v),
+            "default_rec_vol": lambda: default_rec(rec_volume_t),
+            "default_rec_03": lambda: default_rec(lambda fused, p_rec: SHIPPED_THRESHOLD)}
 
 
 def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_sigmas: dict) -> dict:
@@ -319,14 +394,43 @@ def threshold_report(choice: dict, decisions: dict | None) -> str:
         for col, c in cols.items():
             t = f"{c['threshold']:.2f}"
             lines.append(f"| {fold} | {col} | {t} | {c['scores'][t]:.4f} ({c['scores']['0.50']:.4f}) |")
-    if decisions:
-        lines += ["", "| decision | models | rule − control | (rule − its baseline) − (control − its baseline) | passes |",
-                  "|---|---|---|---|---|"]
-        for name, groups in decisions.items():
-            for g, d in groups.items():
-                lines.append(f"| {name} (`{d['rule']}` vs `{d['control']}`; baseline `{d['baseline_rule']}` vs "
-                             f"`{d['baseline']}`) | {g} | {d['gain']:+.4f} | {d['gain_over_baseline']:+.4f} | "
-                             f"{'**yes**' if d['passes'] else 'no'} |")
+    return "\n".join(lines) + "\n" + (decision_report(decisions) if decisions else "")
+
+
+def decision_report(decisions: dict) -> str:
+    """Markdown: the declared decisions of :func:`decide`, one row per decision and model group."""
+    lines = ["", "| decision | models | rule − control | (rule − its baseline) − (control − its baseline) | passes |",
+             "|---|---|---|---|---|"]
+    for name, groups in decisions.items():
+        for g, d in groups.items():
+            lines.append(f"| {name} (`{d['rule']}` vs `{d['control']}`; baseline `{d['baseline_rule']}` vs "
+                         f"`{d['baseline']}`) | {g} | {d['gain']:+.4f} | {d['gain_over_baseline']:+.4f} | "
+                         f"{'**yes**' if d['passes'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def volume_report(rows: list[dict]) -> str:
+    """Markdown: per case (seeds averaged), the volumes cgc-v23's columns keep and the thresholds that keep
+    them — P ≥ 0.5's voxels, the network's own ≥ 0.5 voxels, the thresholds of the network, the smoothed P
+    and the fused map of the default output."""
+    by: dict = {}
+    for r in rows:
+        if "volumes" in r:
+            by.setdefault(("-".join(r["modalities"]), r["case"]), []).append(r["volumes"])
+    lines = ["", "#### Volumes kept per case (seeds averaged)", "",
+             "| models | case | P ≥ 0.5 voxels | network ≥ 0.5 / P ≥ 0.5 | t network | t smoothed P | P_rec ≥ 0.5 voxels | t default |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def mean(vs, k, fmt):
+        got = [v[k] for v in vs if k in v and np.isfinite(v[k])]
+        return format(statistics.mean(got), fmt) if got else "—"
+
+    for (mods, case), vs in sorted(by.items()):
+        ratio = [v["network_voxels"] / v["p_voxels"] for v in vs if v.get("p_voxels")]
+        lines.append(f"| {mods} | {case} | {mean(vs, 'p_voxels', '.0f')} | "
+                     f"{format(statistics.mean(ratio), '.2f') if ratio else '—'} | {mean(vs, 'network_vol_t', '.3f')} | "
+                     f"{mean(vs, 'p_smooth_vol_t', '.3f')} | {mean(vs, 'p_rec_voxels', '.0f')} | "
+                     f"{mean(vs, 'default_rec_vol_t', '.3f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -437,13 +541,17 @@ def run(args, proto: dict, proto_path: Path) -> int:
         check_sweep_at_half(rows)
         choice = choose_thresholds(rows)
     summary = base.summarise(rows, proto, columns, differences) if not (swept and missing) else {}
-    if choice is not None and "decisions" in proto:
+    if (choice is not None or not swept) and summary and "decisions" in proto:
         decisions = decide(summary, proto["decisions"], float(proto.get("margin", 0.01)))
     winner = pick_winner(summary, proto["control"], proto["rules"], proto.get("companions"),
                          proto.get("companion_tolerance", 0.01)) if "winner_rule" in stage else None
     text = report(proto, src, args.stage, summary, sigmas, winner)
     if choice is not None:
         text += threshold_report(choice, decisions)
+    elif decisions:
+        text += decision_report(decisions)
+    if VOLUME_COLUMNS & {c for c, _ in columns} and rows:
+        text += volume_report(rows)
     text += base.model_set_note(set_tag)
     if args.score_available or missing:
         print(f"PARTIAL: {len({r['model'] for r in rows})} finished model(s) scored; not yet finished: {', '.join(missing) or 'none'}. "
@@ -453,6 +561,6 @@ def run(args, proto: dict, proto_path: Path) -> int:
     if not args.no_write:
         base.write_stage(results_dir, f"{proto['name']}-{args.stage}{set_tag}", text,
                          {"protocol": proto["name"], "stage": args.stage, "winner": winner, "sigmas": sigmas,
-                          "summary": summary, "rows": rows, **({"thresholds": choice, "decisions": decisions}
-                                                               if choice is not None else {})})
+                          "summary": summary, "rows": rows, **({"thresholds": choice} if choice is not None else {}),
+                          **({"decisions": decisions} if decisions is not None else {})})
     return 0

@@ -387,3 +387,104 @@ def test_threshold_columns_summarise_decide_and_report_like_the_runner():
     assert not decisions["network threshold"]["flair-t1/v"]["passes"]  # each fold's choice is wrong for the other
     text = rules.threshold_report(choice, decisions)
     assert "| flair-t1/v fold 0 | network_t | 0.60 | 0.8000 (0.7000) |" in text and "| no |" in text
+
+
+V23 = ROOT / "docs" / "protocols" / "cgc-v23.toml"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_volume_threshold_keeps_the_top_voxels_of_the_brain(seed):
+    """cgc-v23's rule against a brute-force reference: sort the brain's values, the V-th largest is t,
+    and map ≥ t inside the brain holds exactly V voxels (continuous values: no ties)."""
+    rng = np.random.default_rng(seed)
+    values = rng.random((9, 10, 11))
+    values[0] = 5.0  # outside the brain: larger than anything inside, must not count
+    brain = np.zeros(values.shape, bool)
+    brain[1:-1, 2:, :-3] = True
+    inside = sorted(values[brain].tolist(), reverse=True)
+    for v in (1, 7, int(rng.integers(2, brain.sum() - 1)), int(brain.sum())):
+        mask, t = rules.volume_matched(values, brain, v)
+        assert t == inside[v - 1] and mask.sum() == v and not mask[~brain].any()
+        assert values[mask].min() >= values[brain & ~mask].max() if v < brain.sum() else mask.sum() == brain.sum()
+    mask, t = rules.volume_matched(values, brain, 0)
+    assert t == float("inf") and not mask.any()
+    assert rules.volume_matched(values, brain, 10 ** 6)[0].sum() == brain.sum()
+    # a plateau at the cut keeps all of its voxels rather than an arbitrary subset
+    flat = np.where(brain, 0.5, 0.0)
+    flat[2, 3, 4] = 0.9
+    assert rules.volume_matched(flat, brain, 2)[0].sum() == brain.sum()
+
+
+def test_volume_columns_keep_p_s_volume_and_the_default_output_p_rec_s(monkeypatch):
+    """cgc-v23's columns by hand: the network and the smoothed P keep as many brain voxels as P ≥ 0.5; the
+    default output thresholds 0.5·network + 0.5·P_rec where it keeps P_rec ≥ 0.5's voxels, then cleans up;
+    ``default_rec_03`` is the same rule at 0.3. Thresholds and volumes are recorded in the row."""
+    from types import SimpleNamespace
+    from scipy.ndimage import gaussian_filter
+    from CGCLesionSegLib.postprocess import binarize
+    shape = (14, 14, 14)
+    rng = np.random.default_rng(11)
+    net, p, p_rec = (gaussian_filter(rng.random(shape), 1.5).astype(np.float32) for _ in range(3))
+    net, p, p_rec = ((m - m.min()) / (m.max() - m.min()) for m in (net, p, p_rec))
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    p = np.where(brain, p, 0).astype(np.float32)
+
+    def fake_segment_held_out(model, cases, device="cpu", **config):
+        res = SimpleNamespace(network_probability=net, mask=rules.output_rule_mask(net, p, brain, 0.5).astype(np.uint8),
+                              brain_mask=brain, window_xyz=(14, 14, 14))
+        yield SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0))), p, res, None, None
+
+    monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda case, mods: p_rec)
+    monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: (masks, extra))
+    model = SimpleNamespace(modalities=("flair",), run=Path("/nonexistent"))
+    names = ["network", "network_vol", "p_smooth_vol", "default_rec_03", "default_rec_vol"]
+    ((masks, extra),) = rules._score_with_output_rule(model, {"a": None}, 2.0, "cpu", names)
+    v = int((p >= 0.5).sum())
+    top = np.zeros(brain.sum(), bool)
+    top[np.argsort(-net[brain], kind="stable")[:v]] = True
+    want = np.zeros(shape, bool)
+    want[brain] = top
+    assert masks["network_vol"].sum() == v and np.array_equal(masks["network_vol"], want)
+    assert not np.array_equal(masks["network_vol"], masks["network"])  # else the check would be vacuous
+    assert masks["p_smooth_vol"].sum() == v
+    smoothed = np.clip(gaussian_filter(p.astype(np.float64), 2.0, mode="constant"), 0, 1)
+    ranked = np.sort(smoothed[brain])[::-1]
+    assert extra["volumes"]["p_smooth_vol_t"] == pytest.approx(ranked[v - 1], abs=1e-6)
+    fused = 0.5 * net + 0.5 * p_rec
+    clean = dict(fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain, spacing_xyz=(1.0, 1.0, 1.0))
+    assert np.array_equal(masks["default_rec_03"], binarize(fused, 0.3, **clean).astype(bool))
+    v_rec = int(((p_rec >= 0.5) & brain).sum())
+    t_rec = np.sort(fused[brain])[::-1][v_rec - 1]
+    assert np.array_equal(masks["default_rec_vol"], binarize(fused, t_rec, **clean).astype(bool))
+    assert extra["volumes"]["p_voxels"] == v and extra["volumes"]["p_rec_voxels"] == v_rec
+    assert extra["volumes"]["network_voxels"] == int(((net >= 0.5) & brain).sum())  # counted in the brain
+
+
+def test_cgc_v23_reads_cgc_v22s_control_models_and_decides_without_a_sweep(tmp_path):
+    """cgc-v23 scores cgc-v22's confirmation control (fresh seeds 1700/1701, both sets) and waits for it; its
+    declared decisions are read from the summary and reported although it sweeps no threshold."""
+    import tomllib
+    argv = _screen_without_models(tmp_path, V23)
+    with pytest.raises(SystemExit, match=r"cgc-v22 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-st/"
+                                         r"fold0-seed1700.*flair/robust-2mm-st/fold1-seed1701"):
+        evaluate_cgc.main([a if a != "screen" else "confirm" for a in argv])
+    proto = tomllib.loads(V23.read_text())
+    columns, differences = rules.columns_of(proto)
+    assert not rules.THRESHOLD_COLUMNS.keys() & {c for c, _ in columns}
+    rows = []
+    for case, fold, gain in (("a", 0, 0.05), ("b", 0, 0.03), ("c", 1, 0.0), ("d", 1, 0.04)):
+        m = lambda d: {"dice": d, "sensitivity": d, "precision": d, "hd95_mm": 1.0, "assd_mm": 1.0}  # noqa: E731
+        r = {"case": case, "fold": fold, "seed": 1, "variant": "v", "modalities": ["flair"], "model": f"m{fold}",
+             "sigma_mm": 2.0, "step": 300, "volumes": {"p_voxels": 100, "network_voxels": 80, "network_vol_t": 0.4}}
+        r.update({c: m(0.7) for c, _ in columns})
+        r["network_vol"] = m(0.7 + gain)
+        r["default_rec_vol"] = m(0.7 + gain / 10)
+        rows.append(r)
+    summary = rules.base.summarise(rows, proto, columns, differences)
+    decisions = rules.decide(summary, proto["decisions"], proto["margin"])
+    assert decisions["network volume rule"]["flair/v"]["passes"]  # +0.03 over the control and over its baseline
+    assert not decisions["default-output volume rule"]["flair/v"]["passes"]  # +0.003
+    text = rules.decision_report(decisions) + rules.volume_report(rows)
+    assert "| network volume rule" in text and "**yes**" in text and "| flair | a | 100 | 0.80 | 0.400 |" in text
