@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from CGCLesionSegLib.losses import ANCHOR_MODES, LABEL_SOURCES, PATCH_RULES, LossConfig
     from CGCLesionSegLib.network import FUSIONS, NORMS, NetConfig
     from CGCTraining.config import AUGMENTATIONS, LR_SCHEDULES, RECIPES, TrainConfig
-    from CGCTraining.self_train import KEEP_P_FLOOR, PSEUDO_VOLUMES
+    from CGCTraining.self_train import DEFAULT_OUTPUT_THRESHOLD, KEEP_P_FLOOR, PSEUDO_VOLUMES
 
     n, t, lo = NetConfig(), TrainConfig(), LossConfig()
     from CGCLesionSegLib.cli import ArgumentParser
@@ -82,11 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "+ 0.5*P, 2-D hole filling, no keep-largest; no label read) and train again from its weights "
                         "on those maps, same settings, in RUN_DIR/self-train-<k>; RUN_DIR/self_train.json names the "
                         "final model (the shipped models use 1; default 0; one process, see docs/TRAINING.md for torchrun)")
-    g.add_argument("--pseudo-volume", choices=PSEUDO_VOLUMES, default="fixed",
-                   help="with --self-train-rounds: how each round's targets are thresholded. fixed: at 0.5 (the "
-                        f"shipped recipe); keep-p: per case at the largest threshold <= 0.5 (not below {KEEP_P_FLOOR}) whose "
-                        "target keeps the previous model's P >= 0.5 volume (protocol cgc-v22; recorded in each "
-                        "round's targets/targets.json)")
+    g.add_argument("--pseudo-rule", "--pseudo-volume", dest="pseudo_volume", choices=PSEUDO_VOLUMES, default="fixed",
+                   help="with --self-train-rounds: how each round's targets are made. fixed: 0.5*CGC + 0.5*P at 0.5 (the "
+                        f"shipped recipe); keep-p: the same per case at the largest threshold <= 0.5 (not below {KEEP_P_FLOOR}) whose "
+                        "target keeps the previous model's P >= 0.5 volume (protocol cgc-v22); default-output: the shipped "
+                        f"default output (single-lesion-recommended at {DEFAULT_OUTPUT_THRESHOLD}; single-lesion MRI cohorts; "
+                        "protocol cgc-v24). Recorded in each round's targets/targets.json")
     g.add_argument("--crop", nargs=3, type=int, default=list(t.crop_xyz), metavar=("X", "Y", "Z"),
                    help="random crop size x y z (default 192 192 64 as the paper; smaller on CPU, e.g. 96 96 64). "
                         "Each side / 8 (the bottleneck) must be a multiple of --patch on that axis, so with the "
@@ -362,7 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if rounds < 0:
             raise ValueError(f"--self-train-rounds must be 0 or more, got {rounds}")
         if args.pseudo_volume != "fixed" and not rounds:
-            raise ValueError(f"--pseudo-volume {args.pseudo_volume} sets the targets of self-training rounds: give "
+            raise ValueError(f"--pseudo-rule {args.pseudo_volume} sets the targets of self-training rounds: give "
                              "--self-train-rounds N (N >= 1) with it")
         if args.overgrowth_ratio is not None and not args.overgrowth_ratio > 1.0:
             raise ValueError(f"--overgrowth-ratio must be above 1 (a model marking its target exactly has 1), "

@@ -35,8 +35,15 @@ PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radi
 #: How the pseudo-label threshold is set per case. ``fixed``: :data:`PSEUDO_RULE`'s 0.5 (the shipped recipe).
 #: ``keep-p``: lowered, never raised, so that the target keeps at least the volume of the model's own P >= 0.5
 #: (its first training target), down to :data:`KEEP_P_FLOOR` (see :func:`volume_keeping_threshold`).
-PSEUDO_VOLUMES = ("fixed", "keep-p")
+#: ``default-output``: not the fusion rule at all, but the shipped default output — ``single-lesion-recommended``
+#: (0.5·CGC + 0.5·P_rec, P_rec the map ``cgcseg gmm`` thresholds by default; 2-D hole filling, opening 3 mm,
+#: the largest lesion) at :data:`DEFAULT_OUTPUT_THRESHOLD` (protocol cgc-v24): the round learns what the whole
+#: pipeline outputs. Single-lesion MRI cohorts only (it keeps one lesion per case; P_rec is an MRI preset).
+PSEUDO_VOLUMES = ("fixed", "keep-p", "default-output")
 KEEP_P_FLOOR = 0.3
+#: The ``default-output`` targets' threshold: the shipped models' default-output threshold, which every fold
+#: of cgc-v18's confirmation chose on its own training cases (docs/protocols/README.md).
+DEFAULT_OUTPUT_THRESHOLD = 0.3
 #: Per-case record of the thresholds and volumes, written beside the targets.
 TARGET_RECORD = "targets.json"
 #: Sub-folder of RUN_DIR for round k + 1, and the record of the rounds.
@@ -86,7 +93,7 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
     from dataclasses import replace
     from CGCLesionSegLib.checkpoint import load_checkpoint
     from CGCLesionSegLib.image_io import atomic_write, read_image, write_image
-    from CGCLesionSegLib.inference import InferenceConfig, output_mask, segment_case
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset, segment_case
     if volume not in PSEUDO_VOLUMES:
         raise ValueError(f"pseudo-label volume rule must be one of {', '.join(PSEUDO_VOLUMES)}, got {volume!r}")
     out = Path(out_dir)
@@ -97,13 +104,15 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
     if stored and stored != modalities:
         raise ValueError(f"{model_path} was trained on {' '.join(stored)}, not {' '.join(modalities)}: give the "
                          "modalities of the model whose targets these are")
-    config = InferenceConfig(device=device, **PSEUDO_RULE)
+    config = (InferenceConfig(device=device, **{**output_preset("single-lesion-recommended"),
+                                                "threshold": DEFAULT_OUTPUT_THRESHOLD})
+              if volume == "default-output" else InferenceConfig(device=device, **PSEUDO_RULE))
     has_mask = any(c.mask for c in cases)
     record_path = out / TARGET_RECORD
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     if not record and volume != "fixed" and any(out.glob("*.nii.gz")):
         raise ValueError(f"{out} holds targets without a record of their rule: give another output folder for "
-                         f"--pseudo-volume {volume}")
+                         f"--pseudo-rule {volume}")
     if record.get("volume", volume) != volume:
         raise ValueError(f"{out} holds targets of the pseudo-label volume rule {record['volume']!r}, not {volume!r}: "
                          "give another output folder")
@@ -126,7 +135,7 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
             write_image(target, target_mask.astype("float32"), imgs[0].geometry)
             record["cases"][case.name] = {
                 "threshold": threshold, "voxels": int(target_mask.sum()),
-                "voxels_at_0.5": int(res.mask.sum()),
+                **({} if volume == "default-output" else {"voxels_at_0.5": int(res.mask.sum())}),
                 "p_voxels": int(((res.gmm_probability >= 0.5) & res.brain_mask).sum())}
             with atomic_write(record_path) as fh:
                 json.dump(record, fh, indent=1)
@@ -189,7 +198,9 @@ def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalit
         with atomic_write(record_path) as fh:
             json.dump({"rounds": rounds, "finished_rounds": k if done else k - 1,
                        "final_model": str(Path(ROUND_DIR.format(k=k)) / "last.pt") if done and k == rounds else None,
-                       "pseudo_rule": PSEUDO_RULE, "pseudo_volume": volume}, fh, indent=1)
+                       "pseudo_rule": PSEUDO_RULE if volume != "default-output" else
+                       {"preset": "single-lesion-recommended", "threshold": DEFAULT_OUTPUT_THRESHOLD},
+                       "pseudo_volume": volume}, fh, indent=1)
             fh.write("\n")
         if not done:
             break
@@ -214,9 +225,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--modalities", nargs="+", help="input channels in order (default: the model's)")
     p.add_argument("--output-dir", required=True, help="where the targets and cases.csv are written")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--pseudo-volume", choices=PSEUDO_VOLUMES, default="fixed",
+    p.add_argument("--pseudo-rule", "--pseudo-volume", dest="pseudo_volume", choices=PSEUDO_VOLUMES, default="fixed",
                    help="fixed: threshold 0.5 (the shipped recipe); keep-p: lower the threshold per case (not below "
-                        f"{KEEP_P_FLOOR}) until the target holds as many voxels as the model's P >= 0.5 (protocol cgc-v22)")
+                        f"{KEEP_P_FLOOR}) until the target holds as many voxels as the model's P >= 0.5 (protocol cgc-v22); "
+                        "default-output: the shipped default output (single-lesion-recommended at "
+                        f"{DEFAULT_OUTPUT_THRESHOLD}: fused with cgcseg gmm's map, holes filled, opened, largest lesion "
+                        "only; single-lesion MRI cohorts; protocol cgc-v24)")
     args = p.parse_args(argv)
     try:
         from CGCLesionSegLib.checkpoint import load_checkpoint

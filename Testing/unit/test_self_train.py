@@ -315,3 +315,39 @@ def test_self_train_rounds_take_keep_p_targets(tmp_path):
     for name in ref["cases"]:
         np.testing.assert_array_equal(read_image(targets / f"{name}.nii.gz").array_zyx,
                                       read_image(by_hand / f"{name}.nii.gz").array_zyx)
+
+
+def test_default_output_targets_are_the_shipped_default_output(two_rounds, tmp_path):
+    """`--pseudo-rule default-output` (cgc-v24): each target is `single-lesion-recommended` at 0.3 (fused with
+    `cgcseg gmm`'s map, cleaned, one lesion), computed by hand with segment_case; the record says so; and the
+    old option name `--pseudo-volume` still selects the same rule."""
+    import subprocess
+    import sys
+    from scipy import ndimage
+    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
+    from CGCTraining.self_train import DEFAULT_OUTPUT_THRESHOLD
+    from test_training_synth import REPO
+    cases, run, r = two_rounds
+    assert r.returncode == 0, r.stderr
+    cmd = [sys.executable, "-m", "CGCTraining.self_train", "--model", str(run / "last.pt"), "--cases", str(cases),
+           "--device", "cpu"]
+    out = subprocess.run(cmd + ["--output-dir", str(tmp_path / "t"), "--pseudo-rule", "default-output"],
+                         capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "t" / "targets.json").read_text())
+    assert record["volume"] == "default-output" and sorted(record["cases"]) == ["Case000", "Case001"]
+    cfg = InferenceConfig(device="cpu", **{**output_preset("single-lesion-recommended"), "threshold": 0.3})
+    assert DEFAULT_OUTPUT_THRESHOLD == 0.3
+    for name, rec in record["cases"].items():
+        imgs = [read_image(cases / name / f"{name}_{m}.nii.gz") for m in MODS]
+        res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, list(MODS), run / "last.pt", config=cfg)
+        target = read_image(tmp_path / "t" / f"{name}.nii.gz").array_zyx > 0
+        np.testing.assert_array_equal(target, res.mask > 0)
+        assert rec["threshold"] == 0.3 and rec["voxels"] == int(target.sum()) > 0
+        assert ndimage.label(target)[1] == 1  # one lesion kept
+    old = subprocess.run(cmd + ["--output-dir", str(tmp_path / "o"), "--pseudo-volume", "default-output"],
+                         capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
+    assert old.returncode == 0, old.stderr
+    for name in record["cases"]:
+        np.testing.assert_array_equal(read_image(tmp_path / "o" / f"{name}.nii.gz").array_zyx,
+                                      read_image(tmp_path / "t" / f"{name}.nii.gz").array_zyx)
