@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from CGCLesionSegLib.losses import ANCHOR_MODES, LABEL_SOURCES, PATCH_RULES, LossConfig
     from CGCLesionSegLib.network import FUSIONS, NORMS, NetConfig
     from CGCTraining.config import AUGMENTATIONS, LR_SCHEDULES, RECIPES, TrainConfig
-    from CGCTraining.self_train import DEFAULT_OUTPUT_THRESHOLD, KEEP_P_FLOOR, PSEUDO_VOLUMES
+    from CGCTraining.self_train import PSEUDO_RULE_HELP, PSEUDO_VOLUMES
 
     n, t, lo = NetConfig(), TrainConfig(), LossConfig()
     from CGCLesionSegLib.cli import ArgumentParser
@@ -83,11 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on those maps, same settings, in RUN_DIR/self-train-<k>; RUN_DIR/self_train.json names the "
                         "final model (the shipped models use 1; default 0; one process, see docs/TRAINING.md for torchrun)")
     g.add_argument("--pseudo-rule", "--pseudo-volume", dest="pseudo_volume", choices=PSEUDO_VOLUMES, default="fixed",
-                   help="with --self-train-rounds: how each round's targets are made. fixed: 0.5*CGC + 0.5*P at 0.5 (the "
-                        f"shipped recipe); keep-p: the same per case at the largest threshold <= 0.5 (not below {KEEP_P_FLOOR}) whose "
-                        "target keeps the previous model's P >= 0.5 volume (protocol cgc-v22); default-output: the shipped "
-                        f"default output (single-lesion-recommended at {DEFAULT_OUTPUT_THRESHOLD}; single-lesion MRI cohorts; "
-                        "protocol cgc-v24). Recorded in each round's targets/targets.json")
+                   help="with --self-train-rounds: " + PSEUDO_RULE_HELP)
     g.add_argument("--crop", nargs=3, type=int, default=list(t.crop_xyz), metavar=("X", "Y", "Z"),
                    help="random crop size x y z (default 192 192 64 as the paper; smaller on CPU, e.g. 96 96 64). "
                         "Each side / 8 (the bottleneck) must be a multiple of --patch on that axis, so with the "

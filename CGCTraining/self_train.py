@@ -44,6 +44,13 @@ KEEP_P_FLOOR = 0.3
 #: The ``default-output`` targets' threshold: the shipped models' default-output threshold, which every fold
 #: of cgc-v18's confirmation chose on its own training cases (docs/protocols/README.md).
 DEFAULT_OUTPUT_THRESHOLD = 0.3
+#: ``--pseudo-rule``'s help, for ``python -m CGCTraining`` and ``python -m CGCTraining.self_train`` alike.
+PSEUDO_RULE_HELP = ("how the targets are made. fixed: 0.5*CGC + 0.5*P at 0.5 (the shipped recipe); keep-p: the same "
+                    f"per case at the largest threshold <= 0.5 (not below {KEEP_P_FLOOR}) whose target keeps the model's "
+                    "P >= 0.5 volume (protocol cgc-v22); default-output: the shipped default output "
+                    f"(single-lesion-recommended at {DEFAULT_OUTPUT_THRESHOLD}: fused with cgcseg gmm's map, holes filled, "
+                    "opened, the largest lesion only; single-lesion MRI cohorts; protocol cgc-v24). Recorded in the "
+                    "targets' targets.json")
 #: Per-case record of the thresholds and volumes, written beside the targets.
 TARGET_RECORD = "targets.json"
 #: Sub-folder of RUN_DIR for round k + 1, and the record of the rounds.
@@ -226,11 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--output-dir", required=True, help="where the targets and cases.csv are written")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--pseudo-rule", "--pseudo-volume", dest="pseudo_volume", choices=PSEUDO_VOLUMES, default="fixed",
-                   help="fixed: threshold 0.5 (the shipped recipe); keep-p: lower the threshold per case (not below "
-                        f"{KEEP_P_FLOOR}) until the target holds as many voxels as the model's P >= 0.5 (protocol cgc-v22); "
-                        "default-output: the shipped default output (single-lesion-recommended at "
-                        f"{DEFAULT_OUTPUT_THRESHOLD}: fused with cgcseg gmm's map, holes filled, opened, largest lesion "
-                        "only; single-lesion MRI cohorts; protocol cgc-v24)")
+                   help=PSEUDO_RULE_HELP)
     args = p.parse_args(argv)
     try:
         from CGCLesionSegLib.checkpoint import load_checkpoint

@@ -204,10 +204,27 @@ def test_seed_ensemble_averages_the_groups_healthy_models_maps_case_by_case(tmp_
     assert [m.seed for m in rules.ensemble_members(models[1], models)] == [1, 2, 3]
 
 
+def _one_case_scorer(monkeypatch, net, p, p_rec, brain):
+    """``names -> (masks, extra)`` of :func:`rules._score_with_output_rule` for one held-out case "a" (1 mm
+    voxels) whose segmentation gives the network map ``net``, P ``p`` and brain ``brain``, with ``p_rec`` as
+    ``cgcseg gmm``'s map; no model or image is read. Arrays ``(Z, Y, X)``."""
+    from types import SimpleNamespace
+
+    def fake_segment_held_out(model, cases, device="cpu", **config):
+        res = SimpleNamespace(network_probability=net, mask=rules.output_rule_mask(net, p, brain, 0.5).astype(np.uint8),
+                              brain_mask=brain, window_xyz=tuple(reversed(net.shape)))
+        yield SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0))), p, res, None, None
+
+    monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda case, mods: p_rec)
+    monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: (masks, extra))
+    model = SimpleNamespace(modalities=("flair",), run=Path("/nonexistent"))
+    return lambda names: rules._score_with_output_rule(model, {"a": None}, 2.0, "cpu", names)[0]
+
+
 def test_default_rec_fuses_the_network_with_the_cgcseg_gmm_map(monkeypatch):
     """``default_rec`` = the `single-lesion` rule on 0.5·network + 0.5·P_rec (``cgcseg gmm``'s map), not on the
     model's own P; brute force: binarize with the preset's clean-up."""
-    from types import SimpleNamespace
     from CGCLesionSegLib.postprocess import binarize
     shape = (12, 12, 12)
     rng = np.random.default_rng(3)
@@ -215,22 +232,14 @@ def test_default_rec_fuses_the_network_with_the_cgcseg_gmm_map(monkeypatch):
     brain = np.zeros(shape, bool)
     brain[1:-1, 1:-1, 1:-1] = True
 
-    def fake_segment_held_out(model, cases, device="cpu", **config):
-        res = SimpleNamespace(network_probability=net, mask=rules.output_rule_mask(net, p_own, brain, 0.5).astype(np.uint8),
-                              brain_mask=brain, window_xyz=(12, 12, 12))
-        yield SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1, 1, 1))), p_own, res, None, None
-
-    monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
-    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda case, mods: p_rec)
-    monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: masks)
-    model = SimpleNamespace(modalities=("flair",), run=Path("/nonexistent"))
-    (masks,) = rules._score_with_output_rule(model, {"a": None}, 2.0, "cpu", ["default", "default_rec"])
+    score = _one_case_scorer(monkeypatch, net, p_own, p_rec, brain)
+    masks, _ = score(["default", "default_rec"])
     want = binarize(0.5 * net + 0.5 * p_rec, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain)
     assert np.array_equal(masks["default_rec"], want.astype(bool))
     assert not np.array_equal(masks["default_rec"], masks["default"])  # the model's own P gives another mask
     # the network's baseline in that rule: the same fusion with smoothed P (the p_smooth column's map) for it
     from scipy.ndimage import gaussian_filter
-    (masks,) = rules._score_with_output_rule(model, {"a": None}, 2.0, "cpu", ["default_rec", "default_rec_psmooth"])
+    masks, _ = score(["default_rec", "default_rec_psmooth"])
     smoothed = np.clip(gaussian_filter(p_own, sigma=2.0, mode="constant"), 0, 1)  # 1 mm voxels; zero beyond the edge
     want = binarize(0.5 * smoothed + 0.5 * p_rec, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain)
     assert np.array_equal(masks["default_rec_psmooth"], want.astype(bool))
@@ -260,6 +269,18 @@ def _metrics(pred, ref):
     return all_metrics(pred, ref, (1.0, 1.0, 1.0))
 
 
+def _smooth_maps(seed: int):
+    """``(net, p, p_rec, brain)``: three smooth random maps in [0, 1] and a brain one voxel inside the edge,
+    ``(14, 14, 14)``."""
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(seed)
+    maps = [gaussian_filter(rng.random((14, 14, 14)), 1.5).astype(np.float32) for _ in range(3)]
+    net, p, p_rec = ((m - m.min()) / (m.max() - m.min()) for m in maps)
+    brain = np.zeros(net.shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    return net, p, p_rec, brain
+
+
 def test_threshold_sweep_matches_thresholding_each_map_by_hand(monkeypatch):
     """cgc-v18's sweep: at every threshold, each family's metrics are those of its map thresholded and
     cleaned up by hand (network ≥ t; the shipped rule at t on 0.5·network + 0.5·P_rec; ``cgcseg gmm``'s
@@ -267,12 +288,8 @@ def test_threshold_sweep_matches_thresholding_each_map_by_hand(monkeypatch):
     from types import SimpleNamespace
     from scipy.ndimage import gaussian_filter
     from CGCLesionSegLib.postprocess import binarize
-    shape = (14, 14, 14)
-    rng = np.random.default_rng(7)
-    net, p, p_rec = (gaussian_filter(rng.random(shape), 1.5).astype(np.float32) for _ in range(3))
-    net, p, p_rec = ((m - m.min()) / (m.max() - m.min()) for m in (net, p, p_rec))
-    brain = np.zeros(shape, bool)
-    brain[1:-1, 1:-1, 1:-1] = True
+    net, p, p_rec, brain = _smooth_maps(7)
+    shape = net.shape
     ref = np.zeros(shape, bool)
     ref[3:10, 4:11, 2:9] = True
     case = SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0)), reference=ref,
@@ -419,28 +436,14 @@ def test_volume_columns_keep_p_s_volume_and_the_default_output_p_rec_s(monkeypat
     """cgc-v23's columns by hand: the network and the smoothed P keep as many brain voxels as P ≥ 0.5; the
     default output thresholds 0.5·network + 0.5·P_rec where it keeps P_rec ≥ 0.5's voxels, then cleans up;
     ``default_rec_03`` is the same rule at 0.3. Thresholds and volumes are recorded in the row."""
-    from types import SimpleNamespace
     from scipy.ndimage import gaussian_filter
     from CGCLesionSegLib.postprocess import binarize
-    shape = (14, 14, 14)
-    rng = np.random.default_rng(11)
-    net, p, p_rec = (gaussian_filter(rng.random(shape), 1.5).astype(np.float32) for _ in range(3))
-    net, p, p_rec = ((m - m.min()) / (m.max() - m.min()) for m in (net, p, p_rec))
-    brain = np.zeros(shape, bool)
-    brain[1:-1, 1:-1, 1:-1] = True
+    net, p, p_rec, brain = _smooth_maps(11)
+    shape = net.shape
     p = np.where(brain, p, 0).astype(np.float32)
 
-    def fake_segment_held_out(model, cases, device="cpu", **config):
-        res = SimpleNamespace(network_probability=net, mask=rules.output_rule_mask(net, p, brain, 0.5).astype(np.uint8),
-                              brain_mask=brain, window_xyz=(14, 14, 14))
-        yield SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0))), p, res, None, None
-
-    monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
-    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda case, mods: p_rec)
-    monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: (masks, extra))
-    model = SimpleNamespace(modalities=("flair",), run=Path("/nonexistent"))
-    names = ["network", "network_vol", "p_smooth_vol", "default_rec_03", "default_rec_vol"]
-    ((masks, extra),) = rules._score_with_output_rule(model, {"a": None}, 2.0, "cpu", names)
+    score = _one_case_scorer(monkeypatch, net, p, p_rec, brain)
+    masks, extra = score(["network", "network_vol", "p_smooth_vol", "default_rec_03", "default_rec_vol"])
     v = int((p >= 0.5).sum())
     top = np.zeros(brain.sum(), bool)
     top[np.argsort(-net[brain], kind="stable")[:v]] = True
