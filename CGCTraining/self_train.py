@@ -59,6 +59,20 @@ RECORD = "self_train.json"
 LISTING = "cases.csv"
 
 
+def target_rule_text(volume: str) -> str:
+    """How a round's targets are made under the pseudo-label rule ``volume`` (:data:`PSEUDO_VOLUMES`), in the
+    words of a model card: "segmented the training cases with <this>"."""
+    if volume == "fixed":
+        return "0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5 and no keep-largest"
+    if volume == "keep-p":
+        return (f"0.5·CGC + 0.5·P, 2-D hole filling, a per-case threshold (`--pseudo-rule keep-p`, between {KEEP_P_FLOOR} "
+                "and 0.5, keeping the previous round's own P >= 0.5 volume) and no keep-largest")
+    if volume == "default-output":
+        return (f"the shipped default output (`--pseudo-rule default-output`: 0.5·CGC + 0.5·P_rec at {DEFAULT_OUTPUT_THRESHOLD}, "
+                "P_rec the map `cgcseg gmm` thresholds by default; 2-D hole filling, opening 3 mm, the largest lesion only)")
+    raise ValueError(f"pseudo-label rule must be one of {', '.join(PSEUDO_VOLUMES)}, got {volume!r}")
+
+
 def round_dir(run_dir: str | os.PathLike, k: int) -> Path:
     """Run folder of self-training round ``k`` (1-based: round 1 is the first retraining, in
     ``RUN_DIR/self-train-1``; the first training is ``RUN_DIR`` itself)."""

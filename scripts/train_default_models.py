@@ -204,7 +204,7 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     from CGCLesionSegLib.default_models import model_file_name
     check_file = model.run / "lesion_check.json"  # written by CGCTraining after training (CGCTraining.sanity)
     from CGCTraining.sanity import failure
-    from CGCTraining.self_train import KEEP_P_FLOOR
+    from CGCTraining.self_train import target_rule_text
     check = json.loads(check_file.read_text()) if check_file.exists() else None
     state = failure(check)
     if state:
@@ -224,11 +224,8 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     recipe_note = (f"**Recipe**: protocol `{proto['name']}`'s {chosen} `{model.variant}` "
                    f"(`{' '.join(effective_args(list(model.args)))}`)"
                    + (f"; self-training round {rounds}: round {rounds - 1} (`{model.parent.variant}`, same seed and data) "
-                      "segmented the training cases with 0.5·CGC + 0.5·P, 2-D hole filling, "
-                      + ("threshold 0.5" if model.pseudo_volume == "fixed" else
-                         f"a per-case threshold (`--pseudo-volume {model.pseudo_volume}`, between {KEEP_P_FLOOR} and 0.5, "
-                         "keeping round 1's own P >= 0.5 volume)") + " and no "
-                      f"keep-largest (labels never read), and this model was trained from round {rounds - 1}'s weights "
+                      f"segmented the training cases with {target_rule_text(model.pseudo_volume)} "
+                      f"(labels never read), and this model was trained from round {rounds - 1}'s weights "
                       "on those binary targets" + (" (each earlier round likewise from the one before)" if rounds > 2 else "")
                       if model.parent is not None else "") + ". Trained by `scripts/train_default_models.py`.")
     notes = (recipe_note + "\n\n" + held_out_notes(proto, model.modalities, model.variant, results_dir)

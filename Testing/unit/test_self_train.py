@@ -351,3 +351,16 @@ def test_default_output_targets_are_the_shipped_default_output(two_rounds, tmp_p
     for name in record["cases"]:
         np.testing.assert_array_equal(read_image(tmp_path / "o" / f"{name}.nii.gz").array_zyx,
                                       read_image(tmp_path / "t" / f"{name}.nii.gz").array_zyx)
+
+
+def test_each_pseudo_rule_has_its_own_card_text():
+    """The model card's sentence for each target rule (scripts/train_default_models.py): the fixed rule's is
+    the text the shipped cards hold; keep-p and default-output name their option and what differs."""
+    from CGCTraining.self_train import PSEUDO_VOLUMES, target_rule_text
+    texts = {v: target_rule_text(v) for v in PSEUDO_VOLUMES}
+    assert texts["fixed"] == "0.5·CGC + 0.5·P, 2-D hole filling, threshold 0.5 and no keep-largest"
+    assert "--pseudo-rule keep-p" in texts["keep-p"] and "no keep-largest" in texts["keep-p"]
+    assert "--pseudo-rule default-output" in texts["default-output"] and "largest lesion only" in texts["default-output"]
+    assert len(set(texts.values())) == len(texts)
+    with pytest.raises(ValueError, match="one of fixed, keep-p, default-output"):
+        target_rule_text("bigger")
