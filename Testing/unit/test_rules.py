@@ -491,3 +491,18 @@ def test_cgc_v23_reads_cgc_v22s_control_models_and_decides_without_a_sweep(tmp_p
     assert not decisions["default-output volume rule"]["flair/v"]["passes"]  # +0.003
     text = rules.decision_report(decisions) + rules.volume_report(rows)
     assert "| network volume rule" in text and "**yes**" in text and "| flair | a | 100 | 0.80 | 0.400 |" in text
+
+
+def test_cgc_v25_waits_for_cgc_v24s_confirmation_rival_and_sweeps_a_wider_grid(tmp_path):
+    """cgc-v25 scores cgc-v24's confirmation rival (`robust-2mm-std`, seeds 2400/2401, both sets) with cgc-v18's
+    threshold rule on a grid reaching below 0.3 (and holding 0.5, which the runner requires)."""
+    import tomllib
+    proto_path = ROOT / "docs" / "protocols" / "cgc-v25.toml"
+    argv = _screen_without_models(tmp_path, proto_path)
+    with pytest.raises(SystemExit, match=r"cgc-v24 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-std/"
+                                         r"fold0-seed2400.*flair/robust-2mm-std/fold1-seed2401"):
+        evaluate_cgc.main([a if a != "screen" else "confirm" for a in argv])
+    proto = tomllib.loads(proto_path.read_text())
+    columns, _ = rules.columns_of(proto)
+    assert rules.THRESHOLD_COLUMNS.keys() <= {c for c, _ in columns} and min(proto["thresholds"]) < 0.3
+    assert 0.5 in proto["thresholds"]
