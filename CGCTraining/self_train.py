@@ -44,6 +44,8 @@ KEEP_P_FLOOR = 0.3
 #: The ``default-output`` targets' threshold: the shipped models' default-output threshold, which every fold
 #: of cgc-v18's confirmation chose on its own training cases (docs/protocols/README.md).
 DEFAULT_OUTPUT_THRESHOLD = 0.3
+#: The ``default-output`` targets' rule: the output preset and its threshold (also what self_train.json records).
+DEFAULT_OUTPUT_RULE = {"preset": "single-lesion-recommended", "threshold": DEFAULT_OUTPUT_THRESHOLD}
 #: ``--pseudo-rule``'s help, for ``python -m CGCTraining`` and ``python -m CGCTraining.self_train`` alike.
 PSEUDO_RULE_HELP = ("how the targets are made. fixed: 0.5*CGC + 0.5*P at 0.5 (the shipped recipe); keep-p: the same "
                     f"per case at the largest threshold <= 0.5 (not below {KEEP_P_FLOOR}) whose target keeps the model's "
@@ -125,8 +127,8 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
     if stored and stored != modalities:
         raise ValueError(f"{model_path} was trained on {' '.join(stored)}, not {' '.join(modalities)}: give the "
                          "modalities of the model whose targets these are")
-    config = (InferenceConfig(device=device, **{**output_preset("single-lesion-recommended"),
-                                                "threshold": DEFAULT_OUTPUT_THRESHOLD})
+    config = (InferenceConfig(device=device, **{**output_preset(DEFAULT_OUTPUT_RULE["preset"]),
+                                                "threshold": DEFAULT_OUTPUT_RULE["threshold"]})
               if volume == "default-output" else InferenceConfig(device=device, **PSEUDO_RULE))
     has_mask = any(c.mask for c in cases)
     record_path = out / TARGET_RECORD
@@ -219,8 +221,7 @@ def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalit
         with atomic_write(record_path) as fh:
             json.dump({"rounds": rounds, "finished_rounds": k if done else k - 1,
                        "final_model": str(Path(ROUND_DIR.format(k=k)) / "last.pt") if done and k == rounds else None,
-                       "pseudo_rule": PSEUDO_RULE if volume != "default-output" else
-                       {"preset": "single-lesion-recommended", "threshold": DEFAULT_OUTPUT_THRESHOLD},
+                       "pseudo_rule": DEFAULT_OUTPUT_RULE if volume == "default-output" else PSEUDO_RULE,
                        "pseudo_volume": volume}, fh, indent=1)
             fh.write("\n")
         if not done:

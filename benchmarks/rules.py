@@ -165,14 +165,15 @@ def volume_matched(values, brain, voxels: int):
     return (np.asarray(values) >= t) & np.asarray(brain, bool), t
 
 
-def output_rule_mask(network_probability, p, brain, gmm_weight: float, spacing_xyz=None):
+def output_rule_mask(network_probability, p, brain, gmm_weight: float, spacing_xyz=None, threshold: float = 0.5):
     """The ``single-lesion`` output rule with the fused map ``(1 − w)·network + w·P`` (``w`` = ``gmm_weight``,
-    0 … 1; 0.5 is what ``cgcseg segment`` does); all arrays ``(Z, Y, X)`` on the input grid (``spacing_xyz``
-    in mm, as ``cgcseg segment`` passes it; None counts the opening in voxels, the same on 1 mm grids);
-    returns bool."""
+    0 … 1; 0.5 is what ``cgcseg segment`` does) thresholded at ``threshold``; all arrays ``(Z, Y, X)`` on the
+    input grid (``spacing_xyz`` in mm, as ``cgcseg segment`` passes it; None counts the opening in voxels, the
+    same on 1 mm grids); returns bool."""
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
     fused = (1.0 - gmm_weight) * network_probability + gmm_weight * p
-    return output_mask(fused, brain, InferenceConfig(**output_preset("single-lesion")), spacing_xyz).astype(bool)
+    config = InferenceConfig(**{**output_preset("single-lesion"), "threshold": threshold})
+    return output_mask(fused, brain, config, spacing_xyz).astype(bool)
 
 
 def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu", columns=COLUMNS,
@@ -257,7 +258,6 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
 def _volume_columns(case, mods: list, p, res, sigma: float, volumes: dict) -> dict:
     """cgc-v23's column makers for one case: {column: () -> (Z, Y, X) bool}. Each records its threshold and
     volumes in ``volumes`` when called (V = P ≥ 0.5's brain voxels; V_rec = P_rec ≥ 0.5's)."""
-    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
     from CGCLesionSegLib.postprocess import smooth_probability
     brain = np.asarray(res.brain_mask, bool)
     spacing = case.geometry.spacing
@@ -269,23 +269,21 @@ def _volume_columns(case, mods: list, p, res, sigma: float, volumes: dict) -> di
         volumes[f"{column}_t"] = t
         return mask
 
-    def default_rec(threshold_of_fused):
-        p_rec = base.gmm_default_probability(case, mods)
-        fused = 0.5 * res.network_probability + 0.5 * p_rec
-        t = threshold_of_fused(fused, p_rec)
-        return output_mask(fused, brain, InferenceConfig(**{**output_preset("single-lesion"), "threshold": t}),
-                           spacing).astype(bool)
+    def default_rec(threshold):
+        return output_rule_mask(res.network_probability, base.gmm_default_probability(case, mods), brain, 0.5,
+                                spacing, threshold)
 
-    def rec_volume_t(fused, p_rec):
+    def rec_volume_t():
+        p_rec = base.gmm_default_probability(case, mods)
         v_rec = int(((p_rec >= 0.5) & brain).sum())
-        t = volume_threshold(fused, brain, v_rec)
+        t = volume_threshold(0.5 * res.network_probability + 0.5 * p_rec, brain, v_rec)
         volumes.update(p_rec_voxels=v_rec, default_rec_vol_t=t)
         return t
 
     return {"network_vol": lambda: matched("network_vol", res.network_probability, v),
             "p_smooth_vol": lambda: matched("p_smooth_vol", smooth_probability(p, sigma, spacing), v),
-            "default_rec_vol": lambda: default_rec(rec_volume_t),
-            "default_rec_03": lambda: default_rec(lambda fused, p_rec: SHIPPED_THRESHOLD)}
+            "default_rec_vol": lambda: default_rec(rec_volume_t()),
+            "default_rec_03": lambda: default_rec(SHIPPED_THRESHOLD)}
 
 
 def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_sigmas: dict) -> dict:

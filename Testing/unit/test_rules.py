@@ -465,15 +465,21 @@ def test_volume_columns_keep_p_s_volume_and_the_default_output_p_rec_s(monkeypat
     assert extra["volumes"]["network_voxels"] == int(((net >= 0.5) & brain).sum())  # counted in the brain
 
 
+def _confirm_waits_for(tmp_path, proto_path: Path, message: str) -> dict:
+    """Scoring ``proto_path``'s stage ``confirm`` without its source models stops with ``message`` (a regex);
+    returns the protocol, parsed."""
+    import tomllib
+    argv = _screen_without_models(tmp_path, proto_path)
+    with pytest.raises(SystemExit, match=message):
+        evaluate_cgc.main([a if a != "screen" else "confirm" for a in argv])
+    return tomllib.loads(proto_path.read_text())
+
+
 def test_cgc_v23_reads_cgc_v22s_control_models_and_decides_without_a_sweep(tmp_path):
     """cgc-v23 scores cgc-v22's confirmation control (fresh seeds 1700/1701, both sets) and waits for it; its
     declared decisions are read from the summary and reported although it sweeps no threshold."""
-    import tomllib
-    argv = _screen_without_models(tmp_path, V23)
-    with pytest.raises(SystemExit, match=r"cgc-v22 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-st/"
-                                         r"fold0-seed1700.*flair/robust-2mm-st/fold1-seed1701"):
-        evaluate_cgc.main([a if a != "screen" else "confirm" for a in argv])
-    proto = tomllib.loads(V23.read_text())
+    proto = _confirm_waits_for(tmp_path, V23, r"cgc-v22 has not finished these models yet.*flair-t1-t1ce-t2/"
+                                              r"robust-2mm-st/fold0-seed1700.*flair/robust-2mm-st/fold1-seed1701")
     columns, differences = rules.columns_of(proto)
     assert not rules.THRESHOLD_COLUMNS.keys() & {c for c, _ in columns}
     rows = []
@@ -496,13 +502,9 @@ def test_cgc_v23_reads_cgc_v22s_control_models_and_decides_without_a_sweep(tmp_p
 def test_cgc_v25_waits_for_cgc_v24s_confirmation_rival_and_sweeps_a_wider_grid(tmp_path):
     """cgc-v25 scores cgc-v24's confirmation rival (`robust-2mm-std`, seeds 2400/2401, both sets) with cgc-v18's
     threshold rule on a grid reaching below 0.3 (and holding 0.5, which the runner requires)."""
-    import tomllib
-    proto_path = ROOT / "docs" / "protocols" / "cgc-v25.toml"
-    argv = _screen_without_models(tmp_path, proto_path)
-    with pytest.raises(SystemExit, match=r"cgc-v24 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-std/"
-                                         r"fold0-seed2400.*flair/robust-2mm-std/fold1-seed2401"):
-        evaluate_cgc.main([a if a != "screen" else "confirm" for a in argv])
-    proto = tomllib.loads(proto_path.read_text())
+    proto = _confirm_waits_for(tmp_path, ROOT / "docs" / "protocols" / "cgc-v25.toml",
+                               r"cgc-v24 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-std/"
+                               r"fold0-seed2400.*flair/robust-2mm-std/fold1-seed2401")
     columns, _ = rules.columns_of(proto)
     assert rules.THRESHOLD_COLUMNS.keys() <= {c for c, _ in columns} and min(proto["thresholds"]) < 0.3
     assert 0.5 in proto["thresholds"]
