@@ -63,6 +63,18 @@ def _results(proto: dict, stage: str, results_dir: Path = RESULTS) -> dict | Non
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _set_results(name: str, stage: str, mods: tuple, results_dir: Path = RESULTS) -> tuple[dict | None, str]:
+    """(results, BENCHMARKS section) of protocol ``name``'s ``stage`` for the model set ``mods``: the set's
+    own file when the stage was run per set (``--model-set``: ``<name>-<stage>-<modalities>.json``, as
+    cgc-v24's confirmation), else the whole stage's file; (None, "") when neither exists."""
+    own = f"{name}-{stage}-{'-'.join(mods)}"
+    path = Path(results_dir) / f"{own}.json"
+    if path.exists():
+        return json.loads(path.read_text()), f"protocol-{own}"
+    res = _results({"name": name}, stage, results_dir)
+    return res, (f"protocol-{name}-{stage}" if res is not None else "")
+
+
 def recipe(proto: dict, results_dir: Path = RESULTS) -> str:
     """The screening winner (the protocol's recipe choice; a missing screen is an error, not a default), or,
     in a protocol without a screen (a confirmation of one recipe, e.g. cgc-v9), the one variant its
@@ -145,7 +157,7 @@ def held_out_notes(proto: dict, mods: tuple, winner: str, results_dir: Path = RE
     card markdown; the card says which stage they come from."""
     lines = []
     for stage in ("confirm", "screen"):
-        res = _results(proto, stage, results_dir)
+        res, section = _set_results(proto["name"], stage, mods, results_dir)
         group = (res or {}).get("summary", {}).get(f"{'-'.join(mods)}/{winner}")
         if not group:
             continue
@@ -156,7 +168,7 @@ def held_out_notes(proto: dict, mods: tuple, winner: str, results_dir: Path = RE
         lines += [f"## Held-out numbers of this recipe (protocol `{proto['name']}`, stage `{stage}`)", "",
                   f"The same recipe trained leave-cases-out ({proto['folds']} folds over the labelled cases, seeds "
                   f"{', '.join(str(s) for s in group['seeds'])}, steps {', '.join(str(s) for s in group['steps'])}); "
-                  f"docs/BENCHMARKS.md section `protocol-{proto['name']}-{stage}`. Mean Dice over "
+                  f"docs/BENCHMARKS.md section `{section}`. Mean Dice over "
                   f"{len(group['cases'])} held-out cases:", "",
                   "| P ≥ 0.5 | smoothed P | `cgcseg gmm` default | network ≥ 0.5 | default output |",
                   "|---|---|---|---|---|",
@@ -178,7 +190,7 @@ def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_
     if (protocol_name, rule) not in RULE_EVIDENCE:
         return ""
     name, stage, column = RULE_EVIDENCE[(protocol_name, rule)]
-    res = _results({"name": name}, stage, results_dir)
+    res, section = _set_results(name, stage, mods, results_dir)
     group = (res or {}).get("summary", {}).get(f"{'-'.join(mods)}/{winner}")
     if not group or column not in group["means"]:
         return ""
@@ -188,7 +200,7 @@ def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_
     return "\n".join(["",
         f"## Held-out numbers of the output rule `{rule}` (protocol `{name}`, stage `{stage}`)", "",
         f"The same fold models as above, their default output re-made with `{rule}`; docs/BENCHMARKS.md section "
-        f"`protocol-{name}-{stage}`. Mean Dice over {len(group['cases'])} held-out cases:", "",
+        f"`{section}`. Mean Dice over {len(group['cases'])} held-out cases:", "",
         f"| `cgcseg gmm` default | previous rule (`default output` above) | `{rule}` |", "|---|---|---|",
         f"| {m['gmm_default']['dice']:.3f} | {m['default']['dice']:.3f} | {m[column]['dice']:.3f} |", "",
         f"Paired differences (mean, bootstrap 95 % CI over cases): `{rule}` − previous rule "

@@ -353,3 +353,27 @@ def test_a_keep_p_variant_ships_with_its_pseudo_label_rule(setup, tmp_path):
     assert [(m.variant, m.pseudo_volume) for m in models] == [("robust", "fixed"), ("robust-stv", "keep-p")]
     fixed = tdm.plan_models(proto, ["flair"], setup / "data", tmp_path / "w", tmp_path / "none", variant="robust-st")
     assert [m.pseudo_volume for m in fixed] == ["fixed", "fixed"]
+
+
+def test_held_out_notes_read_a_per_set_confirmation_before_the_screen(setup, tmp_path):
+    """A confirmation run per model set (`--model-set`, results `<name>-<stage>-<modalities>.json`) is the
+    card's evidence for that set and its section is named; a set without its own file falls back to the
+    whole stage's file (here the screen)."""
+    import shutil
+    import train_default_models as tdm
+    results = tmp_path / "results"
+    shutil.copytree(setup / "results", results)
+    confirm = _summary_group("flair", "robust-st")
+    confirm["means"]["network"] = {"dice": 0.777}
+    (results / "tiny-confirm-flair.json").write_text(json.dumps({"summary": {"flair/robust-st": confirm}}))
+    proto = {"name": "tiny", "folds": 2}
+    text = tdm.held_out_notes(proto, ("flair",), "robust-st", results)
+    assert "stage `confirm`" in text and "0.777" in text and "`protocol-tiny-confirm-flair`" in text
+    assert "screening numbers" not in text
+    (results / "tiny-confirm-flair.json").unlink()
+    text = tdm.held_out_notes(proto, ("flair",), "robust-st", results)
+    assert "stage `screen`" in text and "`protocol-tiny-screen`" in text and "0.777" not in text
+    # cgc-v24's confirmation was run per set: both shipped sets find their own numbers, not the screen's
+    for mods in tdm.MODEL_SETS.values():
+        text = tdm.held_out_notes({"name": "cgc-v24", "folds": 2}, mods, "robust-2mm-std")
+        assert f"`protocol-cgc-v24-confirm-{'-'.join(mods)}`" in text and "2400, 2401" in text
