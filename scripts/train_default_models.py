@@ -197,12 +197,14 @@ def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_
     m, d = group["means"], group["differences"]
     ci = lambda key: (f"{d[key]['mean']:+.3f} [{d[key]['ci95'][0]:+.3f}, {d[key]['ci95'][1]:+.3f}]"
                       if key in d else "—")
+    # a threshold protocol (cgc-v25) scores no `default` column of its own: the recipe table above holds it
+    prev = f"{m['default']['dice']:.3f}" if "default" in m else "—"
     return "\n".join(["",
         f"## Held-out numbers of the output rule `{rule}` (protocol `{name}`, stage `{stage}`)", "",
         f"The same fold models as above, their default output re-made with `{rule}`; docs/BENCHMARKS.md section "
         f"`{section}`. Mean Dice over {len(group['cases'])} held-out cases:", "",
         f"| `cgcseg gmm` default | previous rule (`default output` above) | `{rule}` |", "|---|---|---|",
-        f"| {m['gmm_default']['dice']:.3f} | {m['default']['dice']:.3f} | {m[column]['dice']:.3f} |", "",
+        f"| {m['gmm_default']['dice']:.3f} | {prev} | {m[column]['dice']:.3f} |", "",
         f"Paired differences (mean, bootstrap 95 % CI over cases): `{rule}` − previous rule "
         f"{ci(f'{column}-default')}; `{rule}` − `cgcseg gmm` default {ci(f'{column}-gmm_default')}.", ""])
 

@@ -377,3 +377,21 @@ def test_held_out_notes_read_a_per_set_confirmation_before_the_screen(setup, tmp
     for mods in tdm.MODEL_SETS.values():
         text = tdm.held_out_notes({"name": "cgc-v24", "folds": 2}, mods, "robust-2mm-std")
         assert f"`protocol-cgc-v24-confirm-{'-'.join(mods)}`" in text and "2400, 2401" in text
+
+
+def test_rule_notes_of_a_threshold_protocol_without_a_default_column(setup, tmp_path, monkeypatch):
+    """A threshold protocol (as cgc-v25) has no `default` column: the card shows its rule's numbers and a
+    dash for the previous rule instead of failing."""
+    import shutil
+    import train_default_models as tdm
+    results = tmp_path / "results"
+    shutil.copytree(setup / "results", results)
+    group = _summary_group("flair", "robust-st")
+    del group["means"]["default"]
+    group["means"]["default_rec_03"] = {"dice": 0.861}
+    group["differences"]["default_rec_03-gmm_default"] = {"mean": 0.031, "ci95": [0.007, 0.058]}
+    (results / "tinythr-confirm-flair.json").write_text(json.dumps({"summary": {"flair/robust-st": group}}))
+    monkeypatch.setitem(tdm.RULE_EVIDENCE, ("tiny", "single-lesion-recommended"), ("tinythr", "confirm", "default_rec_03"))
+    text = tdm.rule_notes("tiny", "single-lesion-recommended", ("flair",), "robust-st", results)
+    assert "0.861" in text and "+0.031 [+0.007, +0.058]" in text and "`protocol-tinythr-confirm-flair`" in text
+    assert "| — |" in text
