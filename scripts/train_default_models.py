@@ -52,7 +52,9 @@ SHIP_OUTPUT_RULE = "single-lesion-recommended"
 #: so its numbers belong to that recipe protocol only: keyed by it, a variant name that two recipe
 #: protocols share (``robust-2mm-st`` in cgc-v9 and cgc-v13) cannot borrow the other's numbers.
 RULE_EVIDENCE = {("cgc-v9", "single-lesion-recommended"): ("cgc-v11", "confirm", "default_rec"),
-                 ("cgc-v14", "single-lesion-recommended"): ("cgc-v15", "confirm", "default_rec")}
+                 ("cgc-v14", "single-lesion-recommended"): ("cgc-v15", "confirm", "default_rec"),
+                 # cgc-v24's rival ships at 0.3 (the declaration read on cgc-v25's FLAIR set, docs/protocols)
+                 ("cgc-v24", "single-lesion-recommended"): ("cgc-v25", "confirm", "default_rec_03")}
 
 
 RESULTS = ROOT / "docs" / "protocols" / "results"

@@ -395,3 +395,11 @@ def test_rule_notes_of_a_threshold_protocol_without_a_default_column(setup, tmp_
     text = tdm.rule_notes("tiny", "single-lesion-recommended", ("flair",), "robust-st", results)
     assert "0.861" in text and "+0.031 [+0.007, +0.058]" in text and "`protocol-tinythr-confirm-flair`" in text
     assert "| — |" in text
+
+
+def test_cgc_v24_cards_carry_cgc_v25_numbers_of_the_shipped_threshold():
+    """The shipped rival's cards: the rule section comes from its own set's cgc-v25 file at the recorded 0.3."""
+    import train_default_models as tdm
+    for mods in tdm.MODEL_SETS.values():
+        text = tdm.rule_notes("cgc-v24", "single-lesion-recommended", mods, "robust-2mm-std")
+        assert f"`protocol-cgc-v25-confirm-{'-'.join(mods)}`" in text and "| — |" in text
