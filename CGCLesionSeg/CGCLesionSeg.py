@@ -87,7 +87,7 @@ class CGCLesionSegParameterNode:
     default: ``thresholdFromModel``), output rule
     (``cgcseg segment --postprocess``: auto, none, single-lesion, single-lesion-recommended), device; the result segmentation
     and the table its statistics are written to.
-    Train: cohort folder (BraTS layout), run folder, recipe (shipped: the shipped models' recipe and length;
+    Train: cohort folder (BraTS layout), run folder, recipe (shipped: the shipped models' recipe and length, with targets for any cohort;
     paper: the paper's settings for the epochs given) and an optional time limit.
     """
 

@@ -20,10 +20,12 @@ LR_SCHEDULES = ("constant", "cosine")
 
 #: ``--recipe NAME``: command-line defaults (argparse destinations) that a recipe sets; options given on
 #: the command line still win. ``paper`` is the plain defaults (the paper's settings where it gives
-#: them). ``shipped`` is the recipe the shipped models were trained with, `robust-2mm-st` of declared
+#: them). ``shipped`` is the shipped models' recipe with targets for any cohort: `robust-2mm-st` of declared
 #: protocol cgc-v9 (docs/protocols/cgc-v9.toml: its base arguments, the variant's arguments, 300 steps per
-#: round and one self-training round), the best of the recipes measured on held-out cases in
-#: docs/protocols/README.md on a CPU budget; Testing/unit/test_self_train.py checks that it expands to
+#: round and one self-training round on ``fixed`` targets). The shipped models themselves (since cgc-v24)
+#: made their round's targets with ``--pseudo-rule default-output``, which keeps one lesion per case: right
+#: for gliomas, wrong for MS or several haemorrhages, refused for CT — so it is not a recipe default; a
+#: one-lesion cohort adds it. Testing/unit/test_self_train.py checks that it expands to
 #: exactly that protocol's command line. With ``--epochs`` given, its ``steps`` is not applied.
 RECIPES = {
     "paper": {},
