@@ -234,6 +234,9 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     dice_json = model.run / "card_dice.json"
     dice_json.write_text(json.dumps(rows))
     chosen = "screening winner" if "screen" in proto.get("stages", {}) else "confirmed recipe"
+    confirm, _ = _set_results(proto["name"], "confirm", model.modalities, results_dir)
+    if chosen == "screening winner" and f"{'-'.join(model.modalities)}/{model.variant}" in (confirm or {}).get("summary", {}):
+        chosen += ", confirmed on fresh seeds,"  # the held-out table below is then the confirmation's
     rounds, m = 1, model
     while m.parent is not None:  # this model's round: 1 + the rounds before it
         rounds, m = rounds + 1, m.parent
