@@ -38,10 +38,15 @@ Added 2026-12-02 17:24, before any number of them existed (protocol ``n4-v1``, s
 (``ShiftedCase.lesion_excluded_n4``). All three protocols are decided (none adopted), so since 2026-12-02
 21:40 their columns are scored only when named with ``--rules`` (each costs extra GMM passes, the N4 ones an
 N4 fit, per case and shift); kept scores gain the columns asked for and keep the others.
+Added 2026-12-04 01:58, before any shifted number of the models it was added for (protocol ``shift-v24``, same
+README): column ``default_rec_03`` (``--rules shipped-0.3``) — ``default_rec``'s fused map and rule at the
+threshold shipped since 2026-12-03, 0.3 (``default_rec`` keeps 0.5, as first declared), paired against
+``gmm_default`` and ``default_rec``; and ``--against RUN.json``: another run's rows (another recipe's fold models,
+same cases and seeds), paired per shift and case with this run's (:func:`compare_runs`).
 
     python benchmarks/preprocessing_shift.py --protocol docs/protocols/cgc-v13.toml --stage screen \\
         --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--seeds S ...] [--tag NAME]
-        [--rules lesion-choice-v1 n4-v1 n4-v2]
+        [--rules lesion-choice-v1 n4-v1 n4-v2 shipped-0.3] [--against OTHER_RUN.json]
 
 Writes ``docs/protocols/results/shift-<protocol>-<stage>-<modalities>.json`` and the docs/BENCHMARKS.md
 section ``shift-<protocol>-<stage>-<modalities>``; per model scores are kept beside it
@@ -75,6 +80,9 @@ RULE_COLUMNS = {
     "lesion-choice-v1": (("default_vote",), (("default_vote", "default_rec"),)),
     "n4-v1": (("gmm_default_n4", "default_n4"), (("gmm_default_n4", "gmm_default"), ("default_n4", "default_rec"))),
     "n4-v2": (("gmm_default_n4x", "default_n4x"), (("gmm_default_n4x", "gmm_default"), ("default_n4x", "default_rec"))),
+    # Not an output-rule protocol: the shipped rule at the threshold shipped since 2026-12-03 (``default_rec``
+    # keeps 0.5, what this script declared first); shift-v24 decides on it.
+    "shipped-0.3": (("default_rec_03",), (("default_rec_03", "gmm_default"), ("default_rec_03", "default_rec"))),
 }
 #: Every column and pair, in report order (the default of the summary and report functions).
 COLUMNS = BASE_COLUMNS + tuple(c for cols, _ in RULE_COLUMNS.values() for c in cols)
@@ -261,6 +269,9 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
         masks["gmm_default_n4x"] = binarize(rec_x.probability, threshold, mask_zyx=rec_x.mask, spacing_xyz=g.spacing,
                                             **post)
         masks["default_n4x"] = output_rule_mask(res.probability, rec_x.probability, res.brain_mask, 0.5, g.spacing)
+    if "shipped-0.3" in rules:  # the same fused map and rule as default_rec, at 0.3
+        masks["default_rec_03"] = output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5, g.spacing,
+                                                   threshold=0.3)
     target = case.geometry
     spacing_zyx = tuple(reversed(target.spacing))
     return {c: all_metrics(back_to(m, g, target), case.reference, spacing_zyx) for c, m in masks.items()}
@@ -345,6 +356,52 @@ def rule_reading(summary: dict, name: str) -> str:
             f"{', '.join(low_cases) or 'nothing'} — {verdict} the declared limits.")
 
 
+def compare_runs(rows: list, other_rows: list, shifts, resamples: int = 10000) -> dict:
+    """Per shift and per column both runs have: ``this − other`` paired per case (each run's seeds averaged per
+    case first), over the cases both runs scored under that shift; mean, bootstrap 95 % CI, worst case and the
+    per-case values. Two runs of different models on the same cases (e.g. two recipes' fold models, same seeds)."""
+    def per_case(rs):
+        out: dict = {}
+        for r in rs:
+            out.setdefault((r["shift"], r["case"]), []).append(r)
+        return out
+    mine, theirs = per_case(rows), per_case(other_rows)
+    cols = [c for c in COLUMNS if rows and other_rows and all(c in r for r in rows + other_rows)]
+    out = {}
+    for s in shifts:
+        cases = sorted(c for (sh, c) in mine if sh == s and (s, c) in theirs)
+        if not cases:
+            continue
+        out[s] = {}
+        for col in cols:
+            d = {c: statistics.mean(x[col]["dice"] for x in mine[(s, c)])
+                 - statistics.mean(x[col]["dice"] for x in theirs[(s, c)]) for c in cases}
+            lo, hi = base.bootstrap_ci(list(d.values()), resamples, 0)
+            out[s][col] = {"mean": statistics.mean(d.values()), "ci95": [lo, hi], "min_case": min(d.values()),
+                           "per_case": d}
+    return out
+
+
+def shifts_below(comparison: dict, column: str, margin: float) -> list[str]:
+    """The shifts other than ``none`` whose mean ``this − other`` of ``column`` is below ``-margin``."""
+    return [s for s, v in comparison.items() if s != "none" and column in v and v[column]["mean"] < -margin]
+
+
+def comparison_report(comparison: dict, this: str, other: str) -> str:
+    cols = list(next(iter(comparison.values()), {}))
+    lines = ["", f"Paired against {other} (same cases and seeds; this run − that one, mean Dice difference, bootstrap "
+             "95 % CI over cases, worst case):", "", "| shift | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for s, v in comparison.items():
+        lines.append(f"| {s} | " + " | ".join(f"{v[c]['mean']:+.3f} [{v[c]['ci95'][0]:+.3f}, {v[c]['ci95'][1]:+.3f}], "
+                                                f"worst {v[c]['min_case']:+.3f}" for c in cols) + " |")
+    for col, margin in (("default_rec_03", 0.02), ("default_rec", 0.02)):
+        if any(col in v for v in comparison.values()):
+            low = shifts_below(comparison, col, margin)
+            lines += ["", f"Shifts (other than `none`) where {this}'s `{col}` is more than {margin} below {other}'s: "
+                      f"{len(low)}{' (' + ', '.join(f'`{x}`' for x in low) + ')' if low else ''}."]
+    return "\n".join(lines)
+
+
 def report(title: str, summary: dict, n_models: int) -> str:
     first = next(iter(summary.values()), {"means": {}, "differences": {}})
     cols, diffs = list(first["means"]), list(first["differences"])
@@ -381,6 +438,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rules", nargs="+", default=[], choices=list(RULE_COLUMNS), metavar="PROTOCOL",
                     help="also score these decided output-rule protocols' columns (" + ", ".join(RULE_COLUMNS)
                     + "; default: none, as they cost extra GMM and N4 passes)")
+    ap.add_argument("--against", type=Path, default=None, metavar="RESULTS_JSON",
+                    help="another run's results file (same cases and seeds, e.g. another recipe's fold models): "
+                         "adds the paired per-shift differences this run − that one to the report")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--tag", default="", help="suffix of the results file and section name, so a later run (e.g. of "
                                               "another protocol on rebuilt models) does not overwrite an earlier record")
@@ -420,11 +480,20 @@ def main(argv=None) -> int:
     summary = summarise(rows, args.shifts)
     name = f"shift-{proto['name']}-{args.stage}-{tag}" + (f"-{args.tag}" if args.tag else "")
     text = report(f"Preprocessing shifts: {proto['name']} `{args.stage}`, `{args.variant}`, {tag}", summary, len(models))
+    comparison = None
+    if args.against is not None:
+        comparison = compare_runs(rows, json.loads(args.against.read_text())["rows"], args.shifts)
+        if not comparison:
+            raise SystemExit(f"{args.against} shares no (shift, case) with this run: nothing to compare")
+        text += "\n" + comparison_report(comparison, f"`{args.variant}`", f"`{args.against.name}`")
     print(text)
     if not args.no_write:
         from _report import write_section
         results_dir.mkdir(parents=True, exist_ok=True)
-        (results_dir / f"{name}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        record = {"summary": summary, "rows": rows}
+        if comparison is not None:
+            record["against"] = {"file": args.against.name, "differences": comparison}
+        (results_dir / f"{name}.json").write_text(json.dumps(record, indent=1))
         write_section(name, text)
     return 0
 

@@ -160,3 +160,33 @@ def test_rule_columns_are_opt_in_and_the_summary_reads_only_the_columns_every_ro
     full = [row("a", cols), row("b", cols, default_n4x=0.7)]
     d = ps.summarise(full, ["none"], 200)["none"]["differences"]["default_n4x − default_rec"]
     assert d["mean"] == pytest.approx(0.1) and d["per_case"] == pytest.approx({"a": 0.0, "b": 0.2})
+
+
+def test_compare_runs_pairs_cases_after_averaging_each_runs_seeds_and_counts_the_low_shifts():
+    def row(case, shift, **dice):
+        return {"case": case, "shift": shift, **{c: {"dice": dice.get(c, 0.5)} for c in ps.BASE_COLUMNS}}
+    this = [row("a", "none", default_rec=0.8), row("a", "none", default_rec=0.6), row("b", "none", default_rec=0.9),
+            row("a", "bias", default_rec=0.5), row("b", "bias", default_rec=0.5), row("c", "bias", default_rec=0.1)]
+    other = [row("a", "none", default_rec=0.7), row("b", "none", default_rec=0.8),
+             row("a", "bias", default_rec=0.6), row("a", "bias", default_rec=0.6), row("b", "bias", default_rec=0.6)]
+    cmp = ps.compare_runs(this, other, ["none", "bias", "noise"], resamples=200)
+    assert set(cmp) == {"none", "bias"}  # no case of `noise` in either; `c` only in this run: left out
+    # Brute force: per case, mean over this run's rows minus mean over the other's.
+    for s in cmp:
+        for case, d in cmp[s]["default_rec"]["per_case"].items():
+            mine = [r["default_rec"]["dice"] for r in this if (r["shift"], r["case"]) == (s, case)]
+            theirs = [r["default_rec"]["dice"] for r in other if (r["shift"], r["case"]) == (s, case)]
+            assert d == pytest.approx(sum(mine) / len(mine) - sum(theirs) / len(theirs))
+    assert cmp["none"]["default_rec"]["mean"] == pytest.approx((0.0 + 0.1) / 2)
+    assert cmp["bias"]["default_rec"]["mean"] == pytest.approx(-0.1) and cmp["bias"]["default_rec"]["min_case"] == pytest.approx(-0.1)
+    assert cmp["none"]["network"]["mean"] == pytest.approx(0.0)
+    assert ps.shifts_below(cmp, "default_rec", 0.02) == ["bias"]  # `none` is never counted
+    assert ps.shifts_below(cmp, "default_rec", 0.2) == []
+    text = ps.comparison_report(cmp, "`new`", "`old.json`")
+    assert "more than 0.02 below `old.json`'s: 1 (`bias`)" in text
+
+
+def test_shipped_threshold_column_is_opt_in_and_paired_with_both_baselines():
+    cols, pairs = ps.columns_for(["shipped-0.3"])
+    assert cols == ps.BASE_COLUMNS + ("default_rec_03",)
+    assert pairs[-2:] == (("default_rec_03", "gmm_default"), ("default_rec_03", "default_rec"))
