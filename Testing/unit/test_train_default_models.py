@@ -266,6 +266,27 @@ def test_rule_notes_only_where_a_rule_protocol_measured_this_recipe(setup, monke
         assert tdm.rule_notes("cgc-v13", "single-lesion-recommended", mods, "robust-2mm-st") == ""
 
 
+def test_threshold_protocol_card_compares_the_shipped_threshold_with_the_same_rule_at_half():
+    """cgc-v25 scores no `default` column: the card's comparison is the same rule at 0.5 (`default_rec`), its
+    paired difference from the rows with the tool the declaration was read with (shipped_thresholds --compare)."""
+    import protocol
+    import train_default_models as tdm
+    res = json.loads((tdm.RESULTS / "cgc-v25-confirm-flair.json").read_text())
+    group = res["summary"]["flair/robust-2mm-std"]
+    per_case: dict = {}  # seeds averaged per case, cases in the rows' order
+    for r in res["rows"]:
+        per_case.setdefault(r["case"], []).append(r["default_rec_03"]["dice"] - r["default_rec"]["dice"])
+    diffs = [sum(v) / len(v) for v in per_case.values()]
+    lo, hi = protocol.bootstrap_ci(diffs, 10000, 0)
+    text = tdm.rule_notes("cgc-v24", "single-lesion-recommended", ("flair",), "robust-2mm-std")
+    assert f"| {group['means']['gmm_default']['dice']:.3f} | {group['means']['default_rec']['dice']:.3f} | " \
+           f"{group['means']['default_rec_03']['dice']:.3f} |" in text
+    assert f"− `single-lesion-recommended` at 0.5 {sum(diffs) / len(diffs):+.3f} [{lo:+.3f}, {hi:+.3f}]" in text
+    assert "`single-lesion-recommended` at 0.5 +0.019 [-0.022, +0.058]" in text  # the declaration's reading
+    d = group["differences"]["default_rec_03-gmm_default"]
+    assert f"`cgcseg gmm` default {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" in text
+
+
 def test_benchmark_tables_name_the_rule_their_default_column_was_made_with():
     """evaluate_cgc's --model / leave-cases-out tables title the default column with the rows' rule, and
     say when rows of different rules were mixed."""
@@ -402,4 +423,4 @@ def test_cgc_v24_cards_carry_cgc_v25_numbers_of_the_shipped_threshold():
     import train_default_models as tdm
     for mods in tdm.MODEL_SETS.values():
         text = tdm.rule_notes("cgc-v24", "single-lesion-recommended", mods, "robust-2mm-std")
-        assert f"`protocol-cgc-v25-confirm-{'-'.join(mods)}`" in text and "| — |" in text
+        assert f"`protocol-cgc-v25-confirm-{'-'.join(mods)}`" in text and "at 0.5 |" in text and "| — |" not in text
