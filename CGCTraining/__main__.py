@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SD of per-channel scale/shift jitter (default {t.intensity_jitter}; 0 = off)")
     a.add_argument("--augment", choices=AUGMENTATIONS, default=t.augment,
                    help="basic: flips + jitter; scanner: also gamma, bias field, thick-slice blur and noise, "
-                        f"each with p = 0.3 per crop, to mimic other scanners (default {t.augment})")
+                        f"each with p = 0.3 per crop, to mimic other scanners; scanner-strong: the same with p = 0.6 "
+                        f"(default {t.augment})")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=t.lr_schedule,
                    help="constant (the paper) or cosine: 5 %% warm-up, then decay to 1 %% of --lr at the last step "
                         f"(default {t.lr_schedule})")

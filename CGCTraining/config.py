@@ -15,7 +15,7 @@ from CGCLesionSegLib.losses import LossConfig
 from CGCLesionSegLib.network import DOWNSAMPLE_FACTOR
 
 
-AUGMENTATIONS = ("basic", "scanner")
+AUGMENTATIONS = ("basic", "scanner", "scanner-strong")
 LR_SCHEDULES = ("constant", "cosine")
 
 #: ``--recipe NAME``: command-line defaults (argparse destinations) that a recipe sets; options given on
@@ -54,6 +54,9 @@ class TrainConfig:
     and up-sampling along one axis by 2–4) and Gaussian noise, to mimic other scanners and other
     preprocessing. P is left as computed on the clean image, so the network must map the perturbed
     image to the same target (our choice; the paper uses no augmentation beyond random crops).
+    ``scanner-strong``: the same perturbations, each with probability 0.6 (almost every crop is perturbed,
+    often by several at once) — for a self-training round whose targets were made on clean images (a
+    "noisy student": the student sees harder inputs than the teacher did; protocol cgc-v26).
     ``lr_schedule``: ``constant`` (the paper) or ``cosine``: linear warm-up over the first 5 % of the
     steps, then cosine decay to 1 % of ``lr`` at the last step. It needs a known run length, so a
     ``--max-minutes`` stop before the last step leaves the decay unfinished.

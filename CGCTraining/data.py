@@ -341,8 +341,8 @@ class CropDataset(Dataset):
     def __init__(self, cases: Sequence[CachedCase], crop_zyx: Sequence[int], seed: int = 0,
                  lesion_crop_fraction: float = 0.5, flip: bool = True, intensity_jitter: float = 0.1,
                  augment: str = "basic") -> None:
-        if augment not in ("basic", "scanner"):
-            raise ValueError(f"augment must be basic or scanner, got {augment!r}")
+        if augment not in ("basic",) + tuple(SCANNER_PROBABILITY):
+            raise ValueError(f"augment must be basic, {' or '.join(SCANNER_PROBABILITY)}, got {augment!r}")
         self.augment = augment
         self.cases = list(cases)
         self.crop = tuple(int(c) for c in crop_zyx)
@@ -394,9 +394,10 @@ class CropDataset(Dataset):
             a = rng.normal(0.0, self.jitter, size=image.shape[0]).astype(np.float32)
             b = rng.normal(0.0, self.jitter, size=image.shape[0]).astype(np.float32)
             image = np.where(mask[None], image * (1 + a)[:, None, None, None] + b[:, None, None, None], image)
-        if self.augment == "scanner":
+        if self.augment in SCANNER_PROBABILITY:
             # Its own stream: the crop, jitter and flips stay those of the basic recipe.
-            image = scanner_augment(image, mask, np.random.default_rng([self.seed, epoch, slot, ci, 11]))
+            image = scanner_augment(image, mask, np.random.default_rng([self.seed, epoch, slot, ci, 11]),
+                                    SCANNER_PROBABILITY[self.augment])
         if self.flip:
             for axis in range(3):
                 if rng.random() < 0.5:
@@ -410,12 +411,15 @@ class CropDataset(Dataset):
 # ----------------------------------------------------------------------------------------- scanner augmentation
 #: Probability of each scanner perturbation per crop (independently).
 SCANNER_P = 0.3
+#: ``augment`` name -> that probability (``scanner-strong``: the same perturbations, more often).
+SCANNER_PROBABILITY = {"scanner": SCANNER_P, "scanner-strong": 0.6}
 
 
-def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random.Generator,
+                    p: float = SCANNER_P) -> np.ndarray:
     """Perturb a normalised crop ``(C, Z, Y, X)`` as another scanner or pipeline would; ``mask_zyx``
-    ``(Z, Y, X)`` is the brain (outside it the image stays 0). Each step fires with probability
-    :data:`SCANNER_P`, drawn from ``rng`` only (so crops stay a pure function of their key):
+    ``(Z, Y, X)`` is the brain (outside it the image stays 0). Each step fires with probability ``p``
+    (:data:`SCANNER_P` by default), drawn from ``rng`` only (so crops stay a pure function of their key):
 
     * gamma per channel: intensities mapped to [0, 1] inside the brain of the crop, raised to
       ``exp(N(0, 0.3))``, mapped back (contrast curves of other sequences / windowing);
@@ -433,14 +437,14 @@ def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random
     if not brain.any():
         return out
     c = out.shape[0]
-    if rng.random() < SCANNER_P:
+    if rng.random() < p:
         for ch in range(c):
             v = out[ch][brain]
             lo, hi = float(v.min()), float(v.max())
             if hi - lo > 1e-6:
                 g = float(np.exp(rng.normal(0.0, 0.3)))
                 out[ch][brain] = ((v - lo) / (hi - lo)) ** g * (hi - lo) + lo
-    if rng.random() < SCANNER_P:
+    if rng.random() < p:
         grids = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in out.shape[1:]], indexing="ij")
         coef = rng.normal(0.0, 0.08, size=9).astype(np.float32)
         z, y, x = grids
@@ -450,7 +454,7 @@ def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random
         for ch in range(c):
             floor = float(out[ch][brain].min())
             out[ch] = np.where(brain, (out[ch] - floor) * field + floor, out[ch])
-    if rng.random() < SCANNER_P:
+    if rng.random() < p:
         axis = int(rng.integers(3))
         factor = int(rng.integers(2, 5))
         n = out.shape[axis + 1]
@@ -463,7 +467,7 @@ def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random
                 back = back[tuple(slice(0, s) for s in out.shape[1:])]
                 if back.shape == out.shape[1:]:
                     out[ch] = np.where(brain, back, out[ch])
-    if rng.random() < SCANNER_P:
+    if rng.random() < p:
         sd = float(rng.uniform(0.0, 0.1))
         out += np.where(brain[None], rng.normal(0.0, sd, size=out.shape).astype(np.float32), np.float32(0.0))
     return out

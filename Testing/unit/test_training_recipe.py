@@ -82,6 +82,43 @@ def test_scanner_augmentation_keeps_background_and_is_a_function_of_the_key():
     assert any(not torch.equal(basic[k]["image"], scan[k]["image"]) for k in keys)
 
 
+def test_scanner_strong_fires_each_perturbation_twice_as_often_and_keeps_the_scanner_streams():
+    """``scanner-strong`` draws the same random numbers as ``scanner``; a step fires when its draw is below
+    0.6 instead of 0.3, so every crop ``scanner`` perturbs is perturbed by it too (with the same gamma, field,
+    slices and noise where both fire), and a crop is left alone far less often (0.4**4 = 0.03 vs 0.24)."""
+    from CGCTraining.data import SCANNER_PROBABILITY, CropDataset, scanner_augment
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(2, 16, 20, 24)).astype(np.float32)
+    mask = np.zeros((16, 20, 24), bool)
+    mask[2:14, 3:17, 4:20] = True
+    image[:, ~mask] = 0
+    assert SCANNER_PROBABILITY == {"scanner": 0.3, "scanner-strong": 0.6}
+    same = strong_changed = weak_changed = 0
+    for seed in range(200):
+        weak = scanner_augment(image, mask, np.random.default_rng(seed))
+        strong = scanner_augment(image, mask, np.random.default_rng(seed), 0.6)
+        draws = np.random.default_rng(seed).random(4)  # no step fires -> only the 4 gate draws are taken
+        if (draws >= 0.6).all():
+            np.testing.assert_array_equal(strong, image)
+        weak_changed += not np.array_equal(weak, image)
+        strong_changed += not np.array_equal(strong, image)
+        same += np.array_equal(weak, strong)
+        assert not (np.array_equal(strong, image) and not np.array_equal(weak, image))
+    assert 130 <= weak_changed <= 175 and strong_changed >= 185 and strong_changed > weak_changed and same >= 1
+
+    class Case:
+        name, meta, source = "c", {}, None
+
+    case = Case()
+    case.image, case.prob, case.mask = image, (rng.random((16, 20, 24)) > 0.8).astype(np.float32), mask
+    scan = CropDataset([case], (8, 8, 8), seed=1, augment="scanner")
+    strong_ds = CropDataset([case], (8, 8, 8), seed=1, augment="scanner-strong")
+    for k in [(0, s, 0) for s in range(8)]:
+        assert torch.equal(scan[k]["prob"], strong_ds[k]["prob"])  # same crop, same clean target
+    with pytest.raises(ValueError, match="augment must be"):
+        CropDataset([case], (8, 8, 8), augment="strong")
+
+
 def test_head_lr_scale_moves_only_the_output_layers_faster():
     from CGCLesionSegLib.network import CGCNet, NetConfig
     from CGCTraining.train import OUTPUT_LAYERS, param_groups
