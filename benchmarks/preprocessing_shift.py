@@ -43,10 +43,13 @@ README): column ``default_rec_03`` (``--rules shipped-0.3``) — ``default_rec``
 threshold shipped since 2026-12-03, 0.3 (``default_rec`` keeps 0.5, as first declared), paired against
 ``gmm_default`` and ``default_rec``; and ``--against RUN.json``: another run's rows (another recipe's fold models,
 same cases and seeds), paired per shift and case with this run's (:func:`compare_runs`).
+Added 2026-12-04 02:23, before any number of it existed (protocol ``hysteresis-v1``, same README): column
+``default_core_03`` (``--rules hysteresis-v1``, with ``shipped-0.3`` for its pair) — ``default_rec_03`` with its lesion
+chosen by the fused map's voxels >= 0.5 (``lesion_choice="core"``), paired against ``default_rec_03``.
 
     python benchmarks/preprocessing_shift.py --protocol docs/protocols/cgc-v13.toml --stage screen \\
         --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--seeds S ...] [--tag NAME]
-        [--rules lesion-choice-v1 n4-v1 n4-v2 shipped-0.3] [--against OTHER_RUN.json]
+        [--rules lesion-choice-v1 n4-v1 n4-v2 shipped-0.3 hysteresis-v1] [--against OTHER_RUN.json]
 
 Writes ``docs/protocols/results/shift-<protocol>-<stage>-<modalities>.json`` and the docs/BENCHMARKS.md
 section ``shift-<protocol>-<stage>-<modalities>``; per model scores are kept beside it
@@ -83,6 +86,8 @@ RULE_COLUMNS = {
     # Not an output-rule protocol: the shipped rule at the threshold shipped since 2026-12-03 (``default_rec``
     # keeps 0.5, what this script declared first); shift-v24 decides on it.
     "shipped-0.3": (("default_rec_03",), (("default_rec_03", "gmm_default"), ("default_rec_03", "default_rec"))),
+    # The shipped rule at 0.3 with its lesion chosen by the fused map's 0.5 core (pair needs shipped-0.3 too).
+    "hysteresis-v1": (("default_core_03",), (("default_core_03", "default_rec_03"),)),
 }
 #: Every column and pair, in report order (the default of the summary and report functions).
 COLUMNS = BASE_COLUMNS + tuple(c for cols, _ in RULE_COLUMNS.values() for c in cols)
@@ -272,6 +277,10 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
     if "shipped-0.3" in rules:  # the same fused map and rule as default_rec, at 0.3
         masks["default_rec_03"] = output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5, g.spacing,
                                                    threshold=0.3)
+    if "hysteresis-v1" in rules:  # default_rec_03 with the lesion chosen by the fused map's voxels >= 0.5
+        core = InferenceConfig(**{**output_preset("single-lesion"), "threshold": 0.3, "lesion_choice": "core"})
+        masks["default_core_03"] = output_mask(0.5 * res.probability + 0.5 * rec.probability, res.brain_mask, core,
+                                               g.spacing).astype(bool)
     target = case.geometry
     spacing_zyx = tuple(reversed(target.spacing))
     return {c: all_metrics(back_to(m, g, target), case.reference, spacing_zyx) for c, m in masks.items()}
@@ -329,6 +338,7 @@ RULE_PROTOCOLS = {
     "n4-v1 (shipped rule)": ("default_n4", "default_rec", {"bias", "clinical"}),
     "n4-v2 (`cgcseg gmm`)": ("gmm_default_n4x", "gmm_default", {"bias", "clinical"}),
     "n4-v2 (shipped rule)": ("default_n4x", "default_rec", {"bias", "clinical"}),
+    "hysteresis-v1": ("default_core_03", "default_rec_03", {("bias", "BraTS2021_00000"), ("clinical", "BraTS2021_00000")}),
 }
 
 

@@ -70,6 +70,12 @@ class InferenceConfig:
     a large region that P alone marks passes 0.5 and outranks the tumour by size, while the network
     marks the tumour; the network's votes pick the lesion without any new parameter. Under test
     (docs/protocols/README.md, "lesion-choice-v1"): not a measured improvement yet.
+    ``"core"``: those holding the most voxels where the thresholded map itself (the fused map) is
+    >= 0.5 (:data:`CORE_VOTE`), size breaking ties — hysteresis: the lesion is chosen where the map is
+    confident, at the rules' standard 0.5, and delineated at ``threshold``. Why: at the shipped 0.3 a
+    wide, lukewarm region (P under a bias field: fused values 0.3-0.5) can merge with the tumour and,
+    after the opening, outrank it by size, though few of its voxels reach 0.5. At ``threshold`` 0.5 it
+    ranks as ``"size"`` up to filled holes. Under test (docs/protocols/README.md, "hysteresis-v1").
     """
 
     window_xyz: Optional[tuple[int, int, int]] = None
@@ -127,9 +133,11 @@ class InferenceConfig:
 #: Values of :attr:`InferenceConfig.fusion_map`.
 FUSION_MAPS = ("model", "recommended")
 #: Values of :attr:`InferenceConfig.lesion_choice`.
-LESION_CHOICES = ("size", "network")
+LESION_CHOICES = ("size", "network", "core")
 #: Where the network's own map votes for a component under ``lesion_choice="network"``.
 NETWORK_VOTE = 0.5
+#: Where the fused map votes for a component under ``lesion_choice="core"``.
+CORE_VOTE = 0.5
 #: Axis name -> dimension of a ``(B, C, Z, Y, X)`` batch.
 MIRROR_AXES = {"x": 4, "y": 3, "z": 2}
 
@@ -279,11 +287,14 @@ def output_mask(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceCo
     """The output rule of ``config`` (threshold and clean-up) on a ``(Z, Y, X)`` map already fused as
     wanted; uint8 ``(Z, Y, X)``, limited to ``brain_zyx``. ``spacing_xyz`` (mm) makes the opening
     radius millimetres (``cgcseg segment`` passes the image's); without it, voxels. ``network_zyx``: the
-    network's own map, read by ``lesion_choice="network"`` (None: ``prob_zyx`` is the network's map)."""
+    network's own map, read by ``lesion_choice="network"`` (None: ``prob_zyx`` is the network's map);
+    ``lesion_choice="core"`` reads ``prob_zyx`` itself."""
     from .postprocess import binarize
     votes = None
     if config.lesion_choice == "network" and config.keep_largest:
         votes = np.asarray(prob_zyx if network_zyx is None else network_zyx) >= NETWORK_VOTE
+    elif config.lesion_choice == "core" and config.keep_largest:
+        votes = np.asarray(prob_zyx) >= CORE_VOTE
     return binarize(prob_zyx, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
                     fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain_zyx,
                     opening_radius=config.opening_radius, spacing_xyz=spacing_xyz, votes_zyx=votes)

@@ -292,4 +292,32 @@ def test_output_mask_keeps_the_component_the_network_votes_for():
     with pytest.raises(ValueError, match="lesion_choice"):
         InferenceConfig(keep_largest=1, lesion_choice="votes")
     with pytest.raises(ValueError, match="keep_largest"):
+        InferenceConfig(lesion_choice="core")
+    with pytest.raises(ValueError, match="keep_largest"):
         InferenceConfig(lesion_choice="network")
+
+
+def test_core_choice_keeps_the_component_whose_map_reaches_half_and_delineates_it_at_the_threshold():
+    """``lesion_choice="core"``: at 0.3 a wide lukewarm region (0.35) outranks the lesion by size; ranked by the
+    map's own voxels >= 0.5 the lesion (0.9 core, 0.4 rim) is kept, rim included; at 0.5 it ranks as size."""
+    from CGCLesionSegLib.inference import CORE_VOTE, InferenceConfig, output_mask, output_preset
+    from CGCLesionSegLib.postprocess import binarize
+    fused = np.zeros((20, 30, 40), np.float32)
+    fused[2:18, 2:22, 2:20] = 0.35      # lukewarm, large: 16*20*18 voxels
+    fused[5:15, 9:19, 25:35] = 0.4      # the lesion's rim
+    fused[7:13, 11:17, 27:33] = 0.9     # its confident core
+    fused[3:5, 3:5, 3:5] = 0.6          # a few confident voxels inside the lukewarm region
+    brain = np.ones(fused.shape, bool)
+    rule = {**output_preset("single-lesion"), "threshold": 0.3, "opening_radius": 1}
+    by_size = output_mask(fused, brain, InferenceConfig(**rule), (1.0, 1.0, 1.0)).astype(bool)
+    core = output_mask(fused, brain, InferenceConfig(**{**rule, "lesion_choice": "core"}), (1.0, 1.0, 1.0)).astype(bool)
+    assert by_size[2:18, 2:22, 2:20].all() and not by_size[5:15, 9:19, 25:35].any()
+    assert core[5:15, 9:19, 25:35].all() and core.sum() == 10 * 10 * 10  # the rim too: delineated at 0.3
+    # Brute force: among the opened components, the one with the most voxels >= 0.5 (the same binarize, votes given).
+    ref = binarize(fused, threshold=0.3, fill_holes="2d", keep_largest=1, mask_zyx=brain, opening_radius=1,
+                   spacing_xyz=(1.0, 1.0, 1.0), votes_zyx=fused >= 0.5).astype(bool)
+    assert CORE_VOTE == 0.5 and np.array_equal(core, ref)
+    # At the rules' standard 0.5 the choice is the size choice.
+    half = {**rule, "threshold": 0.5}
+    assert np.array_equal(output_mask(fused, brain, InferenceConfig(**{**half, "lesion_choice": "core"}), (1.0, 1.0, 1.0)),
+                          output_mask(fused, brain, InferenceConfig(**half), (1.0, 1.0, 1.0)))

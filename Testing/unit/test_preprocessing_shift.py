@@ -190,3 +190,17 @@ def test_shipped_threshold_column_is_opt_in_and_paired_with_both_baselines():
     cols, pairs = ps.columns_for(["shipped-0.3"])
     assert cols == ps.BASE_COLUMNS + ("default_rec_03",)
     assert pairs[-2:] == (("default_rec_03", "gmm_default"), ("default_rec_03", "default_rec"))
+
+
+def test_hysteresis_column_pairs_with_the_shipped_threshold_and_reads_both_motivating_pairs_apart():
+    cols, pairs = ps.columns_for(["shipped-0.3", "hysteresis-v1"])
+    assert cols[-2:] == ("default_rec_03", "default_core_03") and pairs[-1] == ("default_core_03", "default_rec_03")
+
+    def row(case, shift, **dice):
+        return {"case": case, "shift": shift, **{c: {"dice": dice.get(c, 0.5)} for c in cols}}
+    rows = [row("BraTS2021_00000", "bias", default_core_03=0.9, default_rec_03=0.0),
+            row("x", "bias", default_core_03=0.49, default_rec_03=0.5),
+            row("BraTS2021_00000", "none"), row("x", "none")]
+    text = ps.rule_reading(ps.summarise(rows, ["none", "bias"], 200), "hysteresis-v1")
+    assert "2 of 4 (shift, case) pairs changed" in text and "passes the declared limits" in text
+    assert "without BraTS2021_00000/bias" in text or "bias/BraTS2021_00000" in text
