@@ -51,12 +51,22 @@ def test_ema_update_matches_a_loop():
     assert ema["1.num_batches_tracked"] == model.state_dict()["1.num_batches_tracked"]
 
 
-def test_scanner_augmentation_keeps_background_and_is_a_function_of_the_key():
-    rng = np.random.default_rng(0)
+def _brain_crop_case(seed: int):
+    """A two-channel normalised image ``(2, 16, 20, 24)`` zero outside its brain box, the brain mask, and a
+    cached case (as CropDataset reads it) with a random binary P."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(seed)
     image = rng.normal(size=(2, 16, 20, 24)).astype(np.float32)
     mask = np.zeros((16, 20, 24), bool)
     mask[2:14, 3:17, 4:20] = True
     image[:, ~mask] = 0
+    case = SimpleNamespace(name="c", meta={}, source=None, image=image, mask=mask,
+                           prob=(rng.random((16, 20, 24)) > 0.8).astype(np.float32))
+    return image, mask, case
+
+
+def test_scanner_augmentation_keeps_background_and_is_a_function_of_the_key():
+    image, mask, case = _brain_crop_case(0)
     changed = 0
     for seed in range(30):
         out = scanner_augment(image, mask, np.random.default_rng(seed))
@@ -66,12 +76,6 @@ def test_scanner_augmentation_keeps_background_and_is_a_function_of_the_key():
         np.testing.assert_array_equal(out, scanner_augment(image, mask, np.random.default_rng(seed)))
     # Four steps at p = 0.3 each: a crop is left alone with p = 0.7**4 = 0.24.
     assert 12 <= changed <= 30
-
-    class Case:
-        name, meta, source = "c", {}, None
-
-    case = Case()
-    case.image, case.prob, case.mask = image, (rng.random((16, 20, 24)) > 0.8).astype(np.float32), mask
     basic = CropDataset([case], (8, 8, 8), seed=1, augment="basic")
     scan = CropDataset([case], (8, 8, 8), seed=1, augment="scanner")
     keys = [(0, s, 0) for s in range(12)]
@@ -87,11 +91,7 @@ def test_scanner_strong_fires_each_perturbation_twice_as_often_and_keeps_the_sca
     0.6 instead of 0.3, so every crop ``scanner`` perturbs is perturbed by it too (with the same gamma, field,
     slices and noise where both fire), and a crop is left alone far less often (0.4**4 = 0.03 vs 0.24)."""
     from CGCTraining.data import SCANNER_PROBABILITY, CropDataset, scanner_augment
-    rng = np.random.default_rng(3)
-    image = rng.normal(size=(2, 16, 20, 24)).astype(np.float32)
-    mask = np.zeros((16, 20, 24), bool)
-    mask[2:14, 3:17, 4:20] = True
-    image[:, ~mask] = 0
+    image, mask, case = _brain_crop_case(3)
     assert SCANNER_PROBABILITY == {"scanner": 0.3, "scanner-strong": 0.6}
     same = strong_changed = weak_changed = 0
     for seed in range(200):
@@ -105,12 +105,6 @@ def test_scanner_strong_fires_each_perturbation_twice_as_often_and_keeps_the_sca
         same += np.array_equal(weak, strong)
         assert not (np.array_equal(strong, image) and not np.array_equal(weak, image))
     assert 130 <= weak_changed <= 175 and strong_changed >= 185 and strong_changed > weak_changed and same >= 1
-
-    class Case:
-        name, meta, source = "c", {}, None
-
-    case = Case()
-    case.image, case.prob, case.mask = image, (rng.random((16, 20, 24)) > 0.8).astype(np.float32), mask
     scan = CropDataset([case], (8, 8, 8), seed=1, augment="scanner")
     strong_ds = CropDataset([case], (8, 8, 8), seed=1, augment="scanner-strong")
     for k in [(0, s, 0) for s in range(8)]:
