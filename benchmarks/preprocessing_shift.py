@@ -278,9 +278,8 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
         masks["default_rec_03"] = output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5, g.spacing,
                                                    threshold=0.3)
     if "hysteresis-v1" in rules:  # default_rec_03 with the lesion chosen by the fused map's voxels >= 0.5
-        core = InferenceConfig(**{**output_preset("single-lesion"), "threshold": 0.3, "lesion_choice": "core"})
-        masks["default_core_03"] = output_mask(0.5 * res.probability + 0.5 * rec.probability, res.brain_mask, core,
-                                               g.spacing).astype(bool)
+        masks["default_core_03"] = output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5, g.spacing,
+                                                    threshold=0.3, lesion_choice="core")
     target = case.geometry
     spacing_zyx = tuple(reversed(target.spacing))
     return {c: all_metrics(back_to(m, g, target), case.reference, spacing_zyx) for c, m in masks.items()}

@@ -165,14 +165,16 @@ def volume_matched(values, brain, voxels: int):
     return (np.asarray(values) >= t) & np.asarray(brain, bool), t
 
 
-def output_rule_mask(network_probability, p, brain, gmm_weight: float, spacing_xyz=None, threshold: float = 0.5):
+def output_rule_mask(network_probability, p, brain, gmm_weight: float, spacing_xyz=None, threshold: float = 0.5,
+                     lesion_choice: str = "size"):
     """The ``single-lesion`` output rule with the fused map ``(1 − w)·network + w·P`` (``w`` = ``gmm_weight``,
-    0 … 1; 0.5 is what ``cgcseg segment`` does) thresholded at ``threshold``; all arrays ``(Z, Y, X)`` on the
-    input grid (``spacing_xyz`` in mm, as ``cgcseg segment`` passes it; None counts the opening in voxels, the
-    same on 1 mm grids); returns bool."""
+    0 … 1; 0.5 is what ``cgcseg segment`` does) thresholded at ``threshold``, its lesion picked by
+    ``lesion_choice`` ("size" or "core"; "network" needs the network's map apart: ``output_mask``); all arrays
+    ``(Z, Y, X)`` on the input grid (``spacing_xyz`` in mm, as ``cgcseg segment`` passes it; None counts the
+    opening in voxels, the same on 1 mm grids); returns bool."""
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
     fused = (1.0 - gmm_weight) * network_probability + gmm_weight * p
-    config = InferenceConfig(**{**output_preset("single-lesion"), "threshold": threshold})
+    config = InferenceConfig(**{**output_preset("single-lesion"), "threshold": threshold, "lesion_choice": lesion_choice})
     return output_mask(fused, brain, config, spacing_xyz).astype(bool)
 
 

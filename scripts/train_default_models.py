@@ -212,17 +212,17 @@ def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_
         return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
     # A rule protocol (cgc-v11) scores the previous rule as `default`; a threshold protocol (cgc-v25) scores
     # the same rule at 0.5 as `default_rec` instead, the comparison its shipped threshold was declared on.
-    prev, label = next(((c, t) for c, t in (("default", "previous rule (`default output` above)"),
-                                            ("default_rec", f"`{rule}` at 0.5")) if c in m and c != column),
-                       (None, "previous rule"))
+    prev, short, note = next(((c, t, n) for c, t, n in (("default", "previous rule", " (`default output` above)"),
+                                                          ("default_rec", f"`{rule}` at 0.5", ""))
+                              if c in m and c != column), (None, "previous rule", ""))
     prev_dice = f"{m[prev]['dice']:.3f}" if prev else "—"
     return "\n".join(["",
         f"## Held-out numbers of the output rule `{rule}` (protocol `{name}`, stage `{stage}`)", "",
         f"The same fold models as above, their default output re-made with `{rule}`; docs/BENCHMARKS.md section "
         f"`{section}`. Mean Dice over {len(group['cases'])} held-out cases:", "",
-        f"| `cgcseg gmm` default | {label} | `{rule}` (the shipped threshold) |", "|---|---|---|",
+        f"| `cgcseg gmm` default | {short}{note} | `{rule}` (the shipped threshold) |", "|---|---|---|",
         f"| {m['gmm_default']['dice']:.3f} | {prev_dice} | {m[column]['dice']:.3f} |", "",
-        f"Paired differences (mean, bootstrap 95 % CI over cases): `{rule}` − {label.split(' (')[0]} "
+        f"Paired differences (mean, bootstrap 95 % CI over cases): `{rule}` − {short} "
         f"{ci(column, prev) if prev else '—'}; `{rule}` − `cgcseg gmm` default {ci(column, 'gmm_default')}.", ""])
 
 
