@@ -788,11 +788,12 @@ def only_model_set(models: list[Model], mods: Optional[list[str]], stage: dict) 
     written under (``-flair``); every model and ``""`` without ``mods``. Scores, sigmas, summaries and the
     declared decisions are all per model set, so one set can be scored and written when it is finished
     while another still trains; the numbers are those the whole stage gives for that set. Refused for a
-    stage whose ``winner_rule`` averages over several sets (one set alone would not be that rule)."""
+    stage whose ``winner_rule`` averages over several sets (one set alone would not be that rule), unless the
+    stage declares ``winner_per_set``."""
     if not mods:
         return models, ""
     sets = sorted({m.modalities for m in models})
-    if "winner_rule" in stage and len(sets) > 1:
+    if "winner_rule" in stage and len(sets) > 1 and not stage.get("winner_per_set"):
         raise SystemExit("--model-set: this stage's winner rule averages over its model sets "
                          f"({'; '.join(' '.join(s) for s in sets)}); score the whole stage")
     if tuple(mods) not in sets:

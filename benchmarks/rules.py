@@ -43,7 +43,8 @@ TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gm
           "default_rec_t": "**default output at the fold's t**", "gmm_default_t": "`cgcseg gmm` default at the fold's t",
           "network_vol": "**network, P ≥ 0.5's volume**", "p_smooth_vol": "smoothed P, P ≥ 0.5's volume",
           "default_rec_vol": "**default output, P_rec ≥ 0.5's volume**",
-          "default_rec_03": "default output as shipped (t = 0.3)"}
+          "default_rec_03": "default output as shipped (t = 0.3)",
+          "default_rec_03_ensemble": "**default output as shipped (t = 0.3), seed ensemble**"}
 #: What each column is, for the report.
 MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
             "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
@@ -86,7 +87,9 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
                                "0.5·network + 0.5·P_rec keeps as many brain voxels as P_rec ≥ 0.5 before the "
                                "clean-up (the same rule on `cgcseg gmm`'s output is that output)",
             "default_rec_03": "the shipped output rule at the shipped models' threshold 0.3 (`cgcseg segment`'s "
-                              "default output)"}
+                              "default output)",
+            "default_rec_03_ensemble": "the shipped output rule at 0.3 (`default_rec_03`) with the seed ensemble's mean "
+                                       "map in the network's place"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
@@ -96,7 +99,7 @@ DIFFERENCES = (("network_smooth", "p_smooth", "≥ +0.03, CI > 0"), ("network_sm
 #: gives ``network_<suffix>``, its default output ``default_<suffix>``).
 PASSES = {"padded": {"pad_to_window": True}, "mirror_x": {"mirror_axes": ("x",)},
           "mirror_xyz": {"mirror_axes": ("x", "y", "z")}}
-ENSEMBLE_COLUMNS = {"network_ensemble", "default_ensemble"}
+ENSEMBLE_COLUMNS = {"network_ensemble", "default_ensemble", "default_rec_03_ensemble"}
 #: Columns whose threshold is chosen per fold (cgc-v18) -> the swept map family they are read from.
 THRESHOLD_COLUMNS = {"network_t": "network", "p_smooth_t": "p_smooth", "default_rec_t": "default_rec",
                      "gmm_default_t": "gmm_default"}
@@ -214,7 +217,10 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
             maps = [res.network_probability if gen is None else next(gen)[2].network_probability for gen in member_passes]
             mean_map = np.mean(maps, axis=0)
             make_ensemble = {"network_ensemble": lambda: mean_map >= 0.5,
-                             "default_ensemble": lambda: output_rule_mask(mean_map, p, res.brain_mask, 0.5, case.geometry.spacing)}
+                             "default_ensemble": lambda: output_rule_mask(mean_map, p, res.brain_mask, 0.5, case.geometry.spacing),
+                             "default_rec_03_ensemble": lambda: output_rule_mask(
+                                 mean_map, base.gmm_default_probability(case, list(model.modalities)), res.brain_mask,
+                                 0.5, case.geometry.spacing, SHIPPED_THRESHOLD)}
         make = {"p": lambda: p >= 0.5,
                 "p_smooth": lambda: smooth_probability(p, sigma, case.geometry.spacing) >= 0.5,
                 "gmm_default": lambda: base.gmm_default_mask(case, list(model.modalities)),
@@ -450,18 +456,32 @@ def decide(summary: dict, decisions: list, margin: float) -> dict:
 
 
 def pick_winner(summary: dict, control: str, rules: list, companions: dict | None = None,
-                tolerance: float = 0.01) -> str:
-    """Highest mean Dice over the groups; a rule must beat ``control`` by more than 0.01 to replace it.
+                tolerance: float = 0.01, margin: float = 0.01) -> str:
+    """Highest mean Dice over the groups; a rule must beat ``control`` by more than ``margin`` (the protocol's
+    ``winner_margin``, 0.01 unless it names one) to replace it.
     ``companions`` ({rule: column}, e.g. the default output made from that rule's map): the winner's
     companion must also not fall below the control's by more than ``tolerance`` in any group, else the
     control stays."""
     mean = {r: statistics.mean(g["means"][r]["dice"] for g in summary.values()) for r in rules}
-    winner = base.winner_by_margin(mean, control)
+    winner = base.winner_by_margin(mean, control, margin)
     if companions and winner != control:
         a, b = companions[winner], companions[control]
         if any(g["means"][a]["dice"] - g["means"][b]["dice"] < -tolerance for g in summary.values()):
             return control
     return winner
+
+
+def stage_winner(summary: dict, proto: dict, stage: dict) -> str | None:
+    """The stage's winner by :func:`pick_winner` with the protocol's control, rules, companions and margin; None
+    without a ``winner_rule`` or a summary. A stage with ``winner_per_set`` (cgc-v28's confirmation: each shipped
+    model follows its own set) decides each model set apart: "<set>: `<winner>`; ..." (else the winner's name)."""
+    if "winner_rule" not in stage or not summary:
+        return None
+    pick = lambda groups: pick_winner(groups, proto["control"], proto["rules"], proto.get("companions"),
+                                      proto.get("companion_tolerance", 0.01), proto.get("winner_margin", 0.01))
+    if stage.get("winner_per_set"):
+        return "; ".join(f"{g['modalities']}: `{pick({k: g})}`" for k, g in summary.items())
+    return pick(summary)
 
 
 #: cgc-v3's confirmation caveat (that file names none; it may not be edited after its numbers).
@@ -484,7 +504,8 @@ def report(proto: dict, src: dict, stage_name: str, summary: dict, sigmas: dict,
     for g in summary.values():
         lines += [f"#### {g['modalities']} — `{g['variant']}`", ""] + base.group_table(g, columns, differences) + [""]
     if winner:
-        lines += [f"Winner by the declared rule ({stage.get('winner_rule', '')}): **`{winner}`**.", ""]
+        shown = winner if stage.get("winner_per_set") else f"`{winner}`"
+        lines += [f"Winner by the declared rule ({stage.get('winner_rule', '')}): **{shown}**.", ""]
     return "\n".join(lines)
 
 
@@ -543,8 +564,7 @@ def run(args, proto: dict, proto_path: Path) -> int:
     summary = base.summarise(rows, proto, columns, differences) if not (swept and missing) else {}
     if (choice is not None or not swept) and summary and "decisions" in proto:
         decisions = decide(summary, proto["decisions"], float(proto.get("margin", 0.01)))
-    winner = pick_winner(summary, proto["control"], proto["rules"], proto.get("companions"),
-                         proto.get("companion_tolerance", 0.01)) if "winner_rule" in stage else None
+    winner = stage_winner(summary, proto, stage)
     text = report(proto, src, args.stage, summary, sigmas, winner)
     if choice is not None:
         text += threshold_report(choice, decisions)

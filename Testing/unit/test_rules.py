@@ -88,6 +88,11 @@ def test_companion_guard_keeps_the_control_when_the_default_output_drops():
     assert pick(0.80, 0.83, 0.83, 0.825) == "network_padded"   # default within 0.01
     assert pick(0.80, 0.83, 0.83, 0.815) == "network"          # default drops by 0.015
     assert pick(0.80, 0.805, 0.83, 0.85) == "network"          # network gain not above 0.01
+    # a protocol's own winner_margin (cgc-v28: 0.005)
+    assert rules.pick_winner(summary(0.80, 0.807, 0.83, 0.83), "network", ["network", "network_padded"], comp, 0.01,
+                             0.005) == "network_padded"
+    assert rules.pick_winner(summary(0.80, 0.804, 0.83, 0.83), "network", ["network", "network_padded"], comp, 0.01,
+                             0.005) == "network"
 
 
 @pytest.mark.parametrize("proto", [V6, V8])
@@ -175,7 +180,9 @@ def test_seed_ensemble_averages_the_groups_healthy_models_maps_case_by_case(tmp_
                                   brain_mask=brain, window_xyz=(12, 12, 12))
             yield SimpleNamespace(name=name, geometry=SimpleNamespace(spacing=(1, 1, 1))), p, res, None, None
 
+    p_rec = np.random.default_rng(98).random(shape).astype(np.float32)  # `cgcseg gmm`'s map, another than P
     monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda case, mods: p_rec)
     monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: (case.name, masks, extra))
     mk = lambda fold, seed: rules.base.Model(("flair",), "v", fold, seed, tmp_path / f"f{fold}s{seed}", [], [])
     models = [mk(0, 2), mk(0, 1), mk(0, 3), mk(1, 1)]
@@ -183,7 +190,7 @@ def test_seed_ensemble_averages_the_groups_healthy_models_maps_case_by_case(tmp_
         m.run.mkdir()
     (models[2].run / "lesion_check.json").write_text(json.dumps({"ratio": 0.0, "collapsed": True}))
     assert [m.seed for m in rules.ensemble_members(models[0], models)] == [1, 2]
-    names = ["network", "network_ensemble", "default_ensemble"]
+    names = ["network", "network_ensemble", "default_ensemble", "default_rec_03_ensemble"]
     per_seed = {m.seed: rules._score_with_output_rule(m, {"a": None, "b": None}, 2.0, "cpu", names, models)
                 for m in models[:3]}
     for i, case in enumerate(["a", "b"]):
@@ -192,11 +199,15 @@ def test_seed_ensemble_averages_the_groups_healthy_models_maps_case_by_case(tmp_
             ref[z, y, x] = (net_map(models[1], case)[z, y, x] + net_map(models[0], case)[z, y, x]) / 2
         want_default = binarize(0.5 * ref + 0.5 * p, 0.5, fill_holes="2d", keep_largest=1, opening_radius=3,
                                 mask_zyx=brain).astype(bool)
+        want_shipped = binarize(0.5 * ref + 0.5 * p_rec, 0.3, fill_holes="2d", keep_largest=1, opening_radius=3,
+                                mask_zyx=brain).astype(bool)
+        assert want_shipped.any() and not np.array_equal(want_shipped, want_default)
         for seed, rows in per_seed.items():
             name, masks, extra = rows[i]
             assert name == case and extra["ensemble"] == ["flair/v/fold0-seed1", "flair/v/fold0-seed2"]
             assert np.array_equal(masks["network_ensemble"], ref >= 0.5)
             assert np.array_equal(masks["default_ensemble"], want_default)
+            assert np.array_equal(masks["default_rec_03_ensemble"], want_shipped)
             assert np.array_equal(masks["network"], net_map(models[[2, 1, 3].index(seed)], case) >= 0.5)
     # every member collapsed: all are kept rather than none
     for m in models[:3]:
@@ -508,3 +519,27 @@ def test_cgc_v25_waits_for_cgc_v24s_confirmation_rival_and_sweeps_a_wider_grid(t
     columns, _ = rules.columns_of(proto)
     assert rules.THRESHOLD_COLUMNS.keys() <= {c for c, _ in columns} and min(proto["thresholds"]) < 0.3
     assert 0.5 in proto["thresholds"]
+
+
+def test_a_per_set_stage_decides_each_model_set_alone_and_may_be_scored_one_set_at_a_time():
+    """cgc-v28's confirmation (``winner_per_set``): each set's winner by its own numbers, where the pooled rule
+    would average them; ``--model-set`` is then allowed although the stage has a winner rule."""
+    import protocol
+    groups = {"flair-t1-t1ce-t2/v": {"modalities": "flair-t1-t1ce-t2", "means": {
+                  "network": {"dice": 0.80}, "network_ensemble": {"dice": 0.81},
+                  "default_rec_03": {"dice": 0.86}, "default_rec_03_ensemble": {"dice": 0.86}}},
+              "flair/v": {"modalities": "flair", "means": {
+                  "network": {"dice": 0.80}, "network_ensemble": {"dice": 0.802},
+                  "default_rec_03": {"dice": 0.86}, "default_rec_03_ensemble": {"dice": 0.86}}}}
+    proto = {"control": "network", "rules": ["network", "network_ensemble"], "winner_margin": 0.005,
+             "companions": {"network": "default_rec_03", "network_ensemble": "default_rec_03_ensemble"}}
+    pooled, per_set = {"winner_rule": "pooled"}, {"winner_rule": "per set", "winner_per_set": True}
+    assert rules.stage_winner(groups, proto, pooled) == "network_ensemble"  # mean gain 0.006 > 0.005
+    assert rules.stage_winner(groups, proto, per_set) == ("flair-t1-t1ce-t2: `network_ensemble`; flair: `network`")
+    assert rules.stage_winner({}, proto, per_set) is None and rules.stage_winner(groups, proto, {}) is None
+    mk = lambda mods: protocol.Model(mods, "v", 0, 1, Path("/nonexistent"), [], [])
+    models = [mk(("flair",)), mk(("flair", "t1", "t1ce", "t2"))]
+    with pytest.raises(SystemExit, match="averages over its model sets"):
+        protocol.only_model_set(models, ["flair"], pooled)
+    kept, tag = protocol.only_model_set(models, ["flair"], per_set)
+    assert kept == models[:1] and tag == "-flair"
