@@ -174,6 +174,10 @@ def _load_weights(model: torch.nn.Module, ckpt: dict, net_config: NetConfig, pat
     """Weights (and optimizer state) of a checkpoint into this run's network: names, shapes and finite
     values are checked first, so a damaged or edited file is one clear error, not a traceback."""
     from CGCLesionSegLib.checkpoint import check_state_dict
+    if ckpt.get("members"):
+        files = ", ".join(str(m.get("file")) for m in (ckpt.get("extra") or {}).get("ensemble", []) if isinstance(m, dict))
+        raise ValueError(f"{path} is a seed ensemble of {1 + len(ckpt['members'])} networks (`cgcseg ensemble`); training "
+                         f"continues one network: start from one member's own file{' (' + files + ')' if files else ''}")
     check_state_dict(ckpt["model"], net_config, path)
     model.load_state_dict(ckpt["model"])
     if optimizer is not None and ckpt.get("optimizer"):

@@ -9,7 +9,13 @@ A checkpoint is a plain dict (only tensors, numbers, strings, lists, dicts — n
      "channels": ["flair", "t1", "t1ce", "t2"], "model": state_dict,
      "optimizer": state_dict | None, "step": int, "epoch": int, "extra": {...}}
 
-:func:`load_checkpoint` rebuilds the :class:`~CGCLesionSegLib.network.CGCNet` from the file alone.
+A **seed ensemble** (:func:`combine_checkpoints`, ``cgcseg ensemble``) is the same dict with
+``"members": [state_dict, ...]`` (the members after the first, whose weights stay in ``"model"``) and
+``"format_version": 2``, so a package too old to average the members refuses the file instead of
+silently using the first member alone. Single models are still written as version 1.
+
+:func:`load_checkpoint` rebuilds the :class:`~CGCLesionSegLib.network.CGCNet` (or, for an ensemble, the
+:class:`~CGCLesionSegLib.network.CGCEnsemble`) from the file alone.
 Files that are not ours (another project's weights, a truncated or corrupt file, a pickle that would
 run code) are refused with :class:`CheckpointError` and a message saying what the file is expected to be.
 """
@@ -26,10 +32,15 @@ import torch
 
 from .config import config_from_dict, config_to_dict
 from .image_io import atomic_write
-from .network import CGCNet, NetConfig
+from .network import CGCEnsemble, CGCNet, NetConfig
 
 FORMAT = "cgc-lesion-seg-checkpoint"
+#: The version single-model checkpoints are written with.
 FORMAT_VERSION = 1
+#: The version of seed-ensemble checkpoints (``"members"``), and the newest this package reads.
+ENSEMBLE_FORMAT_VERSION = 2
+#: Most members an ensemble file may hold (each costs one network pass per window).
+MAX_MEMBERS = 16
 
 #: Output rules a checkpoint may record as its ``default_output_rule`` (what ``--postprocess auto`` picks).
 OUTPUT_RULE_NAMES = ("none", "single-lesion", "single-lesion-recommended")
@@ -67,6 +78,7 @@ class CheckpointInfo:
     format_version: int
     package_version: str
     extra: dict = field(default_factory=dict)
+    members: int = 1  # networks averaged at inference (a seed ensemble: >= 2)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -190,9 +202,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         kind = "a bare state dict or another project's file" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not {what}; it looks like {kind}")
     version = ckpt.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > ENSEMBLE_FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {version!r}, but this version of "
-                              f"CGC Lesion Seg reads up to {FORMAT_VERSION}; update the package")
+                              f"CGC Lesion Seg reads up to {ENSEMBLE_FORMAT_VERSION}; update the package")
     missing = [k for k in ("net_config", "channels", "model", "preprocessing", "step") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; the file is incomplete")
@@ -243,6 +255,14 @@ def _check_fields(ckpt: dict, net_config: NetConfig, path) -> None:
         raise bad("default_threshold", f"a number in (0, 1) is needed, got {ckpt['default_threshold']!r:.60}")
     if not isinstance(ckpt.get("model"), dict):
         raise bad("model", f"a state dict is needed, got {type(ckpt.get('model')).__name__}")
+    if "members" in ckpt:
+        members = ckpt["members"]
+        if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+            raise bad("members", "a non-empty list of state dicts is needed")
+        if len(members) + 1 > MAX_MEMBERS:
+            raise bad("members", f"{len(members) + 1} networks, more than the {MAX_MEMBERS} an ensemble may hold")
+        if ckpt.get("format_version") != ENSEMBLE_FORMAT_VERSION:
+            raise bad("format_version", f"an ensemble is version {ENSEMBLE_FORMAT_VERSION}, got {ckpt.get('format_version')!r}")
 
 
 def check_state_dict(state: dict, net_config: NetConfig, path, what: str = "weights") -> None:
@@ -336,25 +356,90 @@ def info_from_dict(ckpt: dict, path: str | os.PathLike = "") -> CheckpointInfo:
                           step=int(ckpt["step"]), epoch=int(ckpt.get("epoch", 0)),
                           format_version=int(ckpt["format_version"]),
                           package_version=str(ckpt.get("package_version", "unknown")),
-                          extra=dict(ckpt.get("extra") or {}))
+                          extra=dict(ckpt.get("extra") or {}), members=1 + len(ckpt.get("members") or []))
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CGCNet, CheckpointInfo]:
-    """Rebuild the network from a checkpoint: returns ``(model in eval mode on device, info)``."""
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CGCNet | CGCEnsemble, CheckpointInfo]:
+    """Rebuild the network from a checkpoint: returns ``(model in eval mode on device, info)``; for a seed
+    ensemble the model is a :class:`CGCEnsemble` (``info.members`` >= 2)."""
     ckpt = read_checkpoint(path)
     info = info_from_dict(ckpt, path)
-    check_state_dict(ckpt["model"], info.net_config, path)
-    model = CGCNet(info.net_config)
-    try:
-        model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: the weights do not match the network configuration stored in it "
-                              f"({str(exc).splitlines()[0][:300]})") from exc
+    states = [ckpt["model"]] + list(ckpt.get("members") or [])
+    nets = []
+    for i, state in enumerate(states):
+        what = "weights" if len(states) == 1 else f"weights of ensemble member {i + 1}"
+        check_state_dict(state, info.net_config, path, what)
+        net = CGCNet(info.net_config)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: the {what} do not match the network configuration stored in it "
+                                  f"({str(exc).splitlines()[0][:300]})") from exc
+        nets.append(net)
+    model = nets[0] if len(nets) == 1 else CGCEnsemble(nets)
     return model.to(device).eval(), info
+
+
+#: What every member of an ensemble must share: the fields that decide how a case is prepared, tiled and
+#: post-processed (a member trained otherwise would be averaged over inputs it never saw).
+SHARED_FIELDS = ("net_config", "channels", "preprocessing", "default_output_rule", "default_threshold")
+
+
+def combine_checkpoints(paths: Sequence[str | os.PathLike]) -> dict:
+    """A seed-ensemble checkpoint dict of the models in ``paths`` (each a checkpoint file; an ensemble counts
+    as its members). They must share :data:`SHARED_FIELDS` and the training crop (the inference window);
+    otherwise :class:`CheckpointError` names the field and the files. The first file's fields are kept
+    (``train_config`` included); the optimizer state is dropped; ``extra["ensemble"]`` lists each source
+    file's name, sha256, step and training seed."""
+    if len(paths) < 2:
+        raise CheckpointError(f"an ensemble needs at least 2 model files, got {len(paths)}")
+    ckpts = [read_checkpoint(p) for p in paths]
+    for p, c in zip(paths, ckpts):
+        info = info_from_dict(c, p)
+        for i, state in enumerate([c["model"]] + list(c.get("members") or [])):
+            check_state_dict(state, info.net_config, p, "weights" if "members" not in c else f"weights of member {i + 1}")
+    crop = lambda c: (c.get("train_config") or {}).get("crop_xyz")
+    first = ckpts[0]
+    for p, c in zip(paths[1:], ckpts[1:]):
+        for key in SHARED_FIELDS:
+            if _json_form(c.get(key)) != _json_form(first.get(key)):
+                raise CheckpointError(f"{p} and {paths[0]} differ in {key}; an ensemble averages models trained the "
+                                      "same way (same recipe, other seeds): retrain the odd one out with the others' "
+                                      "settings")
+        if _json_form(crop(c)) != _json_form(crop(first)):
+            raise CheckpointError(f"{p} and {paths[0]} were trained on different crops ({crop(c)} vs {crop(first)}), "
+                                  "so they would be tiled with different windows; retrain with the same --crop")
+    states, sources = [], []
+    for p, c in zip(paths, ckpts):
+        states += [c["model"]] + list(c.get("members") or [])
+        sources.append({"file": Path(p).name, "sha256": _sha256(p), "step": int(c["step"]),
+                        "seed": (c.get("train_config") or {}).get("seed"), "networks": 1 + len(c.get("members") or [])})
+    if len(states) > MAX_MEMBERS:
+        raise CheckpointError(f"{len(states)} networks, more than the {MAX_MEMBERS} an ensemble may hold")
+    out = {k: v for k, v in first.items() if k not in ("members", "train_model")}
+    out.update(format_version=ENSEMBLE_FORMAT_VERSION, package_version=_package_version(), model=states[0],
+               members=states[1:], optimizer=None, extra={**dict(first.get("extra") or {}), "ensemble": sources})
+    return out
+
+
+def first_member(ckpt: dict) -> dict:
+    """A single-model checkpoint dict of an ensemble's first network (what fine-tuning starts from); a
+    single model's dict is returned unchanged."""
+    if not ckpt.get("members"):
+        return ckpt
+    out = {k: v for k, v in ckpt.items() if k != "members"}
+    out["format_version"] = FORMAT_VERSION
+    return out
+
+
+def _json_form(value):
+    """``value`` as JSON would store it (tuples → lists), for comparing checkpoint fields."""
+    import json
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def describe(info: CheckpointInfo) -> dict[str, Any]:
     """Short JSON-able summary for sidecars and logs."""
     return {"path": str(info.path), "channels": info.channels, "step": info.step, "epoch": info.epoch,
             "format_version": info.format_version, "package_version": info.package_version,
-            "net_config": config_to_dict(info.net_config)}
+            "net_config": config_to_dict(info.net_config), **({"members": info.members} if info.members > 1 else {})}

@@ -1,4 +1,5 @@
-"""``cgcseg``: one command with sub-commands ``gmm``, ``segment``, ``evaluate``, ``demo``, ``train``.
+"""``cgcseg``: one command with sub-commands ``gmm``, ``segment``, ``evaluate``, ``demo``, ``train``,
+``ensemble``, ``split4d``.
 
 Each sub-command lives in :mod:`CGCLesionSegLib.commands.<name>` with ``add_arguments(parser)`` and
 ``run(args) -> int``; heavy imports (torch) happen inside ``run`` so ``--help`` stays instant.
@@ -20,6 +21,7 @@ SUBCOMMANDS = {
     "evaluate": "Dice / sensitivity of segmentations against reference labels",
     "demo": "run the whole pipeline on a generated phantom (no data needed)",
     "train": "train the CGC network on unlabelled cases (same as python -m CGCTraining)",
+    "ensemble": "combine models of one recipe trained with different seeds into one model file",
     "split4d": "split a 4-D file of stacked channels (Medical Segmentation Decathlon) into 3-D files",
 }
 

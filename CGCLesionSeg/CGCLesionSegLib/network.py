@@ -18,7 +18,7 @@ Paths (each can be switched off in :class:`NetConfig`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -300,3 +300,36 @@ class CGCNet(nn.Module):
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+class CGCEnsemble(nn.Module):
+    """Several :class:`CGCNet` of one configuration (e.g. the same recipe trained with different seeds) as one
+    inference model: :meth:`segment_logits` returns the logit of the **mean of the members' probabilities**.
+
+    Probabilities, not logits, are averaged (as test-time mirroring does), so one confident member cannot
+    outvote the others. The sliding window's Gaussian blending and the resampling back to the input grid are
+    linear in the probabilities, so the whole-case map equals the mean of the members' whole-case maps (to
+    float32 rounding): what protocol cgc-v28 measured. Inference only: training continues one member.
+    """
+
+    def __init__(self, members: Sequence[CGCNet]) -> None:
+        super().__init__()
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        if any(m.config != members[0].config for m in members[1:]):
+            raise ValueError("ensemble members must share one network configuration")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def segment_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, Z, Y, X)`` → logits ``(B, 1, Z, Y, X)`` of the members' mean probability (float32)."""
+        total = None
+        for m in self.members:
+            prob = torch.sigmoid(m.segment_logits(x).float())
+            total = prob if total is None else total + prob
+        return torch.logit(total / len(self.members), eps=1e-7)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """Only the lesion logits (``"coarse_logits"`` and ``"embeddings"`` are None): an ensemble is not trained."""
+        return {"logits": self.segment_logits(x), "coarse_logits": None, "embeddings": None}

@@ -66,3 +66,23 @@ def test_init_from_refuses_other_architecture(tmp_path, case):
                        capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     assert "network configuration differs" in r.stderr and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_adapting_an_ensemble_fine_tunes_its_first_member_and_leaves_the_file_alone(tmp_path, case):
+    """A seed ensemble (`cgcseg ensemble`) is adapted through its first member: the result is one network that
+    started from that member's weights; the ensemble file is unchanged."""
+    from CGCLesionSegLib.adapt import AdaptConfig, adapt_to_case
+    from CGCLesionSegLib.checkpoint import combine_checkpoints, save_checkpoint_dict
+    first, model = _base(tmp_path, ["flair"])
+    torch.manual_seed(1)
+    second = save_checkpoint(tmp_path / "second.pt", CGCNet(model.config), model.config, ["flair"],
+                             read_checkpoint(first)["preprocessing"])
+    ens = save_checkpoint_dict(tmp_path / "ens.pt", combine_checkpoints([first, second]))
+    before = ens.read_bytes()
+    out = adapt_to_case([("flair", str(case["flair"]))], None, ens, AdaptConfig(steps=2, minutes=5, device="cpu"),
+                        run_dir=tmp_path / "run", progress="none")
+    ck = read_checkpoint(out)
+    assert "members" not in ck and ck["step"] == 2 and ens.read_bytes() == before
+    diffs = [float((ck["model"][k].float() - v.float()).abs().max()) for k, v in model.state_dict().items()
+             if v.is_floating_point()]
+    assert 0 < max(diffs) < 0.05  # moved, from the first member's weights

@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from CGCLesionSegLib.checkpoint import (FORMAT_VERSION, CheckpointError, build_checkpoint, load_checkpoint,
-                                        read_checkpoint, save_checkpoint, save_checkpoint_dict)
+from CGCLesionSegLib.checkpoint import (ENSEMBLE_FORMAT_VERSION, FORMAT_VERSION, CheckpointError, build_checkpoint,
+                                        load_checkpoint, read_checkpoint, save_checkpoint, save_checkpoint_dict)
 from CGCLesionSegLib.network import CGCNet, NetConfig
 
 CFG = NetConfig(in_channels=2, widths=(2, 3, 4, 5), blocks=(0, 1, 0, 1), decoder_width=2, projection_dim=4,
@@ -119,7 +119,7 @@ def test_foreign_or_corrupt_files_are_refused(tmp_path, kind):
         torch.save([1, 2, 3], path)
     elif kind == "newer":
         ck = build_checkpoint(CGCNet(CFG), CFG, ["a", "b"], PRE)
-        ck["format_version"] = FORMAT_VERSION + 1
+        ck["format_version"] = ENSEMBLE_FORMAT_VERSION + 1  # newer than any version this package reads
         save_checkpoint_dict(path, ck)
     elif kind == "folder":
         path.mkdir()
