@@ -44,8 +44,11 @@ KEEP_P_FLOOR = 0.3
 #: The ``default-output`` targets' threshold: the shipped models' default-output threshold, which every fold
 #: of cgc-v18's confirmation chose on its own training cases (docs/protocols/README.md).
 DEFAULT_OUTPUT_THRESHOLD = 0.3
-#: The ``default-output`` targets' rule: the output preset and its threshold (also what self_train.json records).
-DEFAULT_OUTPUT_RULE = {"preset": "single-lesion-recommended", "threshold": DEFAULT_OUTPUT_THRESHOLD}
+#: The ``default-output`` targets' rule: the output preset, its threshold and its lesion choice (also what
+#: self_train.json records). The lesion stays the largest (``size``), as in the recipe cgc-v24 confirmed and the
+#: shipped models were trained with, although ``cgcseg segment``'s preset now ranks by ``core`` (hysteresis-v1,
+#: an inference rule; on clean training images the two chose the same lesion in every case measured).
+DEFAULT_OUTPUT_RULE = {"preset": "single-lesion-recommended", "threshold": DEFAULT_OUTPUT_THRESHOLD, "lesion_choice": "size"}
 #: ``--pseudo-rule``'s help, for ``python -m CGCTraining`` and ``python -m CGCTraining.self_train`` alike.
 PSEUDO_RULE_HELP = ("how the targets are made. fixed: 0.5*CGC + 0.5*P at 0.5 (the shipped recipe); keep-p: the same "
                     f"per case at the largest threshold <= 0.5 (not below {KEEP_P_FLOOR}) whose target keeps the model's "
@@ -128,7 +131,8 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
         raise ValueError(f"{model_path} was trained on {' '.join(stored)}, not {' '.join(modalities)}: give the "
                          "modalities of the model whose targets these are")
     config = (InferenceConfig(device=device, **{**output_preset(DEFAULT_OUTPUT_RULE["preset"]),
-                                                "threshold": DEFAULT_OUTPUT_RULE["threshold"]})
+                                                "threshold": DEFAULT_OUTPUT_RULE["threshold"],
+                                                "lesion_choice": DEFAULT_OUTPUT_RULE["lesion_choice"]})
               if volume == "default-output" else InferenceConfig(device=device, **PSEUDO_RULE))
     has_mask = any(c.mask for c in cases)
     record_path = out / TARGET_RECORD

@@ -57,10 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --keep-largest: rank components after an opening of R mm (R voxels on 1 mm grids; "
                         "thin bridges do not merge lesions)")
     p.add_argument("--lesion-choice", choices=("size", "network", "core"), default=None,
-                   help="with --keep-largest: keep the largest components (size, the rules' default), those holding "
-                        "the most voxels where the network's own map is >= 0.5 (network), or where the thresholded "
-                        "map itself is >= 0.5 (core: chosen at 0.5, delineated at --threshold); network and core are "
-                        "under test, docs/protocols/README.md 'lesion-choice-v1', 'hysteresis-v1'")
+                   help="with --keep-largest: keep the largest components (size: single-lesion's default), those "
+                        "holding the most voxels where the network's own map is >= 0.5 (network, under test: "
+                        "docs/protocols/README.md 'lesion-choice-v1'), or where the thresholded map itself is >= 0.5 "
+                        "(core: chosen at 0.5, delineated at --threshold; single-lesion-recommended's default, "
+                        "protocol 'hysteresis-v1')")
     p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="sliding-window size (default: the model's training crop, e.g. 96 96 64; "
                         "160 192 160 for models that record none)")
