@@ -144,6 +144,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models-dir", default=str(MODELS), help="where to write (default: the package's models folder)")
     ap.add_argument("--output-rule", choices=("none", "single-lesion", "single-lesion-recommended"),
                     help="default_output_rule recorded in the exported checkpoint (default: keep the run's)")
+    ap.add_argument("--members", nargs="+", default=[], metavar="RUN_DIR",
+                    help="more runs of the same recipe (other seeds): ship a seed ensemble of run_dir and these "
+                         "(`cgcseg ensemble`; their last.pt must match run_dir's in every shared field)")
     ap.add_argument("--update-card", action="store_true",
                     help="only rewrite the Dice section of models/NAME.md from --dice-json (run_dir is the card's model stem)")
     args = ap.parse_args(argv)
@@ -152,22 +155,29 @@ def main(argv=None) -> int:
         update_card(models_dir / f"{args.run_dir}.md", json.loads(Path(args.dice_json).read_text()))
         return 0
     sys.path.insert(0, str(ROOT))
-    from CGCLesionSegLib.checkpoint import read_checkpoint, save_checkpoint_dict, info_from_dict
+    from CGCLesionSegLib.checkpoint import combine_checkpoints, info_from_dict, read_checkpoint, save_checkpoint_dict
     from CGCLesionSegLib.default_models import model_file_name
     run = Path(args.run_dir)
-    ck = read_checkpoint(run / "last.pt")
+    members = [Path(m) for m in args.members]
+    # an ensemble: every run's EMA weights ("model"), checked to match in everything but the weights
+    ck = combine_checkpoints([run / "last.pt"] + [m / "last.pt" for m in members]) if members else read_checkpoint(run / "last.pt")
     info = info_from_dict(ck, run / "last.pt")
     name = args.name or Path(model_file_name(info.channels)).stem
     models_dir.mkdir(parents=True, exist_ok=True)
-    ck["model"] = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["model"].items()}
+    half = lambda state: {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    ck["model"] = half(ck["model"])
+    if members:
+        ck["members"] = [half(m) for m in ck["members"]]
     ck["optimizer"] = None
     ck.pop("train_model", None)  # EMA runs: ship the averaged weights ("model") only
-    ck["extra"] = {**(ck.get("extra") or {}), "exported_from": run.name, "weights_dtype": "float16"}
+    ck["extra"] = {**(ck.get("extra") or {}), "exported_from": run.name, "weights_dtype": "float16",
+                   **({"exported_members": [m.name for m in members]} if members else {})}
     if args.output_rule:
         ck["default_output_rule"] = args.output_rule
     out = save_checkpoint_dict(models_dir / f"{name}.pt", ck)
     loss_curve_png(run / "loss_log.csv", models_dir / f"{name}_loss.png")
     rows = list(csv.DictReader((run / "loss_log.csv").open()))
+    n_params = sum(v.numel() for v in ck["model"].values())
     tc, extra = ck["train_config"] or {}, ck.get("extra") or {}
     first, last = rows[0], rows[-1]
     spacing = [float(v) for v in ck["preprocessing"].get("spacing_xyz") or (1.0, 1.0, 1.0)]
@@ -182,8 +192,11 @@ def main(argv=None) -> int:
         "**Research use only, not for clinical diagnosis.**",
         "",
         f"- **What**: CGC network (paper's method: BCE to the GMM map P + coarse-grained + fine-grained contrastive "
-        f"paths), input channels **{', '.join(info.channels)}** (in this order), {sum(v.numel() for v in ck['model'].values()) / 1e6:.2f} M "
-        f"parameters stored in float16 ({out.stat().st_size / 1e6:.1f} MB).",
+        f"paths), input channels **{', '.join(info.channels)}** (in this order), {n_params / 1e6:.2f} M "
+        + (f"parameters per network, **a seed ensemble of {info.members} networks** (the same recipe and data, training "
+           f"seeds {', '.join(str(s['seed']) for s in ck['extra']['ensemble'])}; `cgcseg segment` averages their "
+           "probabilities, `cgcseg ensemble`), " if members else "parameters ")
+        + f"stored in float16 ({out.stat().st_size / 1e6:.1f} MB).",
         f"- **Data**: {len(extra.get('cases', []))} tumour cases "
         f"({', '.join(extra.get('cases', []))}); images only — **no label was read** in training.",
         f"- **P**: GMM settings `{json.dumps(ck['preprocessing'].get('gmm'))}` (the paper's FLAIR-only configuration).",
@@ -193,7 +206,10 @@ def main(argv=None) -> int:
         f"- **Training**: `{json.dumps({k: tc.get(k) for k in ('crop_xyz', 'batch_size', 'lr', 'lr_schedule', 'ema', 'augment', 'lesion_crop_fraction', 'flip', 'intensity_jitter', 'target_sigma_mm', 'seed')})}`; "
         f"losses `{json.dumps(tc.get('loss'))}`.",
         f"- **Length**: {info.step} steps ({info.epoch} epochs of {extra.get('steps_per_epoch')} steps), "
-        + _length_note(run, extra, args.hardware) + ".",
+        + _length_note(run, extra, args.hardware)
+        + "".join(f"; member {i + 2} (`{m.name}`): " + _length_note(m, read_checkpoint(m / "last.pt").get("extra") or {},
+                                                                     args.hardware)
+                  for i, m in enumerate(members)) + ".",
         f"- **Output rule** (`--postprocess auto`): `{ck.get('default_output_rule', 'none')}`.",
         *([f"- **Threshold** of that rule when none is given (`--threshold`): `{float(ck['default_threshold']):g}`."]
           if ck.get("default_threshold") is not None else []),

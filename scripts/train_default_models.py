@@ -17,7 +17,9 @@ Nothing here is chosen by looking at labels; every setting comes from the protoc
   measured at); ``--max-minutes`` is only a safety stop;
 * **data**: every tumour case the protocol names: its labelled folder (images only) and its
   unlabelled folder — 7 + 4 = 11 cases in ../shared/data;
-* **seed**: :data:`SHIP_SEED`, fixed here (not one of the protocol's evaluation seeds);
+* **seed**: :data:`SHIP_SEED`, fixed here (not one of the protocol's evaluation seeds); ``--seeds 0 1`` trains the
+  recipe once per seed and ships their seed ensemble (``cgcseg ensemble``; only after a declared protocol
+  confirmed the ensemble for that model set, e.g. cgc-v28);
 * **output rule** recorded in the exported checkpoint: :data:`SHIP_OUTPUT_RULE` (``--output-rule``
   overrides), the rule a declared rule protocol confirmed on held-out cases (cgc-v11); the card shows
   that protocol's numbers for this recipe (:data:`RULE_EVIDENCE`).
@@ -227,25 +229,31 @@ def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_
 
 
 def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path = RESULTS,
-           models_dir: Path | None = None, output_rule: str = SHIP_OUTPUT_RULE) -> None:
+           models_dir: Path | None = None, output_rule: str = SHIP_OUTPUT_RULE, members: tuple = ()) -> None:
     """Write the shipped model, card and loss curve for a trained run; the card's per-case Dice is on
-    ``labelled`` (its labelled training cases: in-sample, and the card says so)."""
+    ``labelled`` (its labelled training cases: in-sample, and the card says so). ``members``: the same recipe's
+    runs of other seeds: the shipped file is then the seed ensemble of ``model`` and them, and the card scores it."""
     import evaluate_cgc
     import export_default_model
     from CGCLesionSegLib.default_models import model_file_name
-    check_file = model.run / "lesion_check.json"  # written by CGCTraining after training (CGCTraining.sanity)
     from CGCTraining.sanity import failure
     from CGCTraining.self_train import target_rule_text
-    check = json.loads(check_file.read_text()) if check_file.exists() else None
-    state = failure(check)
-    if state:
-        what = ("collapsed (it marks almost no lesion on its own training cases" if state == "collapsed" else
-                f"overgrown (it marks {check['ratio']:.1f} times its target's voxels on its own training cases")
-        raise SystemExit(f"{model.run / 'last.pt'} has {what}; {check_file}): not exported, the shipped model is "
-                         "unchanged. Train again with another seed")
+    for m in (model, *members):
+        check_file = m.run / "lesion_check.json"  # written by CGCTraining after training (CGCTraining.sanity)
+        check = json.loads(check_file.read_text()) if check_file.exists() else None
+        state = failure(check)
+        if state:
+            what = ("collapsed (it marks almost no lesion on its own training cases" if state == "collapsed" else
+                    f"overgrown (it marks {check['ratio']:.1f} times its target's voxels on its own training cases")
+            raise SystemExit(f"{m.run / 'last.pt'} has {what}; {check_file}): not exported, the shipped model is "
+                             "unchanged. Train again with another seed")
+    scored = model.run / "last.pt"
+    if members:  # the card scores what ships: the ensemble (written beside the runs, not shipped from there)
+        from CGCLesionSegLib.checkpoint import combine_checkpoints, save_checkpoint_dict
+        scored = save_checkpoint_dict(model.run.parent / f"ensemble-seeds-{'-'.join(str(m.seed) for m in (model, *members))}.pt",
+                                      combine_checkpoints([m.run / "last.pt" for m in (model, *members)]))
     # the run's last.pt records no rule; score "default" with the one the exported file will record
-    rows = [evaluate_cgc._score_case(c, model.run / "last.pt", list(model.modalities), "cpu", output_rule)
-            for c in labelled]
+    rows = [evaluate_cgc._score_case(c, scored, list(model.modalities), "cpu", output_rule) for c in labelled]
     dice_json = model.run / "card_dice.json"
     dice_json.write_text(json.dumps(rows))
     chosen = "screening winner" if "screen" in proto.get("stages", {}) else "confirmed recipe"
@@ -267,6 +275,7 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     stem = Path(model_file_name(list(model.modalities))).stem
     export_default_model.main([str(model.run), "--name", stem, "--dice-json", str(dice_json), "--hardware", hardware,
                                "--output-rule", output_rule, "--notes", notes]
+                              + (["--members", *[str(m.run) for m in members]] if members else [])
                               + (["--models-dir", str(models_dir)] if models_dir else []))
 
 
@@ -288,6 +297,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", help="ship this variant instead of the screening winner: a recipe whose "
                     "confirmation (a stage with a control and a rival) was decided as its protocol declares, "
                     "recorded in docs/protocols/README.md")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[SHIP_SEED], metavar="SEED",
+                    help=f"training seeds (default {SHIP_SEED}); two or more ship their seed ensemble (only after a "
+                         "declared protocol confirmed it for the model set)")
     ap.add_argument("--results-dir", default=str(RESULTS), help="where the protocol's results files are")
     ap.add_argument("--models-dir", help="where --export writes (default: the package's models folder)")
     args = ap.parse_args(argv)
@@ -297,15 +309,19 @@ def main(argv=None) -> int:
     work = Path(args.work_dir or ROOT / "runs" / f"default-models-{proto['name']}")
     results_dir = Path(args.results_dir)
     winner = args.variant or recipe(proto, results_dir)
-    models = plan_models(proto, args.models, Path(args.data), work, results_dir, variant=winner)
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds {' '.join(map(str, args.seeds))}: give each seed once")
+    models = [m for seed in args.seeds
+              for m in plan_models(proto, args.models, Path(args.data), work, results_dir, seed=seed, variant=winner)]
     print(f"recipe {winner} ({stage['steps']} steps per round): " + ", ".join(str(m.run) for m in models),
           file=sys.stderr)
     protocol.train_all(models, stage, args.jobs, args.device)
     if args.export:
         labelled = protocol._case_dirs(Path(args.data) / proto["labelled"])
-        for m in models:
-            if m.variant == winner:
-                export(proto, m, labelled, args.hardware, results_dir, args.models_dir, args.output_rule)
+        for name in args.models:  # one file per model set: the first seed's run, the other seeds' as members
+            runs = [m for m in models if m.variant == winner and m.modalities == MODEL_SETS[name]]
+            export(proto, runs[0], labelled, args.hardware, results_dir, args.models_dir, args.output_rule,
+                   tuple(runs[1:]))
     return 0
 
 

@@ -424,3 +424,40 @@ def test_cgc_v24_cards_carry_cgc_v25_numbers_of_the_shipped_threshold():
     for mods in tdm.MODEL_SETS.values():
         text = tdm.rule_notes("cgc-v24", "single-lesion-recommended", mods, "robust-2mm-std")
         assert f"`protocol-cgc-v25-confirm-{'-'.join(mods)}`" in text and "at 0.5 |" in text and "| — |" not in text
+
+
+def test_two_seeds_ship_their_seed_ensemble_and_the_card_scores_it(setup, tmp_path, monkeypatch):
+    """``--seeds 0 1``: the recipe trains once per seed; the shipped file is their ensemble (format 2, float16
+    members, the rule recorded), its card says so and its in-sample table scores the ensemble, not one member."""
+    import torch
+
+    import evaluate_cgc
+    import train_default_models as tdm
+    from CGCLesionSegLib.checkpoint import ENSEMBLE_FORMAT_VERSION, load_checkpoint, read_checkpoint
+    from CGCLesionSegLib.network import CGCEnsemble
+    scored = []
+    real = evaluate_cgc._score_case
+    monkeypatch.setattr(evaluate_cgc, "_score_case", lambda case, path, *a: scored.append(Path(path)) or real(case, path, *a))
+    work, models_dir = tmp_path / "work", tmp_path / "models"
+    common = ["--protocol", str(setup / "tiny.toml"), "--models", "flair", "--data", str(setup / "data"),
+              "--work-dir", str(work), "--results-dir", str(setup / "results"), "--models-dir", str(models_dir),
+              "--jobs", "1"]
+    with pytest.raises(SystemExit, match="each seed once"):
+        tdm.main(common + ["--seeds", "0", "0"])
+    assert tdm.main(common + ["--seeds", "0", "1", "--export"]) == 0
+    runs = [work / "flair" / "robust-st" / f"all-seed{s}" for s in (0, 1)]
+    assert all((r / "finished.json").exists() for r in runs)
+    out = models_dir / "cgc_flair.pt"
+    ck = read_checkpoint(out)
+    assert ck["format_version"] == ENSEMBLE_FORMAT_VERSION and len(ck["members"]) == 1
+    assert ck["default_output_rule"] == tdm.SHIP_OUTPUT_RULE and ck["optimizer"] is None
+    assert [s["seed"] for s in ck["extra"]["ensemble"]] == [0, 1]
+    for state, run in zip([ck["model"], ck["members"][0]], runs):
+        own = read_checkpoint(run / "last.pt")["model"]
+        assert all(v.dtype == torch.float16 and torch.equal(v, own[k].half()) for k, v in state.items()
+                   if v.is_floating_point())
+    model, info = load_checkpoint(out)
+    assert isinstance(model, CGCEnsemble) and info.members == 2
+    assert set(p.name for p in scored) == {"ensemble-seeds-0-1.pt"}  # the card scores what ships
+    card = (models_dir / "cgc_flair.md").read_text()
+    assert "a seed ensemble of 2 networks" in card and "seeds 0, 1" in card and "member 2 (`all-seed1`)" in card
