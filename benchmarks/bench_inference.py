@@ -112,6 +112,20 @@ def main(argv=None) -> int:
     # single-lesion-recommended fuses the recommended preset's map instead (its GMM fits K = 4..8).
     rule_times, rec_times = rule_times_of("single-lesion"), rule_times_of("single-lesion-recommended")
 
+    # A seed ensemble of two networks (`cgcseg ensemble`): the model combined with itself, for the cost only
+    # (two passes per window; the accuracy of a real ensemble is protocol cgc-v28's).
+    from CGCLesionSegLib.checkpoint import combine_checkpoints, save_checkpoint_dict
+    pair = save_checkpoint_dict(tmp / "pair.pt", combine_checkpoints([model_path, model_path]))
+    pair_model, pair_info = load_checkpoint(pair, device=str(device))
+    segment_case(channels, geometry, mods, pair, None, cfg, compute_gmm=False, model=pair_model, info=pair_info)  # warm-up
+    pair_totals, pair_nets = [], []
+    for _ in range(args.repeats):
+        sync(); t = time.perf_counter()
+        res = segment_case(channels, geometry, mods, pair, None, cfg, compute_gmm=False, model=pair_model, info=pair_info)
+        sync(); pair_totals.append(time.perf_counter() - t)
+        pair_nets.append(res.timings["network_s"])
+    del pair_model
+
     # Peak RAM of the whole command in its own process (reads files, the model's default output rule —
     # single-lesion for a shipped model, GMM included —, writes outputs).
     cmd = [sys.executable, "-c",
@@ -146,6 +160,9 @@ def main(argv=None) -> int:
         f"| segment_case with the output rule single-lesion (+ GMM fit, fusion, clean-up) | {statistics.median(rule_times):.2f} s |",
         f"| segment_case with the output rule single-lesion-recommended (+ the recommended preset's GMM fit, K = 4..8) | "
         f"{statistics.median(rec_times):.2f} s |",
+        f"| segment_case with a seed ensemble of {pair_info.members} networks (`cgcseg ensemble`) | "
+        f"{statistics.median(pair_totals):.2f} s, of which network {statistics.median(pair_nets):.2f} s "
+        f"(ratio to one network {statistics.median(pair_nets) / statistics.median(nets):.2f}) |",
         f"| reference: one Conv3d 4→16 3³ over the volume | {ref:.3f} s |",
         f"| ratio segment_case / reference | {med / ref:.1f} |",
         f"| `cgcseg segment` command end to end (read, infer with the model's default rule, write) | {cli_s:.1f} s |",
