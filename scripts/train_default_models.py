@@ -59,6 +59,10 @@ RULE_EVIDENCE = {("cgc-v9", "single-lesion-recommended"): ("cgc-v11", "confirm",
                  ("cgc-v24", "single-lesion-recommended"): ("cgc-v25", "confirm", "default_rec_03")}
 
 
+#: Where a recipe's seed ensemble was measured, for the card of a shipped ensemble: (recipe protocol, variant) ->
+#: (ensemble protocol, stage). cgc-v28 confirmed the two-seed ensemble of cgc-v24's recipe on cgc-v27's models.
+ENSEMBLE_EVIDENCE = {("cgc-v24", "robust-2mm-std"): ("cgc-v28", "confirm")}
+
 RESULTS = ROOT / "docs" / "protocols" / "results"
 
 
@@ -186,6 +190,34 @@ def held_out_notes(proto: dict, mods: tuple, winner: str, results_dir: Path = RE
     return "\n".join(lines)
 
 
+def ensemble_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
+    """The held-out numbers of the recipe's seed ensemble (:data:`ENSEMBLE_EVIDENCE`), as card markdown for a
+    shipped ensemble; empty when no protocol measured it for this model set."""
+    if (protocol_name, winner) not in ENSEMBLE_EVIDENCE:
+        return ""
+    name, stage = ENSEMBLE_EVIDENCE[(protocol_name, winner)]
+    res, section = _set_results(name, stage, mods, results_dir)
+    group = (res or {}).get("summary", {}).get(f"{'-'.join(mods)}/{winner}")
+    if not group or "network_ensemble" not in group["means"]:
+        return ""
+    m, d = group["means"], group["differences"]
+    f = lambda col: f"{m[col]['dice']:.3f}" if col in m else "—"
+    ci = lambda key: (f"{d[key]['mean']:+.3f} [{d[key]['ci95'][0]:+.3f}, {d[key]['ci95'][1]:+.3f}]" if key in d else "—")
+    return "\n".join(["",
+        f"## Held-out numbers of the seed ensemble (protocol `{name}`, stage `{stage}`)", "",
+        f"Two models of this recipe per fold (seeds {', '.join(str(s) for s in group['seeds'])}), their network maps "
+        f"averaged as this file averages its members; docs/BENCHMARKS.md section `{section}`. Mean Dice over "
+        f"{len(group['cases'])} held-out cases:", "",
+        "| smoothed P | `cgcseg gmm` default | network, one seed | **network, ensemble** | default output, one seed "
+        "| **default output, ensemble** |", "|---|---|---|---|---|---|",
+        f"| {f('p_smooth')} | {f('gmm_default')} | {f('network')} | {f('network_ensemble')} | {f('default_rec_03')} "
+        f"| {f('default_rec_03_ensemble')} |", "",
+        f"Paired differences (mean, bootstrap 95 % CI over cases): ensemble − one seed, network "
+        f"{ci('network_ensemble-network')}, default output {ci('default_rec_03_ensemble-default_rec_03')}; ensemble "
+        f"network − smoothed P {ci('network_ensemble-p_smooth')}, − P ≥ 0.5 {ci('network_ensemble-p')}; ensemble "
+        f"default output − `cgcseg gmm` default {ci('default_rec_03_ensemble-gmm_default')}.", ""])
+
+
 def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
     """The held-out numbers of the output rule ``rule`` on the fold models of recipe protocol
     ``protocol_name``'s variant ``winner`` (:data:`RULE_EVIDENCE`), as card markdown; empty when no rule
@@ -271,7 +303,8 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
                       "on those binary targets" + (" (each earlier round likewise from the one before)" if rounds > 2 else "")
                       if model.parent is not None else "") + ". Trained by `scripts/train_default_models.py`.")
     notes = (recipe_note + "\n\n" + held_out_notes(proto, model.modalities, model.variant, results_dir)
-             + rule_notes(proto["name"], output_rule, model.modalities, model.variant, results_dir))
+             + rule_notes(proto["name"], output_rule, model.modalities, model.variant, results_dir)
+             + (ensemble_notes(proto["name"], model.modalities, model.variant, results_dir) if members else ""))
     stem = Path(model_file_name(list(model.modalities))).stem
     export_default_model.main([str(model.run), "--name", stem, "--dice-json", str(dice_json), "--hardware", hardware,
                                "--output-rule", output_rule, "--notes", notes]

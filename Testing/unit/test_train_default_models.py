@@ -461,3 +461,23 @@ def test_two_seeds_ship_their_seed_ensemble_and_the_card_scores_it(setup, tmp_pa
     assert set(p.name for p in scored) == {"ensemble-seeds-0-1.pt"}  # the card scores what ships
     card = (models_dir / "cgc_flair.md").read_text()
     assert "a seed ensemble of 2 networks" in card and "seeds 0, 1" in card and "member 2 (`all-seed1`)" in card
+
+
+def test_an_ensembles_card_carries_the_ensemble_protocols_numbers_for_its_own_set(tmp_path, monkeypatch):
+    import train_default_models as tdm
+    group = {"cases": list("abcdefg"), "seeds": [2600, 2601],
+             "means": {c: {"dice": v} for c, v in [("p_smooth", 0.7586), ("gmm_default", 0.8302), ("network", 0.7823),
+                                                   ("network_ensemble", 0.8183), ("default_rec_03", 0.8476),
+                                                   ("default_rec_03_ensemble", 0.8532)]},
+             "differences": {"network_ensemble-p_smooth": {"mean": 0.0597, "ci95": [0.0036, 0.1188]},
+                             "network_ensemble-network": {"mean": 0.036, "ci95": [0.008, 0.0699]}}}
+    (tmp_path / "ens-confirm-flair.json").write_text(json.dumps({"summary": {"flair/r": group}}))
+    monkeypatch.setitem(tdm.ENSEMBLE_EVIDENCE, ("tiny", "r"), ("ens", "confirm"))
+    text = tdm.ensemble_notes("tiny", ("flair",), "r", tmp_path)
+    assert "protocol `ens`, stage `confirm`" in text and "seeds 2600, 2601" in text
+    assert "| 0.759 | 0.830 | 0.782 | 0.818 | 0.848 | 0.853 |" in text
+    assert "network − smoothed P +0.060 [+0.004, +0.119]" in text and "network +0.036 [+0.008, +0.070]" in text
+    assert "section `protocol-ens-confirm-flair`" in text
+    # no numbers for this set, this recipe or this protocol: nothing is claimed
+    assert tdm.ensemble_notes("tiny", ("flair", "t1", "t1ce", "t2"), "r", tmp_path) == ""
+    assert tdm.ensemble_notes("tiny", ("flair",), "other", tmp_path) == ""
