@@ -161,8 +161,14 @@ def _check_resume_compatible(ckpt: dict, net_config: NetConfig, train_cfg: Train
 
 def _init_from(model: torch.nn.Module, path: Path, net_config: NetConfig, channels: list, dev: torch.device) -> None:
     """Start from another run's weights (fine-tuning, e.g. ``cgcseg segment --adapt``): same architecture
-    and modalities required; the optimizer and the step count start fresh."""
+    and modalities required; the optimizer and the step count start fresh. A seed ensemble (``cgcseg
+    ensemble``, e.g. the shipped four-channel model) starts from its first network: training continues one."""
+    from CGCLesionSegLib.checkpoint import first_member
     ckpt = read_checkpoint(path, map_location=dev)
+    if ckpt.get("members"):
+        print(f"{path} is a seed ensemble of {1 + len(ckpt['members'])} networks; fine-tuning starts from its first "
+              "network (the result is one network)", file=sys.stderr)
+        ckpt = first_member(ckpt)
     if _json_roundtrip(ckpt["net_config"]) != _json_roundtrip(config_to_dict(net_config)):
         raise ValueError(f"{path}: its network configuration differs from this run's; fine-tuning needs the same architecture")
     if list(ckpt["channels"]) != list(channels):

@@ -69,7 +69,7 @@ def adapt_to_case(pairs: Sequence[tuple[Optional[str], str]], mask_path: Optiona
     from CGCTraining.data import CaseSpec
     from CGCTraining.train import train
 
-    from .checkpoint import first_member, info_from_dict, read_checkpoint, save_checkpoint_dict
+    from .checkpoint import info_from_dict, read_checkpoint
     from .default_models import default_model_path
     from .gmm import GMMConfig, config_from_dict as gmm_from_dict
     from .network import NetConfig
@@ -83,15 +83,9 @@ def adapt_to_case(pairs: Sequence[tuple[Optional[str], str]], mask_path: Optiona
             base_path = default_model_path(names)
         except ValueError:
             base_path = None  # no shipped model for these inputs: train from scratch
-    run = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="cgc-adapt-"))
     if base_path is not None:
-        base_ckpt = read_checkpoint(base_path)
-        info = info_from_dict(base_ckpt, base_path)
-        if info.members > 1:
-            # A seed ensemble: training continues one network, so the case adapts its first member (the
-            # result is a single model).
-            run.mkdir(parents=True, exist_ok=True)
-            base_path = save_checkpoint_dict(run / "base_first_member.pt", first_member(base_ckpt))
+        # a seed ensemble (the shipped four-channel model) is fine-tuned from its first network (train's --init-from)
+        info = info_from_dict(read_checkpoint(base_path), base_path)
         modalities = list(info.channels)
         net_config = info.net_config
         pre = info.preprocessing
@@ -111,6 +105,7 @@ def adapt_to_case(pairs: Sequence[tuple[Optional[str], str]], mask_path: Optiona
         lr = config.lr if config.lr is not None else 1e-3
     paths = order_inputs(pairs, modalities)
     case = CaseSpec(name="adapt_case", images=dict(zip(modalities, paths)), mask=mask_path)
+    run = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="cgc-adapt-"))
     train_cfg = TrainConfig(modalities=tuple(modalities), crop_xyz=tuple(config.crop_xyz), batch_size=config.batch_size,
                             lr=lr, epochs=None, steps=config.steps or 1_000_000, max_minutes=config.minutes,
                             seed=config.seed, workers=0, checkpoint_every=1_000_000)

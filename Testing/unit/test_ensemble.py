@@ -123,9 +123,17 @@ def test_cgcseg_ensemble_writes_a_new_file_and_never_replaces_an_input(tmp_path,
     assert "different crops" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
-def test_training_from_an_ensemble_is_refused_with_the_members_files(tmp_path):
-    from CGCTraining.train import _load_weights
+def test_fine_tuning_from_an_ensemble_starts_from_its_first_network(tmp_path, capsys):
+    """``--init-from`` an ensemble (e.g. the shipped four-channel model) loads its first network and says so;
+    loading an ensemble's weights into one network by any other path is refused, naming the member files."""
+    from CGCTraining.train import _init_from, _load_weights
     a, b = _member(tmp_path, 1), _member(tmp_path, 2)
     ens = combine_checkpoints([a, b])
+    path = save_checkpoint_dict(tmp_path / "ens.pt", ens)
+    net = CGCNet(CFG)
+    _init_from(net, path, CFG, ["flair"], torch.device("cpu"))
+    first = read_checkpoint(a)["model"]
+    assert all(torch.equal(v, first[k]) for k, v in net.state_dict().items())
+    assert "seed ensemble of 2 networks" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"seed ensemble of 2 networks.*seed1\.pt, seed2\.pt"):
-        _load_weights(CGCNet(CFG), ens, CFG, tmp_path / "ens.pt")
+        _load_weights(CGCNet(CFG), ens, CFG, path)
