@@ -163,10 +163,10 @@ def _init_from(model: torch.nn.Module, path: Path, net_config: NetConfig, channe
     """Start from another run's weights (fine-tuning, e.g. ``cgcseg segment --adapt``): same architecture
     and modalities required; the optimizer and the step count start fresh. A seed ensemble (``cgcseg
     ensemble``, e.g. the shipped four-channel model) starts from its first network: training continues one."""
-    from CGCLesionSegLib.checkpoint import first_member
+    from CGCLesionSegLib.checkpoint import first_member, network_states
     ckpt = read_checkpoint(path, map_location=dev)
     if ckpt.get("members"):
-        print(f"{path} is a seed ensemble of {1 + len(ckpt['members'])} networks; fine-tuning starts from its first "
+        print(f"{path} is a seed ensemble of {len(network_states(ckpt))} networks; fine-tuning starts from its first "
               "network (the result is one network)", file=sys.stderr)
         ckpt = first_member(ckpt)
     if _json_roundtrip(ckpt["net_config"]) != _json_roundtrip(config_to_dict(net_config)):
@@ -179,10 +179,10 @@ def _init_from(model: torch.nn.Module, path: Path, net_config: NetConfig, channe
 def _load_weights(model: torch.nn.Module, ckpt: dict, net_config: NetConfig, path: Path, optimizer=None) -> None:
     """Weights (and optimizer state) of a checkpoint into this run's network: names, shapes and finite
     values are checked first, so a damaged or edited file is one clear error, not a traceback."""
-    from CGCLesionSegLib.checkpoint import check_state_dict
+    from CGCLesionSegLib.checkpoint import check_state_dict, network_states
     if ckpt.get("members"):
         files = ", ".join(str(m.get("file")) for m in (ckpt.get("extra") or {}).get("ensemble", []) if isinstance(m, dict))
-        raise ValueError(f"{path} is a seed ensemble of {1 + len(ckpt['members'])} networks (`cgcseg ensemble`); training "
+        raise ValueError(f"{path} is a seed ensemble of {len(network_states(ckpt))} networks (`cgcseg ensemble`); training "
                          f"continues one network: start from one member's own file{' (' + files + ')' if files else ''}")
     check_state_dict(ckpt["model"], net_config, path)
     model.load_state_dict(ckpt["model"])

@@ -85,13 +85,18 @@ def main(argv=None) -> int:
         sync(); ref_times.append(time.perf_counter() - t)
     del vol
 
-    totals, nets = [], []
-    segment_case(channels, geometry, mods, model_path, None, cfg, compute_gmm=False, model=model, info=info)  # warm-up
-    for _ in range(args.repeats):
-        sync(); t = time.perf_counter()
-        res = segment_case(channels, geometry, mods, model_path, None, cfg, compute_gmm=False, model=model, info=info)
-        sync(); totals.append(time.perf_counter() - t)
-        nets.append(res.timings["network_s"])
+    def timed(path, net, net_info) -> tuple[list, list]:
+        """Whole-case and network-stage seconds of ``args.repeats`` runs after a warm-up."""
+        totals, nets = [], []
+        segment_case(channels, geometry, mods, path, None, cfg, compute_gmm=False, model=net, info=net_info)
+        for _ in range(args.repeats):
+            sync(); t = time.perf_counter()
+            res = segment_case(channels, geometry, mods, path, None, cfg, compute_gmm=False, model=net, info=net_info)
+            sync(); totals.append(time.perf_counter() - t)
+            nets.append(res.timings["network_s"])
+        return totals, nets
+
+    totals, nets = timed(model_path, model, info)
     legacy = []
     for _ in range(args.repeats):
         sync(); t = time.perf_counter()
@@ -118,15 +123,7 @@ def main(argv=None) -> int:
     from CGCLesionSegLib.checkpoint import combine_checkpoints, first_member, read_checkpoint, save_checkpoint_dict
     pair = save_checkpoint_dict(tmp / "pair.pt", first_member(read_checkpoint(model_path)) if info.members > 1
                                 else combine_checkpoints([model_path, model_path]))
-    pair_model, pair_info = load_checkpoint(pair, device=str(device))
-    segment_case(channels, geometry, mods, pair, None, cfg, compute_gmm=False, model=pair_model, info=pair_info)  # warm-up
-    pair_totals, pair_nets = [], []
-    for _ in range(args.repeats):
-        sync(); t = time.perf_counter()
-        res = segment_case(channels, geometry, mods, pair, None, cfg, compute_gmm=False, model=pair_model, info=pair_info)
-        sync(); pair_totals.append(time.perf_counter() - t)
-        pair_nets.append(res.timings["network_s"])
-    del pair_model
+    pair_totals, pair_nets = timed(pair, *load_checkpoint(pair, device=str(device)))
 
     # Peak RAM of the whole command in its own process (reads files, the model's default output rule —
     # single-lesion for a shipped model, GMM included —, writes outputs).

@@ -356,7 +356,20 @@ def info_from_dict(ckpt: dict, path: str | os.PathLike = "") -> CheckpointInfo:
                           step=int(ckpt["step"]), epoch=int(ckpt.get("epoch", 0)),
                           format_version=int(ckpt["format_version"]),
                           package_version=str(ckpt.get("package_version", "unknown")),
-                          extra=dict(ckpt.get("extra") or {}), members=1 + len(ckpt.get("members") or []))
+                          extra=dict(ckpt.get("extra") or {}), members=len(network_states(ckpt)))
+
+
+def network_states(ckpt: dict) -> list[dict]:
+    """The state dicts of every network a checkpoint holds: ``[model]``, or an ensemble's ``[model, *members]``."""
+    return [ckpt["model"]] + list(ckpt.get("members") or [])
+
+
+def check_network_states(ckpt: dict, net_config: NetConfig, path) -> list[dict]:
+    """:func:`check_state_dict` on every network of ``ckpt`` (an ensemble's named by member); returns them."""
+    states = network_states(ckpt)
+    for i, state in enumerate(states):
+        check_state_dict(state, net_config, path, "weights" if len(states) == 1 else f"weights of ensemble member {i + 1}")
+    return states
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CGCNet | CGCEnsemble, CheckpointInfo]:
@@ -364,16 +377,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     ensemble the model is a :class:`CGCEnsemble` (``info.members`` >= 2)."""
     ckpt = read_checkpoint(path)
     info = info_from_dict(ckpt, path)
-    states = [ckpt["model"]] + list(ckpt.get("members") or [])
     nets = []
-    for i, state in enumerate(states):
-        what = "weights" if len(states) == 1 else f"weights of ensemble member {i + 1}"
-        check_state_dict(state, info.net_config, path, what)
+    for state in check_network_states(ckpt, info.net_config, path):
         net = CGCNet(info.net_config)
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise CheckpointError(f"{path}: the {what} do not match the network configuration stored in it "
+            raise CheckpointError(f"{path}: the weights do not match the network configuration stored in it "
                                   f"({str(exc).splitlines()[0][:300]})") from exc
         nets.append(net)
     model = nets[0] if len(nets) == 1 else CGCEnsemble(nets)
@@ -395,9 +405,7 @@ def combine_checkpoints(paths: Sequence[str | os.PathLike]) -> dict:
         raise CheckpointError(f"an ensemble needs at least 2 model files, got {len(paths)}")
     ckpts = [read_checkpoint(p) for p in paths]
     for p, c in zip(paths, ckpts):
-        info = info_from_dict(c, p)
-        for i, state in enumerate([c["model"]] + list(c.get("members") or [])):
-            check_state_dict(state, info.net_config, p, "weights" if "members" not in c else f"weights of member {i + 1}")
+        check_network_states(c, info_from_dict(c, p).net_config, p)
     crop = lambda c: (c.get("train_config") or {}).get("crop_xyz")
     first = ckpts[0]
     for p, c in zip(paths[1:], ckpts[1:]):
@@ -411,9 +419,9 @@ def combine_checkpoints(paths: Sequence[str | os.PathLike]) -> dict:
                                   "so they would be tiled with different windows; retrain with the same --crop")
     states, sources = [], []
     for p, c in zip(paths, ckpts):
-        states += [c["model"]] + list(c.get("members") or [])
+        states += network_states(c)
         sources.append({"file": Path(p).name, "sha256": _sha256(p), "step": int(c["step"]),
-                        "seed": (c.get("train_config") or {}).get("seed"), "networks": 1 + len(c.get("members") or [])})
+                        "seed": (c.get("train_config") or {}).get("seed"), "networks": len(network_states(c))})
     if len(states) > MAX_MEMBERS:
         raise CheckpointError(f"{len(states)} networks, more than the {MAX_MEMBERS} an ensemble may hold")
     out = {k: v for k, v in first.items() if k not in ("members", "train_model")}

@@ -16,6 +16,7 @@ import torch
 
 from .config import config_from_dict, xyz_to_zyx
 from .image_io import Geometry
+from .network import logit_of_mean_probability
 from .preprocess import NormalizationConfig, normalize_channels, validate_channels
 from .progress import ProgressCallback, StopCallback, call_progress, check_stop
 from .resample import check_work_grid, grid_for_spacing, resample_to_grid, same_spacing
@@ -154,12 +155,7 @@ def mirrored(predict: Callable[[torch.Tensor], torch.Tensor], axes: Sequence[str
     flips = [tuple(d for d, on in zip(dims, bits) if on) for bits in itertools.product((0, 1), repeat=len(dims))]
 
     def predict_mirrored(batch: torch.Tensor) -> torch.Tensor:
-        total = None
-        for f in flips:
-            logits = predict(batch.flip(f) if f else batch).float()
-            prob = torch.sigmoid(logits.flip(f) if f else logits)
-            total = prob if total is None else total + prob
-        return torch.logit(total / len(flips), eps=1e-7)
+        return logit_of_mean_probability((predict(batch.flip(f)).flip(f) if f else predict(batch)) for f in flips)
 
     return predict_mirrored
 

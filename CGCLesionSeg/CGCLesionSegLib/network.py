@@ -18,7 +18,7 @@ Paths (each can be switched off in :class:`NetConfig`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -302,6 +302,17 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+def logit_of_mean_probability(logits: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Logits of the mean of ``sigmoid(logits)`` over several predictions of one ``(B, 1, Z, Y, X)`` batch,
+    in float32: probabilities, not logits, are averaged, so one confident prediction cannot outvote the
+    others, and a sigmoid of the result gives that mean back (to float32 rounding near 0 and 1)."""
+    total, n = None, 0
+    for lg in logits:
+        prob = torch.sigmoid(lg.float())
+        total, n = (prob if total is None else total + prob), n + 1
+    return torch.logit(total / n, eps=1e-7)
+
+
 class CGCEnsemble(nn.Module):
     """Several :class:`CGCNet` of one configuration (e.g. the same recipe trained with different seeds) as one
     inference model: :meth:`segment_logits` returns the logit of the **mean of the members' probabilities**.
@@ -324,11 +335,7 @@ class CGCEnsemble(nn.Module):
 
     def segment_logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, Z, Y, X)`` → logits ``(B, 1, Z, Y, X)`` of the members' mean probability (float32)."""
-        total = None
-        for m in self.members:
-            prob = torch.sigmoid(m.segment_logits(x).float())
-            total = prob if total is None else total + prob
-        return torch.logit(total / len(self.members), eps=1e-7)
+        return logit_of_mean_probability(m.segment_logits(x) for m in self.members)
 
     def forward(self, x: torch.Tensor) -> dict:
         """Only the lesion logits (``"coarse_logits"`` and ``"embeddings"`` are None): an ensemble is not trained."""
