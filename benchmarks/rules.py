@@ -172,7 +172,7 @@ def output_rule_mask(network_probability, p, brain, gmm_weight: float, spacing_x
                      lesion_choice: str = "size"):
     """The ``single-lesion`` output rule with the fused map ``(1 − w)·network + w·P`` (``w`` = ``gmm_weight``,
     0 … 1; 0.5 is what ``cgcseg segment`` does) thresholded at ``threshold``, its lesion picked by
-    ``lesion_choice`` ("size" or "core"; "network" needs the network's map apart: ``output_mask``); all arrays
+    ``lesion_choice`` ("size", "core" or "seed"; "network" needs the network's map apart: ``output_mask``); all arrays
     ``(Z, Y, X)`` on the input grid (``spacing_xyz`` in mm, as ``cgcseg segment`` passes it; None counts the
     opening in voxels, the same on 1 mm grids); returns bool."""
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset

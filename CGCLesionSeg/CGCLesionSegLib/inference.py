@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as _replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -79,6 +79,13 @@ class InferenceConfig:
     ranks as ``"size"`` up to filled holes. ``single-lesion-recommended`` (the shipped models' rule) uses it
     since protocol hysteresis-v1 was confirmed (docs/protocols/README.md: on held-out fold models under nine
     preprocessing shifts it changed 2 of 126 (shift, case) pairs, both up, and none down).
+    ``"seed"``: the component(s) holding the most voxels of the lesion that the same rule keeps at 0.5
+    (:data:`CORE_VOTE`; its choice there is by size), size breaking ties — classic hysteresis: the lesion is
+    chosen as at 0.5 and delineated at ``threshold``. Why "core" is not enough: under a bias field the
+    lukewarm region at 0.3 also holds many small islands >= 0.5 that the opening at 0.5 keeps apart but the
+    region at 0.3 joins, so their sum outranks the tumour's core although at 0.5 the tumour is the largest
+    object (traced, docs/protocols/README.md "hysteresis-v2"). At ``threshold`` >= 0.5 it is ``"size"``.
+    Under test (protocol hysteresis-v2): not a measured improvement yet.
     """
 
     window_xyz: Optional[tuple[int, int, int]] = None
@@ -136,10 +143,11 @@ class InferenceConfig:
 #: Values of :attr:`InferenceConfig.fusion_map`.
 FUSION_MAPS = ("model", "recommended")
 #: Values of :attr:`InferenceConfig.lesion_choice`.
-LESION_CHOICES = ("size", "network", "core")
+LESION_CHOICES = ("size", "network", "core", "seed")
 #: Where the network's own map votes for a component under ``lesion_choice="network"``.
 NETWORK_VOTE = 0.5
-#: Where the fused map votes for a component under ``lesion_choice="core"``.
+#: Where the fused map votes for a component under ``lesion_choice="core"``; the threshold at which
+#: ``lesion_choice="seed"`` chooses the lesion it then delineates.
 CORE_VOTE = 0.5
 #: Axis name -> dimension of a ``(B, C, Z, Y, X)`` batch.
 MIRROR_AXES = {"x": 4, "y": 3, "z": 2}
@@ -288,13 +296,17 @@ def output_mask(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceCo
     wanted; uint8 ``(Z, Y, X)``, limited to ``brain_zyx``. ``spacing_xyz`` (mm) makes the opening
     radius millimetres (``cgcseg segment`` passes the image's); without it, voxels. ``network_zyx``: the
     network's own map, read by ``lesion_choice="network"`` (None: ``prob_zyx`` is the network's map);
-    ``lesion_choice="core"`` reads ``prob_zyx`` itself."""
+    ``lesion_choice="core"`` and ``"seed"`` read ``prob_zyx`` itself."""
     from .postprocess import binarize
     votes = None
     if config.lesion_choice == "network" and config.keep_largest:
         votes = np.asarray(prob_zyx if network_zyx is None else network_zyx) >= NETWORK_VOTE
     elif config.lesion_choice == "core" and config.keep_largest:
         votes = np.asarray(prob_zyx) >= CORE_VOTE
+    elif config.lesion_choice == "seed" and config.keep_largest and config.threshold < CORE_VOTE:
+        # The lesion this rule keeps at 0.5 (ranked by size there) votes; at >= 0.5 the seed is the output itself.
+        seed = _replace(config, threshold=CORE_VOTE, lesion_choice="size")
+        votes = output_mask(prob_zyx, brain_zyx, seed, spacing_xyz).astype(bool)
     return binarize(prob_zyx, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
                     fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain_zyx,
                     opening_radius=config.opening_radius, spacing_xyz=spacing_xyz, votes_zyx=votes)

@@ -321,3 +321,57 @@ def test_core_choice_keeps_the_component_whose_map_reaches_half_and_delineates_i
     half = {**rule, "threshold": 0.5}
     assert np.array_equal(output_mask(fused, brain, InferenceConfig(**{**half, "lesion_choice": "core"}), (1.0, 1.0, 1.0)),
                           output_mask(fused, brain, InferenceConfig(**half), (1.0, 1.0, 1.0)))
+
+
+def test_seed_choice_keeps_the_lesion_chosen_at_half_where_lukewarm_islands_outvote_it_at_the_threshold():
+    """``lesion_choice="seed"`` (protocol hysteresis-v2): at 0.3 a lukewarm region (0.35) joins many small islands
+    (0.6) whose voxels >= 0.5 together outnumber the lesion's core, so both ``size`` and ``core`` keep the region;
+    at 0.5 each island is smaller than the core, so the lesion is chosen there and delineated at 0.3 (rim kept)."""
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
+    fused = np.zeros((24, 40, 60), np.float32)
+    fused[2:22, 2:38, 2:30] = 0.35                   # lukewarm and large
+    for z in (4, 12):
+        for y in (4, 12, 20, 28):
+            for x in (4, 12, 20):
+                fused[z:z + 5, y:y + 5, x:x + 5] = 0.6   # 24 islands of 125 voxels >= 0.5: 3000 in all
+    fused[6:18, 8:20, 40:52] = 0.4                   # the lesion's rim
+    fused[8:16, 10:18, 42:50] = 0.9                  # its core: 512 voxels >= 0.5, more than any island
+    brain = np.ones(fused.shape, bool)
+    rule = {**output_preset("single-lesion"), "threshold": 0.3, "opening_radius": 1}
+    lesion = np.zeros(fused.shape, bool)
+    lesion[6:18, 8:20, 40:52] = True
+
+    def out(choice, **kw):
+        return output_mask(fused, brain, InferenceConfig(**{**rule, **kw, "lesion_choice": choice}), (1.0, 1.0, 1.0)).astype(bool)
+
+    assert not (out("size") & lesion).any() and not (out("core") & lesion).any()
+    seed = out("seed")
+    assert np.array_equal(seed, lesion)               # chosen at 0.5, delineated at 0.3: rim included
+    assert out("size", threshold=0.5)[8:16, 10:18, 42:50].all()  # the seed: 0.5's own choice
+    # At >= 0.5 the seed is the output itself, so the choice is the size choice.
+    for t in (0.5, 0.55):
+        assert np.array_equal(out("seed", threshold=t), out("size", threshold=t))
+
+
+def test_seed_choice_on_random_maps_overlaps_the_half_rule_and_reduces_to_it_at_half():
+    """On random smooth maps: the seed choice at 0.3 contains the opened core of what the rule keeps at 0.5
+    (whenever that is not empty), and equals ``size`` at 0.5; an empty map gives an empty mask."""
+    from scipy import ndimage
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
+    rng = np.random.default_rng(3)
+    rule = {**output_preset("single-lesion"), "opening_radius": 1}
+    for _ in range(6):
+        m = ndimage.gaussian_filter(rng.random((16, 24, 24)), 2.0)
+        m = ((m - m.min()) / (m.max() - m.min())).astype(np.float32)
+        brain = np.ones(m.shape, bool)
+        at_half = output_mask(m, brain, InferenceConfig(**{**rule, "threshold": 0.5}), (1.0, 1.0, 1.0)).astype(bool)
+        seed = output_mask(m, brain, InferenceConfig(**{**rule, "threshold": 0.3, "lesion_choice": "seed"}),
+                           (1.0, 1.0, 1.0)).astype(bool)
+        opened = ndimage.binary_opening(at_half, ndimage.generate_binary_structure(3, 1))
+        assert at_half.any() and seed[opened].all() and (seed & at_half).sum() >= opened.sum()
+        assert np.array_equal(
+            output_mask(m, brain, InferenceConfig(**{**rule, "threshold": 0.5, "lesion_choice": "seed"}), (1.0, 1.0, 1.0)),
+            output_mask(m, brain, InferenceConfig(**{**rule, "threshold": 0.5}), (1.0, 1.0, 1.0)))
+    zero = np.zeros((8, 8, 8), np.float32)
+    assert not output_mask(zero, np.ones(zero.shape, bool),
+                           InferenceConfig(**{**rule, "threshold": 0.3, "lesion_choice": "seed"})).any()

@@ -204,3 +204,23 @@ def test_hysteresis_column_pairs_with_the_shipped_threshold_and_reads_both_motiv
     text = ps.rule_reading(ps.summarise(rows, ["none", "bias"], 200), "hysteresis-v1")
     assert "2 of 4 (shift, case) pairs changed" in text and "passes the declared limits" in text
     assert "without BraTS2021_00000/bias" in text or "bias/BraTS2021_00000" in text
+
+
+def test_seed_column_pairs_with_the_shipped_choice_and_fails_on_one_pair_below_the_limit():
+    """hysteresis-v2: ``default_seed_03`` pairs with ``default_core_03`` (the decision) and ``default_rec_03``; the
+    three seen-failure pairs are read apart, and one other pair below -0.05 fails the declared limits."""
+    cols, pairs = ps.columns_for(["shipped-0.3", "hysteresis-v1", "hysteresis-v2"])
+    assert cols[-3:] == ("default_rec_03", "default_core_03", "default_seed_03")
+    assert pairs[-2:] == (("default_seed_03", "default_core_03"), ("default_seed_03", "default_rec_03"))
+
+    def row(case, shift, **dice):
+        return {"case": case, "shift": shift, **{c: {"dice": dice.get(c, 0.5)} for c in cols}}
+    up = [row("BraTS2021_00000", s, default_seed_03=0.8, default_core_03=0.0) for s in ("bias", "thick5", "gamma")]
+    rows = up + [row("x", s) for s in ("none", "bias", "thick5", "gamma")] + [row("BraTS2021_00000", "none")]
+    text = ps.rule_reading(ps.summarise(rows, ["none", "bias", "thick5", "gamma"], 200), "hysteresis-v2")
+    assert "3 of 8 (shift, case) pairs changed" in text and "passes the declared limits" in text
+    assert "(read apart) +0.0000" in text  # the three motivating pairs are out of the second mean
+    rows.append(row("y", "bias", default_seed_03=0.40, default_core_03=0.46))
+    rows.append(row("y", "none"))
+    text = ps.rule_reading(ps.summarise(rows, ["none", "bias", "thick5", "gamma"], 200), "hysteresis-v2")
+    assert "bias/y" in text and "fails the declared limits" in text

@@ -56,12 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open-radius", type=float, default=None, metavar="R",
                    help="with --keep-largest: rank components after an opening of R mm (R voxels on 1 mm grids; "
                         "thin bridges do not merge lesions)")
-    p.add_argument("--lesion-choice", choices=("size", "network", "core"), default=None,
+    p.add_argument("--lesion-choice", choices=("size", "network", "core", "seed"), default=None,
                    help="with --keep-largest: keep the largest components (size: single-lesion's default), those "
                         "holding the most voxels where the network's own map is >= 0.5 (network, under test: "
                         "docs/protocols/README.md 'lesion-choice-v1'), or where the thresholded map itself is >= 0.5 "
                         "(core: chosen at 0.5, delineated at --threshold; single-lesion-recommended's default, "
-                        "protocol 'hysteresis-v1')")
+                        "protocol 'hysteresis-v1'), or that hold the lesion the same rule keeps at 0.5 (seed: "
+                        "hysteresis, chosen as at 0.5 and delineated at --threshold; under test, protocol "
+                        "'hysteresis-v2')")
     p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="sliding-window size (default: the model's training crop, e.g. 96 96 64; "
                         "160 192 160 for models that record none)")
