@@ -90,8 +90,8 @@ def _score_case(case: Path, model_path: Path, modalities, device: str, rule: str
 #: What each output rule a row's ``default`` column was made with does, for report text.
 RULE_TEXT = {"single-lesion": "0.5·CGC + 0.5·P, then the same clean-up",
              "single-lesion-recommended": "0.5·CGC + 0.5·P of the recommended GMM preset, then the same clean-up, "
-                                          "the lesion kept being the component with the most fused-map voxels ≥ 0.5 "
-                                          "(`--lesion-choice core`, protocol hysteresis-v1)",
+                                          "the lesion kept being the component that holds what the same rule keeps at 0.5 "
+                                          "(`--lesion-choice seed`, protocol hysteresis-v2)",
              "none": "CGC ≥ 0.5, no clean-up"}
 
 

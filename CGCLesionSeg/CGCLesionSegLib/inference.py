@@ -76,16 +76,18 @@ class InferenceConfig:
     confident, at the rules' standard 0.5, and delineated at ``threshold``. Why: at the shipped 0.3 a
     wide, lukewarm region (P under a bias field: fused values 0.3-0.5) can merge with the tumour and,
     after the opening, outrank it by size, though few of its voxels reach 0.5. At ``threshold`` 0.5 it
-    ranks as ``"size"`` up to filled holes. ``single-lesion-recommended`` (the shipped models' rule) uses it
-    since protocol hysteresis-v1 was confirmed (docs/protocols/README.md: on held-out fold models under nine
-    preprocessing shifts it changed 2 of 126 (shift, case) pairs, both up, and none down).
+    ranks as ``"size"`` up to filled holes. ``single-lesion-recommended`` used it from protocol hysteresis-v1's
+    confirmation (on held-out fold models under nine preprocessing shifts it changed 2 of 126 (shift, case)
+    pairs, both up, and none down) until hysteresis-v2's.
     ``"seed"``: the component(s) holding the most voxels of the lesion that the same rule keeps at 0.5
     (:data:`CORE_VOTE`; its choice there is by size), size breaking ties — classic hysteresis: the lesion is
     chosen as at 0.5 and delineated at ``threshold``. Why "core" is not enough: under a bias field the
     lukewarm region at 0.3 also holds many small islands >= 0.5 that the opening at 0.5 keeps apart but the
     region at 0.3 joins, so their sum outranks the tumour's core although at 0.5 the tumour is the largest
     object (traced, docs/protocols/README.md "hysteresis-v2"). At ``threshold`` >= 0.5 it is ``"size"``.
-    Under test (protocol hysteresis-v2): not a measured improvement yet.
+    ``single-lesion-recommended`` (the shipped models' rule) uses it since protocol hysteresis-v2 was confirmed
+    (docs/protocols/README.md: on held-out fold models no one had scored, nine preprocessing shifts, both
+    model sets, it changed 2 of 126 (shift, case) pairs against ``"core"``, both up, and none down).
     """
 
     window_xyz: Optional[tuple[int, int, int]] = None
@@ -193,15 +195,16 @@ def window_for_checkpoint(config: InferenceConfig, train_config: Optional[dict])
 #  * ``single-lesion-recommended``: the same with P from the recommended GMM preset (``fusion_map``),
 #    i.e. ``cgcseg gmm``'s default output with the network fused in; protocol cgc-v11
 #    (docs/protocols/cgc-v11.toml) measures it on held-out cases. MRI models only. Its lesion is the
-#    component with the most fused-map voxels >= 0.5 (``lesion_choice="core"``, protocol hysteresis-v1),
-#    which equals the largest one except where a wide lukewarm region outgrows the tumour at a low threshold.
+#    component holding the lesion the same rule keeps at 0.5 (``lesion_choice="seed"``, protocol
+#    hysteresis-v2: chosen as at 0.5, delineated at the threshold), which equals the largest one except where a
+#    wide lukewarm region outgrows the tumour at a low threshold.
 OUTPUT_PRESETS: dict[str, dict] = {
     "none": dict(gmm_weight=0.0, fill_holes=False, keep_largest=0, opening_radius=0, min_component_voxels=0,
                  fusion_map="model", lesion_choice="size"),
     "single-lesion": dict(gmm_weight=0.5, fill_holes="2d", keep_largest=1, opening_radius=3, min_component_voxels=0,
                           fusion_map="model", lesion_choice="size"),
     "single-lesion-recommended": dict(gmm_weight=0.5, fill_holes="2d", keep_largest=1, opening_radius=3,
-                                      min_component_voxels=0, fusion_map="recommended", lesion_choice="core"),
+                                      min_component_voxels=0, fusion_map="recommended", lesion_choice="seed"),
 }
 
 

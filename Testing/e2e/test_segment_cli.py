@@ -211,9 +211,10 @@ def test_auto_output_rule_depends_on_whose_model_it_is(tmp_path):
     assert (cfg.gmm_weight, cfg.keep_largest, cfg.fill_holes) == (0.0, 0, False)
     assert not cfg.pad_to_window and _inference_config(parse("--pad-to-window")).pad_to_window
     assert cfg.mirror_axes == () and _inference_config(parse("--mirror", "z", "x")).mirror_axes == ("x", "z")
-    # The component choice: the shipped rule's core (hysteresis-v1), single-lesion's size, unless asked; only
-    # with keep-largest.
-    assert _inference_config(parse()).lesion_choice == "core"
+    # The component choice: the shipped rule's 0.5 seed (hysteresis-v2), single-lesion's size, unless asked;
+    # only with keep-largest.
+    assert _inference_config(parse()).lesion_choice == "seed"
+    assert _inference_config(parse("--lesion-choice", "core")).lesion_choice == "core"
     assert _inference_config(parse("--postprocess", "single-lesion")).lesion_choice == "size"
     assert _inference_config(parse("--lesion-choice", "size")).lesion_choice == "size"
     assert _inference_config(parse("--lesion-choice", "network")).lesion_choice == "network"

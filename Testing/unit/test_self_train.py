@@ -346,11 +346,11 @@ def test_default_output_targets_are_the_shipped_default_output(two_rounds, tmp_p
     assert out.returncode == 0, out.stderr
     record = json.loads((tmp_path / "t" / "targets.json").read_text())
     assert record["volume"] == "default-output" and sorted(record["cases"]) == ["Case000", "Case001"]
-    # the lesion of the recipe cgc-v24 confirmed: the largest (`cgcseg segment`'s preset ranks by core since
-    # hysteresis-v1; the training targets did not change with it)
+    # the lesion of the recipe cgc-v24 confirmed: the largest (`cgcseg segment`'s preset chose by core after
+    # hysteresis-v1 and by the 0.5 seed since hysteresis-v2; the training targets did not change with either)
     cfg = InferenceConfig(device="cpu", **{**output_preset("single-lesion-recommended"), "threshold": 0.3,
                                            "lesion_choice": "size"})
-    assert DEFAULT_OUTPUT_THRESHOLD == 0.3 and output_preset("single-lesion-recommended")["lesion_choice"] == "core"
+    assert DEFAULT_OUTPUT_THRESHOLD == 0.3 and output_preset("single-lesion-recommended")["lesion_choice"] == "seed"
     for name, rec in record["cases"].items():
         imgs = [read_image(cases / name / f"{name}_{m}.nii.gz") for m in MODS]
         res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, list(MODS), run / "last.pt", config=cfg)

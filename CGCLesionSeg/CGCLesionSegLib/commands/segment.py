@@ -60,10 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --keep-largest: keep the largest components (size: single-lesion's default), those "
                         "holding the most voxels where the network's own map is >= 0.5 (network, under test: "
                         "docs/protocols/README.md 'lesion-choice-v1'), or where the thresholded map itself is >= 0.5 "
-                        "(core: chosen at 0.5, delineated at --threshold; single-lesion-recommended's default, "
-                        "protocol 'hysteresis-v1'), or that hold the lesion the same rule keeps at 0.5 (seed: "
-                        "hysteresis, chosen as at 0.5 and delineated at --threshold; under test, protocol "
-                        "'hysteresis-v2')")
+                        "(core, protocol 'hysteresis-v1'), or that hold the lesion the same rule keeps at 0.5 (seed: "
+                        "hysteresis, chosen as at 0.5 and delineated at --threshold; single-lesion-recommended's "
+                        "default, protocol 'hysteresis-v2')")
     p.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="sliding-window size (default: the model's training crop, e.g. 96 96 64; "
                         "160 192 160 for models that record none)")
