@@ -6,8 +6,8 @@
 The file holds every member's weights; ``cgcseg segment``, ``cgcseg demo`` and the Slicer module use it like
 any model and average the members' probabilities (one network pass per member). Why: two seeds of one recipe
 differ by up to 0.01-0.04 mean held-out Dice, and their mean map scored higher than the single models' in protocol
-cgc-v28 (network +0.006 on its screen, +0.036 in its four-channel confirmation; the shipped four-channel model is
-such an ensemble; docs/protocols/README.md). The members must share the modalities, the network, the
+cgc-v28 (network +0.006 on its screen; +0.036 / +0.018 in its four-channel / FLAIR confirmation; both shipped
+models are such ensembles; docs/protocols/README.md). The members must share the modalities, the network, the
 preprocessing, the training crop and the output rule; the first file's settings are kept. The inputs are only
 read, and an existing output file is replaced only with --overwrite (never one of the inputs).
 """
