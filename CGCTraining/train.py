@@ -162,7 +162,7 @@ def _check_resume_compatible(ckpt: dict, net_config: NetConfig, train_cfg: Train
 def _init_from(model: torch.nn.Module, path: Path, net_config: NetConfig, channels: list, dev: torch.device) -> None:
     """Start from another run's weights (fine-tuning, e.g. ``cgcseg segment --adapt``): same architecture
     and modalities required; the optimizer and the step count start fresh. A seed ensemble (``cgcseg
-    ensemble``, e.g. the shipped four-channel model) starts from its first network: training continues one."""
+    ensemble``, e.g. either shipped model) starts from its first network: training continues one."""
     from CGCLesionSegLib.checkpoint import first_member, network_states
     ckpt = read_checkpoint(path, map_location=dev)
     if ckpt.get("members"):

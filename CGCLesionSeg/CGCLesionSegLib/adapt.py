@@ -84,7 +84,7 @@ def adapt_to_case(pairs: Sequence[tuple[Optional[str], str]], mask_path: Optiona
         except ValueError:
             base_path = None  # no shipped model for these inputs: train from scratch
     if base_path is not None:
-        # a seed ensemble (the shipped four-channel model) is fine-tuned from its first network (train's --init-from)
+        # a seed ensemble (either shipped model) is fine-tuned from its first network (train's --init-from)
         info = info_from_dict(read_checkpoint(base_path), base_path)
         modalities = list(info.channels)
         net_config = info.net_config

@@ -124,7 +124,7 @@ def test_cgcseg_ensemble_writes_a_new_file_and_never_replaces_an_input(tmp_path,
 
 
 def test_fine_tuning_from_an_ensemble_starts_from_its_first_network(tmp_path, capsys):
-    """``--init-from`` an ensemble (e.g. the shipped four-channel model) loads its first network and says so;
+    """``--init-from`` an ensemble (e.g. either shipped model) loads its first network and says so;
     loading an ensemble's weights into one network by any other path is refused, naming the member files."""
     from CGCTraining.train import _init_from, _load_weights
     a, b = _member(tmp_path, 1), _member(tmp_path, 2)

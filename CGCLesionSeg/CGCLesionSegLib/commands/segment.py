@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open-radius", type=float, default=None, metavar="R",
                    help="with --keep-largest: rank components after an opening of R mm (R voxels on 1 mm grids; "
                         "thin bridges do not merge lesions)")
+    # inference.LESION_CHOICES, written out: building the parser must not import torch
     p.add_argument("--lesion-choice", choices=("size", "network", "core", "seed"), default=None,
                    help="with --keep-largest: keep the largest components (size: single-lesion's default), those "
                         "holding the most voxels where the network's own map is >= 0.5 (network, under test: "
