@@ -11,7 +11,9 @@ zero-padded where the brain's box is smaller than it (``InferenceConfig.pad_to_w
 (``InferenceConfig.mirror_axes``); ``default_net`` / ``default_p`` apply the ``single-lesion`` clean-up to the network's map or to P alone
 (:func:`output_rule_mask`; its fused version must reproduce ``cgcseg segment``'s mask, checked per case);
 ``network_vol`` / ``p_smooth_vol`` / ``default_rec_vol`` (cgc-v23) keep, per case, as many brain voxels as
-P ≥ 0.5 (P_rec ≥ 0.5 for the default output) instead of thresholding at a fixed value (:func:`volume_threshold`).
+P ≥ 0.5 (P_rec ≥ 0.5 for the default output) instead of thresholding at a fixed value (:func:`volume_threshold`);
+``gmm_default_loo`` / ``default_rec_loo_ensemble`` (cgc-v29) threshold each case at the value best on the other
+labelled cases (:func:`choose_leave_one_out`).
 
 A protocol names its ``columns`` and ``differences`` (``[a, b, target]``); without them (cgc-v3) the
 columns are :data:`COLUMNS` and the differences :data:`DIFFERENCES`, as that protocol was run.
@@ -44,7 +46,9 @@ TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gm
           "network_vol": "**network, P ≥ 0.5's volume**", "p_smooth_vol": "smoothed P, P ≥ 0.5's volume",
           "default_rec_vol": "**default output, P_rec ≥ 0.5's volume**",
           "default_rec_03": "default output as shipped (t = 0.3)",
-          "default_rec_03_ensemble": "**default output as shipped (t = 0.3), seed ensemble**"}
+          "default_rec_03_ensemble": "**default output as shipped (t = 0.3), seed ensemble**",
+          "gmm_default_loo": "`cgcseg gmm` default at the case's left-out t",
+          "default_rec_loo_ensemble": "**default output, seed ensemble, at the case's left-out t**"}
 #: What each column is, for the report.
 MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smoothed-P sigma, ≥ 0.5",
             "network_padded": "the network's map ≥ 0.5 when the brain's box is zero-padded to the window where "
@@ -89,7 +93,12 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
             "default_rec_03": "the shipped output rule at the shipped models' threshold 0.3 (`cgcseg segment`'s "
                               "default output)",
             "default_rec_03_ensemble": "the shipped output rule at 0.3 (`default_rec_03`) with the seed ensemble's mean "
-                                       "map in the network's place"}
+                                       "map in the network's place",
+            "gmm_default_loo": "`cgcseg gmm`'s default clean-up on P_rec at threshold t_c, t_c the best mean Dice on "
+                               "the other labelled cases of the set (leave one case out, :func:`choose_leave_one_out`)",
+            "default_rec_loo_ensemble": "the shipped output rule (`single-lesion-recommended`, lesion chosen as at 0.5) "
+                                        "on 0.5·(seed ensemble's mean map) + 0.5·P_rec at threshold t_c, t_c chosen "
+                                        "leave one case out the same way on the other cases' held-out maps"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
@@ -99,10 +108,14 @@ DIFFERENCES = (("network_smooth", "p_smooth", "≥ +0.03, CI > 0"), ("network_sm
 #: gives ``network_<suffix>``, its default output ``default_<suffix>``).
 PASSES = {"padded": {"pad_to_window": True}, "mirror_x": {"mirror_axes": ("x",)},
           "mirror_xyz": {"mirror_axes": ("x", "y", "z")}}
-ENSEMBLE_COLUMNS = {"network_ensemble", "default_ensemble", "default_rec_03_ensemble"}
+ENSEMBLE_COLUMNS = {"network_ensemble", "default_ensemble", "default_rec_03_ensemble", "default_rec_loo_ensemble"}
 #: Columns whose threshold is chosen per fold (cgc-v18) -> the swept map family they are read from.
 THRESHOLD_COLUMNS = {"network_t": "network", "p_smooth_t": "p_smooth", "default_rec_t": "default_rec",
                      "gmm_default_t": "gmm_default"}
+#: Columns whose threshold is chosen leave one case out (cgc-v29) -> the swept map family they are read from.
+LOO_COLUMNS = {"default_rec_loo_ensemble": "default_rec_ensemble", "gmm_default_loo": "gmm_default"}
+#: The families a per-fold threshold protocol (cgc-v18, cgc-v25) sweeps (:func:`threshold_sweep`).
+FOLD_FAMILIES = {"network", "default_rec", "gmm_default", "p_smooth"}
 #: Columns that keep a volume set per case (cgc-v23); their rows record the thresholds and volumes.
 VOLUME_COLUMNS = {"network_vol", "p_smooth_vol", "default_rec_vol"}
 #: The shipped models' default-output threshold (docs/protocols/README.md, cgc-v18 shipped).
@@ -254,11 +267,15 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
         extra = {"window_xyz": list(res.window_xyz or ())}
         if members:
             extra["ensemble"] = [m.key for m in members]
-        masks = {c: make[c]() for c in names if c not in THRESHOLD_COLUMNS}
+        masks = {c: make[c]() for c in names if c not in THRESHOLD_COLUMNS and c not in LOO_COLUMNS}
         if volumes:
             extra["volumes"] = volumes
-        if THRESHOLD_COLUMNS.keys() & set(names):
-            extra["sweep"] = threshold_sweep(case, list(model.modalities), p, res, thresholds, fold_sigmas or {})
+        loo = {LOO_COLUMNS[c] for c in names if c in LOO_COLUMNS}
+        if THRESHOLD_COLUMNS.keys() & set(names) or loo:
+            families = (FOLD_FAMILIES if THRESHOLD_COLUMNS.keys() & set(names) else set()) | loo
+            ensemble = (tuple(m.key for m in members), mean_map) if members else None
+            extra["sweep"] = threshold_sweep(case, list(model.modalities), p, res, thresholds, fold_sigmas or {},
+                                             families, ensemble)
         rows.append(base.score_row(model, case, info, masks, sigma, **extra))
     return rows
 
@@ -294,13 +311,18 @@ def _volume_columns(case, mods: list, p, res, sigma: float, volumes: dict) -> di
             "default_rec_03": lambda: default_rec(SHIPPED_THRESHOLD)}
 
 
-def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_sigmas: dict) -> dict:
+def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_sigmas: dict,
+                    families: set | None = None, ensemble: tuple | None = None) -> dict:
     """Every metric of each swept map family at each threshold of ``thresholds``, for one held-out case:
-    {family: {"0.45": metrics}}. Families: ``network`` (the network's map), ``default_rec`` (the shipped
-    output rule on 0.5·network + 0.5·P_rec), ``gmm_default`` (``cgcseg gmm``'s clean-up on P_rec; the same
-    for every model, memoised per case) and ``p_smooth@K`` (P smoothed with fold K's sigma, for every fold
-    of ``fold_sigmas`` {fold: sigma mm}: a fold's threshold is chosen with its own sigma on its training
-    cases, which are other folds' held-out cases). Maps ``(Z, Y, X)`` on the input grid."""
+    {family: {"0.45": metrics}}. Families: ``network`` (the network's map), ``default_rec`` (the output
+    rule ``single-lesion`` on 0.5·network + 0.5·P_rec, as cgc-v18/cgc-v25 swept it), ``gmm_default``
+    (``cgcseg gmm``'s clean-up on P_rec; the same for every model, memoised per case), ``p_smooth@K`` (P
+    smoothed with fold K's sigma, for every fold of ``fold_sigmas`` {fold: sigma mm}: a fold's threshold is
+    chosen with its own sigma on its training cases, which are other folds' held-out cases) and
+    ``default_rec_ensemble`` (cgc-v29: the shipped rule ``single-lesion-recommended``, lesion chosen as at 0.5,
+    on 0.5·mean map + 0.5·P_rec; ``ensemble`` = ``(member keys, mean map)``, memoised per case and members, as
+    every seed of a fold shares it). ``families``: which to sweep (None: :data:`FOLD_FAMILIES`, cgc-v25's).
+    Maps ``(Z, Y, X)`` on the input grid."""
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
     from CGCLesionSegLib.metrics import all_metrics
     from CGCLesionSegLib.postprocess import binarize, smooth_probability
@@ -310,20 +332,38 @@ def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_si
     fused = 0.5 * res.network_probability + 0.5 * p_rec
     preset = output_preset("single-lesion")
     _, _, post = base._gmm_default_settings(mods)
-    smoothed = {k: smooth_probability(p, s, spacing) for k, s in sorted(fold_sigmas.items())}
+    smoothed = {k: smooth_probability(p, s, spacing) for k, s in sorted(fold_sigmas.items())} \
+        if families is None or "p_smooth" in families else {}
 
     def sweep(make) -> dict:
         return {f"{t:.2f}": all_metrics(make(t), case.reference, spacing_zyx) for t in thresholds}
 
-    key = ("gmm_default_sweep", tuple(mods), tuple(thresholds))
-    if key not in case.__dict__.setdefault("_memo", {}):
-        case._memo[key] = sweep(lambda t: binarize(p_rec, t, mask_zyx=case.brain(mods), spacing_xyz=spacing, **post))
-    out = {"network": sweep(lambda t: res.network_probability >= t),
-           "default_rec": sweep(lambda t: output_mask(fused, res.brain_mask, InferenceConfig(**{**preset, "threshold": t}),
-                                                      spacing).astype(bool)),
-           "gmm_default": case._memo[key]}
-    for k, sm in smoothed.items():
-        out[f"p_smooth@{k}"] = sweep(lambda t, sm=sm: sm >= t)
+    families = FOLD_FAMILIES if families is None else set(families)
+    memo = case.__dict__.setdefault("_memo", {})
+    out = {}
+    if "gmm_default" in families:
+        key = ("gmm_default_sweep", tuple(mods), tuple(thresholds))
+        if key not in memo:
+            memo[key] = sweep(lambda t: binarize(p_rec, t, mask_zyx=case.brain(mods), spacing_xyz=spacing, **post))
+        out["gmm_default"] = memo[key]
+    if "network" in families:
+        out["network"] = sweep(lambda t: res.network_probability >= t)
+    if "default_rec" in families:
+        out["default_rec"] = sweep(lambda t: output_mask(fused, res.brain_mask, InferenceConfig(**{**preset, "threshold": t}),
+                                                         spacing).astype(bool))
+    if "p_smooth" in families:
+        for k, sm in smoothed.items():
+            out[f"p_smooth@{k}"] = sweep(lambda t, sm=sm: sm >= t)
+    if "default_rec_ensemble" in families:
+        if ensemble is None:
+            raise ValueError("the default_rec_ensemble family needs the seed ensemble's (member keys, mean map)")
+        key = ("default_rec_ensemble_sweep", tuple(mods), tuple(ensemble[0]), tuple(thresholds))
+        if key not in memo:
+            shipped = output_preset("single-lesion-recommended")
+            fused_ens = 0.5 * ensemble[1] + 0.5 * p_rec
+            memo[key] = sweep(lambda t: output_mask(fused_ens, res.brain_mask, InferenceConfig(**{**shipped, "threshold": t}),
+                                                    spacing).astype(bool))
+        out["default_rec_ensemble"] = memo[key]
     return out
 
 
@@ -366,6 +406,68 @@ def choose_thresholds(rows: list[dict]) -> dict:
                         r[col] = dict(r["sweep"][fam][best])
                         r.setdefault("thresholds", {})[col] = float(best)
     return choice
+
+
+def choose_leave_one_out(rows: list[dict], columns) -> dict:
+    """Fills each row's leave-one-case-out columns among ``columns`` (:data:`LOO_COLUMNS`) in place and returns
+    the choice {"<modalities>/<variant>": {column: {"per_case": {case: {"threshold", "scores"}}, "all": {...}}}}.
+
+    Case c's threshold for a family is the one with the highest mean Dice over the other labelled cases of the
+    same modalities and variant (seeds averaged per case first; every case's map comes from a fold model that
+    did not train on it), read from the rows' sweeps; ties as :func:`_best_threshold`. So no label of case c
+    is read for case c. ``"all"``: the same choice over every case (what the procedure would ship)."""
+    choice: dict = {}
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(("-".join(r["modalities"]), r["variant"]), []).append(r)
+    for (mods, variant), rs in groups.items():
+        for col in [c for c in columns if c in LOO_COLUMNS]:
+            family = LOO_COLUMNS[col]
+            by_case: dict = {}
+            for r in rs:
+                for t, m in r["sweep"][family].items():
+                    by_case.setdefault(r["case"], {}).setdefault(t, []).append(m["dice"])
+            dice = {c: {t: statistics.mean(v) for t, v in ts.items()} for c, ts in by_case.items()}
+            if len(dice) < 2:
+                raise SystemExit(f"{mods}/{variant}: leave one case out needs at least 2 scored cases, got {len(dice)}")
+            grid = sorted(next(iter(dice.values())), key=float)
+            entry = choice.setdefault(f"{mods}/{variant}", {}).setdefault(col, {"per_case": {}})
+            for c in sorted(dice):
+                scores = {t: statistics.mean(dice[o][t] for o in dice if o != c) for t in grid}
+                best = _best_threshold(scores)
+                entry["per_case"][c] = {"threshold": float(best), "scores": scores}
+                for r in rs:
+                    if r["case"] == c:
+                        r[col] = dict(r["sweep"][family][best])
+                        r.setdefault("thresholds", {})[col] = float(best)
+            scores = {t: statistics.mean(dice[o][t] for o in dice) for t in grid}
+            entry["all"] = {"threshold": float(_best_threshold(scores)), "scores": scores}
+    return choice
+
+
+def loo_report(choice: dict, rows: list[dict]) -> str:
+    """Markdown: each case's left-out threshold per column, the threshold the procedure gives on every case
+    (with the mean Dice there and at 0.30, the shipped value), and whether the swept shipped rule at 0.30
+    reproduces the ``default_rec_03_ensemble`` column (that column picks its lesion by size, the sweep as
+    shipped, by the lesion at 0.5: equal unless the choice matters)."""
+    lines = ["", "#### Thresholds chosen leave one case out", ""]
+    for group, cols in sorted(choice.items()):
+        cases = sorted(next(iter(cols.values()))["per_case"])
+        lines += [f"{group}: t_c per held-out case (each chosen on the other {len(cases) - 1} cases)", "",
+                  "| column | " + " | ".join(cases) + " | t over all cases | mean Dice there (at 0.30) |",
+                  "|---|" + "---|" * (len(cases) + 2)]
+        for col, c in cols.items():
+            t_all = f"{c['all']['threshold']:.2f}"
+            lines.append(f"| {col} | " + " | ".join(f"{c['per_case'][k]['threshold']:.2f}" for k in cases)
+                         + f" | {t_all} | {c['all']['scores'][t_all]:.4f} ({c['all']['scores']['0.30']:.4f}) |")
+        lines.append("")
+    pairs = [(r["sweep"]["default_rec_ensemble"]["0.30"]["dice"], r["default_rec_03_ensemble"]["dice"]) for r in rows
+             if "default_rec_ensemble" in r.get("sweep", {}) and "default_rec_03_ensemble" in r]
+    if pairs:
+        same = sum(abs(a - b) <= 1e-9 for a, b in pairs)
+        lines.append(f"The swept shipped rule at 0.30 (lesion chosen as at 0.5) equals `default_rec_03_ensemble` (lesion "
+                     f"chosen by size) on {same} of {len(pairs)} rows.")
+    return "\n".join(lines) + "\n"
 
 
 def fold_sigmas_of(model: base.Model, models: list, work: Path) -> dict:
@@ -530,7 +632,9 @@ def run(args, proto: dict, proto_path: Path) -> int:
     cases = {d.name: base.CaseData(d) for d in base._case_dirs(data / src["labelled"])}
     rows, sigmas, all_fold_sigmas = [], {}, {}
     thresholds = tuple(float(t) for t in proto.get("thresholds", ()))
-    swept = bool(THRESHOLD_COLUMNS.keys() & {c for c, _ in columns})
+    per_fold = bool(THRESHOLD_COLUMNS.keys() & {c for c, _ in columns})
+    loo_cols = [c for c, _ in columns if c in LOO_COLUMNS]
+    swept = per_fold or bool(loo_cols)
     if swept and 0.5 not in thresholds:
         raise SystemExit(f"{proto['name']}: its thresholds must include 0.5 (the columns it is checked against)")
     for m in models:
@@ -557,12 +661,13 @@ def run(args, proto: dict, proto_path: Path) -> int:
         rows += base.kept_scores(score_file, stamp,
                                  lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device, columns, models,
                                                      thresholds, fold_sigmas))
-    choice = decisions = None
+    choice = decisions = loo = None
     if swept and not missing:
         check_sweep_at_half(rows)
-        choice = choose_thresholds(rows)
+        choice = choose_thresholds(rows) if per_fold else None
+        loo = choose_leave_one_out(rows, loo_cols) if loo_cols else None
     summary = base.summarise(rows, proto, columns, differences) if not (swept and missing) else {}
-    if (choice is not None or not swept) and summary and "decisions" in proto:
+    if (not swept or choice is not None or loo is not None) and summary and "decisions" in proto:
         decisions = decide(summary, proto["decisions"], float(proto.get("margin", 0.01)))
     winner = stage_winner(summary, proto, stage)
     text = report(proto, src, args.stage, summary, sigmas, winner)
@@ -570,6 +675,8 @@ def run(args, proto: dict, proto_path: Path) -> int:
         text += threshold_report(choice, decisions)
     elif decisions:
         text += decision_report(decisions)
+    if loo is not None:
+        text += loo_report(loo, rows)
     if VOLUME_COLUMNS & {c for c, _ in columns} and rows:
         text += volume_report(rows)
     text += base.model_set_note(set_tag)
@@ -582,5 +689,6 @@ def run(args, proto: dict, proto_path: Path) -> int:
         base.write_stage(results_dir, f"{proto['name']}-{args.stage}{set_tag}", text,
                          {"protocol": proto["name"], "stage": args.stage, "winner": winner, "sigmas": sigmas,
                           "summary": summary, "rows": rows, **({"thresholds": choice} if choice is not None else {}),
-                          **({"decisions": decisions} if decisions is not None else {})})
+                          **({"decisions": decisions} if decisions is not None else {}),
+                          **({"leave_one_out": loo} if loo is not None else {})})
     return 0

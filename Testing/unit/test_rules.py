@@ -543,3 +543,132 @@ def test_a_per_set_stage_decides_each_model_set_alone_and_may_be_scored_one_set_
         protocol.only_model_set(models, ["flair"], pooled)
     kept, tag = protocol.only_model_set(models, ["flair"], per_set)
     assert kept == models[:1] and tag == "-flair"
+
+
+def test_the_ensemble_sweep_is_the_shipped_rule_on_the_mean_map_and_is_shared_by_the_folds_seeds(monkeypatch):
+    """cgc-v29's family: at t >= 0.5 the shipped rule (lesion chosen as at 0.5 = by size there) is ``binarize``'s
+    clean-up of 0.5·mean map + 0.5·P_rec by hand; below 0.5 it is ``single-lesion-recommended`` at t; a second
+    seed of the fold (same members) reads the memo, not its own network map; only the named families run."""
+    from types import SimpleNamespace
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
+    from CGCLesionSegLib.postprocess import binarize
+    net, p, p_rec, brain = _smooth_maps(11)
+    other = _smooth_maps(12)[0]
+    mean = 0.5 * (net + other)
+    ref = np.zeros(net.shape, bool)
+    ref[3:10, 4:11, 2:9] = True
+    case = SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0)), reference=ref,
+                           brain=lambda mods: brain)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda c, mods: p_rec)
+    res = SimpleNamespace(network_probability=net, brain_mask=brain)
+    ts = (0.3, 0.5, 0.6)
+    sweep = rules.threshold_sweep(case, ["flair"], p, res, ts, {}, {"default_rec_ensemble", "gmm_default"},
+                                  (("m0", "m1"), mean))
+    assert set(sweep) == {"default_rec_ensemble", "gmm_default"}
+    fused = 0.5 * mean + 0.5 * p_rec
+    for t in (0.5, 0.6):
+        by_hand = binarize(fused, t, fill_holes="2d", keep_largest=1, opening_radius=3, mask_zyx=brain,
+                           spacing_xyz=(1.0, 1.0, 1.0)).astype(bool)
+        assert sweep["default_rec_ensemble"][f"{t:.2f}"] == _metrics(by_hand, ref)
+    shipped = InferenceConfig(**{**output_preset("single-lesion-recommended"), "threshold": 0.3})
+    assert shipped.lesion_choice == "seed"
+    assert sweep["default_rec_ensemble"]["0.30"] == _metrics(output_mask(fused, brain, shipped, (1.0, 1.0, 1.0)).astype(bool), ref)
+    assert sweep["default_rec_ensemble"]["0.30"]["dice"] != sweep["default_rec_ensemble"]["0.60"]["dice"]
+    # the fold's other seed: same members, another network map of its own -> the same (memoised) sweep
+    res2 = SimpleNamespace(network_probability=other, brain_mask=brain)
+    again = rules.threshold_sweep(case, ["flair"], p, res2, ts, {}, {"default_rec_ensemble"}, (("m0", "m1"), None))
+    assert again["default_rec_ensemble"] == sweep["default_rec_ensemble"]
+    with pytest.raises(ValueError, match="mean map"):
+        rules.threshold_sweep(case, ["flair"], p, res, ts, {}, {"default_rec_ensemble"}, None)
+
+
+def _loo_by_brute_force(rows, family):
+    """{case: threshold}: for each case, every grid value's mean over the other cases (seeds averaged), the
+    best by the tie rule — written out with plain loops."""
+    cases = sorted({r["case"] for r in rows})
+    grid = sorted(rows[0]["sweep"][family], key=float)
+    out = {}
+    for c in cases:
+        best, best_key = None, None
+        for t in grid:
+            total = 0.0
+            for o in cases:
+                if o == c:
+                    continue
+                vals = [r["sweep"][family][t]["dice"] for r in rows if r["case"] == o]
+                total += sum(vals) / len(vals)
+            score = round(total / (len(cases) - 1), 6)
+            key = (score, -abs(float(t) - 0.5), float(t))
+            if best_key is None or key > best_key:
+                best, best_key = t, key
+        out[c] = float(best)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_leave_one_out_thresholds_match_a_brute_force_choice_and_ignore_the_cases_own_labels(seed):
+    rng = np.random.default_rng(seed)
+    grid = ["0.20", "0.30", "0.40", "0.50", "0.60"]
+    rows = []
+    for i, case in enumerate("abcdefg"):
+        for s in (1, 2):
+            by_t = {t: float(np.round(rng.random(), 2)) for t in grid}  # rounded: ties happen
+            r = _sweep_row(case, i % 2, s, by_t)
+            r["sweep"]["default_rec_ensemble"] = {t: dict(m) for t, m in r["sweep"]["default_rec"].items()}
+            rows.append(r)
+    choice = rules.choose_leave_one_out(rows, ["gmm_default", "gmm_default_loo", "default_rec_loo_ensemble"])
+    got = choice["flair/v"]
+    assert set(got) == {"gmm_default_loo", "default_rec_loo_ensemble"}
+    for col, fam in rules.LOO_COLUMNS.items():
+        want = _loo_by_brute_force(rows, fam)
+        assert {c: v["threshold"] for c, v in got[col]["per_case"].items()} == want
+        for r in rows:
+            t = f"{want[r['case']]:.2f}"
+            assert r[col] == r["sweep"][fam][t] and r["thresholds"][col] == want[r["case"]]
+    # the threshold over every case is the best mean over all of them
+    all_scores = {t: np.mean([np.mean([r["sweep"]["gmm_default"][t]["dice"] for r in rows if r["case"] == c])
+                              for c in "abcdefg"]) for t in grid}
+    assert got["gmm_default_loo"]["all"]["scores"]["0.30"] == pytest.approx(all_scores["0.30"])
+    # case a's own Dice cannot move case a's threshold
+    before = got["gmm_default_loo"]["per_case"]["a"]["threshold"]
+    for r in rows:
+        if r["case"] == "a":
+            for t in grid:
+                r["sweep"]["gmm_default"][t]["dice"] = 1.0 if float(t) != before else 0.0
+    assert rules.choose_leave_one_out(rows, ["gmm_default_loo"])["flair/v"]["gmm_default_loo"]["per_case"]["a"][
+        "threshold"] == before
+    with pytest.raises(SystemExit, match="at least 2"):
+        rules.choose_leave_one_out([r for r in rows if r["case"] == "a"], ["gmm_default_loo"])
+
+
+def test_leave_one_out_columns_summarise_and_report_like_the_runner():
+    """cgc-v29's chain: rows -> leave-one-out choice -> summary with its differences -> report lines."""
+    import tomllib
+    proto = tomllib.loads((ROOT / "docs" / "protocols" / "cgc-v29.toml").read_text())
+    columns, differences = rules.columns_of(proto)
+    assert {c for c, _ in columns} >= set(rules.LOO_COLUMNS) and 0.5 in proto["thresholds"]
+    rows = []
+    for i, case in enumerate("abcd"):
+        by_t = {f"{t:.2f}": 0.8 - abs(t - 0.3) - 0.01 * i for t in proto["thresholds"]}
+        r = _sweep_row(case, i % 2, 1, by_t)
+        r["sweep"]["default_rec_ensemble"] = {t: dict(m) for t, m in r["sweep"]["default_rec"].items()}
+        r.update(sigma_mm=2.0, step=300)
+        for col in ("p", "p_smooth", "gmm_default", "network_ensemble"):
+            r[col] = dict(r["sweep"]["gmm_default"]["0.50"])
+        r["default_rec_03_ensemble"] = dict(r["sweep"]["default_rec_ensemble"]["0.30"])
+        rows.append(r)
+    rules.check_sweep_at_half(rows)
+    loo = rules.choose_leave_one_out(rows, [c for c, _ in columns])
+    summary = rules.base.summarise(rows, proto, columns, differences)
+    g = summary["flair/v"]
+    assert g["means"]["default_rec_loo_ensemble"]["dice"] == pytest.approx(g["means"]["default_rec_03_ensemble"]["dice"])
+    assert g["means"]["default_rec_loo_ensemble"]["dice"] - g["means"]["gmm_default"]["dice"] == pytest.approx(0.2)
+    text = rules.loo_report(loo, rows)
+    assert "| default_rec_loo_ensemble | 0.30 | 0.30 | 0.30 | 0.30 | 0.30 |" in text
+    assert "on 4 of 4 rows" in text
+
+
+def test_cgc_v29_waits_for_cgc_v27s_models_and_replicates_on_cgc_v24s(tmp_path):
+    proto = _confirm_waits_for(tmp_path, ROOT / "docs" / "protocols" / "cgc-v29.toml",
+                               r"cgc-v27 has not finished these models yet.*fold0-seed2600")
+    assert proto["stages"]["replicate"]["source"] == "cgc-v24.toml" and "caveat" in proto["stages"]["replicate"]
