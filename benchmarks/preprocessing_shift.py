@@ -50,10 +50,14 @@ Added 2026-12-04 10:12, before any number of it existed (protocol ``hysteresis-v
 ``default_seed_03`` (``--rules hysteresis-v2``, with ``shipped-0.3 hysteresis-v1`` for its pairs) — ``default_rec_03``
 with its lesion the one the same rule keeps at 0.5 (``lesion_choice="seed"``), paired against ``default_core_03``
 (the shipped choice) and ``default_rec_03``.
+Added 2026-12-04 13:05 (a report, it decides nothing: protocol cgc-v29 chose the threshold): column
+``default_seed_035`` (``--rules shipped-0.35``, with ``hysteresis-v2`` for its pair) — the shipped rule
+(``default_seed_03``) at 0.35, the four-channel model's threshold since cgc-v29, paired against ``default_seed_03``
+and ``gmm_default``.
 
     python benchmarks/preprocessing_shift.py --protocol docs/protocols/cgc-v13.toml --stage screen \\
         --variant robust-2mm-st [--modalities flair t1 t1ce t2] [--shifts none zscore ...] [--seeds S ...] [--tag NAME]
-        [--rules lesion-choice-v1 n4-v1 n4-v2 shipped-0.3 hysteresis-v1 hysteresis-v2] [--against OTHER_RUN.json]
+        [--rules lesion-choice-v1 n4-v1 n4-v2 shipped-0.3 hysteresis-v1 hysteresis-v2 shipped-0.35] [--against OTHER_RUN.json]
 
 Writes ``docs/protocols/results/shift-<protocol>-<stage>-<modalities>.json`` and the docs/BENCHMARKS.md
 section ``shift-<protocol>-<stage>-<modalities>``; per model scores are kept beside it
@@ -94,6 +98,8 @@ RULE_COLUMNS = {
     "hysteresis-v1": (("default_core_03",), (("default_core_03", "default_rec_03"),)),
     # The shipped rule at 0.3 with its lesion the one it keeps at 0.5 (pairs need shipped-0.3 and hysteresis-v1).
     "hysteresis-v2": (("default_seed_03",), (("default_seed_03", "default_core_03"), ("default_seed_03", "default_rec_03"))),
+    # The shipped rule at the four-channel model's threshold since cgc-v29 (pair needs hysteresis-v2 too).
+    "shipped-0.35": (("default_seed_035",), (("default_seed_035", "default_seed_03"), ("default_seed_035", "gmm_default"))),
 }
 #: Every column and pair, in report order (the default of the summary and report functions).
 COLUMNS = BASE_COLUMNS + tuple(c for cols, _ in RULE_COLUMNS.values() for c in cols)
@@ -289,6 +295,9 @@ def score(model: "base.Model", case: "base.CaseData", shifted: ShiftedCase, sigm
     if "hysteresis-v2" in rules:  # default_rec_03 with the lesion chosen as the rule at 0.5 chooses it
         masks["default_seed_03"] = output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5, g.spacing,
                                                     threshold=0.3, lesion_choice="seed")
+    if "shipped-0.35" in rules:  # the shipped rule (lesion chosen as at 0.5) at 0.35
+        masks["default_seed_035"] = output_rule_mask(res.probability, rec.probability, res.brain_mask, 0.5, g.spacing,
+                                                     threshold=0.35, lesion_choice="seed")
     target = case.geometry
     spacing_zyx = tuple(reversed(target.spacing))
     return {c: all_metrics(back_to(m, g, target), case.reference, spacing_zyx) for c, m in masks.items()}

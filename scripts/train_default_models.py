@@ -63,6 +63,13 @@ RULE_EVIDENCE = {("cgc-v9", "single-lesion-recommended"): ("cgc-v11", "confirm",
 #: (ensemble protocol, stage). cgc-v28 confirmed the two-seed ensemble of cgc-v24's recipe on cgc-v27's models.
 ENSEMBLE_EVIDENCE = {("cgc-v24", "robust-2mm-std"): ("cgc-v28", "confirm")}
 
+#: Where the threshold a shipped ensemble records was chosen leave one case out, for its card: (recipe protocol,
+#: variant) -> (threshold protocol, stage). cgc-v29 chose the four-channel model's 0.35 and kept FLAIR's 0.3.
+THRESHOLD_EVIDENCE = {("cgc-v24", "robust-2mm-std"): ("cgc-v29", "confirm")}
+
+#: The threshold of each rule-evidence column (what the card's heading says it was scored at).
+COLUMN_THRESHOLD = {"default_rec": 0.5, "default_rec_03": 0.3}
+
 RESULTS = ROOT / "docs" / "protocols" / "results"
 
 
@@ -218,6 +225,40 @@ def ensemble_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Pa
         f"default output − `cgcseg gmm` default {ci('default_rec_03_ensemble-gmm_default')}.", ""])
 
 
+def threshold_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
+    """The held-out numbers of the shipped ensemble's threshold choice (:data:`THRESHOLD_EVIDENCE`: the default
+    output at each case's leave-one-case-out threshold, and the threshold the procedure gives over every case), as
+    card markdown; empty when no protocol measured it for this model set."""
+    if (protocol_name, winner) not in THRESHOLD_EVIDENCE:
+        return ""
+    name, stage = THRESHOLD_EVIDENCE[(protocol_name, winner)]
+    res, section = _set_results(name, stage, mods, results_dir)
+    key = f"{'-'.join(mods)}/{winner}"
+    group = (res or {}).get("summary", {}).get(key)
+    chosen = (res or {}).get("leave_one_out", {}).get(key, {}).get("default_rec_loo_ensemble")
+    if not group or not chosen or "default_rec_loo_ensemble" not in group["means"]:
+        return ""
+    m, d = group["means"], group["differences"]
+    f = lambda col: f"{m[col]['dice']:.3f}" if col in m else "—"
+    ci = lambda key: (f"{d[key]['mean']:+.3f} [{d[key]['ci95'][0]:+.3f}, {d[key]['ci95'][1]:+.3f}] (worst case "
+                      f"{d[key]['min_case']:+.3f})" if key in d else "—")
+    ts = sorted({v["threshold"] for v in chosen["per_case"].values()})
+    return "\n".join(["",
+        f"## Held-out numbers of the threshold (protocol `{name}`, stage `{stage}`)", "",
+        f"The seed ensembles above, each held-out case thresholded at the value best on the other "
+        f"{len(chosen['per_case']) - 1} cases (leave one case out: {', '.join(f'{t:g}' for t in ts)}); `cgcseg gmm`'s "
+        f"clean-up given the same freedom; docs/BENCHMARKS.md section `{section}`. Mean Dice over "
+        f"{len(group['cases'])} held-out cases:", "",
+        "| `cgcseg gmm` default | `cgcseg gmm` at the left-out threshold | default output at 0.3 "
+        "| **default output at the left-out threshold** |", "|---|---|---|---|",
+        f"| {f('gmm_default')} | {f('gmm_default_loo')} | {f('default_rec_03_ensemble')} | "
+        f"{f('default_rec_loo_ensemble')} |", "",
+        f"Paired differences (mean, bootstrap 95 % CI over cases): default output at the left-out threshold − "
+        f"`cgcseg gmm` default {ci('default_rec_loo_ensemble-gmm_default')}; − `cgcseg gmm` at the left-out threshold "
+        f"{ci('default_rec_loo_ensemble-gmm_default_loo')}. The same procedure over all "
+        f"{len(chosen['per_case'])} cases gives {chosen['all']['threshold']:g}, the threshold this file records.", ""])
+
+
 def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
     """The held-out numbers of the output rule ``rule`` on the fold models of recipe protocol
     ``protocol_name``'s variant ``winner`` (:data:`RULE_EVIDENCE`), as card markdown; empty when no rule
@@ -254,7 +295,7 @@ def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_
         f"## Held-out numbers of the output rule `{rule}` (protocol `{name}`, stage `{stage}`)", "",
         f"The same fold models as above, their default output re-made with `{rule}`; docs/BENCHMARKS.md section "
         f"`{section}`. Mean Dice over {len(group['cases'])} held-out cases:", "",
-        f"| `cgcseg gmm` default | {short}{note} | `{rule}` (the shipped threshold) |", "|---|---|---|",
+        f"| `cgcseg gmm` default | {short}{note} | `{rule}` at {COLUMN_THRESHOLD.get(column, 0.5):g} |", "|---|---|---|",
         f"| {m['gmm_default']['dice']:.3f} | {prev_dice} | {m[column]['dice']:.3f} |", "",
         f"Paired differences (mean, bootstrap 95 % CI over cases): `{rule}` − {short} "
         f"{ci(column, prev) if prev else '—'}; `{rule}` − `cgcseg gmm` default {ci(column, 'gmm_default')}.", ""])
@@ -304,7 +345,8 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
                       if model.parent is not None else "") + ". Trained by `scripts/train_default_models.py`.")
     notes = (recipe_note + "\n\n" + held_out_notes(proto, model.modalities, model.variant, results_dir)
              + rule_notes(proto["name"], output_rule, model.modalities, model.variant, results_dir)
-             + (ensemble_notes(proto["name"], model.modalities, model.variant, results_dir) if members else ""))
+             + (ensemble_notes(proto["name"], model.modalities, model.variant, results_dir) if members else "")
+             + (threshold_notes(proto["name"], model.modalities, model.variant, results_dir) if members else ""))
     stem = Path(model_file_name(list(model.modalities))).stem
     export_default_model.main([str(model.run), "--name", stem, "--dice-json", str(dice_json), "--hardware", hardware,
                                "--output-rule", output_rule, "--notes", notes]

@@ -224,3 +224,20 @@ def test_seed_column_pairs_with_the_shipped_choice_and_fails_on_one_pair_below_t
     rows.append(row("y", "none"))
     text = ps.rule_reading(ps.summarise(rows, ["none", "bias", "thick5", "gamma"], 200), "hysteresis-v2")
     assert "bias/y" in text and "fails the declared limits" in text
+
+
+def test_the_four_channel_threshold_column_pairs_with_the_seed_rule_at_0_3_and_with_cgcseg_gmm():
+    """``--rules shipped-0.35`` (cgc-v29's four-channel threshold, a report): its column comes after the seed rule's
+    and pairs with it and with `cgcseg gmm`; a pair's difference is read per case, seeds averaged."""
+    cols, pairs = ps.columns_for(["shipped-0.3", "hysteresis-v1", "hysteresis-v2", "shipped-0.35"])
+    assert cols[-2:] == ("default_seed_03", "default_seed_035")
+    assert pairs[-2:] == (("default_seed_035", "default_seed_03"), ("default_seed_035", "gmm_default"))
+
+    def row(case, shift, seed, **dice):
+        return {"case": case, "shift": shift, "seed": seed, **{c: {"dice": dice.get(c, 0.5)} for c in cols}}
+    rows = [row("a", "none", 1, default_seed_035=0.7), row("a", "none", 2, default_seed_035=0.5),
+            row("b", "none", 1, default_seed_035=0.4), row("b", "none", 2, default_seed_035=0.4)]
+    got = ps.summarise(rows, ["none"], 200)["none"]
+    diff = got["differences"]["default_seed_035 − default_seed_03"]
+    assert got["differences"]["default_seed_035 − gmm_default"]["per_case"] == pytest.approx({"a": 0.1, "b": -0.1})
+    assert diff["mean"] == pytest.approx(((0.6 - 0.5) + (0.4 - 0.5)) / 2) and diff["min_case"] == pytest.approx(-0.1)

@@ -481,3 +481,27 @@ def test_an_ensembles_card_carries_the_ensemble_protocols_numbers_for_its_own_se
     # no numbers for this set, this recipe or this protocol: nothing is claimed
     assert tdm.ensemble_notes("tiny", ("flair", "t1", "t1ce", "t2"), "r", tmp_path) == ""
     assert tdm.ensemble_notes("tiny", ("flair",), "other", tmp_path) == ""
+
+
+def test_threshold_card_section_reads_the_leave_one_out_protocol_and_matches_what_the_shipped_files_record():
+    """cgc-v29's card section: its numbers are the results file's, and the threshold the procedure gives over every
+    case is the one each shipped file records (a re-exported file must get it again: the guard is here)."""
+    import train_default_models as tdm
+    from CGCLesionSegLib.checkpoint import default_threshold
+    from CGCLesionSegLib.default_models import available_default_models, model_file_name
+    shipped = available_default_models()
+    for mods in tdm.MODEL_SETS.values():
+        res = json.loads((tdm.RESULTS / f"cgc-v29-confirm-{'-'.join(mods)}.json").read_text())
+        key = f"{'-'.join(mods)}/robust-2mm-std"
+        group, chosen = res["summary"][key], res["leave_one_out"][key]["default_rec_loo_ensemble"]
+        text = tdm.threshold_notes("cgc-v24", mods, "robust-2mm-std")
+        assert f"| {group['means']['default_rec_loo_ensemble']['dice']:.3f} |" in text
+        d = group["differences"]["default_rec_loo_ensemble-gmm_default"]
+        assert f"`cgcseg gmm` default {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" in text
+        assert f"gives {chosen['all']['threshold']:g}, the threshold this file records" in text
+        path = shipped[tuple(mods)]
+        assert path.name == model_file_name(list(mods))
+        assert default_threshold(path, "single-lesion-recommended") == pytest.approx(chosen["all"]["threshold"])
+        card = path.with_suffix(".md").read_text()
+        assert "## Held-out numbers of the threshold (protocol `cgc-v29`" in card and "(the shipped threshold)" not in card
+    assert tdm.threshold_notes("cgc-v9", ("flair",), "robust-2mm-st") == ""
