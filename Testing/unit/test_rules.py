@@ -672,3 +672,65 @@ def test_cgc_v29_waits_for_cgc_v27s_models_and_replicates_on_cgc_v24s(tmp_path):
     proto = _confirm_waits_for(tmp_path, ROOT / "docs" / "protocols" / "cgc-v29.toml",
                                r"cgc-v27 has not finished these models yet.*fold0-seed2600")
     assert proto["stages"]["replicate"]["source"] == "cgc-v24.toml" and "caveat" in proto["stages"]["replicate"]
+
+
+def test_two_seed_ensemble_columns_average_the_first_two_healthy_seeds_only(tmp_path, monkeypatch):
+    """cgc-v31: with three seeds in a fold, ``network_ensemble`` averages all three and ``network_ensemble2`` the two
+    lowest seeds (brute force: a per-voxel loop), whichever seed's row it is; ``default_rec_03_ensemble2`` is the
+    shipped rule at 0.3 on that two-seed map fused with `cgcseg gmm`'s."""
+    from types import SimpleNamespace
+    from CGCLesionSegLib.postprocess import binarize
+    shape = (12, 12, 12)
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    p = np.random.default_rng(5).random(shape).astype(np.float32)
+    p_rec = np.random.default_rng(6).random(shape).astype(np.float32)
+
+    def net_map(model, case):
+        return np.random.default_rng(hash((model.seed, model.fold, case, 7)) % 2**32).random(shape).astype(np.float32)
+
+    def fake_segment_held_out(model, cases, device="cpu", **config):
+        for name in cases:
+            own = net_map(model, name)
+            res = SimpleNamespace(network_probability=own, mask=rules.output_rule_mask(own, p, brain, 0.5).astype(np.uint8),
+                                  brain_mask=brain, window_xyz=(12, 12, 12))
+            yield SimpleNamespace(name=name, geometry=SimpleNamespace(spacing=(1, 1, 1))), p, res, None, None
+
+    monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda case, mods: p_rec)
+    monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: (case.name, masks, extra))
+    mk = lambda seed: rules.base.Model(("flair",), "v", 0, seed, tmp_path / f"s{seed}", [], [])
+    models = [mk(3002), mk(3000), mk(3001)]
+    for m in models:
+        m.run.mkdir()
+    names = ["network_ensemble", "network_ensemble2", "default_rec_03_ensemble2"]
+    for m in models:
+        name, masks, _ = rules._score_with_output_rule(m, {"a": None}, 2.0, "cpu", names, models)[0]
+        two = np.zeros(shape, np.float32)
+        three = np.zeros(shape, np.float32)
+        for z, y, x in np.ndindex(*shape):
+            two[z, y, x] = (net_map(models[1], "a")[z, y, x] + net_map(models[2], "a")[z, y, x]) / 2
+            three[z, y, x] = sum(net_map(o, "a")[z, y, x] for o in models) / 3
+        assert np.array_equal(masks["network_ensemble2"], two >= 0.5)
+        assert np.array_equal(masks["network_ensemble"], three >= 0.5)
+        assert not np.array_equal(masks["network_ensemble"], masks["network_ensemble2"])
+        want = binarize(0.5 * two + 0.5 * p_rec, 0.3, fill_holes="2d", keep_largest=1, opening_radius=3,
+                        mask_zyx=brain).astype(bool)
+        assert want.any() and np.array_equal(masks["default_rec_03_ensemble2"], want)
+
+
+def test_cgc_v31_waits_for_cgc_v30s_three_seed_flair_models():
+    """cgc-v31 reads cgc-v30's FLAIR models (three fresh seeds), its control is the shipped two-seed ensemble."""
+    import tomllib
+    src = tomllib.loads((ROOT / "docs" / "protocols" / "cgc-v30.toml").read_text())
+    proto = tomllib.loads((ROOT / "docs" / "protocols" / "cgc-v31.toml").read_text())
+    assert src["stages"]["confirm"]["seeds"] == [3000, 3001, 3002] and src["stages"]["confirm"]["modalities"] == [["flair"]]
+    columns, differences = rules.columns_of(proto)
+    assert {"network_ensemble2", "default_rec_03_ensemble2"} <= {c for c, _ in columns}
+    assert proto["control"] == "network_ensemble2" and proto["companions"]["network_ensemble"] == "default_rec_03_ensemble"
+    groups = {"flair/v": {"modalities": "flair", "means": {"network_ensemble2": {"dice": 0.80}, "network_ensemble": {"dice": 0.806},
+                                                           "default_rec_03_ensemble2": {"dice": 0.86},
+                                                           "default_rec_03_ensemble": {"dice": 0.845}}}}
+    assert rules.stage_winner(groups, proto, proto["stages"]["confirm"]) == "network_ensemble2"  # default fell 0.015
+    groups["flair/v"]["means"]["default_rec_03_ensemble"]["dice"] = 0.855
+    assert rules.stage_winner(groups, proto, proto["stages"]["confirm"]) == "network_ensemble"
