@@ -124,7 +124,8 @@ LOO_COLUMNS = {"default_rec_loo_ensemble": "default_rec_ensemble", "gmm_default_
 FOLD_FAMILIES = {"network", "default_rec", "gmm_default", "p_smooth"}
 #: Columns that keep a volume set per case (cgc-v23); their rows record the thresholds and volumes.
 VOLUME_COLUMNS = {"network_vol", "p_smooth_vol", "default_rec_vol"}
-#: The shipped models' default-output threshold (docs/protocols/README.md, cgc-v18 shipped).
+#: The threshold of the ``_03`` columns: the one cgc-v18 shipped (docs/protocols/README.md); the FLAIR model still
+#: records it, the four-channel model 0.35 since cgc-v29.
 SHIPPED_THRESHOLD = 0.3
 
 
@@ -458,7 +459,7 @@ def choose_leave_one_out(rows: list[dict], columns) -> dict:
 
 def loo_report(choice: dict, rows: list[dict]) -> str:
     """Markdown: each case's left-out threshold per column, the threshold the procedure gives on every case
-    (with the mean Dice there and at 0.30, the shipped value), and whether the swept shipped rule at 0.30
+    (with the mean Dice there and at 0.30, cgc-v18's value), and whether the swept shipped rule at 0.30
     reproduces the ``default_rec_03_ensemble`` column (that column picks its lesion by size, the sweep as
     shipped, by the lesion at 0.5: equal unless the choice matters)."""
     lines = ["", "#### Thresholds chosen leave one case out", ""]
