@@ -215,8 +215,8 @@ def ensemble_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Pa
         f"Two models of this recipe per fold (seeds {', '.join(str(s) for s in group['seeds'])}), their network maps "
         f"averaged as this file averages its members; docs/BENCHMARKS.md section `{section}`. Mean Dice over "
         f"{len(group['cases'])} held-out cases:", "",
-        "| smoothed P | `cgcseg gmm` default | network, one seed | **network, ensemble** | default output, one seed "
-        "| **default output, ensemble** |", "|---|---|---|---|---|---|",
+        "| smoothed P | `cgcseg gmm` default | network, one seed | **network, ensemble** | default output at 0.3, one "
+        "seed | **default output at 0.3, ensemble** |", "|---|---|---|---|---|---|",
         f"| {f('p_smooth')} | {f('gmm_default')} | {f('network')} | {f('network_ensemble')} | {f('default_rec_03')} "
         f"| {f('default_rec_03_ensemble')} |", "",
         f"Paired differences (mean, bootstrap 95 % CI over cases): ensemble − one seed, network "
