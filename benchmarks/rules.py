@@ -236,15 +236,15 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
         if members:
             maps = [res.network_probability if gen is None else next(gen)[2].network_probability for gen in member_passes]
             mean_map = np.mean(maps, axis=0)
-            mean_two = np.mean(maps[:2], axis=0)  # members are sorted by seed
+            mean_two = lambda maps=maps: np.mean(maps[:2], axis=0)  # members are sorted by seed
             make_ensemble = {"network_ensemble": lambda: mean_map >= 0.5,
                              "default_ensemble": lambda: output_rule_mask(mean_map, p, res.brain_mask, 0.5, case.geometry.spacing),
                              "default_rec_03_ensemble": lambda: output_rule_mask(
                                  mean_map, base.gmm_default_probability(case, list(model.modalities)), res.brain_mask,
                                  0.5, case.geometry.spacing, SHIPPED_THRESHOLD),
-                             "network_ensemble2": lambda: mean_two >= 0.5,
+                             "network_ensemble2": lambda: mean_two() >= 0.5,
                              "default_rec_03_ensemble2": lambda: output_rule_mask(
-                                 mean_two, base.gmm_default_probability(case, list(model.modalities)), res.brain_mask,
+                                 mean_two(), base.gmm_default_probability(case, list(model.modalities)), res.brain_mask,
                                  0.5, case.geometry.spacing, SHIPPED_THRESHOLD)}
         make = {"p": lambda: p >= 0.5,
                 "p_smooth": lambda: smooth_probability(p, sigma, case.geometry.spacing) >= 0.5,
@@ -344,13 +344,12 @@ def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_si
     fused = 0.5 * res.network_probability + 0.5 * p_rec
     preset = output_preset("single-lesion")
     _, _, post = base._gmm_default_settings(mods)
-    smoothed = {k: smooth_probability(p, s, spacing) for k, s in sorted(fold_sigmas.items())} \
-        if families is None or "p_smooth" in families else {}
+    families = FOLD_FAMILIES if families is None else set(families)
+    smoothed = {k: smooth_probability(p, s, spacing) for k, s in sorted(fold_sigmas.items())} if "p_smooth" in families else {}
 
     def sweep(make) -> dict:
         return {f"{t:.2f}": all_metrics(make(t), case.reference, spacing_zyx) for t in thresholds}
 
-    families = FOLD_FAMILIES if families is None else set(families)
     memo = case.__dict__.setdefault("_memo", {})
     out = {}
     if "gmm_default" in families:
