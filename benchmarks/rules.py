@@ -49,6 +49,7 @@ TITLES = {"p": "P ≥ 0.5", "p_smooth": "smoothed P", "gmm_default": "`cgcseg gm
           "default_rec_03_ensemble": "**default output as shipped (t = 0.3), seed ensemble**",
           "gmm_default_loo": "`cgcseg gmm` default at the case's left-out t",
           "default_rec_loo_ensemble": "**default output, seed ensemble, at the case's left-out t**",
+          "default_rec_wloo_ensemble": "**default output, seed ensemble, at the case's left-out weight and t**",
           "network_ensemble2": "network ≥ 0.5, ensemble of the first two seeds",
           "default_rec_03_ensemble2": "default output as shipped (t = 0.3), ensemble of the first two seeds"}
 #: What each column is, for the report.
@@ -103,7 +104,10 @@ MEANINGS = {"network_smooth": "the network's map smoothed with the fold's smooth
             "default_rec_03_ensemble2": "the shipped output rule at 0.3 with that two-seed mean map in the network's place",
             "default_rec_loo_ensemble": "the shipped output rule (`single-lesion-recommended`, lesion chosen as at 0.5) "
                                         "on 0.5·(seed ensemble's mean map) + 0.5·P_rec at threshold t_c, t_c chosen "
-                                        "leave one case out the same way on the other cases' held-out maps"}
+                                        "leave one case out the same way on the other cases' held-out maps",
+            "default_rec_wloo_ensemble": "the shipped output rule on (1 − w_c)·(seed ensemble's mean map) + w_c·P_rec "
+                                         "at threshold t_c, the pair (w_c, t_c) chosen together leave one case out "
+                                         "(cgc-v33; ties to w nearer 0.5, then t as for a threshold alone)"}
 #: cgc-v3's columns and differences (it declares none in its file).
 COLUMNS = (("p", TITLES["p"]), ("p_smooth", TITLES["p_smooth"]), ("network", TITLES["network"]),
            ("network_smooth", TITLES["network_smooth"]))
@@ -114,12 +118,14 @@ DIFFERENCES = (("network_smooth", "p_smooth", "≥ +0.03, CI > 0"), ("network_sm
 PASSES = {"padded": {"pad_to_window": True}, "mirror_x": {"mirror_axes": ("x",)},
           "mirror_xyz": {"mirror_axes": ("x", "y", "z")}}
 ENSEMBLE_COLUMNS = {"network_ensemble", "default_ensemble", "default_rec_03_ensemble", "default_rec_loo_ensemble",
-                    "network_ensemble2", "default_rec_03_ensemble2"}
+                    "network_ensemble2", "default_rec_03_ensemble2", "default_rec_wloo_ensemble"}
 #: Columns whose threshold is chosen per fold (cgc-v18) -> the swept map family they are read from.
 THRESHOLD_COLUMNS = {"network_t": "network", "p_smooth_t": "p_smooth", "default_rec_t": "default_rec",
                      "gmm_default_t": "gmm_default"}
-#: Columns whose threshold is chosen leave one case out (cgc-v29) -> the swept map family they are read from.
-LOO_COLUMNS = {"default_rec_loo_ensemble": "default_rec_ensemble", "gmm_default_loo": "gmm_default"}
+#: Columns whose threshold (cgc-v29), or fusion weight and threshold (cgc-v33), are chosen leave one case out -> the
+#: swept map family they are read from. A family swept over weights keys its values "w/t" (:func:`sweep_key`).
+LOO_COLUMNS = {"default_rec_loo_ensemble": "default_rec_ensemble", "gmm_default_loo": "gmm_default",
+               "default_rec_wloo_ensemble": "default_rec_ensemble_w"}
 #: The families a per-fold threshold protocol (cgc-v18, cgc-v25) sweeps (:func:`threshold_sweep`).
 FOLD_FAMILIES = {"network", "default_rec", "gmm_default", "p_smooth"}
 #: Columns that keep a volume set per case (cgc-v23); their rows record the thresholds and volumes.
@@ -202,9 +208,11 @@ def output_rule_mask(network_probability, p, brain, gmm_weight: float, spacing_x
 
 
 def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu", columns=COLUMNS,
-                siblings: list = (), thresholds: tuple = (), fold_sigmas: dict | None = None) -> list[dict]:
+                siblings: list = (), thresholds: tuple = (), fold_sigmas: dict | None = None,
+                gmm_weights: tuple = ()) -> list[dict]:
     """Rows of ``model``'s held-out cases for ``columns``; ``siblings``: the stage's other models (the
-    seed-ensemble columns average the maps of ``model``'s group among them, :func:`ensemble_members`)."""
+    seed-ensemble columns average the maps of ``model``'s group among them, :func:`ensemble_members`);
+    ``thresholds`` and ``gmm_weights``: the grids a swept column chooses from (:func:`threshold_sweep`)."""
     names = [c for c, _ in columns]
     if set(names) <= {c for c, _ in COLUMNS}:  # cgc-v3: one pass without the output rule, as it was run
         rows = []
@@ -214,11 +222,13 @@ def score_model(model: base.Model, cases: dict, sigma: float, device: str = "cpu
             masks = rule_masks(p, net_map, sigma, case.geometry.spacing)
             rows.append(base.score_row(model, case, info, {c: masks[c] for c in names}, sigma))
         return rows
-    return _score_with_output_rule(model, cases, sigma, device, names, list(siblings), thresholds, fold_sigmas)
+    return _score_with_output_rule(model, cases, sigma, device, names, list(siblings), thresholds, fold_sigmas,
+                                   gmm_weights)
 
 
 def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device: str, names: list,
-                            siblings: list = (), thresholds: tuple = (), fold_sigmas: dict | None = None) -> list[dict]:
+                            siblings: list = (), thresholds: tuple = (), fold_sigmas: dict | None = None,
+                            gmm_weights: tuple = ()) -> list[dict]:
     """Columns from the default output rule (``single-lesion``, as the source protocol scored it), and, for
     each :data:`PASSES` entry a column names, from another pass with that entry's settings."""
     from CGCLesionSegLib.inference import output_preset
@@ -287,7 +297,7 @@ def _score_with_output_rule(model: base.Model, cases: dict, sigma: float, device
             families = (FOLD_FAMILIES if THRESHOLD_COLUMNS.keys() & set(names) else set()) | loo
             ensemble = (tuple(m.key for m in members), mean_map) if members else None
             extra["sweep"] = threshold_sweep(case, list(model.modalities), p, res, thresholds, fold_sigmas or {},
-                                             families, ensemble)
+                                             families, ensemble, gmm_weights)
         rows.append(base.score_row(model, case, info, masks, sigma, **extra))
     return rows
 
@@ -323,8 +333,13 @@ def _volume_columns(case, mods: list, p, res, sigma: float, volumes: dict) -> di
             "default_rec_03": lambda: default_rec(SHIPPED_THRESHOLD)}
 
 
+def sweep_key(gmm_weight: float, threshold: float) -> str:
+    """The key of one (fusion weight, threshold) pair in a family swept over both: "0.25/0.35"."""
+    return f"{gmm_weight:.2f}/{threshold:.2f}"
+
+
 def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_sigmas: dict,
-                    families: set | None = None, ensemble: tuple | None = None) -> dict:
+                    families: set | None = None, ensemble: tuple | None = None, gmm_weights=()) -> dict:
     """Every metric of each swept map family at each threshold of ``thresholds``, for one held-out case:
     {family: {"0.45": metrics}}. Families: ``network`` (the network's map), ``default_rec`` (the output
     rule ``single-lesion`` on 0.5·network + 0.5·P_rec, as cgc-v18/cgc-v25 swept it), ``gmm_default``
@@ -333,8 +348,9 @@ def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_si
     chosen with its own sigma on its training cases, which are other folds' held-out cases) and
     ``default_rec_ensemble`` (cgc-v29: the shipped rule ``single-lesion-recommended``, lesion chosen as at 0.5,
     on 0.5·mean map + 0.5·P_rec; ``ensemble`` = ``(member keys, mean map)``, memoised per case and members, as
-    every seed of a fold shares it). ``families``: which to sweep (None: :data:`FOLD_FAMILIES`, cgc-v25's).
-    Maps ``(Z, Y, X)`` on the input grid."""
+    every seed of a fold shares it); ``default_rec_ensemble_w`` (cgc-v33: the same rule on (1 − w)·mean map +
+    w·P_rec for every P_rec weight w of ``gmm_weights`` and every t, keyed :func:`sweep_key`; memoised alike).
+    ``families``: which to sweep (None: :data:`FOLD_FAMILIES`, cgc-v25's). Maps ``(Z, Y, X)`` on the input grid."""
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
     from CGCLesionSegLib.metrics import all_metrics
     from CGCLesionSegLib.postprocess import binarize, smooth_probability
@@ -375,13 +391,39 @@ def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_si
             memo[key] = sweep(lambda t: output_mask(fused_ens, res.brain_mask, InferenceConfig(**{**shipped, "threshold": t}),
                                                     spacing).astype(bool))
         out["default_rec_ensemble"] = memo[key]
+    if "default_rec_ensemble_w" in families:
+        if ensemble is None or not len(gmm_weights):
+            raise ValueError("the default_rec_ensemble_w family needs the seed ensemble's (member keys, mean map) "
+                             "and the protocol's gmm_weights")
+        key = ("default_rec_ensemble_w_sweep", tuple(mods), tuple(ensemble[0]), tuple(thresholds), tuple(gmm_weights))
+        if key not in memo:
+            shipped = output_preset("single-lesion-recommended")
+            memo[key] = {}
+            for w in gmm_weights:
+                fused_w = (1.0 - w) * ensemble[1] + w * p_rec
+                for t, m in sweep(lambda t: output_mask(fused_w, res.brain_mask,
+                                                        InferenceConfig(**{**shipped, "threshold": t}),
+                                                        spacing).astype(bool)).items():
+                    memo[key][sweep_key(w, float(t))] = m
+        out["default_rec_ensemble_w"] = memo[key]
     return out
 
 
 def _best_threshold(scores: dict) -> str:
     """The key of ``scores`` ({"0.45": mean Dice}) with the highest score; ties to the value nearer 0.5,
-    then the higher value (scores rounded to 1e-6, so float noise does not decide)."""
-    return max(scores, key=lambda t: (round(scores[t], 6), -abs(float(t) - 0.5), float(t)))
+    then the higher value (scores rounded to 1e-6, so float noise does not decide). Keys "w/t" (a weight and a
+    threshold, :func:`sweep_key`): ties to w nearer 0.5 first, then t as above, then the higher w."""
+    def rank(k):
+        if "/" not in k:
+            return (round(scores[k], 6), -abs(float(k) - 0.5), float(k))
+        w, t = (float(v) for v in k.split("/"))
+        return (round(scores[k], 6), -abs(w - 0.5), -abs(t - 0.5), t, w)
+    return max(scores, key=rank)
+
+
+def _grid_order(key: str) -> tuple:
+    """Sort order of a sweep's keys: "0.45", or "w/t" by weight, then threshold."""
+    return tuple(float(v) for v in key.split("/"))
 
 
 def choose_thresholds(rows: list[dict]) -> dict:
@@ -441,36 +483,53 @@ def choose_leave_one_out(rows: list[dict], columns) -> dict:
             dice = {c: {t: statistics.mean(v) for t, v in ts.items()} for c, ts in by_case.items()}
             if len(dice) < 2:
                 raise SystemExit(f"{mods}/{variant}: leave one case out needs at least 2 scored cases, got {len(dice)}")
-            grid = sorted(next(iter(dice.values())), key=float)
+            grid = sorted(next(iter(dice.values())), key=_grid_order)
             entry = choice.setdefault(f"{mods}/{variant}", {}).setdefault(col, {"per_case": {}})
             for c in sorted(dice):
                 scores = {t: statistics.mean(dice[o][t] for o in dice if o != c) for t in grid}
                 best = _best_threshold(scores)
-                entry["per_case"][c] = {"threshold": float(best), "scores": scores}
+                entry["per_case"][c] = {**_pair(best), "scores": scores}
                 for r in rs:
                     if r["case"] == c:
                         r[col] = dict(r["sweep"][family][best])
-                        r.setdefault("thresholds", {})[col] = float(best)
+                        r.setdefault("thresholds", {})[col] = _pair(best)["threshold"]
+                        if "/" in best:
+                            r.setdefault("gmm_weights", {})[col] = _pair(best)["gmm_weight"]
             scores = {t: statistics.mean(dice[o][t] for o in dice) for t in grid}
-            entry["all"] = {"threshold": float(_best_threshold(scores)), "scores": scores}
+            entry["all"] = {**_pair(_best_threshold(scores)), "scores": scores}
     return choice
+
+
+def _pair(key: str) -> dict:
+    """{"threshold": t} from "0.45", {"gmm_weight": w, "threshold": t} from "w/t"."""
+    if "/" not in key:
+        return {"threshold": float(key)}
+    w, t = (float(v) for v in key.split("/"))
+    return {"gmm_weight": w, "threshold": t}
+
+
+def _choice_text(c: dict) -> str:
+    """One choice as the report shows it: "0.35", or "0.25/0.35" (weight/threshold)."""
+    return sweep_key(c["gmm_weight"], c["threshold"]) if "gmm_weight" in c else f"{c['threshold']:.2f}"
 
 
 def loo_report(choice: dict, rows: list[dict]) -> str:
     """Markdown: each case's left-out threshold per column, the threshold the procedure gives on every case
     (with the mean Dice there and at 0.30, cgc-v18's value), and whether the swept shipped rule at 0.30
     reproduces the ``default_rec_03_ensemble`` column (that column picks its lesion by size, the sweep as
-    shipped, by the lesion at 0.5: equal unless the choice matters)."""
+    shipped, by the lesion at 0.5: equal unless the choice matters). A weight-and-threshold column shows "w/t" and
+    its mean Dice at 0.50/0.30."""
     lines = ["", "#### Thresholds chosen leave one case out", ""]
     for group, cols in sorted(choice.items()):
         cases = sorted(next(iter(cols.values()))["per_case"])
-        lines += [f"{group}: t_c per held-out case (each chosen on the other {len(cases) - 1} cases)", "",
+        lines += [f"{group}: t_c (or w_c/t_c) per held-out case (each chosen on the other {len(cases) - 1} cases)", "",
                   "| column | " + " | ".join(cases) + " | t over all cases | mean Dice there (at 0.30) |",
                   "|---|" + "---|" * (len(cases) + 2)]
         for col, c in cols.items():
-            t_all = f"{c['all']['threshold']:.2f}"
-            lines.append(f"| {col} | " + " | ".join(f"{c['per_case'][k]['threshold']:.2f}" for k in cases)
-                         + f" | {t_all} | {c['all']['scores'][t_all]:.4f} ({c['all']['scores']['0.30']:.4f}) |")
+            t_all = _choice_text(c["all"])
+            at_03 = "0.50/0.30" if "gmm_weight" in c["all"] else "0.30"
+            lines.append(f"| {col} | " + " | ".join(_choice_text(c["per_case"][k]) for k in cases)
+                         + f" | {t_all} | {c['all']['scores'][t_all]:.4f} ({c['all']['scores'][at_03]:.4f}) |")
         lines.append("")
     pairs = [(r["sweep"]["default_rec_ensemble"]["0.30"]["dice"], r["default_rec_03_ensemble"]["dice"]) for r in rows
              if "default_rec_ensemble" in r.get("sweep", {}) and "default_rec_03_ensemble" in r]
@@ -495,13 +554,21 @@ def fold_sigmas_of(model: base.Model, models: list, work: Path) -> dict:
 
 
 def check_sweep_at_half(rows: list[dict]) -> None:
-    """The sweeps at t = 0.5 must reproduce the rows' own 0.5 columns (the same maps and clean-ups), else
-    the thresholded columns would not be comparable with them."""
+    """The sweeps at t = 0.5 must reproduce the rows' own 0.5 columns (the same maps and clean-ups), and a sweep over
+    weights at w = 0.5 the threshold sweep of the same rule, else the swept columns would not be comparable."""
     for r in rows:
         for col, fam in [(c, c) for c in ("network", "default_rec", "gmm_default")] + [("p_smooth", f"p_smooth@{r['fold']}")]:
             if col in r and fam in r["sweep"] and abs(r[col]["dice"] - r["sweep"][fam]["0.50"]["dice"]) > 1e-9:
                 raise RuntimeError(f"{r['model']} {r['case']}: the sweep of {fam} at 0.5 gives Dice "
                                    f"{r['sweep'][fam]['0.50']['dice']:.6f}, the {col} column {r[col]['dice']:.6f}")
+        # cgc-v33: the weight-and-threshold sweep at weight 0.5 is cgc-v29's threshold sweep of the same rule.
+        both = r["sweep"].get("default_rec_ensemble"), r["sweep"].get("default_rec_ensemble_w")
+        if all(both):
+            for t, m in both[0].items():
+                k = sweep_key(0.5, float(t))
+                if k in both[1] and abs(both[1][k]["dice"] - m["dice"]) > 1e-9:
+                    raise RuntimeError(f"{r['model']} {r['case']}: the weighted sweep at {k} gives Dice "
+                                       f"{both[1][k]['dice']:.6f}, the threshold sweep at {t} {m['dice']:.6f}")
 
 
 def threshold_report(choice: dict, decisions: dict | None) -> str:
@@ -643,11 +710,15 @@ def run(args, proto: dict, proto_path: Path) -> int:
     cases = {d.name: base.CaseData(d) for d in base._case_dirs(data / src["labelled"])}
     rows, sigmas, all_fold_sigmas = [], {}, {}
     thresholds = tuple(float(t) for t in proto.get("thresholds", ()))
+    gmm_weights = tuple(float(w) for w in proto.get("gmm_weights", ()))
     per_fold = bool(THRESHOLD_COLUMNS.keys() & {c for c, _ in columns})
     loo_cols = [c for c, _ in columns if c in LOO_COLUMNS]
     swept = per_fold or bool(loo_cols)
     if swept and 0.5 not in thresholds:
         raise SystemExit(f"{proto['name']}: its thresholds must include 0.5 (the columns it is checked against)")
+    if "default_rec_wloo_ensemble" in loo_cols and (0.5 not in gmm_weights or 0.3 not in thresholds):
+        raise SystemExit(f"{proto['name']}: a weight-and-threshold column needs gmm_weights with 0.5 and thresholds "
+                         "with 0.3 (the shipped fusion and the point its report compares with)")
     for m in models:
         tag = base.model_sigma_tag(m)
         skey = f"{'-'.join(m.modalities)} fold {m.fold}" + tag[len(f"fold{m.fold}"):]
@@ -668,10 +739,11 @@ def run(args, proto: dict, proto_path: Path) -> int:
             all_fold_sigmas[m.modalities] = fold_sigmas_of(m, models, work)
         fold_sigmas = all_fold_sigmas.get(m.modalities, {})
         if swept:
-            stamp.update(thresholds=list(thresholds), fold_sigmas={str(k): v for k, v in fold_sigmas.items()})
+            stamp.update(thresholds=list(thresholds), fold_sigmas={str(k): v for k, v in fold_sigmas.items()},
+                         **({"gmm_weights": list(gmm_weights)} if gmm_weights else {}))
         rows += base.kept_scores(score_file, stamp,
                                  lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device, columns, models,
-                                                     thresholds, fold_sigmas))
+                                                     thresholds, fold_sigmas, gmm_weights))
     choice = decisions = loo = None
     if swept and not missing:
         check_sweep_at_half(rows)

@@ -619,7 +619,8 @@ def test_leave_one_out_thresholds_match_a_brute_force_choice_and_ignore_the_case
     choice = rules.choose_leave_one_out(rows, ["gmm_default", "gmm_default_loo", "default_rec_loo_ensemble"])
     got = choice["flair/v"]
     assert set(got) == {"gmm_default_loo", "default_rec_loo_ensemble"}
-    for col, fam in rules.LOO_COLUMNS.items():
+    for col, fam in [("default_rec_loo_ensemble", "default_rec_ensemble"), ("gmm_default_loo", "gmm_default")]:
+        assert rules.LOO_COLUMNS[col] == fam
         want = _loo_by_brute_force(rows, fam)
         assert {c: v["threshold"] for c, v in got[col]["per_case"].items()} == want
         for r in rows:
@@ -646,7 +647,7 @@ def test_leave_one_out_columns_summarise_and_report_like_the_runner():
     import tomllib
     proto = tomllib.loads((ROOT / "docs" / "protocols" / "cgc-v29.toml").read_text())
     columns, differences = rules.columns_of(proto)
-    assert {c for c, _ in columns} >= set(rules.LOO_COLUMNS) and 0.5 in proto["thresholds"]
+    assert {c for c, _ in columns} >= {"default_rec_loo_ensemble", "gmm_default_loo"} and 0.5 in proto["thresholds"]
     rows = []
     for i, case in enumerate("abcd"):
         by_t = {f"{t:.2f}": 0.8 - abs(t - 0.3) - 0.01 * i for t in proto["thresholds"]}
@@ -734,3 +735,134 @@ def test_cgc_v31_waits_for_cgc_v30s_three_seed_flair_models():
     assert rules.stage_winner(groups, proto, proto["stages"]["confirm"]) == "network_ensemble2"  # default fell 0.015
     groups["flair/v"]["means"]["default_rec_03_ensemble"]["dice"] = 0.855
     assert rules.stage_winner(groups, proto, proto["stages"]["confirm"]) == "network_ensemble"
+
+
+def test_the_weighted_ensemble_sweep_fuses_each_weight_by_hand_and_equals_the_threshold_sweep_at_one_half(monkeypatch):
+    """cgc-v33's family: at every (w, t) the shipped rule on (1 − w)·mean map + w·P_rec, made by hand with
+    ``output_mask``; at w = 0.5 exactly cgc-v29's ``default_rec_ensemble`` sweep; the fold's other seed reads the memo;
+    without weights it refuses."""
+    from types import SimpleNamespace
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
+    net, p, p_rec, brain = _smooth_maps(21)
+    mean = 0.5 * (net + _smooth_maps(22)[0])
+    ref = np.zeros(net.shape, bool)
+    ref[3:10, 4:11, 2:9] = True
+    case = SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0)), reference=ref,
+                           brain=lambda mods: brain)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda c, mods: p_rec)
+    res = SimpleNamespace(network_probability=net, brain_mask=brain)
+    ts, ws = (0.3, 0.5, 0.6), (0.0, 0.25, 0.5, 0.75)
+    sweep = rules.threshold_sweep(case, ["flair"], p, res, ts, {}, {"default_rec_ensemble", "default_rec_ensemble_w"},
+                                  (("m0", "m1"), mean), ws)
+    assert sorted(sweep["default_rec_ensemble_w"]) == sorted(rules.sweep_key(w, t) for w in ws for t in ts)
+    shipped = output_preset("single-lesion-recommended")
+    for w in ws:
+        for t in ts:
+            by_hand = output_mask((1 - w) * mean + w * p_rec, brain, InferenceConfig(**{**shipped, "threshold": t}),
+                                  (1.0, 1.0, 1.0)).astype(bool)
+            assert sweep["default_rec_ensemble_w"][rules.sweep_key(w, t)] == _metrics(by_hand, ref)
+        assert sweep["default_rec_ensemble_w"][rules.sweep_key(0.5, t)] == sweep["default_rec_ensemble"][f"{t:.2f}"]
+    assert len({round(m["dice"], 9) for m in sweep["default_rec_ensemble_w"].values()}) > 3  # the weight matters
+    again = rules.threshold_sweep(case, ["flair"], p, SimpleNamespace(network_probability=p, brain_mask=brain), ts, {},
+                                  {"default_rec_ensemble_w"}, (("m0", "m1"), None), ws)
+    assert again["default_rec_ensemble_w"] == sweep["default_rec_ensemble_w"]
+    with pytest.raises(ValueError, match="gmm_weights"):
+        rules.threshold_sweep(case, ["flair"], p, res, ts, {}, {"default_rec_ensemble_w"}, (("m2", "m3"), mean), ())
+    # the consistency check catches a weighted sweep that does not match the threshold sweep at w = 0.5
+    row = {"model": "m", "case": "a", "fold": 0, "sweep": {k: {kk: dict(vv) for kk, vv in v.items()} for k, v in sweep.items()}}
+    rules.check_sweep_at_half([row])
+    row["sweep"]["default_rec_ensemble_w"]["0.50/0.30"]["dice"] += 0.1
+    with pytest.raises(RuntimeError, match="weighted sweep at 0.50/0.30"):
+        rules.check_sweep_at_half([row])
+
+
+def _wloo_by_brute_force(rows, family="default_rec_ensemble_w"):
+    """{case: (w, t)}: every grid pair's mean over the other cases (seeds averaged), the best by the declared tie
+    rule (w nearer 0.5, t nearer 0.5, higher t, higher w), written out with plain loops."""
+    cases = sorted({r["case"] for r in rows})
+    out = {}
+    for c in cases:
+        best, best_key = None, None
+        for k in rows[0]["sweep"][family]:
+            w, t = float(k.split("/")[0]), float(k.split("/")[1])
+            total = 0.0
+            for o in cases:
+                if o != c:
+                    vals = [r["sweep"][family][k]["dice"] for r in rows if r["case"] == o]
+                    total += sum(vals) / len(vals)
+            key = (round(total / (len(cases) - 1), 6), -abs(w - 0.5), -abs(t - 0.5), t, w)
+            if best_key is None or key > best_key:
+                best, best_key = (w, t), key
+        out[c] = best
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_leave_one_out_weight_and_threshold_match_a_brute_force_choice(seed):
+    """cgc-v33's choice over pairs: each case's (w, t) is the brute-force best on the other cases with the tie rule;
+    its row gets that pair's metrics and records both; the all-cases pair is the best over every case; case a's own
+    labels cannot move case a's pair."""
+    rng = np.random.default_rng(100 + seed)
+    keys = [rules.sweep_key(w, t) for w in (0.0, 0.25, 0.5, 0.75) for t in (0.2, 0.3, 0.5, 0.6)]
+    rows = []
+    for i, case in enumerate("abcdefg"):
+        for s in (1, 2):
+            r = _sweep_row(case, i % 2, s, {"0.50": 0.5})
+            r["sweep"]["default_rec_ensemble_w"] = {k: {"dice": float(np.round(rng.random(), 1))} for k in keys}  # ties
+            rows.append(r)
+    got = rules.choose_leave_one_out(rows, ["default_rec_wloo_ensemble"])["flair/v"]["default_rec_wloo_ensemble"]
+    want = _wloo_by_brute_force(rows)
+    assert {c: (v["gmm_weight"], v["threshold"]) for c, v in got["per_case"].items()} == want
+    for r in rows:
+        k = rules.sweep_key(*want[r["case"]])
+        assert r["default_rec_wloo_ensemble"] == r["sweep"]["default_rec_ensemble_w"][k]
+        assert (r["gmm_weights"]["default_rec_wloo_ensemble"], r["thresholds"]["default_rec_wloo_ensemble"]) == want[r["case"]]
+    all_scores = {k: np.mean([np.mean([r["sweep"]["default_rec_ensemble_w"][k]["dice"] for r in rows if r["case"] == c])
+                              for c in "abcdefg"]) for k in keys}
+    best_all = rules.sweep_key(got["all"]["gmm_weight"], got["all"]["threshold"])
+    assert got["all"]["scores"][best_all] == pytest.approx(max(all_scores.values()))
+    before = want["a"]
+    for r in rows:
+        if r["case"] == "a":
+            for k in keys:
+                r["sweep"]["default_rec_ensemble_w"][k]["dice"] = 1.0 if k != rules.sweep_key(*before) else 0.0
+    again = rules.choose_leave_one_out(rows, ["default_rec_wloo_ensemble"])["flair/v"]["default_rec_wloo_ensemble"]
+    assert (again["per_case"]["a"]["gmm_weight"], again["per_case"]["a"]["threshold"]) == before
+
+
+def test_weight_ties_go_to_one_half_before_the_threshold_rule():
+    scores = {"0.25/0.50": 0.8, "0.50/0.30": 0.8, "0.75/0.50": 0.8, "0.50/0.70": 0.8, "0.00/0.50": 0.7}
+    assert rules._best_threshold(scores) == "0.50/0.70"  # w = 0.5; t 0.3 and 0.7 equally near 0.5: the higher
+    scores["0.25/0.50"] = 0.8000001  # below the rounding: still a tie
+    assert rules._best_threshold(scores) == "0.50/0.70"
+    scores["0.25/0.50"] = 0.801
+    assert rules._best_threshold(scores) == "0.25/0.50"
+    assert rules._best_threshold({"0.25/0.40": 0.8, "0.75/0.40": 0.8}) == "0.75/0.40"  # then the higher w
+
+
+def test_cgc_v33_waits_for_cgc_v32s_four_channel_models_and_reports_the_pairs(tmp_path):
+    """cgc-v33 reads cgc-v32's fresh four-channel models; its weight grid holds 0.5 and its control is cgc-v29's rule;
+    the candidate replaces it only above the declared margin; the report shows each case's w/t."""
+    proto = _confirm_waits_for(tmp_path, ROOT / "docs" / "protocols" / "cgc-v33.toml",
+                               r"cgc-v32 has not finished these models yet.*flair-t1-t1ce-t2/robust-2mm-std/fold0-seed3200")
+    import tomllib
+    src = tomllib.loads((ROOT / "docs" / "protocols" / "cgc-v32.toml").read_text())
+    assert src["stages"]["confirm"]["seeds"] == [3200, 3201]
+    assert src["stages"]["confirm"]["modalities"] == [["flair", "t1", "t1ce", "t2"]]
+    assert 0.5 in proto["gmm_weights"] and 0.3 in proto["thresholds"] and proto["control"] == "default_rec_loo_ensemble"
+    columns, differences = rules.columns_of(proto)
+    assert ("default_rec_wloo_ensemble", "gmm_default", "≥ +0.03; no case < −0.10") in differences
+    groups = {"x/v": {"modalities": "flair-t1-t1ce-t2", "means": {"default_rec_loo_ensemble": {"dice": 0.860},
+                                                                  "default_rec_wloo_ensemble": {"dice": 0.864}}}}
+    assert rules.stage_winner(groups, proto, proto["stages"]["confirm"]) == "default_rec_loo_ensemble"
+    groups["x/v"]["means"]["default_rec_wloo_ensemble"]["dice"] = 0.866
+    assert rules.stage_winner(groups, proto, proto["stages"]["confirm"]) == "default_rec_wloo_ensemble"
+    rows = []
+    for i, case in enumerate("abcd"):
+        r = _sweep_row(case, i % 2, 1, {"0.50": 0.5})
+        r["sweep"]["default_rec_ensemble_w"] = {rules.sweep_key(w, t): {"dice": 0.9 - abs(w - 0.25) - abs(t - 0.4)}
+                                                for w in proto["gmm_weights"] for t in proto["thresholds"]}
+        rows.append(r)
+    loo = rules.choose_leave_one_out(rows, ["default_rec_wloo_ensemble"])
+    text = rules.loo_report(loo, rows)
+    assert "| default_rec_wloo_ensemble | 0.25/0.40 | 0.25/0.40 | 0.25/0.40 | 0.25/0.40 | 0.25/0.40 | 0.9000 (0.5500) |" in text
