@@ -63,6 +63,10 @@ RULE_EVIDENCE = {("cgc-v9", "single-lesion-recommended"): ("cgc-v11", "confirm",
 #: (ensemble protocol, stage). cgc-v28 confirmed the two-seed ensemble of cgc-v24's recipe on cgc-v27's models.
 ENSEMBLE_EVIDENCE = {("cgc-v24", "robust-2mm-std"): ("cgc-v28", "confirm")}
 
+#: Later independent readings of the shipped two-seed ensemble on fresh seeds, for its card: (recipe protocol,
+#: variant) -> (protocol, stage). cgc-v31 read the FLAIR ensemble again on cgc-v30's seeds 3000/3001.
+ENSEMBLE_REPLICATION = {("cgc-v24", "robust-2mm-std"): ("cgc-v31", "confirm")}
+
 #: Where the threshold a shipped ensemble records was chosen leave one case out, for its card: (recipe protocol,
 #: variant) -> (threshold protocol, stage). cgc-v29 chose the four-channel model's 0.35 and kept FLAIR's 0.3.
 THRESHOLD_EVIDENCE = {("cgc-v24", "robust-2mm-std"): ("cgc-v29", "confirm")}
@@ -225,6 +229,35 @@ def ensemble_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Pa
         f"default output − `cgcseg gmm` default {ci('default_rec_03_ensemble-gmm_default')}.", ""])
 
 
+def ensemble_replication_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
+    """The shipped two-seed ensemble read again on fresh seeds (:data:`ENSEMBLE_REPLICATION`; its
+    ``network_ensemble2`` / ``default_rec_03_ensemble2`` columns), as card markdown; empty when that protocol did
+    not score this model set."""
+    if (protocol_name, winner) not in ENSEMBLE_REPLICATION:
+        return ""
+    name, stage = ENSEMBLE_REPLICATION[(protocol_name, winner)]
+    res, section = _set_results(name, stage, mods, results_dir)
+    group = (res or {}).get("summary", {}).get(f"{'-'.join(mods)}/{winner}")
+    if not group or "network_ensemble2" not in group["means"]:
+        return ""
+    m, d = group["means"], group["differences"]
+    f = lambda col: f"{m[col]['dice']:.3f}" if col in m else "—"
+    ci = lambda key: (f"{d[key]['mean']:+.3f} [{d[key]['ci95'][0]:+.3f}, {d[key]['ci95'][1]:+.3f}]" if key in d else "—")
+    return "\n".join(["",
+        f"## Held-out numbers of the seed ensemble, read again on fresh seeds (protocol `{name}`, stage `{stage}`)", "",
+        f"The same recipe trained again per fold on seeds {', '.join(str(s) for s in group['seeds'][:2])} (declared "
+        f"before any of its models existed), the first two seeds' network maps averaged as this file averages its "
+        f"members; docs/BENCHMARKS.md section `{section}`. Mean Dice over {len(group['cases'])} held-out cases:", "",
+        "| P ≥ 0.5 | smoothed P | `cgcseg gmm` default | network, one seed | **network, ensemble** "
+        "| default output at 0.3, ensemble |", "|---|---|---|---|---|---|",
+        f"| {f('p')} | {f('p_smooth')} | {f('gmm_default')} | {f('network')} | {f('network_ensemble2')} "
+        f"| {f('default_rec_03_ensemble2')} |", "",
+        f"Paired differences (mean, bootstrap 95 % CI over cases): ensemble network − smoothed P "
+        f"{ci('network_ensemble2-p_smooth')}, − P ≥ 0.5 {ci('network_ensemble2-p')}, − one seed "
+        f"{ci('network_ensemble2-network')}; ensemble default output at 0.3 − `cgcseg gmm` default "
+        f"{ci('default_rec_03_ensemble2-gmm_default')}.", ""])
+
+
 def threshold_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
     """The held-out numbers of the shipped ensemble's threshold choice (:data:`THRESHOLD_EVIDENCE`: the default
     output at each case's leave-one-case-out threshold, and the threshold the procedure gives over every case), as
@@ -346,6 +379,7 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
     notes = (recipe_note + "\n\n" + held_out_notes(proto, model.modalities, model.variant, results_dir)
              + rule_notes(proto["name"], output_rule, model.modalities, model.variant, results_dir)
              + (ensemble_notes(proto["name"], model.modalities, model.variant, results_dir) if members else "")
+             + (ensemble_replication_notes(proto["name"], model.modalities, model.variant, results_dir) if members else "")
              + (threshold_notes(proto["name"], model.modalities, model.variant, results_dir) if members else ""))
     stem = Path(model_file_name(list(model.modalities))).stem
     export_default_model.main([str(model.run), "--name", stem, "--dice-json", str(dice_json), "--hardware", hardware,

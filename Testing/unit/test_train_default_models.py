@@ -505,3 +505,22 @@ def test_threshold_card_section_reads_the_leave_one_out_protocol_and_matches_wha
         card = path.with_suffix(".md").read_text()
         assert "## Held-out numbers of the threshold (protocol `cgc-v29`" in card and "(the shipped threshold)" not in card
     assert tdm.threshold_notes("cgc-v9", ("flair",), "robust-2mm-st") == ""
+
+
+def test_replication_card_section_reads_cgc_v31_and_is_in_the_flair_card_only():
+    """The FLAIR ensemble's second independent reading (cgc-v31, fresh seeds): its numbers are the results file's
+    two-seed columns, the shipped FLAIR card carries the section as generated, and the four-channel set (not scored
+    by cgc-v31) gets none."""
+    import train_default_models as tdm
+    from CGCLesionSegLib.default_models import available_default_models
+    res = json.loads((tdm.RESULTS / "cgc-v31-confirm.json").read_text())
+    group = res["summary"]["flair/robust-2mm-std"]
+    text = tdm.ensemble_replication_notes("cgc-v24", ("flair",), "robust-2mm-std")
+    assert f"| {group['means']['network_ensemble2']['dice']:.3f} |" in text and "seeds 3000, 3001 " in text
+    d = group["differences"]["network_ensemble2-p_smooth"]
+    assert f"ensemble network − smoothed P {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" in text
+    assert tdm.ensemble_replication_notes("cgc-v24", ("flair", "t1", "t1ce", "t2"), "robust-2mm-std") == ""
+    assert tdm.ensemble_replication_notes("cgc-v9", ("flair",), "robust-2mm-st") == ""
+    shipped = available_default_models()
+    assert text.strip() in shipped[("flair",)].with_suffix(".md").read_text()
+    assert "read again on fresh seeds" not in shipped[("flair", "t1", "t1ce", "t2")].with_suffix(".md").read_text()
