@@ -201,19 +201,37 @@ def held_out_notes(proto: dict, mods: tuple, winner: str, results_dir: Path = RE
     return "\n".join(lines)
 
 
+def _evidence(table: dict, protocol_name: str, mods: tuple, winner: str, column: str, results_dir: Path):
+    """``(name, stage, section, results, group)`` of the protocol ``table`` names for the recipe, when its results
+    summarise this model set with ``column``; else None."""
+    if (protocol_name, winner) not in table:
+        return None
+    name, stage = table[(protocol_name, winner)]
+    res, section = _set_results(name, stage, mods, results_dir)
+    group = (res or {}).get("summary", {}).get(f"{'-'.join(mods)}/{winner}")
+    if not group or column not in group["means"]:
+        return None
+    return name, stage, section, res, group
+
+
+def _formatters(group: dict, worst: bool = False):
+    """``(f, ci)``: a column's mean Dice ("0.812") and a paired difference with its CI ("+0.064 [+0.021, +0.111]",
+    with ``worst`` also "(worst case −0.019)"), "—" where the group lacks it."""
+    m, d = group["means"], group["differences"]
+    f = lambda col: f"{m[col]['dice']:.3f}" if col in m else "—"
+    ci = lambda key: (f"{d[key]['mean']:+.3f} [{d[key]['ci95'][0]:+.3f}, {d[key]['ci95'][1]:+.3f}]"
+                      + (f" (worst case {d[key]['min_case']:+.3f})" if worst else "") if key in d else "—")
+    return f, ci
+
+
 def ensemble_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
     """The held-out numbers of the recipe's seed ensemble (:data:`ENSEMBLE_EVIDENCE`), as card markdown for a
     shipped ensemble; empty when no protocol measured it for this model set."""
-    if (protocol_name, winner) not in ENSEMBLE_EVIDENCE:
+    found = _evidence(ENSEMBLE_EVIDENCE, protocol_name, mods, winner, "network_ensemble", results_dir)
+    if not found:
         return ""
-    name, stage = ENSEMBLE_EVIDENCE[(protocol_name, winner)]
-    res, section = _set_results(name, stage, mods, results_dir)
-    group = (res or {}).get("summary", {}).get(f"{'-'.join(mods)}/{winner}")
-    if not group or "network_ensemble" not in group["means"]:
-        return ""
-    m, d = group["means"], group["differences"]
-    f = lambda col: f"{m[col]['dice']:.3f}" if col in m else "—"
-    ci = lambda key: (f"{d[key]['mean']:+.3f} [{d[key]['ci95'][0]:+.3f}, {d[key]['ci95'][1]:+.3f}]" if key in d else "—")
+    name, stage, section, _, group = found
+    f, ci = _formatters(group)
     return "\n".join(["",
         f"## Held-out numbers of the seed ensemble (protocol `{name}`, stage `{stage}`)", "",
         f"Two models of this recipe per fold (seeds {', '.join(str(s) for s in group['seeds'])}), their network maps "
@@ -233,16 +251,11 @@ def ensemble_replication_notes(protocol_name: str, mods: tuple, winner: str, res
     """The shipped two-seed ensemble read again on fresh seeds (:data:`ENSEMBLE_REPLICATION`; its
     ``network_ensemble2`` / ``default_rec_03_ensemble2`` columns), as card markdown; empty when that protocol did
     not score this model set."""
-    if (protocol_name, winner) not in ENSEMBLE_REPLICATION:
+    found = _evidence(ENSEMBLE_REPLICATION, protocol_name, mods, winner, "network_ensemble2", results_dir)
+    if not found:
         return ""
-    name, stage = ENSEMBLE_REPLICATION[(protocol_name, winner)]
-    res, section = _set_results(name, stage, mods, results_dir)
-    group = (res or {}).get("summary", {}).get(f"{'-'.join(mods)}/{winner}")
-    if not group or "network_ensemble2" not in group["means"]:
-        return ""
-    m, d = group["means"], group["differences"]
-    f = lambda col: f"{m[col]['dice']:.3f}" if col in m else "—"
-    ci = lambda key: (f"{d[key]['mean']:+.3f} [{d[key]['ci95'][0]:+.3f}, {d[key]['ci95'][1]:+.3f}]" if key in d else "—")
+    name, stage, section, _, group = found
+    f, ci = _formatters(group)
     return "\n".join(["",
         f"## Held-out numbers of the seed ensemble, read again on fresh seeds (protocol `{name}`, stage `{stage}`)", "",
         f"The same recipe trained again per fold on seeds {', '.join(str(s) for s in group['seeds'][:2])} (declared "
@@ -262,19 +275,12 @@ def threshold_notes(protocol_name: str, mods: tuple, winner: str, results_dir: P
     """The held-out numbers of the shipped ensemble's threshold choice (:data:`THRESHOLD_EVIDENCE`: the default
     output at each case's leave-one-case-out threshold, and the threshold the procedure gives over every case), as
     card markdown; empty when no protocol measured it for this model set."""
-    if (protocol_name, winner) not in THRESHOLD_EVIDENCE:
+    found = _evidence(THRESHOLD_EVIDENCE, protocol_name, mods, winner, "default_rec_loo_ensemble", results_dir)
+    chosen = found and found[3].get("leave_one_out", {}).get(f"{'-'.join(mods)}/{winner}", {}).get("default_rec_loo_ensemble")
+    if not chosen:
         return ""
-    name, stage = THRESHOLD_EVIDENCE[(protocol_name, winner)]
-    res, section = _set_results(name, stage, mods, results_dir)
-    key = f"{'-'.join(mods)}/{winner}"
-    group = (res or {}).get("summary", {}).get(key)
-    chosen = (res or {}).get("leave_one_out", {}).get(key, {}).get("default_rec_loo_ensemble")
-    if not group or not chosen or "default_rec_loo_ensemble" not in group["means"]:
-        return ""
-    m, d = group["means"], group["differences"]
-    f = lambda col: f"{m[col]['dice']:.3f}" if col in m else "—"
-    ci = lambda key: (f"{d[key]['mean']:+.3f} [{d[key]['ci95'][0]:+.3f}, {d[key]['ci95'][1]:+.3f}] (worst case "
-                      f"{d[key]['min_case']:+.3f})" if key in d else "—")
+    name, stage, section, _, group = found
+    f, ci = _formatters(group, worst=True)
     ts = sorted({v["threshold"] for v in chosen["per_case"].values()})
     return "\n".join(["",
         f"## Held-out numbers of the threshold (protocol `{name}`, stage `{stage}`)", "",

@@ -545,6 +545,21 @@ def test_a_per_set_stage_decides_each_model_set_alone_and_may_be_scored_one_set_
     assert kept == models[:1] and tag == "-flair"
 
 
+def _ensemble_case(monkeypatch, seed: int):
+    """A held-out case for an ensemble sweep: ``(case, res, net, other, p, p_rec, brain, ref)`` — two members' smooth
+    maps ``net`` (the row's own, in ``res``) and ``other``, the model's P, `cgcseg gmm`'s P_rec (patched in), the brain
+    and a box reference, all ``(14, 14, 14)`` on a 1 mm grid."""
+    from types import SimpleNamespace
+    net, p, p_rec, brain = _smooth_maps(seed)
+    other = _smooth_maps(seed + 1)[0]
+    ref = np.zeros(net.shape, bool)
+    ref[3:10, 4:11, 2:9] = True
+    case = SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0)), reference=ref,
+                           brain=lambda mods: brain)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda c, mods: p_rec)
+    return case, SimpleNamespace(network_probability=net, brain_mask=brain), net, other, p, p_rec, brain, ref
+
+
 def test_the_ensemble_sweep_is_the_shipped_rule_on_the_mean_map_and_is_shared_by_the_folds_seeds(monkeypatch):
     """cgc-v29's family: at t >= 0.5 the shipped rule (lesion chosen as at 0.5 = by size there) is ``binarize``'s
     clean-up of 0.5·mean map + 0.5·P_rec by hand; below 0.5 it is ``single-lesion-recommended`` at t; a second
@@ -552,15 +567,8 @@ def test_the_ensemble_sweep_is_the_shipped_rule_on_the_mean_map_and_is_shared_by
     from types import SimpleNamespace
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
     from CGCLesionSegLib.postprocess import binarize
-    net, p, p_rec, brain = _smooth_maps(11)
-    other = _smooth_maps(12)[0]
+    case, res, net, other, p, p_rec, brain, ref = _ensemble_case(monkeypatch, 11)
     mean = 0.5 * (net + other)
-    ref = np.zeros(net.shape, bool)
-    ref[3:10, 4:11, 2:9] = True
-    case = SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0)), reference=ref,
-                           brain=lambda mods: brain)
-    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda c, mods: p_rec)
-    res = SimpleNamespace(network_probability=net, brain_mask=brain)
     ts = (0.3, 0.5, 0.6)
     sweep = rules.threshold_sweep(case, ["flair"], p, res, ts, {}, {"default_rec_ensemble", "gmm_default"},
                                   (("m0", "m1"), mean))
@@ -743,14 +751,8 @@ def test_the_weighted_ensemble_sweep_fuses_each_weight_by_hand_and_equals_the_th
     without weights it refuses."""
     from types import SimpleNamespace
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
-    net, p, p_rec, brain = _smooth_maps(21)
-    mean = 0.5 * (net + _smooth_maps(22)[0])
-    ref = np.zeros(net.shape, bool)
-    ref[3:10, 4:11, 2:9] = True
-    case = SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0)), reference=ref,
-                           brain=lambda mods: brain)
-    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda c, mods: p_rec)
-    res = SimpleNamespace(network_probability=net, brain_mask=brain)
+    case, res, net, other, p, p_rec, brain, ref = _ensemble_case(monkeypatch, 21)
+    mean = 0.5 * (net + other)
     ts, ws = (0.3, 0.5, 0.6), (0.0, 0.25, 0.5, 0.75)
     sweep = rules.threshold_sweep(case, ["flair"], p, res, ts, {}, {"default_rec_ensemble", "default_rec_ensemble_w"},
                                   (("m0", "m1"), mean), ws)
