@@ -868,3 +868,44 @@ def test_cgc_v33_waits_for_cgc_v32s_four_channel_models_and_reports_the_pairs(tm
     loo = rules.choose_leave_one_out(rows, ["default_rec_wloo_ensemble"])
     text = rules.loo_report(loo, rows)
     assert "| default_rec_wloo_ensemble | 0.25/0.40 | 0.25/0.40 | 0.25/0.40 | 0.25/0.40 | 0.25/0.40 | 0.9000 (0.5500) |" in text
+
+
+def test_the_runners_scoring_passes_the_weight_grid_to_the_ensemble_sweep(tmp_path, monkeypatch):
+    """cgc-v33's plumbing: scoring a row for ``default_rec_wloo_ensemble`` sweeps the fold's seed-ensemble mean map
+    over the protocol's weights and thresholds (the mean of both seeds' maps, fused by hand here), and makes no mask
+    for the left-out column itself (it is filled by the choice)."""
+    from types import SimpleNamespace
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset
+    net1, p, p_rec, brain = _smooth_maps(31)
+    net2 = _smooth_maps(32)[0]
+    ref = np.zeros(net1.shape, bool)
+    ref[3:10, 4:11, 2:9] = True
+    maps = {1: net1, 2: net2}
+
+    def fake_segment_held_out(model, cases, device="cpu", **config):
+        own = maps[model.seed]
+        res = SimpleNamespace(network_probability=own, mask=rules.output_rule_mask(own, p, brain, 0.5).astype(np.uint8),
+                              brain_mask=brain, window_xyz=(14, 14, 14))
+        case = SimpleNamespace(name="a", geometry=SimpleNamespace(spacing=(1.0, 1.0, 1.0)), reference=ref,
+                               brain=lambda mods: brain)
+        yield case, p, res, None, None
+
+    monkeypatch.setattr(rules.base, "segment_held_out", fake_segment_held_out)
+    monkeypatch.setattr(rules.base, "gmm_default_probability", lambda case, mods: p_rec)
+    monkeypatch.setattr(rules.base, "score_row", lambda model, case, info, masks, sigma, **extra: (masks, extra))
+    models = [rules.base.Model(("flair",), "v", 0, s, tmp_path / f"s{s}", [], []) for s in (1, 2)]
+    for m in models:
+        m.run.mkdir()
+    ws, ts = (0.0, 0.25, 0.5), (0.3, 0.5)
+    masks, extra = rules._score_with_output_rule(models[1], {"a": None}, 2.0, "cpu", ["default_rec_wloo_ensemble"],
+                                                 models, ts, {}, ws)[0]
+    assert masks == {} and set(extra["sweep"]) == {"default_rec_ensemble_w"}
+    sweep = extra["sweep"]["default_rec_ensemble_w"]
+    assert sorted(sweep) == sorted(rules.sweep_key(w, t) for w in ws for t in ts)
+    mean = 0.5 * (net1 + net2)
+    shipped = output_preset("single-lesion-recommended")
+    for w in ws:
+        for t in ts:
+            by_hand = output_mask((1 - w) * mean + w * p_rec, brain, InferenceConfig(**{**shipped, "threshold": t}),
+                                  (1.0, 1.0, 1.0)).astype(bool)
+            assert sweep[rules.sweep_key(w, t)] == _metrics(by_hand, ref)
