@@ -381,31 +381,27 @@ def threshold_sweep(case: base.CaseData, mods: list, p, res, thresholds, fold_si
     if "p_smooth" in families:
         for k, sm in smoothed.items():
             out[f"p_smooth@{k}"] = sweep(lambda t, sm=sm: sm >= t)
+    def ensemble_sweep(w: float) -> dict:
+        """The shipped rule on (1 − w)·mean map + w·P_rec at every threshold, memoised per case, members and w: every
+        seed of a fold shares it, and both ensemble families share w = 0.5."""
+        key = ("default_rec_ensemble_sweep", tuple(mods), tuple(ensemble[0]), tuple(thresholds), float(w))
+        if key not in memo:
+            shipped = output_preset("single-lesion-recommended")
+            fused_w = (1.0 - w) * ensemble[1] + w * p_rec
+            memo[key] = sweep(lambda t: output_mask(fused_w, res.brain_mask, InferenceConfig(**{**shipped, "threshold": t}),
+                                                    spacing).astype(bool))
+        return memo[key]
+
     if "default_rec_ensemble" in families:
         if ensemble is None:
             raise ValueError("the default_rec_ensemble family needs the seed ensemble's (member keys, mean map)")
-        key = ("default_rec_ensemble_sweep", tuple(mods), tuple(ensemble[0]), tuple(thresholds))
-        if key not in memo:
-            shipped = output_preset("single-lesion-recommended")
-            fused_ens = 0.5 * ensemble[1] + 0.5 * p_rec
-            memo[key] = sweep(lambda t: output_mask(fused_ens, res.brain_mask, InferenceConfig(**{**shipped, "threshold": t}),
-                                                    spacing).astype(bool))
-        out["default_rec_ensemble"] = memo[key]
+        out["default_rec_ensemble"] = ensemble_sweep(0.5)
     if "default_rec_ensemble_w" in families:
         if ensemble is None or not len(gmm_weights):
             raise ValueError("the default_rec_ensemble_w family needs the seed ensemble's (member keys, mean map) "
                              "and the protocol's gmm_weights")
-        key = ("default_rec_ensemble_w_sweep", tuple(mods), tuple(ensemble[0]), tuple(thresholds), tuple(gmm_weights))
-        if key not in memo:
-            shipped = output_preset("single-lesion-recommended")
-            memo[key] = {}
-            for w in gmm_weights:
-                fused_w = (1.0 - w) * ensemble[1] + w * p_rec
-                for t, m in sweep(lambda t: output_mask(fused_w, res.brain_mask,
-                                                        InferenceConfig(**{**shipped, "threshold": t}),
-                                                        spacing).astype(bool)).items():
-                    memo[key][sweep_key(w, float(t))] = m
-        out["default_rec_ensemble_w"] = memo[key]
+        out["default_rec_ensemble_w"] = {sweep_key(w, float(t)): m for w in gmm_weights
+                                         for t, m in ensemble_sweep(w).items()}
     return out
 
 
@@ -488,13 +484,14 @@ def choose_leave_one_out(rows: list[dict], columns) -> dict:
             for c in sorted(dice):
                 scores = {t: statistics.mean(dice[o][t] for o in dice if o != c) for t in grid}
                 best = _best_threshold(scores)
-                entry["per_case"][c] = {**_pair(best), "scores": scores}
+                pair = _pair(best)
+                entry["per_case"][c] = {**pair, "scores": scores}
                 for r in rs:
                     if r["case"] == c:
                         r[col] = dict(r["sweep"][family][best])
-                        r.setdefault("thresholds", {})[col] = _pair(best)["threshold"]
-                        if "/" in best:
-                            r.setdefault("gmm_weights", {})[col] = _pair(best)["gmm_weight"]
+                        r.setdefault("thresholds", {})[col] = pair["threshold"]
+                        if "gmm_weight" in pair:
+                            r.setdefault("gmm_weights", {})[col] = pair["gmm_weight"]
             scores = {t: statistics.mean(dice[o][t] for o in dice) for t in grid}
             entry["all"] = {**_pair(_best_threshold(scores)), "scores": scores}
     return choice
