@@ -31,6 +31,19 @@ ablation rows of the paper (Table 2): --no-coarse --no-fine (backbone + P), --no
 sizes are x y z (as the paper writes them); see docs/TRAINING.md"""
 
 
+def _workers_arg(text: str) -> Optional[int]:
+    """``--workers``: a count >= 0, or ``auto`` (None: :func:`CGCTraining.config.auto_workers` at the start)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"workers must be >= 0, got {value}")
+    return value
+
+
 def _prog() -> str:
     return "cgcseg train" if Path(sys.argv[0]).name.startswith("cgcseg") else "python -m CGCTraining"
 
@@ -38,7 +51,7 @@ def _prog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from CGCLesionSegLib.losses import ANCHOR_MODES, LABEL_SOURCES, PATCH_RULES, LossConfig
     from CGCLesionSegLib.network import FUSIONS, NORMS, NetConfig
-    from CGCTraining.config import AUGMENTATIONS, LR_SCHEDULES, RECIPES, TrainConfig
+    from CGCTraining.config import AUGMENTATIONS, LR_SCHEDULES, MAX_AUTO_WORKERS, RECIPES, TrainConfig
     from CGCTraining.self_train import PSEUDO_RULE_HELP, PSEUDO_VOLUMES
 
     n, t, lo = NetConfig(), TrainConfig(), LossConfig()
@@ -92,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=t.batch_size, help=f"crops per step and process (default {t.batch_size})")
     g.add_argument("--lr", type=float, default=t.lr, help=f"Adam learning rate (default {t.lr})")
     g.add_argument("--seed", type=int, default=t.seed, help="seed of initialisation and sampling (default 0)")
-    g.add_argument("--workers", type=int, default=t.workers, help=f"DataLoader worker processes (default {t.workers})")
+    g.add_argument("--workers", type=_workers_arg, default=None, metavar="N|auto",
+                   help="DataLoader worker processes (default auto: 1 on the CPU; on a GPU the process's cores minus "
+                        f"two, at most {MAX_AUTO_WORKERS} — one worker starves a GPU)")
     g.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every, metavar="STEPS",
                    help=f"write last.pt every this many steps (default {t.checkpoint_every})")
     g.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"),

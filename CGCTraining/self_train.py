@@ -41,13 +41,15 @@ PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radi
 #: pipeline outputs. Single-lesion MRI cohorts only (it keeps one lesion per case; P_rec is an MRI preset).
 PSEUDO_VOLUMES = ("fixed", "keep-p", "default-output")
 KEEP_P_FLOOR = 0.3
-#: The ``default-output`` targets' threshold: the shipped models' default-output threshold, which every fold
-#: of cgc-v18's confirmation chose on its own training cases (docs/protocols/README.md).
+#: The ``default-output`` targets' threshold: the default-output threshold the shipped models were trained with,
+#: which every fold of cgc-v18's confirmation chose on its own training cases (docs/protocols/README.md). The
+#: recipe keeps it; at inference the four-channel model now records 0.35 (cgc-v29), the FLAIR model 0.3.
 DEFAULT_OUTPUT_THRESHOLD = 0.3
 #: The ``default-output`` targets' rule: the output preset, its threshold and its lesion choice (also what
 #: self_train.json records). The lesion stays the largest (``size``), as in the recipe cgc-v24 confirmed and the
-#: shipped models were trained with, although ``cgcseg segment``'s preset now ranks by ``core`` (hysteresis-v1,
-#: an inference rule; on clean training images the two chose the same lesion in every case measured).
+#: shipped models were trained with, although ``cgcseg segment``'s preset now ranks by ``seed`` (hysteresis-v2,
+#: an inference rule; on the unshifted held-out cases ``size``, ``core`` and ``seed`` chose the same lesion in every
+#: case and seed measured).
 DEFAULT_OUTPUT_RULE = {"preset": "single-lesion-recommended", "threshold": DEFAULT_OUTPUT_THRESHOLD, "lesion_choice": "size"}
 #: ``--pseudo-rule``'s help, for ``python -m CGCTraining`` and ``python -m CGCTraining.self_train`` alike.
 PSEUDO_RULE_HELP = ("how the targets are made. fixed: 0.5*CGC + 0.5*P at 0.5 (the shipped recipe); keep-p: the same "
@@ -119,13 +121,13 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
     from dataclasses import replace
     from CGCLesionSegLib.checkpoint import load_checkpoint
     from CGCLesionSegLib.image_io import atomic_write, read_image, write_image
-    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset, segment_case
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset, resolve_device, segment_case
     if volume not in PSEUDO_VOLUMES:
         raise ValueError(f"pseudo-label volume rule must be one of {', '.join(PSEUDO_VOLUMES)}, got {volume!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     modalities = [m.lower() for m in modalities]
-    net, info = load_checkpoint(model_path)
+    net, info = load_checkpoint(model_path, device=str(resolve_device(device)))
     stored = [str(m).lower() for m in info.channels]
     if stored and stored != modalities:
         raise ValueError(f"{model_path} was trained on {' '.join(stored)}, not {' '.join(modalities)}: give the "

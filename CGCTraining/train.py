@@ -30,7 +30,7 @@ from CGCLesionSegLib.preprocess import NormalizationConfig, default_brain_mask
 from CGCLesionSegLib.progress import ProgressReporter, emit_json
 
 from . import distributed as dd
-from .config import TrainConfig, train_config_to_dict
+from .config import TrainConfig, auto_workers, train_config_to_dict
 from .data import CaseSpec, CropDataset, StepBatchSampler, load_cached, prepare_case, steps_per_epoch
 
 LAST = "last.pt"
@@ -383,7 +383,9 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                                    info.rank, info.world_size)
         dataset = CropDataset(cached, train_cfg.crop_zyx, train_cfg.seed, train_cfg.lesion_crop_fraction,
                               train_cfg.flip, train_cfg.intensity_jitter, train_cfg.augment)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=train_cfg.workers,
+        workers = train_cfg.workers if train_cfg.workers is not None else auto_workers(
+            dev.type, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                              pin_memory=dev.type == "cuda")
         net = model
         if info.enabled:

@@ -15,7 +15,14 @@ HEADER = ("# Benchmarks\n\nEach section is written by the script named in it (`b
 
 def machine_line() -> str:
     threads = os.environ.get("OMP_NUM_THREADS", "default")
-    return (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    gpu = ""
+    try:  # name the GPU when one is present (the CUDA sections); torch is optional here
+        import torch
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    except ImportError:
+        pass
+    return (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores{gpu}, "
             f"Python {platform.python_version()}, threads {threads}; measured {date.today().isoformat()}.")
 
 

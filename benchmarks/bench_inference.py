@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     med, ref = statistics.median(totals), statistics.median(ref_times)
     rows = [
-        "## Inference (`benchmarks/bench_inference.py`)",
+        "## Inference (`benchmarks/bench_inference.py`" + ("" if device.type == "cpu" else f", {device.type.upper()}") + ")",
         "",
         f"Case {case.name} (240×240×155, 4 channels), model: {model_note} "
         + (f"(a seed ensemble of {info.members} networks, {sum(p.numel() for p in model.parameters()) / 1e6 / info.members:.2f} "

@@ -347,7 +347,8 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
                  gmm_probability_zyx: np.ndarray | None = None) -> SegmentationResult:
     """Segment one case with a CGC checkpoint (``model_path``; None → the shipped default for
     ``modalities``). Preprocessing (channel order, normalisation, spacing, GMM settings) comes from the
-    checkpoint. ``model``/``info`` may be passed pre-loaded (cohort mode); ``gmm_probability_zyx`` is a
+    checkpoint. ``model``/``info`` may be passed pre-loaded (cohort mode; the model is moved to ``config.device``
+    in place); ``gmm_probability_zyx`` is a
     P already computed with the model's GMM settings on this grid (used instead of a new fit). Nothing
     is written here."""
     from .checkpoint import load_checkpoint
@@ -361,7 +362,9 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
             list(modalities) if modalities is not None else [None] * len(channels_zyx))
         call_progress(progress, 0.0, f"loading model {model_path.name}")
         model, info = load_checkpoint(model_path, device=str(device))
-    model.eval()
+    # A pre-loaded model runs where config.device says: callers load on the CPU by default (the
+    # self-training round's pseudo-labels did, and crashed under --device cuda). Module.to moves it in place.
+    model.to(device).eval()
     expected = list(info.channels)
     channels = order_channels(channels_zyx, modalities, expected)
     validate_channels(channels, expected)

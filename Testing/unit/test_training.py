@@ -36,6 +36,27 @@ def test_train_config_defaults_are_the_papers_and_validate():
             TrainConfig(**kw)
 
 
+@pytest.mark.parametrize("device, local_world, cores, expected", [
+    ("cpu", 1, 16, 1), ("cuda", 1, 16, 12), ("cuda", 1, 64, 12), ("cuda", 1, 8, 6), ("cuda", 2, 16, 6),
+    ("cuda", 1, 2, 1), ("cuda", 4, 4, 1)])
+def test_auto_workers(device, local_world, cores, expected):
+    """``--workers auto``: 1 on the CPU; on a GPU the process's share of the cores minus two, in [1, 12]."""
+    from CGCTraining.config import auto_workers
+    assert auto_workers(device, local_world, cores=cores) == expected
+
+
+def test_workers_option_is_a_count_or_auto(capsys):
+    assert configs_from_args(_args())[0].workers is None  # auto, resolved where the device is known
+    assert configs_from_args(_args("--workers", "auto"))[0].workers is None
+    assert configs_from_args(_args("--workers", "3"))[0].workers == 3
+    for bad in ("-1", "many"):
+        with pytest.raises(SystemExit):
+            _args("--workers", bad)
+        assert "workers" in capsys.readouterr().err
+    t = TrainConfig(workers=None)
+    assert train_config_from_dict(json.loads(json.dumps(train_config_to_dict(t)))) == t
+
+
 def test_cli_sizes_are_xyz():
     train_cfg, net_cfg, _ = configs_from_args(_args("--crop", "96", "80", "32", "--patch", "3", "2", "4"))
     assert train_cfg.crop_zyx == (32, 80, 96) and net_cfg.patch_size_zyx == (4, 2, 3)
