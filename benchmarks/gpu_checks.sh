@@ -10,6 +10,15 @@
 # working tree's copy, which is also copied to OUT_DIR. Each step runs under its own time limit and a
 # failing step does not stop the next: the exit status is the number of failed steps. GPU_CHECKS (default
 # "pytest bench_train bench_inference recipe"; also "workers") selects the steps, e.g. to rerun some within a device budget.
+#
+# On this workplace's device machine (no registry; SimpleITK is not installed there; 64 MiB travel per call, the
+# working tree ~30 MB of it), as run on 2026-12-04: download the SimpleITK wheel here (`pip download --no-deps
+# --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d /tmp/whl SimpleITK==2.5.3`, 52.6 MB),
+# `split -b 30000000` it into two git-ignored folders (part 0 in one, part 1 with its name and sha256 in the other),
+# copy one case into device_data/brats/ (git-ignored, ~10 MB), then two calls back to back (the machine stays warm
+# 30 s): the first carries part 0 and copies it to /root/keep; the second carries part 1 and device_data, joins
+# and checks the wheel, `pip install --no-index --no-deps --target /tmp/site`, exports PYTHONPATH=/tmp/site and
+# runs this script with OUT_DIR=$OUT. The device tool brings back at most 8 files: keep OUT_DIR small.
 set -u
 out=${1:?OUT_DIR}; data=${2:?DATA_DIR}
 mkdir -p "$out"
