@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training voxel spacing in mm (default: the first case's); other cases are resampled")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto takes CUDA when available (default: auto)")
-    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA (GPUs older than compute capability 8.0 never use it: float32)")
     g.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="bar: tqdm on stderr; json: one JSON object per line on stdout (default: bar)")
     g.add_argument("--record-samples", action="store_true", help=argparse.SUPPRESS)

@@ -23,7 +23,7 @@ import torch
 from CGCLesionSegLib.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint_dict
 from CGCLesionSegLib.config import config_to_dict
 from CGCLesionSegLib.image_io import atomic_write
-from CGCLesionSegLib.inference import resolve_device
+from CGCLesionSegLib.inference import bf16_autocast_ok, resolve_device
 from CGCLesionSegLib.losses import cgc_loss
 from CGCLesionSegLib.network import CGCNet, NetConfig
 from CGCLesionSegLib.preprocess import NormalizationConfig, default_brain_mask
@@ -393,7 +393,7 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                 net_config.coarse and net_config.fusion == "none" and train_cfg.loss.lambda_cg == 0)
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=unused)
-        use_amp = train_cfg.amp and dev.type == "cuda"
+        use_amp = train_cfg.amp and bf16_autocast_ok(dev)  # float32 on GPUs without bf16 hardware
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
         patch_zyx = net_config.patch_size_zyx

@@ -245,6 +245,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_autocast_ok(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively on ``device``: a CUDA GPU of compute capability 8.0 or newer
+    (Ampere, Hopper, ...), or a ROCm GPU that PyTorch says supports bf16. Older GPUs (V100, T4, RTX 20xx)
+    lack bf16 hardware, where autocast would be emulated or refused by cuDNN; they run float32 instead
+    (fp16 would need loss scaling in training). Only the H200 (capability 9.0) has been run here."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if getattr(torch.version, "hip", None):
+        return bool(torch.cuda.is_bf16_supported())
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def order_channels(channels_zyx: Sequence[np.ndarray], names: Sequence[str | None] | None,
                    expected: Sequence[str]) -> list[np.ndarray]:
     """Put channels in the model's order. Named channels are matched by name; unnamed ones must be as
@@ -278,7 +290,7 @@ def predict_probability(model: torch.nn.Module, image_czyx: np.ndarray, config: 
     ``config.mirror_axes`` averages each window over flips (:func:`mirrored`)."""
     window_xyz = tuple(window_xyz or config.window_xyz or LEGACY_WINDOW_XYZ)
     image = torch.from_numpy(np.ascontiguousarray(image_czyx)).to(device)
-    use_amp = config.amp and device.type == "cuda"
+    use_amp = config.amp and bf16_autocast_ok(device)
     segment = getattr(model, "segment_logits", model)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:

@@ -182,3 +182,36 @@ def test_segment_adapt_on_cuda(tmp_path):
     assert r.returncode == 0, r.stderr
     assert Path(str(seg) + ".adapted.pt").is_file()
     assert read_image(seg, dtype=None).array_zyx.sum() > 0
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_autocast_only_on_gpus_with_bf16_hardware(monkeypatch, capability, expected):
+    """bf16 autocast (inference and training) only where the GPU has bf16 units; V100/T4-class GPUs run
+    float32. Runs without a GPU: the CUDA queries are stood in for."""
+    from CGCLesionSegLib import inference
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    assert inference.bf16_autocast_ok(torch.device("cuda")) is expected
+    assert inference.bf16_autocast_ok(torch.device("cpu")) is False
+
+
+def test_pre_ampere_inference_runs_float32(monkeypatch):
+    """predict_probability enables autocast exactly when bf16_autocast_ok says so."""
+    from CGCLesionSegLib import inference
+    seen = []
+    real = torch.autocast
+
+    class Spy(real):
+        def __init__(self, *args, enabled=True, **kw):
+            seen.append(enabled)
+            super().__init__("cpu", dtype=torch.bfloat16, enabled=False)
+    monkeypatch.setattr(torch, "autocast", Spy)
+    net = CGCNet(NetConfig(in_channels=1)).eval()
+    image = np.zeros((1, 16, 16, 16), np.float32)
+    cfg = InferenceConfig(window_xyz=(16, 16, 16))
+    for ok in (False, True):
+        monkeypatch.setattr(inference, "bf16_autocast_ok", lambda device, ok=ok: ok)
+        seen.clear()
+        inference.predict_probability(net, image, cfg, torch.device("cpu"))
+        assert seen and all(e is ok for e in seen)
