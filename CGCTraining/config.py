@@ -176,7 +176,17 @@ def train_config_from_dict(data: dict) -> TrainConfig:
 MAX_AUTO_WORKERS = 12
 
 
-def auto_workers(device_type: str, local_world_size: int = 1, cores: Optional[int] = None) -> int:
+def shared_memory_bytes(path: str = "/dev/shm") -> Optional[int]:
+    """Size of the shared-memory file system DataLoader workers hand batches over (None where there is none)."""
+    import shutil
+    try:
+        return int(shutil.disk_usage(path).total)
+    except OSError:
+        return None
+
+
+def auto_workers(device_type: str, local_world_size: int = 1, cores: Optional[int] = None,
+                 batch_bytes: Optional[int] = None, shm_bytes: Optional[int] = None) -> int:
     """DataLoader workers for ``--workers auto`` (:attr:`TrainConfig.workers` None).
 
     CPU: 1, the tested default — crops are cheap next to a CPU step, and the network wants the cores. GPU: the
@@ -186,12 +196,21 @@ def auto_workers(device_type: str, local_world_size: int = 1, cores: Optional[in
     recipe ran 4.8 / 14.6 / 23.5 / 26.6 steps/s with 1 / 4 / 8 / 12 workers, against 46.8 for the bare step, so
     one worker starves the GPU. Sampling does not depend on the number of workers (:mod:`CGCTraining.data`), so
     the choice changes speed only.
+
+    Workers hand batches over in shared memory, about three batches each (two prefetched, one in transit):
+    with ``batch_bytes`` and ``shm_bytes`` (``/dev/shm``'s size, 64 MB in a default Docker container, where
+    too many workers die of a bus error) the count is cut to what fits, 0 (load in the training process)
+    when not even one worker fits.
     """
     if device_type != "cuda":
-        return 1
-    if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
-    return max(1, min(MAX_AUTO_WORKERS, int(cores) // max(1, int(local_world_size)) - 2))
+        workers = 1
+    else:
+        if cores is None:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except AttributeError:  # not on Linux
+                cores = os.cpu_count() or 1
+        workers = max(1, min(MAX_AUTO_WORKERS, int(cores) // max(1, int(local_world_size)) - 2))
+    if batch_bytes and shm_bytes:
+        workers = min(workers, int(shm_bytes) // (3 * int(batch_bytes)))
+    return workers

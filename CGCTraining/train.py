@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import sys
@@ -30,7 +31,7 @@ from CGCLesionSegLib.preprocess import NormalizationConfig, default_brain_mask
 from CGCLesionSegLib.progress import ProgressReporter, emit_json
 
 from . import distributed as dd
-from .config import TrainConfig, auto_workers, train_config_to_dict
+from .config import TrainConfig, auto_workers, shared_memory_bytes, train_config_to_dict
 from .data import CaseSpec, CropDataset, StepBatchSampler, load_cached, prepare_case, steps_per_epoch
 
 LAST = "last.pt"
@@ -383,8 +384,11 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                                    info.rank, info.world_size)
         dataset = CropDataset(cached, train_cfg.crop_zyx, train_cfg.seed, train_cfg.lesion_crop_fraction,
                               train_cfg.flip, train_cfg.intensity_jitter, train_cfg.augment)
+        # A batch as the workers hand it over: the image channels and P, float32.
+        batch_bytes = train_cfg.batch_size * (len(train_cfg.modalities) + 1) * math.prod(train_cfg.crop_zyx) * 4
         workers = train_cfg.workers if train_cfg.workers is not None else auto_workers(
-            dev.type, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+            dev.type, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), batch_bytes=batch_bytes,
+            shm_bytes=shared_memory_bytes())
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                              pin_memory=dev.type == "cuda")
         net = model

@@ -45,6 +45,20 @@ def test_auto_workers(device, local_world, cores, expected):
     assert auto_workers(device, local_world, cores=cores) == expected
 
 
+def test_auto_workers_fit_in_shared_memory():
+    """Workers hand ~3 batches each through /dev/shm: a default Docker container (64 MB) with 19 MB batches
+    gets 1 worker, not 12 that would die of a bus error; 0 when not even one fits."""
+    from CGCTraining.config import auto_workers, shared_memory_bytes
+    mb = 1024 ** 2
+    assert auto_workers("cuda", 1, cores=16, batch_bytes=19 * mb, shm_bytes=64 * mb) == 1
+    assert auto_workers("cuda", 1, cores=16, batch_bytes=19 * mb, shm_bytes=8 * 1024 * mb) == 12
+    assert auto_workers("cuda", 1, cores=16, batch_bytes=19 * mb, shm_bytes=200 * mb) == 3
+    assert auto_workers("cpu", 1, batch_bytes=40 * mb, shm_bytes=64 * mb) == 0
+    assert auto_workers("cpu", 1, batch_bytes=40 * mb, shm_bytes=None) == 1
+    size = shared_memory_bytes("/nonexistent-shm-folder")
+    assert size is None
+
+
 def test_workers_option_is_a_count_or_auto(capsys):
     assert configs_from_args(_args())[0].workers is None  # auto, resolved where the device is known
     assert configs_from_args(_args("--workers", "auto"))[0].workers is None
