@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=t.seed, help="seed of initialisation and sampling (default 0)")
     g.add_argument("--workers", type=_workers_arg, default=None, metavar="N|auto",
                    help="DataLoader worker processes (default auto: 1 on the CPU; on a GPU the process's cores minus "
-                        f"two, at most {MAX_AUTO_WORKERS} — one worker starves a GPU)")
+                        f"two, at most {MAX_AUTO_WORKERS} — one worker starves a GPU; either way no more than "
+                        "/dev/shm holds)")
     g.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every, metavar="STEPS",
                    help=f"write last.pt every this many steps (default {t.checkpoint_every})")
     g.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"),
