@@ -58,6 +58,30 @@ class AdaptConfig:
             raise ValueError(f"adaptation crop must be multiples of 8 and >= 16, got {self.crop_xyz}")
 
 
+#: Said when ``--adapt`` would fine-tune a shipped model (``benchmarks/evaluate_adapt.py``, docs/BENCHMARKS.md
+#: ``adapt``, 2026-12-04: the four-channel model's default output 0.764 without, 0.741 with 2 minutes of
+#: adaptation, on 2 cases it was trained on). Adaptation trains toward this case's own GMM map, the target the
+#: shipped models' second round moved away from.
+SHIPPED_BASE_NOTE = ("--adapt fine-tunes the shipped model for these inputs toward this case's own GMM map; "
+                     "measured, that lowered the default output's Dice (0.764 -> 0.741 on 2 cases, docs/BENCHMARKS.md "
+                     "'adapt'). It is meant for inputs no shipped model fits; without --adapt the shipped model is used "
+                     "as it is")
+
+
+def shipped_base_note(names: Sequence[Optional[str]], base_model: Optional[str | Path]) -> Optional[str]:
+    """:data:`SHIPPED_BASE_NOTE` when ``--adapt`` would fine-tune a shipped model (``base_model`` None and one
+    fits ``names``, or ``base_model`` is a shipped file), else None."""
+    from .default_models import available_default_models, default_model_path
+    if base_model is None:
+        try:
+            default_model_path(list(names))
+        except ValueError:
+            return None
+        return SHIPPED_BASE_NOTE
+    shipped = {p.resolve() for p in available_default_models().values()}
+    return SHIPPED_BASE_NOTE if Path(base_model).resolve() in shipped else None
+
+
 def adapt_to_case(pairs: Sequence[tuple[Optional[str], str]], mask_path: Optional[str],
                   base_model: Optional[str | Path], config: AdaptConfig = AdaptConfig(),
                   run_dir: Optional[str | Path] = None, progress: str = "bar") -> Path:

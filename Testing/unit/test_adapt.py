@@ -86,3 +86,23 @@ def test_adapting_an_ensemble_fine_tunes_its_first_member_and_leaves_the_file_al
     diffs = [float((ck["model"][k].float() - v.float()).abs().max()) for k, v in model.state_dict().items()
              if v.is_floating_point()]
     assert 0 < max(diffs) < 0.05  # moved, from the first member's weights
+
+
+def test_adapting_a_shipped_model_says_what_it_measured(tmp_path, case):
+    """--adapt on inputs a shipped model fits fine-tunes it toward the case's P, which lowered Dice where it was
+    measured: the command says so (and still runs); other models and inputs no shipped model fits get no note."""
+    from CGCLesionSegLib.adapt import SHIPPED_BASE_NOTE, shipped_base_note
+    from CGCLesionSegLib.default_models import available_default_models
+    four = ["flair", "t1", "t1ce", "t2"]
+    assert shipped_base_note(four, None) == SHIPPED_BASE_NOTE
+    assert shipped_base_note(["flair"], None) == SHIPPED_BASE_NOTE
+    assert shipped_base_note(["flair", "t2"], None) is None  # trained from scratch: what --adapt is for
+    assert shipped_base_note(four, available_default_models()[tuple(four)]) == SHIPPED_BASE_NOTE
+    own, _ = _base(tmp_path, four)
+    assert shipped_base_note(four, own) is None
+    seg = tmp_path / "out" / "seg.nii.gz"
+    r = subprocess.run([sys.executable, "-m", "CGCLesionSegLib.cli", "segment", *[f"--input={m}={case[m]}" for m in four],
+                        "--output", str(seg), "--adapt", "--adapt-steps", "1", "--progress", "none", "--device", "cpu"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "warning: --adapt fine-tunes the shipped model" in r.stderr and seg.is_file()

@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "order (x = left-right; 'x' doubles the network's time, 'x y z' makes it 8x); off by default: no "
                         "measurable gain on held-out cases (docs/protocols/cgc-v8.toml)")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
-    p.add_argument("--adapt", action="store_true", help="adapt to this case first: compute its P and fine-tune the model on it (see --adapt-minutes)")
+    p.add_argument("--adapt", action="store_true", help="adapt to this case first: compute its P and train the model on it (see --adapt-minutes); for "
+                        "inputs no shipped model fits — fine-tuning a shipped model lowered Dice where measured")
     p.add_argument("--adapt-minutes", type=float, default=5.0, help="time budget of --adapt (default 5)")
     p.add_argument("--adapt-steps", type=int, default=None, help="step budget of --adapt (default: until --adapt-minutes)")
     p.add_argument("--strict", action="store_true",
@@ -280,7 +281,10 @@ def _segment_one(args) -> int:
     adapt_dir = None
     if args.adapt:
         import tempfile
-        from ..adapt import AdaptConfig, adapt_to_case
+        from ..adapt import AdaptConfig, adapt_to_case, shipped_base_note
+        note = shipped_base_note([n for n, _ in pairs], model_path)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
         t = time.perf_counter()
         adapt_dir = Path(tempfile.mkdtemp(prefix="cgc-adapt-"))
         try:
