@@ -27,8 +27,15 @@ def test_both_default_models_are_shipped_with_cards():
         config_from_dict(GMMConfig, info.preprocessing["gmm"])  # the stored GMM settings still load
     assert default_model_path(["t2", "flair", "t1ce", "t1"]) == MODELS[EXPECTED[0]]
     assert default_model_path([None]) == MODELS[("flair",)]
-    with pytest.raises(ValueError, match="Shipped models expect"):
+    with pytest.raises(ValueError, match="Shipped models expect") as err:
         default_model_path(["flair", "t2"])
+    assert "The shipped flair model fits a subset of them: give only --input flair=..." in str(err.value)
+    with pytest.raises(ValueError) as err:  # FLAIR + T1 + T1ce + T2 + something: the four-channel model first
+        default_model_path(["flair", "t1", "t1ce", "t2", "dwi"])
+    assert "The shipped flair t1 t1ce t2 model fits a subset" in str(err.value)
+    with pytest.raises(ValueError) as err:  # no FLAIR: no subset to suggest
+        default_model_path(["t1", "t2"])
+    assert "subset" not in str(err.value)
 
 
 @pytest.mark.parametrize("mods", EXPECTED, ids=lambda m: "_".join(m))
