@@ -375,8 +375,12 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
         call_progress(progress, 0.0, f"loading model {model_path.name}")
         model, info = load_checkpoint(model_path, device=str(device))
     # A pre-loaded model runs where config.device says: callers load on the CPU by default (the
-    # self-training round's pseudo-labels did, and crashed under --device cuda). Module.to moves it in place.
-    model.to(device).eval()
+    # self-training round's pseudo-labels did, and crashed under --device cuda). Module.to moves it in
+    # place; a model already on a GPU stays on its own (torchrun ranks place theirs).
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type != device.type:
+        model.to(device)
+    model.eval()
     expected = list(info.channels)
     channels = order_channels(channels_zyx, modalities, expected)
     validate_channels(channels, expected)
