@@ -8,6 +8,7 @@ Two scenarios a user without a suitable model meets, each on the first ``--cases
 * ``finetune``: inputs FLAIR, T1, T1ce, T2 — the shipped four-channel model is fine-tuned on the case, and
   the same command without ``--adapt`` is scored beside it. The shipped model trained on these cases, so this
   row is in-sample: it shows what adapting changes, not how the model generalises.
+* ``finetune-flair``: the same with FLAIR alone and the shipped FLAIR model.
 
 Dice of the CGC mask and of the GMM mask (P ≥ 0.5, the same P the adaptation trains on) against
 seg > 0. Writes the "adapt" section of docs/BENCHMARKS.md.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-SCENARIOS = {"scratch": ["flair", "t2"], "finetune": ["flair", "t1", "t1ce", "t2"]}
+SCENARIOS = {"scratch": ["flair", "t2"], "finetune": ["flair", "t1", "t1ce", "t2"], "finetune-flair": ["flair"]}
 
 
 def main(argv=None) -> int:
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
                 return 1
             ref = read_image(case / f"{case.name}_seg.nii.gz", dtype=None).array_zyx > 0
             base_dice = None
-            if scenario == "finetune":  # the same command without --adapt: what adapting changes
+            if scenario.startswith("finetune"):  # the same command without --adapt: what adapting changes
                 rb = subprocess.run([*segment, "--output", str(out / "base.nii.gz")], capture_output=True, text=True)
                 if rb.returncode != 0:
                     print(rb.stderr, file=sys.stderr)
@@ -77,8 +78,9 @@ def main(argv=None) -> int:
              f"Budget {args.minutes:g} min of training per case on CPU; first {len(cases)} cases (sorted). "
              "scratch = FLAIR+T2 inputs (no shipped model has them: trained from scratch on the case); finetune = "
              "the shipped four-channel model fine-tuned on the case (its first network; the output keeps the model's "
-             "default rule and threshold), next to the same command without --adapt. **In-sample for finetune**: the "
-             "shipped model trained on these cases, so that row shows what adapting changes, not how it generalises. "
+             "default rule and threshold), next to the same command without --adapt; finetune-flair = the same with "
+             "FLAIR alone and the shipped FLAIR model. **In-sample for finetune**: the shipped models trained on these "
+             "cases, so those rows show what adapting changes, not how it generalises. "
              "GMM = P ≥ 0.5 of the same P the adaptation trains on; CGC = the command's output mask.", "",
              "| scenario | case | GMM Dice | CGC Dice | without --adapt | steps | total time |",
              "|---|---|---|---|---|---|---|"]

@@ -44,7 +44,7 @@ def default_model_path(modalities: Sequence[str | None]) -> Path:
                 return path
     listing = "; ".join(" ".join(k) for k in models)
     # A shipped model that uses some of the inputs beats --adapt's one-case training by far (held-out default
-    # output ~0.86 against ~0.45 for --adapt from scratch on 2 cases, docs/BENCHMARKS.md): say so first.
+    # output ~0.86 against ~0.46 for --adapt from scratch on 2 cases, docs/BENCHMARKS.md): say so first.
     subsets = [k for k in models if None not in names and set(k) < set(names)]
     hint = ""
     if subsets:
