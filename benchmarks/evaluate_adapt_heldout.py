@@ -1,6 +1,6 @@
 """``cgcseg segment --adapt`` on cases the model never saw: cgc-v32's fold models, each held-out case.
 
-Declared 2026-12-04 19:45 in this docstring, committed before its first run (no adapted map of these models
+Declared 2026-12-04 19:41 in this docstring, committed before its first run (no adapted map of these models
 existed). Why: ``benchmarks/evaluate_adapt.py`` found that 2 minutes of ``--adapt`` lowered both shipped models'
 default output on every case it ran (four-channel 0.764 -> 0.739, FLAIR 0.765 -> 0.724, 2 cases each), but those
 cases were in the models' training set. ``--adapt`` now warns when it would fine-tune a shipped model; this
