@@ -44,15 +44,6 @@ RULE = ["--postprocess", "single-lesion-recommended", "--threshold", "0.35"]
 ADAPT_STEPS = 50
 
 
-def bootstrap_ci(values: list[float], resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of the mean of ``values`` over resampled cases."""
-    import numpy as np
-    v = np.asarray(values, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))
-    means = v[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
@@ -63,6 +54,7 @@ def main(argv=None) -> int:
     from CGCLesionSegLib.checkpoint import combine_checkpoints, save_checkpoint_dict
     from CGCLesionSegLib.image_io import read_image
     from CGCLesionSegLib.metrics import dice
+    from protocol import bootstrap_ci  # the protocols' own CI, so the numbers compare
 
     runs, brats = Path(args.runs), Path(args.data) / "brats"
     tmp = Path(tempfile.mkdtemp(prefix="cgc-adapt-heldout-"))
@@ -92,7 +84,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(rows[-1]), file=sys.stderr)
     diffs = [r["adapt"] - r["none"] for r in rows]
-    lo, hi = bootstrap_ci(diffs)
+    lo, hi = bootstrap_ci(diffs, 10000, 0)
     lines = ["## `segment --adapt` on held-out cases (`benchmarks/evaluate_adapt_heldout.py`)", "",
              "Declared in the script's docstring before its first run. cgc-v32's fold models (the shipped recipe, "
              "four-channel, seeds 3200/3201) as one two-network ensemble per fold; each case scored by the fold that "

@@ -61,7 +61,7 @@ class AdaptConfig:
 #: Said when ``--adapt`` would fine-tune a shipped model. Measured on held-out cases
 #: (``benchmarks/evaluate_adapt_heldout.py``, docs/BENCHMARKS.md ``adapt-heldout``, declared before its run):
 #: cgc-v32's fold ensembles of the shipped recipe, 50 steps, the default output 0.867 -> 0.853 over 7 cases
-#: (CI [-0.026, -0.003], lower on 5). In-sample (``adapt``) it lost more: 0.764 -> 0.739 (four-channel) and
+#: (CI [-0.025, -0.002], lower on 5). In-sample (``adapt``) it lost more: 0.764 -> 0.739 (four-channel) and
 #: 0.765 -> 0.724 (FLAIR) on 2 cases each. Adaptation trains toward the case's own GMM map, the target the
 #: shipped models' second round moved away from.
 SHIPPED_BASE_NOTE = ("--adapt fine-tunes the shipped model for these inputs toward this case's own GMM map; "
