@@ -75,18 +75,17 @@ def shipped_base_note(names: Sequence[Optional[str]], base_model: Optional[str |
     model (``base_model`` None and one fits ``names``, or ``base_model`` is a shipped file); when it would
     train from scratch although a shipped model fits a subset of the inputs, that model (far better where
     measured: ~0.86 held out against 0.46 for 2 minutes from scratch, docs/BENCHMARKS.md)."""
-    from .default_models import available_default_models, default_model_path
+    from .default_models import available_default_models, default_model_path, subset_default_model, subset_hint
     if base_model is None:
         try:
             default_model_path(list(names))
-        except ValueError as exc:
-            hint = str(exc)
-            if " model fits a subset of them" not in hint:
+        except ValueError:
+            best = subset_default_model(names)
+            if best is None:
                 return None
-            part = hint[hint.index("The shipped"):hint.index("(recommended over --adapt).")].strip()
-            return (f"{part} The shipped models' default output scored ~0.86 Dice on held-out cases (protocol "
-                    "cgc-v29), --adapt from scratch 0.46 on 2 cases (docs/BENCHMARKS.md 'adapt'). Training from "
-                    "scratch on this case now, as asked")
+            return (f"{subset_hint(best)} The shipped models' default output scored ~0.86 Dice on held-out cases "
+                    "(protocol cgc-v29), --adapt from scratch 0.46 on 2 cases (docs/BENCHMARKS.md 'adapt'). Training "
+                    "from scratch on this case now, as asked")
         return SHIPPED_BASE_NOTE
     shipped = {p.resolve() for p in available_default_models().values()}
     return SHIPPED_BASE_NOTE if Path(base_model).resolve() in shipped else None

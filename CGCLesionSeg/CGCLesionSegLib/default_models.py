@@ -6,7 +6,7 @@ comes with a model card ``<same name>.md``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -21,6 +21,24 @@ def available_default_models() -> dict[tuple[str, ...], Path]:
     for p in sorted(MODELS_DIR.glob("cgc_*.pt")):
         out[tuple(p.stem[len("cgc_"):].split("_"))] = p
     return out
+
+
+def subset_default_model(modalities: Sequence[str | None]) -> Optional[tuple[str, ...]]:
+    """The modalities of the largest shipped model that fits a strict subset of these named inputs, else None.
+
+    Such a model beats ``--adapt``'s one-case training by far (held-out default output ~0.86 against ~0.46 for
+    ``--adapt`` from scratch on 2 cases, docs/BENCHMARKS.md), so the error and ``--adapt`` name it first."""
+    names = [m.lower() if m else None for m in modalities]
+    if None in names:
+        return None
+    subsets = [k for k in available_default_models() if set(k) < set(names)]
+    return max(subsets, key=len) if subsets else None
+
+
+def subset_hint(key: Sequence[str]) -> str:
+    """How to use the shipped model ``key`` (from :func:`subset_default_model`) on a subset of the inputs."""
+    return (f"The shipped {' '.join(key)} model fits a subset of them: give only "
+            + " ".join(f"--input {m}=..." for m in key) + " to use it")
 
 
 def default_model_path(modalities: Sequence[str | None]) -> Path:
@@ -43,14 +61,8 @@ def default_model_path(modalities: Sequence[str | None]) -> Path:
             if sorted(key) == sorted(names):
                 return path
     listing = "; ".join(" ".join(k) for k in models)
-    # A shipped model that uses some of the inputs beats --adapt's one-case training by far (held-out default
-    # output ~0.86 against ~0.46 for --adapt from scratch on 2 cases, docs/BENCHMARKS.md): say so first.
-    subsets = [k for k in models if None not in names and set(k) < set(names)]
-    hint = ""
-    if subsets:
-        best = max(subsets, key=len)
-        hint = (f" The shipped {' '.join(best)} model fits a subset of them: give only "
-                + " ".join(f"--input {m}=..." for m in best) + " to use it (recommended over --adapt).")
+    best = subset_default_model(names)
+    hint = f" {subset_hint(best)} (recommended over --adapt)." if best else ""
     raise ValueError(f"no default model for inputs {', '.join(n or '?' for n in names)}. Shipped models expect: "
                      f"{listing}.{hint} Name your inputs (e.g. --input flair=F.nii.gz), give --model CKPT, or use "
                      "--adapt.")

@@ -359,8 +359,8 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
                  gmm_probability_zyx: np.ndarray | None = None) -> SegmentationResult:
     """Segment one case with a CGC checkpoint (``model_path``; None → the shipped default for
     ``modalities``). Preprocessing (channel order, normalisation, spacing, GMM settings) comes from the
-    checkpoint. ``model``/``info`` may be passed pre-loaded (cohort mode; the model is moved to ``config.device``
-    in place); ``gmm_probability_zyx`` is a
+    checkpoint. ``model``/``info`` may be passed pre-loaded (cohort mode; a model on another device type than
+    ``config.device`` is moved there in place); ``gmm_probability_zyx`` is a
     P already computed with the model's GMM settings on this grid (used instead of a new fit). Nothing
     is written here."""
     from .checkpoint import load_checkpoint
