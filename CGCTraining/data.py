@@ -415,6 +415,19 @@ SCANNER_P = 0.3
 SCANNER_PROBABILITY = {"scanner": SCANNER_P, "scanner-strong": 0.6}
 
 
+def _linear_resize(a: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """``a`` resampled along ``axis`` to ``size`` voxels by linear interpolation, voxel centres aligned (output
+    voxel ``o`` reads input position ``(o + 0.5)·n/size − 0.5``, clamped to the edge voxels), in float64 and
+    returned as float32: the same numbers as ``scipy.ndimage.zoom(a, …, order=1, mode="nearest",
+    grid_mode=True)`` with that axis zoomed and the others at 1 (tested bit for bit), without its 3-D spline loop."""
+    n = a.shape[axis]
+    pos = np.clip((np.arange(size, dtype=np.float64) + 0.5) * (n / size) - 0.5, 0.0, n - 1)
+    lo = np.floor(pos).astype(np.intp)
+    w = (pos - lo).reshape([-1 if k == axis else 1 for k in range(a.ndim)])
+    hi = np.minimum(lo + 1, n - 1)
+    return (np.take(a, lo, axis=axis) * (1.0 - w) + np.take(a, hi, axis=axis) * w).astype(np.float32)
+
+
 def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random.Generator,
                     p: float = SCANNER_P) -> np.ndarray:
     """Perturb a normalised crop ``(C, Z, Y, X)`` as another scanner or pipeline would; ``mask_zyx``
@@ -426,12 +439,14 @@ def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random
     * bias field: one smooth multiplicative field ``exp(b)``, ``b`` a random quadratic in (z, y, x)
       with |b| ≲ 0.25, applied to the intensities above the crop's brain minimum (coil shading
       left by pipelines without N4);
-    * thick slices: along one random axis, average blocks of 2–4 voxels and linearly interpolate
-      back (scans acquired with thick slices and resampled, as the ISBI MS FLAIRs);
+    * thick slices: along one random axis, keep 1 in ``f`` = 2–4 voxels and linearly interpolate back
+      (scans acquired with thick slices and resampled, as the ISBI MS FLAIRs). Each thick voxel is the
+      value at its block's centre (linear interpolation at ``f·j + (f − 1)/2``: the mean of the block for
+      ``f`` = 2, its middle voxel for 3, the mean of its two middle voxels for 4), not the block's mean;
+      :func:`_linear_resize` does both resamplings exactly as ``scipy.ndimage.zoom(order=1,
+      mode="nearest", grid_mode=True)`` would, about 10× faster;
     * noise: Gaussian, SD U(0, 0.1) in normalised units (brain SD = 1).
     """
-    from scipy.ndimage import zoom
-
     out = np.array(image_czyx, dtype=np.float32, copy=True)
     brain = np.asarray(mask_zyx, dtype=bool)
     if not brain.any():
@@ -445,9 +460,10 @@ def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random
                 g = float(np.exp(rng.normal(0.0, 0.3)))
                 out[ch][brain] = ((v - lo) / (hi - lo)) ** g * (hi - lo) + lo
     if rng.random() < p:
-        grids = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in out.shape[1:]], indexing="ij")
+        # Broadcast 1-D axes instead of full grids: the same float32 operations per voxel, so the same field.
+        z, y, x = (np.linspace(-1.0, 1.0, n, dtype=np.float32).reshape([-1 if a == k else 1 for a in range(3)])
+                   for k, n in enumerate(out.shape[1:]))
         coef = rng.normal(0.0, 0.08, size=9).astype(np.float32)
-        z, y, x = grids
         b = (coef[0] * z + coef[1] * y + coef[2] * x + coef[3] * z * z + coef[4] * y * y + coef[5] * x * x
              + coef[6] * z * y + coef[7] * z * x + coef[8] * y * x)
         field = np.exp(np.clip(b, -0.4, 0.4))
@@ -459,14 +475,11 @@ def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random
         factor = int(rng.integers(2, 5))
         n = out.shape[axis + 1]
         if n >= 2 * factor:
-            for ch in range(c):
-                thick = zoom(out[ch], [1.0 / factor if a == axis else 1.0 for a in range(3)], order=1,
-                             mode="nearest", grid_mode=True)
-                back = zoom(thick, [n / thick.shape[axis] if a == axis else 1.0 for a in range(3)], order=1,
-                            mode="nearest", grid_mode=True)
-                back = back[tuple(slice(0, s) for s in out.shape[1:])]
-                if back.shape == out.shape[1:]:
-                    out[ch] = np.where(brain, back, out[ch])
+            m = int(round(n * (1.0 / factor)))  # the sizes scipy.ndimage.zoom gives (Python's round)
+            back = _linear_resize(_linear_resize(out, axis + 1, m), axis + 1, int(round(m * (n / m))))
+            back = back[(slice(None),) + tuple(slice(0, s) for s in out.shape[1:])]
+            if back.shape == out.shape:
+                out = np.where(brain[None], back, out)
     if rng.random() < p:
         sd = float(rng.uniform(0.0, 0.1))
         out += np.where(brain[None], rng.normal(0.0, sd, size=out.shape).astype(np.float32), np.float32(0.0))

@@ -147,11 +147,8 @@ def main() -> int:
         lines += ["", f"On a quiet machine the subsampled scikit-learn run takes 0.55–0.9 s (issue 3); with the "
                   f"within-round ratio ×{ratio_sub:.1f} that corresponds to a refit of about "
                   f"{0.55 / ratio_sub:.2f}–{0.9 / ratio_sub:.2f} s (an inference from the ratio, not a measurement)."]
-    md = "\n".join(lines)
-    print(md)
-    if not args.no_write:
-        from _report import write_section
-        write_section("gmm-speed", md)
+    from _report import publish
+    publish("gmm-speed", "\n".join(lines), not args.no_write)
     return 0
 
 

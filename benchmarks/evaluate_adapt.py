@@ -98,11 +98,8 @@ def main(argv=None) -> int:
                          f"**{statistics.mean(r['cgc_dice'] for r in sub):.4f}** | "
                          f"{fmt(statistics.mean(base)) if base else '—'} | | "
                          f"{statistics.mean(r['seconds'] for r in sub):.0f} s |")
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        from _report import machine_line, write_section
-        write_section("adapt", text + "\n\n" + machine_line())
+    from _report import machine_line, publish
+    publish("adapt", "\n".join(lines) + "\n\n" + machine_line(), not args.no_write)
     return 0
 
 

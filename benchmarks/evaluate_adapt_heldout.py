@@ -99,11 +99,8 @@ def main(argv=None) -> int:
     lines += ["", f"Difference with --adapt − without: {statistics.mean(diffs):+.4f}, bootstrap 95 % CI "
               f"[{lo:+.4f}, {hi:+.4f}] over the {len(rows)} cases; worst case {min(diffs):+.4f}; lower on "
               f"{sum(d < 0 for d in diffs)} of {len(rows)} cases."]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        from _report import machine_line, write_section
-        write_section("adapt-heldout", text + "\n\n" + machine_line())
+    from _report import machine_line, publish
+    publish("adapt-heldout", "\n".join(lines) + "\n\n" + machine_line(), not args.no_write)
     return 0
 
 
