@@ -444,7 +444,8 @@ def scanner_augment(image_czyx: np.ndarray, mask_zyx: np.ndarray, rng: np.random
       value at its block's centre (linear interpolation at ``f·j + (f − 1)/2``: the mean of the block for
       ``f`` = 2, its middle voxel for 3, the mean of its two middle voxels for 4), not the block's mean;
       :func:`_linear_resize` does both resamplings exactly as ``scipy.ndimage.zoom(order=1,
-      mode="nearest", grid_mode=True)`` would, about 10× faster;
+      mode="nearest", grid_mode=True)`` would, for all channels at once (a ``scanner`` crop 1.8× faster than
+      with per-channel zooms: docs/BENCHMARKS.md ``augment``);
     * noise: Gaussian, SD U(0, 0.1) in normalised units (brain SD = 1).
     """
     out = np.array(image_czyx, dtype=np.float32, copy=True)
