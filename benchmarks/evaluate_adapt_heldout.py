@@ -37,8 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-HELD_OUT = {0: ("BraTS2021_00000", "BraTS2021_00003", "BraTS2021_00006", "Brats17_2013_27_1"),
-            1: ("BraTS2021_00002", "BraTS2021_00005", "BraTS20_Training_001")}
+PROTOCOL = ROOT / "docs" / "protocols" / "cgc-v32.toml"
 SEEDS = (3200, 3201)
 RULE = ["--postprocess", "single-lesion-recommended", "--threshold", "0.35"]
 ADAPT_STEPS = 50
@@ -54,12 +53,16 @@ def main(argv=None) -> int:
     from CGCLesionSegLib.checkpoint import combine_checkpoints, save_checkpoint_dict
     from CGCLesionSegLib.image_io import read_image
     from CGCLesionSegLib.metrics import dice
-    from protocol import bootstrap_ci  # the protocols' own CI, so the numbers compare
+    from protocol import _case_dirs, bootstrap_ci, load_protocol  # the protocols' own folds and CI
+
+    folds = int(load_protocol(PROTOCOL)["folds"])
+    labelled = [d.name for d in _case_dirs(Path(args.data) / "brats")]
 
     runs, brats = Path(args.runs), Path(args.data) / "brats"
     tmp = Path(tempfile.mkdtemp(prefix="cgc-adapt-heldout-"))
     rows = []
-    for fold, cases in HELD_OUT.items():
+    for fold in range(folds):
+        cases = labelled[fold::folds]  # the cases this fold's models held out (protocol.plan's rule)
         members = [runs / f"fold{fold}-seed{s}" / "last.pt" for s in SEEDS]
         missing = [str(m) for m in members if not m.is_file()]
         if missing:
