@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,45 @@ def mean_across(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return v / info.world_size
 
 
-def cleanup() -> None:
-    if dist.is_initialized():
+TEARDOWN_KEY = "cgc_teardown_done"
+_teardowns = [0]  # per process; every rank leaves a group the same number of times (self-training rounds)
+
+
+def cleanup(info: DistInfo = DistInfo(), *, orderly: bool = False, wait_s: float = 30.0) -> None:
+    """Leave the process group.
+
+    ``orderly`` (after a run that ended normally on every rank, i.e. past the final barrier): the other ranks
+    destroy their gloo/NCCL group first and count themselves done in the store; rank 0 waits for them (at most
+    ``wait_s``) before destroying its own. Why: under heavy CPU load a rank occasionally aborted at exit
+    ("terminate called without an active exception", torchrun exit 1 after a finished training) when both
+    tore down their connections at once; one rank at a time leaves no peer mid-teardown. On a failure
+    (``orderly=False``) nobody waits for anybody: each rank leaves at once and torchrun reports the error.
+    """
+    if not dist.is_initialized():
+        return
+    store = None
+    if orderly and info.enabled:
+        try:  # a private accessor: a torch without it gets the plain teardown
+            from torch.distributed.distributed_c10d import _get_default_store
+            store = _get_default_store()
+        except Exception:
+            store = None
+    if store is None:
         dist.destroy_process_group()
+        return
+    _teardowns[0] += 1
+    key = f"{TEARDOWN_KEY}_{_teardowns[0]}"  # a fresh key per group: a store may outlive a group
+    if not info.is_main:
+        dist.destroy_process_group()
+        try:
+            store.add(key, 1)
+        except Exception:
+            pass  # rank 0 stops waiting after wait_s
+        return
+    deadline = time.monotonic() + wait_s
+    try:
+        while store.add(key, 0) < info.world_size - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except Exception:
+        pass
+    dist.destroy_process_group()

@@ -302,17 +302,20 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
     dev = pick_device(device, info.local_rank)
     dd.init(info, dev)
     lock = None
+    finished = False
     try:
         # One training per run folder: a second one is refused at once; a lock whose process is gone
         # (kill -9) is free again, so --resume after a crash works.
         lock = _take_run_lock(Path(output_dir), info, dev)
-        return _train(cases, train_cfg, net_config, Path(output_dir), gmm_config, normalization, spacing_xyz,
-                      resume, dev, progress, record_samples, should_stop, info, t_start, init_checkpoint,
-                      progress_stage, overgrowth_ratio)
+        result = _train(cases, train_cfg, net_config, Path(output_dir), gmm_config, normalization, spacing_xyz,
+                        resume, dev, progress, record_samples, should_stop, info, t_start, init_checkpoint,
+                        progress_stage, overgrowth_ratio)
+        finished = True  # every rank is past _train's final barrier
+        return result
     finally:
         if lock is not None:
             lock.release()
-        dd.cleanup()
+        dd.cleanup(info, orderly=finished)
 
 
 def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_config, normalization,

@@ -48,3 +48,64 @@ def test_torchrun_two_processes_gloo(tmp_path):
     # Only rank 0 reports progress.
     steps = [json.loads(l)["step"] for l in r.stdout.splitlines() if '"progress"' in l]
     assert steps == [1, 2]
+
+
+def _teardown_worker(rank: int, port: int, orderly: bool, delay_s: float, wait_s: float, queue) -> None:
+    """One rank of a 2-process gloo group: rank 1 reaches the teardown ``delay_s`` late; report when each
+    rank destroyed its group (CLOCK_MONOTONIC is one clock for all processes of the machine)."""
+    import time
+
+    import torch.distributed as tdist
+
+    from CGCTraining import distributed as dd
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    tdist.barrier()
+    destroyed = {}
+    real = tdist.destroy_process_group
+
+    def spy(*a, **k):
+        destroyed["t"] = time.monotonic()
+        return real(*a, **k)
+
+    tdist.destroy_process_group = spy
+    if rank == 1:
+        time.sleep(delay_s)
+    t0 = time.monotonic()
+    dd.cleanup(dd.DistInfo(rank, 2, rank), orderly=orderly, wait_s=wait_s)
+    queue.put((rank, destroyed["t"], time.monotonic() - t0, tdist.is_initialized()))
+
+
+def _teardown_times(orderly: bool, delay_s: float, wait_s: float = 30.0) -> dict:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_teardown_worker, args=(r, port, orderly, delay_s, wait_s, queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    out = {}
+    for _ in procs:
+        rank, t, took, still = queue.get(timeout=120)
+        out[rank] = (t, took, still)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return out
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+def test_orderly_teardown_rank0_leaves_last():
+    out = _teardown_times(orderly=True, delay_s=1.0)
+    assert not out[0][2] and not out[1][2]  # both left the group
+    # Rank 1 came 1 s late; rank 0 destroyed its group only after rank 1 had destroyed its own.
+    assert out[0][0] >= out[1][0]
+    assert out[0][1] >= 0.8
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+def test_teardown_after_failure_waits_for_nobody():
+    # orderly=False (a rank failed): rank 0 leaves at once, though rank 1 is 2 s late.
+    out = _teardown_times(orderly=False, delay_s=2.0)
+    assert out[0][1] < 1.0 and out[0][0] < out[1][0]
