@@ -232,6 +232,7 @@ class SegmentationResult:
     timings: dict = field(default_factory=dict)
     network_probability: Optional[np.ndarray] = None  # the CGC map alone, when it differs from ``probability``
     window_xyz: Optional[tuple] = None  # the sliding window that ran (x, y, z)
+    removed_lesions: Optional[dict] = None  # with keep-largest: what it removed (postprocess.removed_components)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -325,6 +326,19 @@ def output_mask(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceCo
     return binarize(prob_zyx, threshold=config.threshold, min_component_voxels=config.min_component_voxels,
                     fill_holes=config.fill_holes, keep_largest=config.keep_largest, mask_zyx=brain_zyx,
                     opening_radius=config.opening_radius, spacing_xyz=spacing_xyz, votes_zyx=votes)
+
+
+def removed_by_rule(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: InferenceConfig, mask_zyx: np.ndarray,
+                    spacing_xyz: Sequence[float]) -> Optional[dict]:
+    """With ``config.keep_largest``: the lesion candidates the rule removed whole — the components of the
+    same threshold, hole filling and minimum size without keep-largest that ``mask_zyx`` does not touch
+    (:func:`CGCLesionSegLib.postprocess.removed_components`). None without keep-largest."""
+    if not config.keep_largest:
+        return None
+    from .postprocess import removed_components
+    every = output_mask(prob_zyx, brain_zyx, _replace(config, keep_largest=0, opening_radius=0, lesion_choice="size"),
+                        spacing_xyz)
+    return removed_components(every, mask_zyx, spacing_xyz)
 
 
 def _is_recommended(preprocessing: dict) -> bool:
@@ -464,10 +478,12 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
             fuse = _recommended_probability(channels, brain, expected, geometry, pre, progress, timings)
         prob = (1.0 - config.gmm_weight) * prob + config.gmm_weight * fuse
     mask = output_mask(prob, brain, config, geometry.spacing, network_prob)
+    removed = removed_by_rule(prob, brain, config, mask, geometry.spacing)
     if turn.active:  # back to the input's own voxel order
         prob, mask, brain = turn.back(prob), turn.back(mask), turn.back(brain)
         gmm_probability, network_prob = turn.back(gmm_probability), turn.back(network_prob)
     call_progress(progress, 1.0, "done")
     return SegmentationResult(prob.astype(np.float32), mask.astype(np.uint8), brain, gmm_probability,
                               Path(model_path) if model_path is not None else Path(getattr(info, "path", "")),
-                              expected, str(device), time.perf_counter() - t0, timings, network_prob, window)
+                              expected, str(device), time.perf_counter() - t0, timings, network_prob, window,
+                              removed)

@@ -19,7 +19,7 @@ import shutil
 import time
 from typing import Callable, Optional
 
-from .runner import STOPPED_EXIT_CODES, ChildJob, ChildProcess
+from .runner import STOPPED_EXIT_CODES, ChildJob, ChildProcess, event_text
 
 #: How long a clean stop of training may take before the tree is killed (a CPU step takes 2-30 s,
 #: then the checkpoint is written).
@@ -98,7 +98,7 @@ class JobController:
             if kind == "progress":
                 self._emitProgress(payload["fraction"], payload.get("message", ""))
             elif kind == "event":
-                self._emitLog(_eventText(payload))
+                self._emitLog(event_text(payload))
             else:
                 self._emitLog(payload)
         if (self._stopDeadline is not None and not job.process.cancelled
@@ -126,7 +126,7 @@ class JobController:
         self._stopDeadline = None
         for kind, payload in job.process.poll():  # last lines written before the exit
             if kind in ("log", "event"):
-                self._emitLog(payload if kind == "log" else _eventText(payload))
+                self._emitLog(payload if kind == "log" else event_text(payload))
         try:
             if self.onFinished is not None:
                 self.onFinished(job, outcome, message)
@@ -205,8 +205,3 @@ class JobController:
     def _emitLog(self, text: str) -> None:
         if self.onLog is not None:
             self.onLog(text)
-
-
-def _eventText(payload) -> str:
-    import json
-    return payload if isinstance(payload, str) else json.dumps(payload)

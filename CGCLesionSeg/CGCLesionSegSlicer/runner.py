@@ -116,6 +116,16 @@ def parseProgressLine(line: str) -> Optional[dict]:
     return record
 
 
+def event_text(payload) -> str:
+    """A child's JSON event as a log line; warnings as their words (``warning: ...``)."""
+    if isinstance(payload, str):
+        return payload
+    if payload.get("event") == "warning" and payload.get("message"):
+        case = f"{payload['case']}: " if payload.get("case") else ""
+        return f"{case}warning: {payload['message']}"
+    return json.dumps(payload)
+
+
 class ChildProcess:
     """A child process whose stdout JSON lines become events; never blocks the caller.
 
@@ -258,7 +268,7 @@ class ChildProcess:
                 elif kind == "log" and onLog:
                     onLog(payload)
                 elif kind == "event" and onLog:
-                    onLog(json.dumps(payload))
+                    onLog(event_text(payload))
             if self.finished:
                 for kind, payload in self.poll():
                     if kind == "log" and onLog:

@@ -202,3 +202,36 @@ def test_real_case(brats_case, tmp_path):
     from CGCLesionSegLib.metrics import dice
     # docs/BENCHMARKS.md (gmm-accuracy) reports 0.64-0.95 per case for this configuration
     assert dice(read_image(binary, dtype=None).array_zyx, ref.array_zyx > 0) > 0.6
+
+
+def test_keep_largest_warns_about_a_second_lesion(tmp_path, capsys):
+    """Two bright balls (2.2 and 1.3 mL): the default clean-up keeps one, says so, and the sidecar records it."""
+    shape = (24, 48, 48)
+    rng = np.random.default_rng(3)
+    z, y, x = np.indices(shape, dtype=float)
+    c = [(s - 1) / 2 for s in shape]
+    brain = sum(((a - m) / (s * 0.46)) ** 2 for a, m, s in zip((z, y, x), c, shape)) <= 1.0
+    flair = np.where(x < c[2], 100.0, 160.0) + rng.normal(0, 8, shape)
+    # radii in voxels on the 0.9 x 1.1 x 2.5 mm grid: ~7 mm and ~5.5 mm balls
+    for (cz, cy, cx), r_mm in (((12, 14, 14), 8.0), ((12, 34, 34), 6.8)):
+        ball = ((z - cz) * 2.5) ** 2 + ((y - cy) * 1.1) ** 2 + ((x - cx) * 0.9) ** 2 <= r_mm ** 2
+        flair[ball] = 320.0 + rng.normal(0, 10, int(ball.sum()))
+    flair = np.where(brain, flair, 0.0).astype(np.float32)
+    g = geometry(shape)
+    src = write_image(tmp_path / "flair.nii.gz", flair, g)
+    out, binary = tmp_path / "P.nii.gz", tmp_path / "B.nii.gz"
+    assert run("--input", f"flair={src}", "--output", out, "--binary-output", binary) == 0
+    err = capsys.readouterr().err
+    side = json.loads(Path(str(binary) + ".json").read_text())
+    removed = side["removed_lesions"]
+    assert removed["count"] >= 1 and removed["kept"] == 1 and removed["largest_ml"] >= 1.0, removed
+    assert "warning:" in err and "removed" in err and "--keep-largest 0" in err, err
+    kept = read_image(binary, dtype=None).array_zyx
+    assert kept.sum() * np.prod(g.spacing) / 1000.0 == pytest.approx(removed["kept_ml"], abs=1e-3)
+    # --keep-largest 0 keeps both: no warning, nothing removed
+    binary2 = tmp_path / "B2.nii.gz"
+    assert run("--input", f"flair={src}", "--output", tmp_path / "P2.nii.gz", "--binary-output", binary2,
+               "--keep-largest", "0") == 0
+    assert "removed" not in capsys.readouterr().err
+    assert json.loads(Path(str(binary2) + ".json").read_text())["removed_lesions"] is None
+    assert read_image(binary2, dtype=None).array_zyx.sum() > kept.sum() + 0.9 * removed["total_ml"] * 1000 / np.prod(g.spacing)

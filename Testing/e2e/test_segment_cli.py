@@ -185,6 +185,14 @@ def test_single_lesion_preset_keeps_one_component_of_the_fused_map(tmp_path, tin
     side = json.loads((tmp_path / "seg.nii.gz.json").read_text())
     assert side["postprocess"] == "single-lesion"
     assert side["inference"]["gmm_weight"] == 0.5 and side["inference"]["keep_largest"] == 1
+    # What keep-largest removed is recorded; a lesion-sized removal is said on stderr, a smaller one is not.
+    img = read_image(seg, dtype=None)
+    removed = side["removed_lesions"]
+    assert removed["kept"] == n
+    assert removed["kept_ml"] == pytest.approx(img.array_zyx.sum() * np.prod(img.geometry.spacing) / 1000, abs=1e-3)
+    from CGCLesionSegLib.postprocess import removed_warning
+    assert ("--keep-largest 0" in r.stderr) == (removed_warning(removed) is not None), r.stderr
+    assert ("keep-largest removed" in r.stderr) == (removed["count_1ml"] > 0), r.stderr
 
 
 def test_auto_output_rule_depends_on_whose_model_it_is(tmp_path):

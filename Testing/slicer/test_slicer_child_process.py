@@ -115,6 +115,9 @@ def test_child_process_reports_progress_log_and_errors(tmp_path):
         for i in range(3):
             print(json.dumps({"event": "progress", "fraction": (i + 1) / 3, "message": f"step {i + 1}"}), flush=True)
         print("plain text line", flush=True)
+        print(json.dumps({"event": "warning", "kind": "removed_lesions", "case": "c7", "message": "2 removed"}), flush=True)
+        print(json.dumps({"event": "warning", "kind": "lesion_check", "message": "empty"}), flush=True)
+        print(json.dumps({"event": "prepared", "index": 1}), flush=True)
         print("cgcseg segment: error: something went wrong", file=sys.stderr, flush=True)
         sys.exit(2)
     """)
@@ -125,6 +128,9 @@ def test_child_process_reports_progress_log_and_errors(tmp_path):
     assert code == 2 and not child.cancelled
     assert progress == [(0.333, "step 1"), (0.667, "step 2"), (1.0, "step 3")]
     assert "plain text line" in logs
+    # warnings read as words in the module's log; other events stay JSON
+    assert "c7: warning: 2 removed" in logs and "warning: empty" in logs
+    assert '{"event": "prepared", "index": 1}' in logs
     assert child.errorSummary().endswith("error: something went wrong")
 
 

@@ -375,3 +375,79 @@ def test_seed_choice_on_random_maps_overlaps_the_half_rule_and_reduces_to_it_at_
     zero = np.zeros((8, 8, 8), np.float32)
     assert not output_mask(zero, np.ones(zero.shape, bool),
                            InferenceConfig(**{**rule, "threshold": 0.3, "lesion_choice": "seed"})).any()
+
+
+def _flood_components(mask):
+    """26-connected components by an explicit flood fill: the slow reference. List of voxel sets."""
+    seen, comps = set(), []
+    for start in map(tuple, np.argwhere(mask)):
+        if start in seen:
+            continue
+        stack, comp = [start], {start}
+        seen.add(start)
+        while stack:
+            p = stack.pop()
+            for d in np.ndindex(3, 3, 3):
+                q = tuple(a + b - 1 for a, b in zip(p, d))
+                if all(0 <= v < s for v, s in zip(q, mask.shape)) and mask[q] and q not in seen:
+                    seen.add(q)
+                    comp.add(q)
+                    stack.append(q)
+        comps.append(comp)
+    return comps
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_removed_components_against_flood_fill(seed):
+    from CGCLesionSegLib.postprocess import removed_components
+    rng = np.random.default_rng(seed)
+    before = rng.random((9, 11, 10)) < 0.12
+    comps = _flood_components(before)
+    after = np.zeros_like(before)
+    for comp in comps:  # keep some components whole, a few voxels of others, drop the rest
+        r = rng.random()
+        vox = sorted(comp)
+        if r < 0.3:
+            for v in vox:
+                after[v] = True
+        elif r < 0.5:
+            after[vox[0]] = True
+    spacing = (1.0, 2.0, 0.5)
+    out = removed_components(before, after, spacing)
+    voxel_ml = 1.0 / 1000.0
+    gone = [len(c) for c in comps if not any(after[v] for v in c)]
+    assert out["count"] == len(gone)
+    assert out["count_1ml"] == sum(g * voxel_ml >= 1.0 for g in gone)
+    assert out["kept"] == len(comps) - len(gone)
+    assert out["total_ml"] == pytest.approx(sum(gone) * voxel_ml, abs=1e-3)
+    assert out["largest_ml"] == pytest.approx(max(gone, default=0) * voxel_ml, abs=1e-3)
+    assert out["kept_ml"] == pytest.approx(after.sum() * voxel_ml, abs=1e-3)
+
+
+def test_removed_warning_only_for_lesion_sized_candidates():
+    from CGCLesionSegLib.postprocess import REMOVED_WARN_FRACTION, REMOVED_WARN_ML, removed_summary, removed_warning
+    assert removed_warning(None) is None and removed_summary(None) == ""
+    small = {"count": 5, "count_1ml": 0, "largest_ml": REMOVED_WARN_ML - 0.01, "total_ml": 2.0, "kept": 1,
+             "kept_ml": 5.0}
+    assert removed_warning(small) is None and removed_summary(small) == ""
+    big = dict(small, count=7, count_1ml=2, largest_ml=3.25, total_ml=4.5)
+    text = removed_warning(big)
+    assert "removed 2 candidates of >= 1 mL" in text and "3.2 mL" in text and "--keep-largest 0" in text
+    assert "2 candidates" in removed_summary(big)
+    # the same candidate beside a kept lesion more than 1/REMOVED_WARN_FRACTION times larger: summary only
+    beside_large = dict(big, kept_ml=3.25 / REMOVED_WARN_FRACTION + 1.0)
+    assert removed_warning(beside_large) is None and "2 candidates" in removed_summary(beside_large)
+
+
+def test_removed_by_rule_reports_the_second_lesion():
+    """Two 1-mm-grid blobs of 4.1 and 2.2 mL: the single-lesion clean-up keeps the larger, reports the other."""
+    from CGCLesionSegLib.inference import InferenceConfig, output_mask, removed_by_rule
+    p = np.zeros((40, 40, 40), np.float32)
+    p[2:18, 2:18, 2:18] = 0.9   # 4096 voxels = 4.096 mL
+    p[25:38, 25:38, 25:38] = 0.8  # 2197 voxels
+    brain = np.ones(p.shape, bool)
+    cfg = InferenceConfig(keep_largest=1, opening_radius=3, fill_holes="2d")
+    mask = output_mask(p, brain, cfg, (1.0, 1.0, 1.0))
+    out = removed_by_rule(p, brain, cfg, mask, (1.0, 1.0, 1.0))
+    assert out == {"count": 1, "count_1ml": 1, "largest_ml": 2.197, "total_ml": 2.197, "kept": 1, "kept_ml": 4.096}
+    assert removed_by_rule(p, brain, InferenceConfig(), mask, (1.0, 1.0, 1.0)) is None  # no keep-largest

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from ..gmm import ProbabilityMapSession, config_to_dict
     from ..image_io import check_output_paths, check_same_grid, read_image, write_image
     from ..inputs import parse_input_specs
-    from ..postprocess import binarize
+    from ..postprocess import binarize, removed_components, removed_warning
     from ..channel_check import check_and_warn
     from ..output_probe import probe_writable
     from ..progress import ProgressReporter, emit_json
@@ -192,9 +192,16 @@ def run(args: argparse.Namespace) -> int:
         reporter.close()
     for w in result.warnings:
         print(f"cgcseg gmm: warning: {w}", file=sys.stderr)
-    binary = None
+    binary = removed = None
     if "--binary-output" in outputs:
         binary = binarize(result.probability, args.threshold, mask_zyx=result.mask, spacing_xyz=ref_geom.spacing, **post)
+        if post["keep_largest"]:
+            every = binarize(result.probability, args.threshold, mask_zyx=result.mask, spacing_xyz=ref_geom.spacing,
+                             **{**post, "keep_largest": 0, "opening_radius": 0})
+            removed = removed_components(every, binary, ref_geom.spacing)
+            text = removed_warning(removed)
+            if text:
+                print(f"cgcseg gmm: warning: {text}", file=sys.stderr)
     elapsed = time.perf_counter() - t0
     inputs = {n: str(Path(p).resolve()) for n, p in zip(names, paths)}
     if args.mask:
@@ -206,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if binary is not None:
         write_image(outputs["--binary-output"], binary, ref_geom)
         write_sidecar(outputs["--binary-output"], kind="binary_lesion_mask",
-                      postprocess={"threshold": args.threshold, **post}, **common)
+                      postprocess={"threshold": args.threshold, **post}, removed_lesions=removed, **common)
     if "--labels-output" in outputs:
         write_image(outputs["--labels-output"], result.labels, ref_geom)
         write_sidecar(outputs["--labels-output"], kind="component_labels", **common)

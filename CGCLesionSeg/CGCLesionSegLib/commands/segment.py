@@ -179,7 +179,8 @@ def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, pr
                   gmm_settings=_gmm_settings(result.model_path),
                   elapsed_s=result.elapsed_s, inference=config_to_dict(config), postprocess=rule,
                   channels=result.channels, timings=result.timings,
-                  window_xyz=list(result.window_xyz) if result.window_xyz else None, **(extra or {}))
+                  window_xyz=list(result.window_xyz) if result.window_xyz else None,
+                  removed_lesions=getattr(result, "removed_lesions", None), **(extra or {}))
     written = []
     with StagedWrites() as staged:
         if probability_output:
@@ -195,6 +196,19 @@ def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, pr
         staged.image(output, result.mask, geometry)  # the mask goes last
     written.insert(0, output)
     return written
+
+
+def _warn_removed(result, progress: str, case: str = "") -> None:
+    """Say so when the output rule's keep-largest removed a lesion-sized candidate (several lesions?)."""
+    from ..postprocess import removed_warning
+    text = removed_warning(getattr(result, "removed_lesions", None))
+    if not text:
+        return
+    if progress == "json":
+        from ..progress import emit_json
+        emit_json("warning", kind="removed_lesions", case=case or None, message=text)
+    else:
+        print(f"{case + ': ' if case else ''}warning: {text}", file=sys.stderr)
 
 
 def _gmm_settings(model_path) -> dict | None:
@@ -330,8 +344,11 @@ def _segment_one(args) -> int:
         if adapt_dir is not None:  # a failed run leaves no file under a final name
             Path(result.model_path).unlink(missing_ok=True)
         raise
+    _warn_removed(result, args.progress)
     voxel_ml = float(geometry.spacing[0] * geometry.spacing[1] * geometry.spacing[2]) / 1000.0
-    msg = (f"lesion volume {result.mask.sum() * voxel_ml:.1f} mL, {result.elapsed_s:.1f} s on {result.device}; "
+    from ..postprocess import removed_summary
+    msg = (f"lesion volume {result.mask.sum() * voxel_ml:.1f} mL{removed_summary(result.removed_lesions)}, "
+           f"{result.elapsed_s:.1f} s on {result.device}; "
            f"wrote {', '.join(str(w) for w in written)}")
     if args.progress == "json":
         from ..progress import emit_json
@@ -563,6 +580,7 @@ def _segment_cohort(args) -> int:
                 _write_outputs(result, geometry, dict(pairs), cfg, rule, output, prob_output, None,
                                {"full_paths": bool(getattr(args, "record_full_paths", False)),
                                 "channel_check": check.to_dict()})
+                _warn_removed(result, args.progress, case)
                 done.append(case)
             except Exception as exc:  # one bad case must not stop the cohort
                 failed.append((case, str(exc)))
