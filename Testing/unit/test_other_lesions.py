@@ -12,27 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "CGCLesionSeg"))
 import other_lesions as ol  # noqa: E402
-
-
-def _components(mask):
-    """26-connected components by an explicit flood fill (the slow reference)."""
-    seen = np.zeros(mask.shape, bool)
-    comps = []
-    for start in zip(*np.nonzero(mask)):
-        if seen[start]:
-            continue
-        stack, comp = [start], []
-        seen[start] = True
-        while stack:
-            p = stack.pop()
-            comp.append(p)
-            for d in np.ndindex(3, 3, 3):
-                q = tuple(int(a) + b - 1 for a, b in zip(p, d))
-                if all(0 <= q[i] < mask.shape[i] for i in range(3)) and mask[q] and not seen[q]:
-                    seen[q] = True
-                    stack.append(q)
-        comps.append(comp)
-    return comps
+from flood_fill import flood_components  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -40,7 +20,7 @@ def test_lesions_touched_matches_a_flood_fill(seed):
     rng = np.random.default_rng(seed)
     ref = rng.random((7, 8, 9)) > 0.85
     pred = rng.random((7, 8, 9)) > 0.9
-    comps = _components(ref)
+    comps = flood_components(ref)
     want = sum(any(pred[p] for p in c) for c in comps) / len(comps)
     assert ol.lesions_touched(pred, ref) == pytest.approx(want)
     assert ol.lesions_touched(pred, np.zeros_like(ref)) is None
@@ -67,7 +47,7 @@ def test_bleeds_are_seeded_inside_the_brain_at_the_declared_intensity():
     assert 55.0 - 20 < float(a[bleed].min()) and float(a[bleed].max()) < 80.0 + 20
     assert 55.0 <= float(np.median(a[bleed])) <= 80.0
     # At most 3 ellipsoids, each no larger than its 15 mm semi-axes allow.
-    assert 1 <= len(_components(bleed)) <= 3
+    assert 1 <= len(flood_components(bleed)) <= 3
     assert bleed.sum() <= 3 * 4 / 3 * np.pi * 15 ** 3
     other, _ = ol.synthetic_bleeds(ct, brain, (1.0, 1.0, 1.0), 3, seed=8)
     assert not np.array_equal(other, a)

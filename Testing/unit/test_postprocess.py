@@ -6,6 +6,7 @@ import pytest
 from scipy import ndimage
 
 from CGCLesionSegLib.postprocess import binarize, fill_holes, min_voxels_from_volume, remove_small_components
+from flood_fill import flood_components
 
 
 def blobs():
@@ -377,32 +378,12 @@ def test_seed_choice_on_random_maps_overlaps_the_half_rule_and_reduces_to_it_at_
                            InferenceConfig(**{**rule, "threshold": 0.3, "lesion_choice": "seed"})).any()
 
 
-def _flood_components(mask):
-    """26-connected components by an explicit flood fill: the slow reference. List of voxel sets."""
-    seen, comps = set(), []
-    for start in map(tuple, np.argwhere(mask)):
-        if start in seen:
-            continue
-        stack, comp = [start], {start}
-        seen.add(start)
-        while stack:
-            p = stack.pop()
-            for d in np.ndindex(3, 3, 3):
-                q = tuple(a + b - 1 for a, b in zip(p, d))
-                if all(0 <= v < s for v, s in zip(q, mask.shape)) and mask[q] and q not in seen:
-                    seen.add(q)
-                    comp.add(q)
-                    stack.append(q)
-        comps.append(comp)
-    return comps
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_removed_components_against_flood_fill(seed):
     from CGCLesionSegLib.postprocess import removed_components
     rng = np.random.default_rng(seed)
     before = rng.random((9, 11, 10)) < 0.12
-    comps = _flood_components(before)
+    comps = flood_components(before)
     after = np.zeros_like(before)
     for comp in comps:  # keep some components whole, a few voxels of others, drop the rest
         r = rng.random()
