@@ -72,9 +72,9 @@ _teardowns = [0]  # per process; every rank leaves a group the same number of ti
 def cleanup(info: DistInfo = DistInfo(), *, orderly: bool = False, wait_s: float = 30.0) -> None:
     """Leave the process group.
 
-    ``orderly`` (after a run that ended normally on every rank, i.e. past the final barrier): the other ranks
-    destroy their gloo/NCCL group first and count themselves done in the store; rank 0 waits for them (at most
-    ``wait_s``) before destroying its own. Why: under heavy CPU load a rank occasionally aborted at exit
+    ``orderly`` (after a run that ended normally on every rank, i.e. past the final barrier; gloo, i.e. CPU
+    training, only): the other ranks destroy their group first and count themselves done in the store; rank 0
+    waits for them (at most ``wait_s``) before destroying its own. Why: under heavy CPU load a rank occasionally aborted at exit
     ("terminate called without an active exception", torchrun exit 1 after a finished training) when both
     tore down their connections at once; one rank at a time leaves no peer mid-teardown. On a failure
     (``orderly=False``) nobody waits for anybody: each rank leaves at once and torchrun reports the error.
@@ -82,7 +82,8 @@ def cleanup(info: DistInfo = DistInfo(), *, orderly: bool = False, wait_s: float
     if not dist.is_initialized():
         return
     store = None
-    if orderly and info.enabled:
+    # gloo only: NCCL's teardown may wait for every rank (a collective abort), which this order would stall.
+    if orderly and info.enabled and dist.get_backend() == "gloo":
         try:  # a private accessor: a torch without it gets the plain teardown
             from torch.distributed.distributed_c10d import _get_default_store
             store = _get_default_store()
