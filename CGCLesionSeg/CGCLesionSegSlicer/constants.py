@@ -30,6 +30,9 @@ LESION_TERMINOLOGY = {
 
 #: Attribute of a result segmentation node: SHA-256 of its lesion labelmap when the module wrote it.
 LABELMAP_HASH_ATTRIBUTE = "CGCLesionSeg.LabelmapHash"
+#: Attribute of a result segmentation node: what the output rule's keep-largest removed (JSON of the sidecar's
+#: ``removed_lesions``; empty when the rule keeps every component).
+REMOVED_LESIONS_ATTRIBUTE = "CGCLesionSeg.RemovedLesions"
 #: Node reference role from a result segmentation to its network probability volume.
 PROBABILITY_REFERENCE_ROLE = "CGCLesionSegProbability"
 #: Node reference role from a result segmentation to the volume it was computed on.

@@ -20,7 +20,8 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from .constants import (LABELMAP_HASH_ATTRIBUTE, LESION_COLOR, LESION_TERMINOLOGY, MODALITIES, MODULE_DIR,
-                        PROBABILITY_REFERENCE_ROLE, SOURCE_REFERENCE_ROLE, TRAINING_RECIPES)
+                        PROBABILITY_REFERENCE_ROLE, REMOVED_LESIONS_ATTRIBUTE, SOURCE_REFERENCE_ROLE,
+                        TRAINING_RECIPES)
 from .runner import CancelledError, ChildJob, ChildProcess
 
 if MODULE_DIR not in sys.path:  # CGCLesionSegLib lives beside CGCLesionSeg.py
@@ -606,6 +607,7 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         if not job.outputPath or not os.path.isfile(job.outputPath):
             raise ValueError("The segmentation process wrote no output file.")
         mask = self._readArrayOnGrid(job.outputPath, reference, labelmap=True)
+        removed = self._removedLesions(job.outputPath)
         probability = None
         wanted = probabilityNode is not None or loadProbability
         if wanted and job.probabilityOutputPath and os.path.isfile(job.probabilityOutputPath):
@@ -618,6 +620,7 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         segmentationNode = self.arrayToSegmentation(mask, reference, segmentationNode, job.segmentName)
         self.storeResultHash(segmentationNode, reference, job.segmentName)
         segmentationNode.SetNodeReferenceID(SOURCE_REFERENCE_ROLE, reference.GetID())
+        segmentationNode.SetAttribute(REMOVED_LESIONS_ATTRIBUTE, json.dumps(removed) if removed else "")
         if probability is not None:
             probabilityNode = self.arrayToVolume(probability.astype(np.float32), reference, probabilityNode,
                                                  name=f"{reference.GetName()} CGC probability")
@@ -625,6 +628,17 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         if closedSurface:
             segmentationNode.CreateClosedSurfaceRepresentation()
         return segmentationNode
+
+    @staticmethod
+    def _removedLesions(outputPath: str) -> Optional[dict]:
+        """The sidecar's ``removed_lesions`` (what keep-largest removed), None when absent or unreadable."""
+        from CGCLesionSegLib.sidecar import sidecar_path
+        try:
+            with open(sidecar_path(outputPath)) as fh:
+                removed = json.load(fh).get("removed_lesions")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return removed if isinstance(removed, dict) else None
 
     @staticmethod
     def cleanupJob(job: ChildJob) -> None:
@@ -714,7 +728,9 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
 
     def resultStatistics(self, segmentationNode, referenceVolumeNode, probabilityNode=None,
                          segmentName: str = "Lesion") -> dict:
-        """:meth:`lesionStatistics` of a result segment (probability: its network map by default)."""
+        """:meth:`lesionStatistics` of a result segment (probability: its network map by default), plus
+        ``"removed"``: what the output rule's keep-largest removed when this module wrote the result (the
+        sidecar's ``removed_lesions``), else None."""
         mask = self.segmentationToArray(segmentationNode, referenceVolumeNode, segmentName)
         geometry = self.volumeToArray(referenceVolumeNode)[1]
         if probabilityNode is None:
@@ -722,7 +738,13 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         probability = self.volumeToArray(probabilityNode)[0] if probabilityNode is not None else None
         if probability is not None and probability.shape != mask.shape:
             probability = None
-        return self.lesionStatistics(mask, geometry.spacing, probability)
+        statistics = self.lesionStatistics(mask, geometry.spacing, probability)
+        try:
+            removed = json.loads(segmentationNode.GetAttribute(REMOVED_LESIONS_ATTRIBUTE) or "null")
+        except ValueError:
+            removed = None
+        statistics["removed"] = removed if isinstance(removed, dict) else None
+        return statistics
 
     def writeStatisticsTable(self, statistics: dict, tableNode=None, name: str = "CGC lesion statistics"):
         """Put the statistics into a vtkMRMLTableNode (columns Measure, Value, Unit); created when not given."""
@@ -741,6 +763,10 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
                 ("Connected lesions (26-connectivity)", str(statistics["lesions"]), ""),
                 ("Largest lesion", f"{statistics['largest_ml']:.3f}", "mL"),
                 ("Mean probability inside the mask", "" if meanP is None else f"{meanP:.4f}", "")]
+        removed = statistics.get("removed")
+        if removed:  # the output rule's keep-largest (a result of this module's Segment)
+            rows += [("Candidates >= 1 mL removed by the output rule", str(removed.get("count_1ml", 0)), ""),
+                     ("Largest removed candidate", f"{removed.get('largest_ml', 0.0):.3f}", "mL")]
         table.SetNumberOfRows(len(rows))
         for row, values in enumerate(rows):
             for column, value in enumerate(values):
@@ -754,7 +780,13 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         meanP = statistics.get("mean_probability")
         text = (f"{statistics['volume_ml']:.2f} mL in {statistics['lesions']} lesion(s); "
                 f"largest {statistics['largest_ml']:.2f} mL")
-        return text + (f"; mean probability {meanP:.2f}" if meanP is not None else "")
+        text += f"; mean probability {meanP:.2f}" if meanP is not None else ""
+        removed = statistics.get("removed")
+        if removed and removed.get("count_1ml"):
+            n = removed["count_1ml"]
+            text += (f"; the output rule removed {n} other candidate{'s' if n != 1 else ''} of >= 1 mL (largest "
+                     f"{removed['largest_ml']:.1f} mL; Output rule 'none' keeps them)")
+        return text
 
     # ---- one-click try-out -----------------------------------------------------------------------
 

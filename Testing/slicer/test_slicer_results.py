@@ -111,6 +111,32 @@ def test_result_hash_detects_edits_and_3d_view(mrml, logic, scene, tmp_path):
     assert not logic.isResultEdited(None)
 
 
+def test_what_the_output_rule_removed_reaches_the_statistics(mrml, logic, scene, tmp_path):
+    import json
+    from CGCLesionSegLib.sidecar import sidecar_path
+    a = np.zeros((10, 12, 14), np.float32)
+    a[2:8, 3:9, 3:11] = 100
+    flair = slicer.util.addVolumeFromArray(a, np.eye(4), "flair")
+    job = _finished_job(logic, tmp_path, flair, a > 0)
+    removed = {"count": 40, "count_1ml": 2, "largest_ml": 6.5, "total_ml": 9.0, "kept": 1, "kept_ml": 0.288}
+    with open(sidecar_path(job.outputPath), "w") as fh:
+        json.dump({"kind": "segmentation", "removed_lesions": removed}, fh)
+    seg = logic.finishSegmentJob(job)
+    stats = logic.resultStatistics(seg, flair)
+    assert stats["removed"] == removed
+    table = logic.writeStatisticsTable(stats)
+    assert table.GetNumberOfRows() == 6 and table.GetCellText(4, 1) == "2" and float(table.GetCellText(5, 1)) == 6.5
+    assert "removed 2 other candidates" in logic.formatStatistics(stats)
+    # A re-run whose rule keeps everything (no removed_lesions in its sidecar) clears it.
+    job = _finished_job(logic, tmp_path, flair, a > 0)
+    with open(sidecar_path(job.outputPath), "w") as fh:
+        json.dump({"kind": "segmentation", "removed_lesions": None}, fh)
+    logic.finishSegmentJob(job, segmentationNode=seg)
+    stats = logic.resultStatistics(seg, flair)
+    assert stats["removed"] is None and "removed" not in logic.formatStatistics(stats)
+    assert logic.writeStatisticsTable(stats, table).GetNumberOfRows() == 4
+
+
 def test_result_is_not_loaded_when_its_volume_is_gone(mrml, logic, scene, tmp_path):
     a = np.zeros((6, 8, 8), np.float32)
     a[2:4, 2:6, 2:6] = 1
