@@ -335,10 +335,10 @@ def removed_by_rule(prob_zyx: np.ndarray, brain_zyx: np.ndarray, config: Inferen
     (:func:`CGCLesionSegLib.postprocess.removed_components`). None without keep-largest."""
     if not config.keep_largest:
         return None
-    from .postprocess import removed_components
-    every = output_mask(prob_zyx, brain_zyx, _replace(config, keep_largest=0, opening_radius=0, lesion_choice="size"),
-                        spacing_xyz)
-    return removed_components(every, mask_zyx, spacing_xyz)
+    from .postprocess import removed_by_keep_largest
+    return removed_by_keep_largest(prob_zyx, mask_zyx, spacing_xyz, threshold=config.threshold,
+                                   min_component_voxels=config.min_component_voxels, fill_holes=config.fill_holes,
+                                   mask_zyx=brain_zyx)
 
 
 def _is_recommended(preprocessing: dict) -> bool:

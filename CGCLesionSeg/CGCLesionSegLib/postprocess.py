@@ -89,6 +89,16 @@ def removed_components(before_zyx: np.ndarray, after_zyx: np.ndarray, spacing_xy
             "kept_ml": round(float(after.sum()) * voxel_ml, 3)}
 
 
+def removed_by_keep_largest(prob_zyx: np.ndarray, after_zyx: np.ndarray, spacing_xyz: Sequence[float], *,
+                            threshold: float, min_component_voxels: int = 0, fill_holes: FillHoles = False,
+                            mask_zyx: Optional[np.ndarray] = None) -> dict:
+    """:func:`removed_components` of a keep-largest output ``after_zyx``: the same :func:`binarize` clean-up of
+    ``prob_zyx`` (threshold, hole filling, minimum size, brain mask) without keep-largest is the mask before it.
+    One definition for ``cgcseg segment`` and ``cgcseg gmm``."""
+    every = binarize(prob_zyx, threshold, min_component_voxels, fill_holes, spacing_xyz=spacing_xyz, mask_zyx=mask_zyx)
+    return removed_components(every, after_zyx, spacing_xyz)
+
+
 def removed_summary(removed: Optional[dict]) -> str:
     """One clause for the final message: what keep-largest removed of lesion size ('' when nothing)."""
     if not removed or not removed.get("count_1ml"):

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from ..gmm import ProbabilityMapSession, config_to_dict
     from ..image_io import check_output_paths, check_same_grid, read_image, write_image
     from ..inputs import parse_input_specs
-    from ..postprocess import binarize, removed_components, removed_warning
+    from ..postprocess import binarize, removed_by_keep_largest, removed_warning
     from ..channel_check import check_and_warn
     from ..output_probe import probe_writable
     from ..progress import ProgressReporter, emit_json
@@ -196,9 +196,9 @@ def run(args: argparse.Namespace) -> int:
     if "--binary-output" in outputs:
         binary = binarize(result.probability, args.threshold, mask_zyx=result.mask, spacing_xyz=ref_geom.spacing, **post)
         if post["keep_largest"]:
-            every = binarize(result.probability, args.threshold, mask_zyx=result.mask, spacing_xyz=ref_geom.spacing,
-                             **{**post, "keep_largest": 0, "opening_radius": 0})
-            removed = removed_components(every, binary, ref_geom.spacing)
+            removed = removed_by_keep_largest(result.probability, binary, ref_geom.spacing, threshold=args.threshold,
+                                              min_component_voxels=post["min_component_voxels"],
+                                              fill_holes=post["fill_holes"], mask_zyx=result.mask)
             text = removed_warning(removed)
             if text:
                 print(f"cgcseg gmm: warning: {text}", file=sys.stderr)

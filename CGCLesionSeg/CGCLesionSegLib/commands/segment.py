@@ -180,7 +180,7 @@ def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, pr
                   elapsed_s=result.elapsed_s, inference=config_to_dict(config), postprocess=rule,
                   channels=result.channels, timings=result.timings,
                   window_xyz=list(result.window_xyz) if result.window_xyz else None,
-                  removed_lesions=getattr(result, "removed_lesions", None), **(extra or {}))
+                  removed_lesions=result.removed_lesions, **(extra or {}))
     written = []
     with StagedWrites() as staged:
         if probability_output:
@@ -201,7 +201,7 @@ def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, pr
 def _warn_removed(result, progress: str, case: str = "") -> None:
     """Say so when the output rule's keep-largest removed a lesion-sized candidate (several lesions?)."""
     from ..postprocess import removed_warning
-    text = removed_warning(getattr(result, "removed_lesions", None))
+    text = removed_warning(result.removed_lesions)
     if not text:
         return
     if progress == "json":
