@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from typing import Callable, Optional, Sequence
@@ -34,6 +35,28 @@ from CGCLesionSegLib.commands import OUTPUT_RULES  # noqa: E402  (argparse only)
 STOP_FILE_NAME = "stop-training"
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: Python has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def childPythonExecutable(executable: Optional[str] = None) -> Optional[str]:
+    """The Python interpreter for child processes: ``PythonSlicer`` on the PATH or beside ``executable``
+    (default ``sys.executable``), else ``executable`` itself — unless that is the Slicer application (inside
+    Slicer ``sys.executable`` is ``SlicerApp-real``, which ``-m`` would start as a second application): None."""
+    executable = executable or sys.executable
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    for name in ("PythonSlicer", "PythonSlicer.exe"):
+        candidate = os.path.join(os.path.dirname(executable), name)
+        if os.path.isfile(candidate):
+            return candidate
+    return None if os.path.basename(executable).lower().startswith("slicer") else executable
+
+
 def pathOrNone(value) -> Optional[str]:
     """A parameter-node path, or None when unset ("" or ``pathlib.Path()``'s ".")."""
     if value is None:
@@ -55,8 +78,9 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         self._gmmCache: Optional[dict] = None
         #: The last GMM result (P, labels, model); dropped with :meth:`clearCaches`.
         self.lastGmmResult = None
-        #: Interpreter for child processes; inside Slicer it is PythonSlicer.
-        self.pythonExecutable = shutil.which("PythonSlicer") or sys.executable
+        #: Interpreter for child processes; inside Slicer it is PythonSlicer (None: not found, see
+        #: :func:`childPythonExecutable`; building a command then says so).
+        self.pythonExecutable = childPythonExecutable()
 
     def clearCaches(self) -> None:
         """Forget the cached GMM inputs (every channel's voxels) and the last result (scene closed)."""
@@ -138,9 +162,15 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         mask = np.asarray(mask_zyx)
         self._checkArrayFitsVolume(mask, referenceVolumeNode, "Mask")
         before = self._nodeIds()
+        undo = None  # a given node: what to put back if writing into it fails half way
         if segmentationNode is None:
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", f"{referenceVolumeNode.GetName()} {segmentName.lower()}")
+        else:
+            self._checkBinaryLabelmapSource(segmentationNode)
+            segmentation = segmentationNode.GetSegmentation()
+            undo = {"geometry": segmentation.GetConversionParameter(self._geometryParameter()),
+                    "segment": segmentation.GetSegmentIdBySegmentName(segmentName)}
         try:
             if segmentationNode.GetDisplayNode() is None:
                 segmentationNode.CreateDefaultDisplayNodes()
@@ -149,6 +179,8 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
             segmentId = segmentation.GetSegmentIdBySegmentName(segmentName)
             if not segmentId:
                 segmentId = segmentation.AddEmptySegment("", segmentName, list(LESION_COLOR))
+                if undo is not None:
+                    undo["added"] = segmentId
             segment = segmentation.GetSegment(segmentId)
             segment.SetColor(*LESION_COLOR)
             if hasattr(segment, "SetTerminology"):
@@ -158,9 +190,32 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
             slicer.util.updateSegmentBinaryLabelmapFromArray((mask != 0).astype(np.uint8), segmentationNode,
                                                             segmentId, referenceVolumeNode)
         except Exception:
+            if undo is not None:  # the user's node: drop the segment this call added, restore its geometry
+                segmentation = segmentationNode.GetSegmentation()
+                if undo.get("added"):
+                    segmentation.RemoveSegment(undo["added"])
+                segmentation.SetConversionParameter(self._geometryParameter(), undo["geometry"] or "")
             self._removeNodesAddedSince(before)
             raise
         return segmentationNode
+
+    @staticmethod
+    def _geometryParameter() -> str:
+        return slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+
+    @staticmethod
+    def _checkBinaryLabelmapSource(segmentationNode) -> None:
+        """Refuse, before anything is changed, a segmentation whose segments are stored as another
+        representation (e.g. closed surfaces imported from a model): a labelmap cannot be written into it."""
+        segmentation = segmentationNode.GetSegmentation()
+        source = (segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName")
+                  else segmentation.GetMasterRepresentationName())  # the name before Slicer 5.4
+        labelmap = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        if source != labelmap:
+            raise ValueError(f"Segmentation '{segmentationNode.GetName()}' stores its segments as '{source}', not as "
+                             f"'{labelmap}', so the result cannot be written into it. Choose 'Create new segmentation' "
+                             "as the output, or make 'Binary labelmap' its source representation (Segmentations module, "
+                             "Representations).")
 
     def segmentationToArray(self, segmentationNode, referenceVolumeNode, segmentName: str = "Lesion") -> np.ndarray:
         """The named segment as a ``(z, y, x)`` uint8 array on the reference volume's grid."""
@@ -226,6 +281,9 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         try:
             if not writer(tmp) or not os.path.isfile(tmp) or os.path.getsize(tmp) == 0:
                 raise ValueError(f"Writing {what} to {path} failed.")
+            # mkstemp makes the file owner-only (0600) and a writer that fills the existing file keeps that:
+            # give it the mode a plain new file gets (or the replaced file's), as other programs' files have.
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o666 & ~_umask())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -274,13 +332,10 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__cgc_export__")
         try:
             logic = slicer.modules.segmentations.logic()
-            if referenceVolumeNode is not None:
-                ok = logic.ExportAllSegmentsToLabelmapNode(segmentationNode, labelmapNode,
-                                                           slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-                if ok:  # resample onto the reference volume's grid exactly
-                    ids = vtk.vtkStringArray()
-                    segmentationNode.GetSegmentation().GetSegmentIDs(ids)
-                    ok = logic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmapNode, referenceVolumeNode)
+            if referenceVolumeNode is not None:  # onto the reference volume's whole grid, exactly
+                ids = vtk.vtkStringArray()
+                segmentationNode.GetSegmentation().GetSegmentIDs(ids)
+                ok = logic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmapNode, referenceVolumeNode)
             else:
                 ok = logic.ExportAllSegmentsToLabelmapNode(segmentationNode, labelmapNode,
                                                            slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
@@ -406,6 +461,9 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         given. Returns ``(probabilityNode, componentsNode)``; the core's result is kept in
         ``self.lastGmmResult``. Input arrays are cached between refits while the inputs do not change.
         """
+        inputs = list(volumeNodes.values()) if isinstance(volumeNodes, dict) else list(volumeNodes)
+        self.checkOutputsAreNotInputs({"probability map": probabilityNode, "components": componentsNode},
+                                      inputs + [maskNode])
         data = self.prepareInputs(volumeNodes, maskNode)
         result = data["session"].run(gmmConfig, progress=progress, should_stop=shouldStop)
         reference = data["reference"]
@@ -419,6 +477,23 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
                                             componentsNode, name="GMM components", labelmap=True)
         self.lastGmmResult = result
         return probabilityNode, componentsNode
+
+    @staticmethod
+    def checkOutputsAreNotInputs(outputs: dict, inputs: Sequence) -> None:
+        """Refuse output nodes (``{"what": node or None}``) that are an input (a channel, the brain mask) or
+        another output: writing the result would overwrite the user's data in place, with no undo."""
+        inputIds = {node.GetID(): node.GetName() for node in inputs if node is not None}
+        seen = {}
+        for what, node in outputs.items():
+            if node is None:
+                continue
+            if node.GetID() in inputIds:
+                raise ValueError(f"The {what} output '{node.GetName()}' is one of the inputs: writing it would "
+                                 "overwrite that volume. Choose another output volume, or 'Create new volume'.")
+            if node.GetID() in seen:
+                raise ValueError(f"The {what} and {seen[node.GetID()]} outputs are the same volume "
+                                 f"'{node.GetName()}'. Choose a separate volume for each.")
+            seen[node.GetID()] = what
 
     # ---- child processes -----------------------------------------------------------------------
 
@@ -436,6 +511,13 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
+    def _childPython(self) -> str:
+        if not self.pythonExecutable:
+            raise ValueError("PythonSlicer, Slicer's Python interpreter for background jobs, was not found on the "
+                             f"PATH or beside {sys.executable}. Start Slicer with its launcher (the 'Slicer' "
+                             "program, which sets the PATH), or reinstall Slicer.")
+        return self.pythonExecutable
+
     def buildSegmentCommand(self, inputs: Sequence[tuple[str, str]], outputPath: str, maskPath: Optional[str] = None,
                             modelPath: Optional[str] = None, probabilityOutputPath: Optional[str] = None,
                             threshold: Optional[float] = None, device: str = "auto",
@@ -451,7 +533,7 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
             raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
         if postprocess not in OUTPUT_RULES:
             raise ValueError(f"output rule must be one of {', '.join(OUTPUT_RULES)}, got {postprocess!r}")
-        command = [self.pythonExecutable, "-m", "CGCLesionSegLib.cli", "segment"]
+        command = [self._childPython(), "-m", "CGCLesionSegLib.cli", "segment"]
         for name, path in inputs:
             command += ["--input", f"{name}={path}" if name else str(path)]
         if maskPath:
@@ -485,7 +567,7 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
             raise ValueError("Give epochs or steps, not both.")
         if recipe is not None and recipe not in TRAINING_RECIPES:
             raise ValueError(f"recipe must be one of {', '.join(TRAINING_RECIPES)}, got {recipe!r}")
-        command = [self.pythonExecutable, "-m", "CGCTraining", "--cases", str(casesDir),
+        command = [self._childPython(), "-m", "CGCTraining", "--cases", str(casesDir),
                    "--modalities", *[m.lower() for m in modalities], "--output-dir", str(outputDir)]
         if recipe is not None:
             command += ["--recipe", recipe]
@@ -604,6 +686,7 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         reference = job.referenceVolumeNode
         if reference is None or reference.GetScene() is not slicer.mrmlScene:
             raise ValueError("The input volume is no longer in the scene; the result was not loaded.")
+        self.checkOutputsAreNotInputs({"probability": probabilityNode}, [reference])
         if not job.outputPath or not os.path.isfile(job.outputPath):
             raise ValueError("The segmentation process wrote no output file.")
         mask = self._readArrayOnGrid(job.outputPath, reference, labelmap=True)
@@ -628,6 +711,34 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         if closedSurface:
             segmentationNode.CreateClosedSurfaceRepresentation()
         return segmentationNode
+
+    def setSegmentJobTarget(self, job: ChildJob, segmentationNode=None) -> None:
+        """Fix, when a segment job starts, the segmentation its result will go into (None: a new node), and
+        remember its lesion segment as it is now. The output selector may change, and the segment may be
+        edited, during a run of minutes: :meth:`segmentJobTarget` reads this record, not the GUI. A node the
+        result cannot be written into is refused now, not after the run."""
+        if segmentationNode is not None:
+            self._checkBinaryLabelmapSource(segmentationNode)
+        job.extra["targetId"] = segmentationNode.GetID() if segmentationNode is not None else None
+        job.extra["targetHash"] = (self.labelmapHash(segmentationNode, job.referenceVolumeNode, job.segmentName)
+                                   if segmentationNode is not None and job.referenceVolumeNode is not None else None)
+
+    def segmentJobTarget(self, job: ChildJob) -> tuple:
+        """``(segmentationNode or None, note)``: where a finished job's result goes. The node fixed by
+        :meth:`setSegmentJobTarget`, unless it left the scene or its lesion segment changed during the run
+        (an edit in the Segment Editor): then None — a new node, so that nothing the user did is
+        overwritten — and ``note`` says why ('' otherwise)."""
+        targetId = job.extra.get("targetId")
+        if not targetId:
+            return None, ""
+        node = slicer.mrmlScene.GetNodeByID(targetId)
+        if node is None or not node.IsA("vtkMRMLSegmentationNode"):
+            return None, "The output segmentation was removed during the run; the result went into a new segmentation."
+        reference = job.referenceVolumeNode
+        if reference is not None and self.labelmapHash(node, reference, job.segmentName) != job.extra.get("targetHash"):
+            return None, (f"'{node.GetName()}' changed during the run (its '{job.segmentName}' segment was edited or "
+                          "replaced), so it was left as it is; the result went into a new segmentation.")
+        return node, ""
 
     @staticmethod
     def _removedLesions(outputPath: str) -> Optional[dict]:

@@ -73,7 +73,7 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._previewTimer = qt.QTimer()
         self._previewTimer.setSingleShot(True)
         self._previewTimer.setInterval(600)
-        self._previewTimer.connect("timeout()", self.onPreview)
+        self._previewTimer.connect("timeout()", self.onAutoPreview)
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(100)
         self._pollTimer.connect("timeout()", self.onPollJob)
@@ -214,6 +214,7 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- try-out and GMM preview -------------------------------------------------------------------
 
     def onLoadPhantom(self) -> None:
+        loaded = False
         with slicer.util.tryWithErrorDisplay("Could not create the try-out phantom.", waitCursor=True):
             if not self.ensurePythonDependencies(needTorch=False):
                 return
@@ -223,25 +224,45 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.maskVolume = nodes["mask"]
             p.modality = "mri"
             self.log("Loaded the synthetic four-channel phantom (no patient data). Next: Preview GMM, then Segment.")
-            self.onPreview()
+            loaded = True
+        if loaded:
+            self.onPreview()  # its own error display: a failed preview is not a failed phantom
 
     def onPreview(self) -> None:
-        p = self._parameterNode
-        if p is None:  # the timer fired after the scene closed
+        """The Preview button (and after Load phantom): errors are shown in a dialog."""
+        if self._parameterNode is None:
             return
         with slicer.util.tryWithErrorDisplay("GMM preview failed.", waitCursor=True):
-            if not self.ensurePythonDependencies(needTorch=False):
-                return
-            self._lastPreviewKey = self._previewKey()
-            volumes = self.logic.inputVolumesByName(p)
-            config = self.logic.gmmConfigFromParameters(p)
-            probability, components = self.logic.computeProbabilityMap(
-                volumes, p.maskVolume, config,
-                probabilityNode=p.probabilityVolume, componentsNode=p.componentsVolume)
-            p.probabilityVolume = probability
-            p.componentsVolume = components
-            slicer.util.setSliceViewerLayers(background=next(iter(volumes.values())), foreground=probability,
-                                             label=components, foregroundOpacity=0.5)
+            self._runPreview()
+
+    def onAutoPreview(self) -> None:
+        """The debounced refit while GMM settings are edited: a setting half typed (e.g. "1" on the way to
+        "10") must not pop up a dialog, so errors go to the status line and the log; Preview shows them."""
+        if self._parameterNode is None:  # the timer fired after the scene closed
+            return
+        try:
+            with slicer.util.WaitCursor():
+                self._runPreview()
+        except Exception as exc:
+            self.ui.statusLabel.text = f"GMM preview not updated: {exc}"
+            self.log(f"GMM preview not updated: {exc}")
+
+    def _runPreview(self) -> None:
+        self._previewTimer.stop()  # this fit covers whatever the timer was waiting for
+        p = self._parameterNode
+        if not self.ensurePythonDependencies(needTorch=False):
+            return
+        self._lastPreviewKey = self._previewKey()
+        volumes = self.logic.inputVolumesByName(p)
+        config = self.logic.gmmConfigFromParameters(p)
+        probability, components = self.logic.computeProbabilityMap(
+            volumes, p.maskVolume, config,
+            probabilityNode=p.probabilityVolume, componentsNode=p.componentsVolume)
+        p.probabilityVolume = probability
+        p.componentsVolume = components
+        slicer.util.setSliceViewerLayers(background=next(iter(volumes.values())), foreground=probability,
+                                         label=components, foregroundOpacity=0.5)
+        self.ui.statusLabel.text = "GMM preview updated."
 
     # ---- Segment / Train ---------------------------------------------------------------------------
 
@@ -269,16 +290,22 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.ensurePythonDependencies(needTorch=True):
                 return
             inputs = self.logic.namedInputs(p)
-            if p.outputSegmentation is not None and self.logic.isResultEdited(p.outputSegmentation):
+            target = p.outputSegmentation
+            if target is not None and self.logic.isResultEdited(target):
                 choice = self._confirmReplaceEdited()
                 if choice is None:
                     return
                 if choice is False:
-                    p.outputSegmentation = None  # the result goes into a new node
+                    target = None  # the result goes into a new node; the selection stays as it is until then
             job = self.logic.prepareSegmentJob(inputs, maskNode=p.maskVolume, modelPath=pathOrNone(p.modelPath),
                                                threshold=None if p.thresholdFromModel else p.threshold,
                                                device=p.device, postprocess=p.outputRule,
                                                tempBase=self._tempBase())
+            try:
+                self.logic.setSegmentJobTarget(job, target)  # fixed now: the selector may change during the run
+            except Exception:
+                self.logic.cleanupJob(job)
+                raise
             self._startJob(job, "Segmenting")  # a failed start removes the job's folder
 
     def onTrain(self) -> None:
@@ -341,7 +368,10 @@ class CGCLesionSegWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             raise ValueError("The scene was closed; the result was not loaded.")
-        segmentation = self.logic.finishSegmentJob(job, segmentationNode=p.outputSegmentation, loadProbability=True)
+        target, note = self.logic.segmentJobTarget(job)
+        if note:
+            self.log(note)
+        segmentation = self.logic.finishSegmentJob(job, segmentationNode=target, loadProbability=True)
         p.outputSegmentation = segmentation
         statistics = self.logic.resultStatistics(segmentation, job.referenceVolumeNode)
         p.statisticsTable = self.logic.writeStatisticsTable(statistics, p.statisticsTable)
