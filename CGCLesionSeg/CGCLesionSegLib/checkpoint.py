@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,11 @@ def save_checkpoint_dict(path: str | os.PathLike, ckpt: dict) -> Path:
     return path
 
 
+def _plain(text: str) -> str:
+    """``text`` without terminal colour codes (torch formats some load errors for a terminal)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load and validate the raw checkpoint dict (``weights_only=True``); raise :class:`CheckpointError`."""
     path = Path(path)
@@ -186,18 +192,20 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint file at all (neither the zip archive torch.save "
                               f"writes nor a pickle); give {what}")
+    damaged = "; if it is one, this copy is damaged: copy or download it again"
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
+        text = _plain(str(exc))
         if "weights only" not in text.lower() and "unsupported global" not in text.lower():
             raise CheckpointError(f"{path} is not {what}, or the file is truncated/corrupt "
-                                  f"({text.splitlines()[0][:200] if text else 'unreadable pickle'})") from exc
+                                  f"({text.splitlines()[0][:200] if text else 'unreadable pickle'}){damaged}") from exc
         raise CheckpointError(f"{path} is not {what}: it contains Python objects that are not plain "
                               f"weights, so it is refused for safety ({text.splitlines()[0][:200]})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError) as exc:
+        text = _plain(str(exc))
         raise CheckpointError(f"{path} is not {what}, or the file is truncated/corrupt "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+                              f"({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}){damaged}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         kind = "a bare state dict or another project's file" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not {what}; it looks like {kind}")

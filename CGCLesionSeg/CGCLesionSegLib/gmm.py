@@ -34,7 +34,8 @@ import numpy as np
 
 from .config import config_from_dict as _config_from_dict
 from .config import config_to_dict as _config_to_dict
-from .preprocess import NormalizationConfig, normalize_channels, skull_stripped_mask, validate_channels
+from .preprocess import (NormalizationConfig, check_given_mask, normalize_channels, skull_stripped_mask,
+                         validate_channels)
 from .progress import call_progress, check_stop
 
 ProgressCallback = Callable[[float, str], None]
@@ -723,8 +724,7 @@ def prepare_data(channels_zyx: Sequence[np.ndarray], mask_zyx: Optional[np.ndarr
         if mask.shape != shape:
             raise ValueError(f"the mask has shape {mask.shape} but the images have {shape}; resample it onto their grid")
         mask = mask != 0
-        if not mask.any():
-            raise ValueError("the brain mask is empty (no non-zero voxel); check the mask file")
+        check_given_mask(mask, channels_zyx[use[0]])
     elif config.modality == "ct":
         mask = ct_brain_mask(np.asarray(channels_zyx[0]), tuple(config.ct_brain_hu))
     else:

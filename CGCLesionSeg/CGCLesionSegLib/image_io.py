@@ -456,6 +456,7 @@ def _verify_image_file(tmp: str, path: Path, array: np.ndarray, geometry: Geomet
         back = sitk.ReadImage(tmp)
     except (ImageIOError, RuntimeError) as exc:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        detail = detail.replace(f"{tmp} ", "").replace(" Copy or export the file again.", "")  # input advice, not ours
         raise ImageIOError(f"could not write {path}: the file did not read back complete ({detail[:200]}); {hint}") from exc
     expected = array
     if np.issubdtype(array.dtype, np.floating) and path.name.lower().endswith((".nii", ".nii.gz")):
@@ -520,6 +521,20 @@ class StagedWrites:
         except OSError as exc:
             raise ImageIOError(f"could not write {path} ({exc.strerror or exc}); check the free space "
                                "(and any file-size limit) of the folder; nothing was replaced") from exc
+        self._moves.append((tmp, path))
+        return path
+
+    def file(self, path: str | os.PathLike, source: str | os.PathLike) -> Path:
+        """A copy of the file ``source`` (e.g. a model trained in a temporary folder) as ``path``."""
+        path = Path(path)
+        tmp = os.path.join(self._tmp_dir(path), path.name)
+        try:
+            shutil.copyfile(source, tmp)
+            if os.path.getsize(tmp) != os.path.getsize(source):
+                raise OSError(f"copied only {os.path.getsize(tmp)} of {os.path.getsize(source)} bytes")
+        except OSError as exc:
+            raise ImageIOError(f"could not write {path} ({exc.strerror or exc}); check the free space of the folder; "
+                               "nothing was replaced") from exc
         self._moves.append((tmp, path))
         return path
 

@@ -421,6 +421,9 @@ def segment_case(channels_zyx: Sequence[np.ndarray], geometry: Geometry,
     brain = _brain_mask(channels, pre) if mask_zyx is None else np.asarray(mask_zyx) != 0
     if mask_zyx is not None and brain.shape != tuple(geometry.shape_zyx):
         raise ValueError(f"mask shape {brain.shape} does not match the image shape {geometry.shape_zyx}")
+    if mask_zyx is not None:
+        from .preprocess import check_given_mask
+        check_given_mask(brain, channels[0])
     if not brain.any():
         raise ValueError("the brain mask is empty: give a mask with non-zero brain voxels (--mask)")
     check_stop(should_stop)

@@ -55,10 +55,11 @@ def _name(path: str | os.PathLike, full_paths: bool) -> str:
 def sidecar_record(output: str | os.PathLike, *, inputs: dict[str, str] | None = None,
                    model_path: str | os.PathLike | None = None, gmm_settings: Any = None,
                    device: str | None = None, elapsed_s: float | None = None, full_paths: bool = False,
-                   **extra: Any) -> dict:
+                   model_recorded_as: str | os.PathLike | None = None, **extra: Any) -> dict:
     """The sidecar's content as plain JSON types. Privacy: patient identifiers often live in file
     names and folders, so by default only base names are recorded (no folders, no host name);
-    ``full_paths=True`` records absolute paths and the host."""
+    ``full_paths=True`` records absolute paths and the host. ``model_recorded_as``: the name the model
+    will have once it is written with the output (``model_path`` is hashed: the same bytes)."""
     record: dict[str, Any] = {
         "output": _name(output, full_paths),
         "package": "cgc-lesion-seg",
@@ -74,7 +75,7 @@ def sidecar_record(output: str | os.PathLike, *, inputs: dict[str, str] | None =
     if full_paths:
         record["host"] = platform.node()
     if model_path is not None:
-        record["model"] = {"path": _name(model_path, full_paths), "sha256": file_sha256(model_path)}
+        record["model"] = {"path": _name(model_recorded_as or model_path, full_paths), "sha256": file_sha256(model_path)}
     record.update(extra)
     return _jsonable(record)
 

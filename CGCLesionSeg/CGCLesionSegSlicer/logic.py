@@ -28,18 +28,11 @@ from .runner import CancelledError, ChildJob, ChildProcess
 if MODULE_DIR not in sys.path:  # CGCLesionSegLib lives beside CGCLesionSeg.py
     sys.path.insert(0, MODULE_DIR)
 
-from CGCLesionSegLib.image_io import Geometry, check_same_grid  # noqa: E402  (numpy + SimpleITK only)
+from CGCLesionSegLib.image_io import Geometry, check_same_grid, default_file_mode  # noqa: E402  (numpy + SimpleITK only)
 from CGCLesionSegLib.commands import OUTPUT_RULES  # noqa: E402  (argparse only)
 
 #: Name of the stop file the trainer polls (``python -m CGCTraining --stop-file``).
 STOP_FILE_NAME = "stop-training"
-
-
-def _umask() -> int:
-    """The process's umask (read by setting and restoring it: Python has no getter)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def childPythonExecutable(executable: Optional[str] = None) -> Optional[str]:
@@ -283,7 +276,7 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
                 raise ValueError(f"Writing {what} to {path} failed.")
             # mkstemp makes the file owner-only (0600) and a writer that fills the existing file keeps that:
             # give it the mode a plain new file gets (or the replaced file's), as other programs' files have.
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o666 & ~_umask())
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else default_file_mode())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -108,3 +108,37 @@ def test_adapting_a_shipped_model_says_what_it_measured(tmp_path, case):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "warning: --adapt fine-tunes the shipped model" in r.stderr and seg.is_file()
+
+
+def test_adapt_never_replaces_its_own_model_or_an_earlier_one_on_failure(tmp_path, case, monkeypatch, capsys):
+    """`--output X` keeps the adapted model as `X.adapted.pt`: refused before any work when that is `--model`
+    (the very reuse the command suggests); and a failed write leaves an earlier `X.adapted.pt` as it was."""
+    from CGCLesionSegLib import cli
+    from CGCLesionSegLib.image_io import ImageIOError, StagedWrites
+    base, _ = _base(tmp_path, ["flair"])
+    seg = tmp_path / "seg.nii.gz"
+    adapted = tmp_path / "seg.nii.gz.adapted.pt"
+    adapted.write_bytes(base.read_bytes())
+    before = adapted.read_bytes()
+    argv = ["segment", "--input", f"flair={case['flair']}", "--output", str(seg), "--adapt", "--adapt-steps", "2",
+            "--progress", "none", "--device", "cpu"]
+    assert cli.main(argv + ["--model", str(adapted)]) == 2
+    assert "which is --model here" in capsys.readouterr().err
+    assert adapted.read_bytes() == before and not seg.exists()
+
+    real_image = StagedWrites.image
+
+    def failing_probability(self, path, *a, **k):
+        if str(path).endswith("prob.nii.gz"):
+            raise ImageIOError(f"could not write {path} (No space left on device); nothing was replaced")
+        return real_image(self, path, *a, **k)
+
+    monkeypatch.setattr(StagedWrites, "image", failing_probability)
+    assert cli.main(argv + ["--model", str(base), "--probability-output", str(tmp_path / "prob.nii.gz")]) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert adapted.read_bytes() == before  # the earlier adapted model is kept, not removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.pt", "seg.nii.gz.adapted.pt"]
+    monkeypatch.undo()
+    # The same run writing fine replaces it together with the outputs.
+    assert cli.main(argv + ["--model", str(base)]) == 0
+    assert adapted.read_bytes() != before and read_checkpoint(adapted)["step"] == 2 and seg.exists()

@@ -139,6 +139,9 @@ def test_foreign_or_corrupt_files_are_refused(tmp_path, kind):
                 "list": "not a CGC", "newer": "format version", "folder": "folder", "missing": "not found",
                 "bad_config": "norm", "bad_weights": "do not match"}[kind]
     assert expected in msg
+    assert "\x1b[" not in msg  # no terminal colour codes from torch's own text
+    if kind == "truncated":
+        assert "copy or download it again" in msg  # what to do, not only what is wrong
 
 
 def test_every_output_rule_a_checkpoint_may_record_is_an_output_preset_and_a_cli_choice():

@@ -121,6 +121,9 @@ def test_cgcseg_ensemble_writes_a_new_file_and_never_replaces_an_input(tmp_path,
     odd = _member(tmp_path, 3, "odd.pt", crop=(24, 24, 16))
     assert main(["ensemble", str(a), str(odd), "--output", str(tmp_path / "x.pt")]) == 2
     assert "different crops" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    # The same file twice (also through another path to it) is one network, not an ensemble.
+    assert main(["ensemble", str(a), str(tmp_path / "." / a.name), "--output", str(tmp_path / "y.pt")]) == 2
+    assert "given twice" in capsys.readouterr().err and not (tmp_path / "y.pt").exists()
 
 
 def test_fine_tuning_from_an_ensemble_starts_from_its_first_network(tmp_path, capsys):

@@ -93,3 +93,23 @@ def test_empty_reference_gives_undefined_sensitivity_and_distances(cohort, capsy
     assert row["sensitivity"] is None and row["hd95_mm"] is None and row["precision"] == 0.0
     rc = main(["evaluate", "--prediction", str(preds / "X_10.nii.gz"), "--reference", str(cases / "X_10" / "X_10_seg.nii.gz")])
     assert rc == 0 and "HD95 0.00 mm" in capsys.readouterr().out
+
+
+def test_an_input_image_is_refused_as_the_reference_and_absent_labels_are_named(cohort, capsys):
+    """The FLAIR given as --reference would make every brain voxel "lesion": refused, as for --prediction
+    (and for `cgcseg demo --reference`). A --labels value the reference does not hold is said, not scored silently."""
+    tmp, cases, preds = cohort
+    flair = np.random.default_rng(0).normal(300, 80, G.shape_zyx).astype(np.float32)
+    write_image(tmp / "flair.nii.gz", flair, G)
+    rc = main(["evaluate", "--prediction", str(preds / "X_10.nii.gz"), "--reference", str(tmp / "flair.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a labelmap" in err and "flair.nii.gz" in err
+    ref = cases / "X_10" / "X_10_seg.nii.gz"
+    assert main(["evaluate", "--prediction", str(preds / "X_10.nii.gz"), "--reference", str(ref), "--labels", "7"]) == 0
+    err = capsys.readouterr().err
+    assert "--labels 7 does not occur in X_10_seg.nii.gz (its labels: 0 1)" in err
+    assert main(["evaluate", "--prediction", str(preds / "X_10.nii.gz"), "--reference", str(ref), "--labels", "1"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    rc = main(["demo", "--input", f"flair={tmp / 'flair.nii.gz'}", "--reference", str(tmp / "flair.nii.gz"),
+               "--output-dir", str(tmp / "demo")])
+    assert rc == 2 and "not a labelmap" in capsys.readouterr().err

@@ -43,3 +43,17 @@ def test_4d_input_errors_point_to_split4d(tmp_path, capsys):
     assert main(["gmm", "--input", str(tmp_path / "case.nii.gz"), "--output", str(tmp_path / "p.nii.gz")]) == 2
     err = capsys.readouterr().err
     assert "4 dimensions" in err and "cgcseg split4d" in err
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_truncated_4d_file_is_refused_not_split_into_zeros(tmp_path, capsys, suffix):
+    """SimpleITK reads a truncated 4-D NIfTI without a word and fills the rest with zeros: refused instead."""
+    import gzip
+    _four_d(tmp_path / "case.nii.gz")
+    data = gzip.decompress((tmp_path / "case.nii.gz").read_bytes())
+    half = data[: len(data) // 2]
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(gzip.compress(half)[:-8] if suffix == ".nii.gz" else half)
+    assert main(["split4d", str(bad), "--names", "flair", "t1", "t1ce", "t2", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "truncated" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -162,6 +162,8 @@ def _given_case(args, progress) -> dict[str, Any]:
     if args.reference:
         r = read_image(args.reference, dtype=None)
         check_same_grid(geometry, r.geometry, ref_name, "--reference")
+        from .evaluate import check_reference_values
+        check_reference_values(r.array_zyx, f"--reference {Path(args.reference).name}")
         reference = r.array_zyx > 0
     names = [n for n, _ in specs]
     return {"channels": [i.array_zyx for i in images], "names": names, "geometry": geometry, "mask": mask,

@@ -33,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
     inputs = [Path(m) for m in args.models]
     if len(inputs) < 2:
         raise ValueError("give two or more model files to combine")
+    seen: dict[Path, Path] = {}
+    for m in inputs:  # the same network twice is not an ensemble (its average is the network itself)
+        key = m.resolve()
+        if key in seen:
+            raise ValueError(f"{m} is given twice (also as {seen[key]}); an ensemble combines different models, "
+                             "e.g. the same recipe trained with different --seed")
+        seen[key] = m
     if any(out.resolve() == m.resolve() for m in inputs if m.exists()):
         raise ValueError(f"--output {out} is one of the input models; write the ensemble to a new file")
     if out.exists() and not args.overwrite:

@@ -56,6 +56,19 @@ def check_prediction_values(array, name: str) -> None:
                      "mask written by `cgcseg segment`/`cgcseg gmm`, not an input image")
 
 
+def check_reference_values(array, name: str) -> None:
+    """Refuse a reference that is not a labelmap (non-negative integers, at most :data:`MAX_LABELS` values) —
+    e.g. the FLAIR given as --reference, whose every brain voxel would count as lesion."""
+    import numpy as np
+    a = np.asarray(array)
+    values = np.unique(a) if a.size else a
+    if values.size and (values.min() < 0 or not np.all(np.mod(values, 1) == 0) or values.size > MAX_LABELS):
+        raise ValueError(f"{name} is not a labelmap: its values run from {float(values.min()):g} to "
+                         f"{float(values.max()):g} with {values.size} distinct values (a reference holds a few "
+                         "non-negative integer labels, 0 = background). Give the expert segmentation (e.g. "
+                         "<case>_seg.nii.gz), not an input image")
+
+
 def _score(pred_path: Path, ref_path: Path, labels, threshold: float) -> dict:
     from ..image_io import check_same_grid, read_image
     from ..metrics import all_metrics
@@ -63,6 +76,14 @@ def _score(pred_path: Path, ref_path: Path, labels, threshold: float) -> dict:
     ref = read_image(ref_path, dtype=None)
     check_same_grid(ref.geometry, pred.geometry, "reference", "prediction")
     check_prediction_values(pred.array_zyx, f"the prediction {pred_path.name}")
+    check_reference_values(ref.array_zyx, f"the reference {ref_path.name}")
+    if labels:
+        import numpy as np
+        absent = [int(v) for v in labels if not np.any(ref.array_zyx == v)]
+        if absent:  # a typo (--labels 7) would otherwise score against an empty reference without a word
+            print(f"warning: --labels {' '.join(map(str, absent))} {'does' if len(absent) == 1 else 'do'} not occur in "
+                  f"{ref_path.name} (its labels: {' '.join(str(int(v)) for v in np.unique(ref.array_zyx))})",
+                  file=sys.stderr)
     p = pred.array_zyx >= threshold
     r = _foreground(ref.array_zyx, labels)
     spacing_zyx = tuple(reversed(pred.geometry.spacing))

@@ -166,12 +166,14 @@ def _reporter(args, description):
 
 
 def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, probability_output, gmm_output,
-                   extra=None):
+                   extra=None, adapted_model: Path | None = None):
     """Write every output only after all computing succeeded: all files (images and sidecars) are
     written under temporary names and verified (images read back) first, then renamed into place with
     the mask last (in cohort mode it marks a finished case). A full disk or any other write error
     leaves no file under a final name and keeps the files that were there.
-    ``config`` / ``rule``: the InferenceConfig and output rule the result was made with."""
+    ``config`` / ``rule``: the InferenceConfig and output rule the result was made with.
+    ``adapted_model``: where ``--adapt``'s model (``result.model_path``, in its temporary folder) is kept;
+    staged with the other files, so a failed write keeps an earlier file of that name too."""
     from ..image_io import StagedWrites
     from ..sidecar import sidecar_path, sidecar_text
     from ..config import config_to_dict
@@ -180,9 +182,11 @@ def _write_outputs(result, geometry, inputs, config, rule: str, output: Path, pr
                   elapsed_s=result.elapsed_s, inference=config_to_dict(config), postprocess=rule,
                   channels=result.channels, timings=result.timings,
                   window_xyz=list(result.window_xyz) if result.window_xyz else None,
-                  removed_lesions=result.removed_lesions, **(extra or {}))
+                  removed_lesions=result.removed_lesions, model_recorded_as=adapted_model, **(extra or {}))
     written = []
     with StagedWrites() as staged:
+        if adapted_model is not None:
+            staged.file(adapted_model, result.model_path)
         if probability_output:
             staged.image(probability_output, result.probability, geometry)
             staged.text(sidecar_path(probability_output), sidecar_text(probability_output, kind="probability",
@@ -285,11 +289,17 @@ def _segment_one(args) -> int:
         if v:
             probes[k], probes[f"sidecar of {k}"] = v, sidecar_path(v)
     if args.adapt:
-        probes["adapted model"] = f"{args.output}.adapted.pt"
+        adapted = f"{args.output}.adapted.pt"
+        if args.model and Path(args.model).exists() and Path(adapted).exists() and os.path.samefile(args.model, adapted):
+            raise ValueError(f"--adapt keeps its model as {adapted}, which is --model here: it would replace the model "
+                             "it starts from. Choose another --output (or copy the model and give the copy)")
+        check_output_paths({"the adapted model (--output + .adapted.pt)": adapted},
+                           [p for _, p in pairs] + [args.mask, args.model], formats=None)
+        probes["adapted model"] = adapted
     probe_writable(probes)
     channels, geometry, names, mask = _read_case(pairs, args.mask)
     model_path = args.model
-    if model_path and not Path(model_path).is_file():
+    if model_path and not Path(model_path).exists():  # a folder is named as such by the checkpoint reader
         raise FileNotFoundError(f"--model file not found: {model_path}")
     extra = {"channel_check": _channel_check(args, channels, names, [p for _, p in pairs], mask).to_dict()}
     adapt_dir = None
@@ -325,25 +335,22 @@ def _segment_one(args) -> int:
         raise
     finally:
         reporter.close()
-    if adapt_dir is not None:
-        # Keep the adapted model beside the output (the sidecar's model hash refers to it).
-        import shutil
-        kept = Path(str(args.output) + ".adapted.pt")
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(model_path), kept)
-        shutil.rmtree(adapt_dir, ignore_errors=True)
-        result.model_path = kept
-        print(f"adapted model kept as {kept} (reuse it with --model {kept})", file=sys.stderr)
     inputs = {n or f"input{i + 1}": str(p) for i, (n, p) in enumerate(pairs)}
     extra["full_paths"] = bool(getattr(args, "record_full_paths", False))
+    # The adapted model is kept beside the output (the sidecar's model hash refers to it), written with the
+    # other outputs: a failed write replaces nothing, an earlier .adapted.pt included.
+    kept = Path(str(args.output) + ".adapted.pt") if adapt_dir is not None else None
     try:
         written = _write_outputs(result, geometry, inputs, config, resolve_postprocess(args), Path(args.output),
-                                 args.probability_output,
-                                 args.gmm_output, extra)
-    except BaseException:
-        if adapt_dir is not None:  # a failed run leaves no file under a final name
-            Path(result.model_path).unlink(missing_ok=True)
-        raise
+                                 args.probability_output, args.gmm_output, extra, adapted_model=kept)
+    finally:
+        if adapt_dir is not None:
+            import shutil
+            shutil.rmtree(adapt_dir, ignore_errors=True)
+    if kept is not None:
+        result.model_path = kept
+        written.append(kept)
+        print(f"adapted model kept as {kept} (reuse it with --model {kept} and another --output)", file=sys.stderr)
     _warn_removed(result, args.progress)
     voxel_ml = float(geometry.spacing[0] * geometry.spacing[1] * geometry.spacing[2]) / 1000.0
     from ..postprocess import removed_summary
@@ -519,6 +526,19 @@ def case_state(out_dir: Path, case: str, model_sha256: str, settings: dict) -> t
     return "done", ""
 
 
+def _check_cohort_inputs(cases, modalities, given: bool) -> None:
+    """Refuse up front a modality that no case has (each case would fail alike), naming what to give."""
+    if not cases:
+        return
+    for k, modality in enumerate(modalities):
+        if not any(Path(pairs[k][1]).exists() for _, pairs, _ in cases):
+            example = Path(cases[0][1][k][1]).name
+            have = [m for j, m in enumerate(modalities) if any(Path(pairs[j][1]).exists() for _, pairs, _ in cases)]
+            hint = (f"; the cases have {' '.join(have)}: give --modalities {' '.join(have)} (the shipped model for "
+                    "those channels is used)" if have and not given else "")
+            raise ValueError(f"no case has a {modality} image (e.g. {example} is missing){hint}")
+
+
 def _segment_cohort(args) -> int:
     import torch
     from ..checkpoint import load_checkpoint
@@ -543,10 +563,17 @@ def _segment_cohort(args) -> int:
     model_path = Path(args.model) if args.model else default_model_path(args.modalities or ["flair", "t1", "t1ce", "t2"])
     model, info = load_checkpoint(model_path, device=str(device))
     model_sha256 = file_sha256(model_path)
-    modalities = args.modalities or list(info.channels)
+    modalities = [m.lower() for m in args.modalities] if args.modalities else list(info.channels)
+    if sorted(modalities) != sorted(str(c).lower() for c in info.channels):  # else every case fails alike
+        raise ValueError(f"--modalities {' '.join(modalities)} do not match the model's channels "
+                         f"{' '.join(info.channels)} ({model_path.name}); give --modalities {' '.join(info.channels)}, "
+                         "or a --model trained on your channels (without --model: the shipped one for them)")
     out_dir = Path(args.output_dir)
     all_cases = list_cases(Path(args.cases), modalities)
     check_cohort_outputs(all_cases, out_dir)
+    _check_cohort_inputs(all_cases, modalities, given=bool(args.modalities))
+    from ..output_probe import probe_writable
+    probe_writable({"--output-dir": out_dir / "case.nii.gz"})  # once, not once per case
     cases = all_cases[rank::world]
     settings = cohort_settings(cfg, rule, info.channels)
     states = {case: case_state(out_dir, case, model_sha256, settings) for case, _, _ in cases}

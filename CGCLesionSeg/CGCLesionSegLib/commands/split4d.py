@@ -38,7 +38,7 @@ def _stem(path: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from ..image_io import Geometry, ImageIOError, check_output_paths, write_image
+    from ..image_io import Geometry, ImageIOError, check_nifti_complete, check_output_paths, write_image
     from ..inputs import parse_input_specs
     from ..sidecar import write_sidecar
 
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"not found: {src}")
     names = [n.lower() for n in args.names]
     parse_input_specs([f"{n}=x" for n in names])  # same name rules as --input; duplicates refused
+    check_nifti_complete(src)  # SimpleITK fills a truncated file's missing voxels with 0 without a word
     try:
         img = sitk.ReadImage(str(src))
     except RuntimeError as exc:
