@@ -7,7 +7,7 @@ learned to mark one lesion per case scores as well as one that marks every lesio
 (metastases, multifocal gliomas). This probe adds a second, smaller lesion to each held-out case and asks whether
 the network alone (the paper's output, ``--postprocess none``) still marks it, after round 1 and after round 2.
 
-Declared 2026-12-05 03:30 (docs/protocols/README.md ``multi-lesion-v1``), committed with this file before its first
+Declared 2026-12-05 03:20 (docs/protocols/README.md ``multi-lesion-v1``), committed with this file before its first
 run; no number of it existed. Nothing ships from it.
 
 - **Models**: cgc-v36's `ablation` fold models, FLAIR set, seeds 3600/3601 (the only fold models of the shipped
