@@ -39,7 +39,15 @@ PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radi
 #: (0.5·CGC + 0.5·P_rec, P_rec the map ``cgcseg gmm`` thresholds by default; 2-D hole filling, opening 3 mm,
 #: the largest lesion) at :data:`DEFAULT_OUTPUT_THRESHOLD` (protocol cgc-v24): the round learns what the whole
 #: pipeline outputs. Single-lesion MRI cohorts only (it keeps one lesion per case; P_rec is an MRI preset).
-PSEUDO_VOLUMES = ("fixed", "keep-p", "default-output")
+#: ``default-output-all``: the same map and threshold as ``default-output`` but every lesion is kept that holds a
+#: voxel where the fused map is >= :data:`CORE` (hysteresis at the shipped rule's two levels, 0.3 and 0.5; no
+#: keep-largest, no new parameter): the round learns the pipeline's output without learning "one lesion per case"
+#: (protocol multi-lesion-v1 found the shipped round-2 network marks a pasted second lesion at 0.19 against round
+#: 1's 0.74; protocol cgc-v38 tests this rule).
+PSEUDO_VOLUMES = ("fixed", "keep-p", "default-output", "default-output-all")
+#: The fused map's level a ``default-output-all`` lesion must reach somewhere (the rules' standard 0.5, as
+#: ``lesion_choice="core"`` / ``"seed"`` read it).
+CORE = 0.5
 KEEP_P_FLOOR = 0.3
 #: The ``default-output`` targets' threshold: the default-output threshold the shipped models were trained with,
 #: which every fold of cgc-v18's confirmation chose on its own training cases (docs/protocols/README.md). The
@@ -51,13 +59,17 @@ DEFAULT_OUTPUT_THRESHOLD = 0.3
 #: an inference rule; on the unshifted held-out cases ``size``, ``core`` and ``seed`` chose the same lesion in every
 #: case and seed measured).
 DEFAULT_OUTPUT_RULE = {"preset": "single-lesion-recommended", "threshold": DEFAULT_OUTPUT_THRESHOLD, "lesion_choice": "size"}
+#: The ``default-output-all`` targets' rule (also what self_train.json records).
+DEFAULT_OUTPUT_ALL_RULE = {"preset": "single-lesion-recommended", "threshold": DEFAULT_OUTPUT_THRESHOLD,
+                           "keep_largest": 0, "core": CORE}
 #: ``--pseudo-rule``'s help, for ``python -m CGCTraining`` and ``python -m CGCTraining.self_train`` alike.
 PSEUDO_RULE_HELP = ("how the targets are made. fixed: 0.5*CGC + 0.5*P at 0.5 (the shipped recipe); keep-p: the same "
                     f"per case at the largest threshold <= 0.5 (not below {KEEP_P_FLOOR}) whose target keeps the model's "
                     "P >= 0.5 volume (protocol cgc-v22); default-output: the shipped default output "
                     f"(single-lesion-recommended at {DEFAULT_OUTPUT_THRESHOLD}: fused with cgcseg gmm's map, holes filled, "
-                    "opened, the largest lesion only; single-lesion MRI cohorts; protocol cgc-v24). Recorded in the "
-                    "targets' targets.json")
+                    "opened, the largest lesion only; single-lesion MRI cohorts; protocol cgc-v24); default-output-all: "
+                    "the same map and threshold, keeping every lesion that reaches 0.5 somewhere (protocol cgc-v38, "
+                    "under test). Recorded in the targets' targets.json")
 #: Per-case record of the thresholds and volumes, written beside the targets.
 TARGET_RECORD = "targets.json"
 #: Sub-folder of RUN_DIR for round k + 1, and the record of the rounds.
@@ -77,7 +89,26 @@ def target_rule_text(volume: str) -> str:
     if volume == "default-output":
         return (f"the shipped default output (`--pseudo-rule default-output`: 0.5·CGC + 0.5·P_rec at {DEFAULT_OUTPUT_THRESHOLD}, "
                 "P_rec the map `cgcseg gmm` thresholds by default; 2-D hole filling, opening 3 mm, the largest lesion only)")
+    if volume == "default-output-all":
+        return (f"the shipped default output's map and threshold keeping every lesion (`--pseudo-rule default-output-all`: "
+                f"0.5·CGC + 0.5·P_rec at {DEFAULT_OUTPUT_THRESHOLD}, 2-D hole filling, every connected lesion that "
+                f"reaches {CORE} somewhere)")
     raise ValueError(f"pseudo-label rule must be one of {', '.join(PSEUDO_VOLUMES)}, got {volume!r}")
+
+
+def keep_cored_components(mask_zyx, fused_zyx, core: float = CORE):
+    """``mask_zyx`` (``(Z, Y, X)``) without the connected components (26-connectivity) that nowhere reach ``core``
+    in ``fused_zyx``: hysteresis thresholding, the low level being the mask's own threshold. bool."""
+    import numpy as np
+    from scipy import ndimage
+    mask = np.asarray(mask_zyx, bool)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return mask
+    reached = np.zeros(n + 1, bool)
+    reached[np.unique(labels[mask & (np.asarray(fused_zyx) >= core)])] = True
+    reached[0] = False
+    return reached[labels]
 
 
 def round_dir(run_dir: str | os.PathLike, k: int) -> Path:
@@ -132,10 +163,16 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
     if stored and stored != modalities:
         raise ValueError(f"{model_path} was trained on {' '.join(stored)}, not {' '.join(modalities)}: give the "
                          "modalities of the model whose targets these are")
-    config = (InferenceConfig(device=device, **{**output_preset(DEFAULT_OUTPUT_RULE["preset"]),
-                                                "threshold": DEFAULT_OUTPUT_RULE["threshold"],
-                                                "lesion_choice": DEFAULT_OUTPUT_RULE["lesion_choice"]})
-              if volume == "default-output" else InferenceConfig(device=device, **PSEUDO_RULE))
+    if volume == "default-output":
+        config = InferenceConfig(device=device, **{**output_preset(DEFAULT_OUTPUT_RULE["preset"]),
+                                                   "threshold": DEFAULT_OUTPUT_RULE["threshold"],
+                                                   "lesion_choice": DEFAULT_OUTPUT_RULE["lesion_choice"]})
+    elif volume == "default-output-all":
+        config = InferenceConfig(device=device, **{**output_preset(DEFAULT_OUTPUT_ALL_RULE["preset"]),
+                                                   "threshold": DEFAULT_OUTPUT_ALL_RULE["threshold"], "keep_largest": 0,
+                                                   "opening_radius": 0, "lesion_choice": "size"})  # both only rank
+    else:
+        config = InferenceConfig(device=device, **PSEUDO_RULE)
     has_mask = any(c.mask for c in cases)
     record_path = out / TARGET_RECORD
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
@@ -156,6 +193,8 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
             res = segment_case([im.array_zyx for im in imgs], imgs[0].geometry, modalities, model_path,
                                mask_zyx=mask, config=config, model=net, info=info)
             threshold, target_mask = config.threshold, res.mask
+            if volume == "default-output-all":  # res.probability is the fused map the mask thresholds
+                target_mask = keep_cored_components(res.mask, res.probability)
             if volume == "keep-p":
                 threshold = volume_keeping_threshold(res.probability, res.gmm_probability, res.brain_mask)
                 if threshold != config.threshold:
@@ -164,7 +203,7 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
             write_image(target, target_mask.astype("float32"), imgs[0].geometry)
             record["cases"][case.name] = {
                 "threshold": threshold, "voxels": int(target_mask.sum()),
-                **({} if volume == "default-output" else {"voxels_at_0.5": int(res.mask.sum())}),
+                **({} if volume.startswith("default-output") else {"voxels_at_0.5": int(res.mask.sum())}),
                 "p_voxels": int(((res.gmm_probability >= 0.5) & res.brain_mask).sum())}
             with atomic_write(record_path) as fh:
                 json.dump(record, fh, indent=1)
@@ -227,7 +266,8 @@ def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalit
         with atomic_write(record_path) as fh:
             json.dump({"rounds": rounds, "finished_rounds": k if done else k - 1,
                        "final_model": str(Path(ROUND_DIR.format(k=k)) / "last.pt") if done and k == rounds else None,
-                       "pseudo_rule": DEFAULT_OUTPUT_RULE if volume == "default-output" else PSEUDO_RULE,
+                       "pseudo_rule": {"default-output": DEFAULT_OUTPUT_RULE,
+                                       "default-output-all": DEFAULT_OUTPUT_ALL_RULE}.get(volume, PSEUDO_RULE),
                        "pseudo_volume": volume}, fh, indent=1)
             fh.write("\n")
         if not done:

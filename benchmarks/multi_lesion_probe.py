@@ -169,8 +169,9 @@ def summarise(rows: list[dict], variants: list[str], resamples: int = 10000) -> 
     return out
 
 
-def report(summary: dict, skipped: list[str], n_models: int) -> str:
-    lines = ["### Multi-lesion probe `multi-lesion-v1` (cgc-v36 FLAIR fold models)", "",
+def report(summary: dict, skipped: list[str], n_models: int, name: str = "multi-lesion-v1",
+           models: str = "cgc-v36 flair fold models") -> str:
+    lines = [f"### Multi-lesion probe `{name}` ({models})", "",
              f"{len(summary['cases'])} held-out cases with a pasted second lesion ({', '.join(summary['cases'])}); "
              f"skipped (no place): {', '.join(skipped) or 'none'}; {n_models} models, seeds averaged per case. "
              "Declared in benchmarks/multi_lesion_probe.py.", "",
@@ -197,6 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--name", default="multi-lesion-v1", help="results file and section name (a later protocol's "
+                                                               "reading, e.g. multi-lesion-cgc-v38)")
     args = ap.parse_args(argv)
     proto = base.load_protocol(args.protocol)
     work = ROOT / "runs" / f"protocol-{proto['name']}" / args.stage
@@ -224,14 +227,14 @@ def main(argv=None) -> int:
                                                     for c in COLUMNS), file=sys.stderr)
         case._images.clear()
     summary = summarise(rows, args.variants)
-    text = report(summary, skipped, len(models))
+    text = report(summary, skipped, len(models), args.name, f"{proto['name']} {args.modalities[0] if len(args.modalities) == 1 else 'four-channel'} fold models")
     print(text)
     if not args.no_write:
         from _report import write_section
         results_dir.mkdir(parents=True, exist_ok=True)
-        (results_dir / "multi-lesion-v1.json").write_text(json.dumps({"summary": summary, "skipped": skipped,
+        (results_dir / f"{args.name}.json").write_text(json.dumps({"summary": summary, "skipped": skipped,
                                                                        "rows": rows}, indent=1))
-        write_section("multi-lesion-v1", text)
+        write_section(args.name, text)
     return 0
 
 

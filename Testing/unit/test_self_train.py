@@ -377,3 +377,56 @@ def test_each_pseudo_rule_has_its_own_card_text():
     assert len(set(texts.values())) == len(texts)
     with pytest.raises(ValueError, match="one of fixed, keep-p, default-output"):
         target_rule_text("bigger")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_keep_cored_components_against_a_flood_fill(seed):
+    """`default-output-all` keeps exactly the 26-connected components that reach the core level somewhere."""
+    from flood_fill import flood_components
+    from CGCTraining.self_train import keep_cored_components
+    rng = np.random.default_rng(seed)
+    fused = np.zeros((12, 14, 16), np.float32)
+    for k in range(10):  # boxes (some touching) of one level each, half of them below the core
+        z, y, x = rng.integers(0, 10), rng.integers(0, 12), rng.integers(0, 14)
+        fused[z:z + rng.integers(1, 3), y:y + rng.integers(1, 3), x:x + rng.integers(1, 3)] = 0.4 + 0.5 * (k % 2) + 0.05 * rng.random()
+    mask = fused >= 0.35
+    kept = keep_cored_components(mask, fused, core=0.8)
+    expected = np.zeros_like(mask)
+    for comp in flood_components(mask):
+        if any(fused[v] >= 0.8 for v in comp):
+            for v in comp:
+                expected[v] = True
+    np.testing.assert_array_equal(kept, expected)
+    assert 0 < kept.sum() < mask.sum()
+    assert not keep_cored_components(np.zeros_like(mask), fused).any()
+
+
+def test_default_output_all_targets_keep_every_cored_lesion(two_rounds, tmp_path):
+    """`--pseudo-rule default-output-all` (cgc-v38): the same fused map and threshold as `default-output`, computed by
+    hand with segment_case without keep-largest, every component that reaches 0.5 kept; it contains the
+    `default-output` target (that lesion is one of them)."""
+    import subprocess
+    import sys
+    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
+    from CGCTraining.self_train import keep_cored_components
+    from test_training_synth import REPO
+    cases, run, r = two_rounds
+    assert r.returncode == 0, r.stderr
+    cmd = [sys.executable, "-m", "CGCTraining.self_train", "--model", str(run / "last.pt"), "--cases", str(cases),
+           "--device", "cpu"]
+    for rule in ("default-output-all", "default-output"):
+        out = subprocess.run(cmd + ["--output-dir", str(tmp_path / rule), "--pseudo-rule", rule],
+                             capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
+        assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "default-output-all" / "targets.json").read_text())
+    assert record["volume"] == "default-output-all"
+    cfg = InferenceConfig(device="cpu", **{**output_preset("single-lesion-recommended"), "threshold": 0.3,
+                                           "keep_largest": 0, "opening_radius": 0,
+                                           "lesion_choice": "size"})
+    for name, rec in record["cases"].items():
+        imgs = [read_image(cases / name / f"{name}_{m}.nii.gz") for m in MODS]
+        res = segment_case([i.array_zyx for i in imgs], imgs[0].geometry, list(MODS), run / "last.pt", config=cfg)
+        target = read_image(tmp_path / "default-output-all" / f"{name}.nii.gz").array_zyx > 0
+        np.testing.assert_array_equal(target, keep_cored_components(res.mask, res.probability))
+        one = read_image(tmp_path / "default-output" / f"{name}.nii.gz").array_zyx > 0
+        assert rec["voxels"] == int(target.sum()) and not (one & ~target).any()
