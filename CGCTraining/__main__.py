@@ -19,7 +19,8 @@ if __package__ in (None, ""):
 import argparse
 import json
 import os
-from typing import Optional, Sequence
+import time
+from typing import Callable, Optional, Sequence
 
 EPILOG = """examples:
   python -m CGCTraining --cases /data/brats --output-dir runs/full --epochs 400
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int, help="optimisation steps instead of epochs")
     g.add_argument("--max-minutes", type=float, help="wall-clock budget; then checkpoint and stop cleanly")
     g.add_argument("--stop-file", metavar="PATH", help="stop cleanly (checkpoint, then exit 0) once this file exists; "
-                   "checked after every step (the Slicer module's Cancel writes it)")
+                   "checked after every step (the Slicer module's Cancel writes it); a file already there when the "
+                   "command starts is refused (left by an earlier cancel)")
     g.add_argument("--resume", action="store_true",
                    help=f"continue RUN_DIR/last.pt with the settings stored in RUN_DIR/{ARGS_FILE} (--output-dir alone "
                         "is enough); a setting given again must match, except --epochs/--steps/--max-minutes/"
@@ -314,6 +316,12 @@ def apply_stored_args(parser: argparse.ArgumentParser, argv: Sequence[str], args
     except ValueError as exc:
         raise ValueError(f"--resume: {stored_path} is not valid JSON ({exc}); give the arguments again") from None
     given = _given(parser, argv)
+    if "cases" in given and stored.get("cases") and not _same_path(args.cases, stored["cases"]):
+        # The checkpoint cannot tell (its P cache and case names come from the cases), and args.json would
+        # be rewritten with the new cohort: the run's record of what it was trained on would be lost.
+        raise ValueError(f"--resume: this run was trained on --cases {stored['cases']} ({stored_path}), not "
+                         f"{args.cases}. Resume without --cases (or with the same one), or train on other cases "
+                         "in a new --output-dir (--init-from RUN_DIR/last.pt starts from this run's model)")
     merged = vars(args).copy()
     known = set(merged)
     for key, value in stored.items():
@@ -323,6 +331,11 @@ def apply_stored_args(parser: argparse.ArgumentParser, argv: Sequence[str], args
         for key in {"epochs", "steps"} - given:
             merged[key] = None
     return argparse.Namespace(**merged)
+
+
+def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (relative ones against the working folder, links followed)."""
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def apply_recipe(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> argparse.Namespace:
@@ -351,7 +364,7 @@ def _store_args(args: argparse.Namespace) -> None:
         return  # train() refuses to start over an existing run; leave its record alone
     from CGCLesionSegLib.image_io import atomic_write
     record = {k: v for k, v in vars(args).items() if k not in _PER_CALL}
-    if record.get("cases") and not args.resume:
+    if record.get("cases"):  # absolute, so a --resume from another folder compares and finds it
         record["cases"] = str(Path(record["cases"]).resolve())
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / ARGS_FILE) as fh:
@@ -360,13 +373,18 @@ def _store_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    started = time.time()  # before torch is imported (seconds): the stop-file check compares with it
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--":  # Slicer --python-script file.py -- ARGS
         argv = argv[1:]
-    parser = build_parser()
-    args = apply_recipe(parser, argv, parser.parse_args(argv))
-    from CGCLesionSegLib.image_io import GeometryMismatchError, ImageIOError
-    from CGCLesionSegLib.progress import Cancelled
+    try:
+        parser = build_parser()  # imports torch: the slow part of a start, where a Ctrl-C most often lands
+        args = apply_recipe(parser, argv, parser.parse_args(argv))
+        from CGCLesionSegLib.image_io import GeometryMismatchError, ImageIOError
+        from CGCLesionSegLib.progress import Cancelled
+    except KeyboardInterrupt as exc:
+        print(f"{_prog()}: {_interrupted_message(exc, None)}", file=sys.stderr)
+        return 130
     prog = parser.prog
     lock = None
     try:
@@ -389,6 +407,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "--cases TARGETS/cases.csv --init-from RUN_DIR/last.pt (same settings, another --output-dir)")
         train_cfg, net_cfg, gmm_cfg = configs_from_args(args)
         _check_run_folder_outside_cases(args.output_dir, args.cases)
+        _check_output_dir(args.output_dir)
+        should_stop = _stop_file_check(args.stop_file, started)
         cases = discover_cases(args.cases, train_cfg.modalities)
         if int(os.environ.get("RANK", "0")) == 0:  # before anything is written there (train() takes it again)
             from CGCTraining.run_lock import acquire_run_lock
@@ -399,23 +419,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=args.resume,
                        device=args.device, progress=args.progress, record_samples=args.record_samples,
                        init_checkpoint=args.init_from, progress_stage=(0, rounds + 1) if rounds else None,
-                       overgrowth_ratio=args.overgrowth_ratio,
-                       should_stop=(lambda: Path(args.stop_file).exists()) if args.stop_file else None)
-        if args.resume:  # the checkpoint accepted these settings: the next --resume starts from them
+                       overgrowth_ratio=args.overgrowth_ratio, should_stop=should_stop)
+        # The checkpoint accepted these settings: the next --resume starts from them. Not when it is past the
+        # length asked for (nothing was trained): the record keeps the run's real length.
+        if args.resume and result.step <= result.total_steps:
             _store_args(args)
         if rounds:
-            result = _self_train(args, rounds, cases, train_cfg, net_cfg, gmm_cfg, result, prog)
+            result = _self_train(args, rounds, cases, train_cfg, net_cfg, gmm_cfg, result, prog, should_stop)
     except (ValueError, ImageIOError, GeometryMismatchError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt) as exc:
-        print(f"{prog}: {exc or 'interrupted'}", file=sys.stderr)
+        # str() of a bare KeyboardInterrupt is '': always say what happened and where the run stands.
+        print(f"{prog}: {_interrupted_message(exc, args.output_dir)}", file=sys.stderr)
         return 130
     except OSError as exc:  # a full disk or a file-size limit while writing the cache, the log, ...
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        kept = ("the last checkpoint there is intact and --resume continues it"
+                if (Path(args.output_dir) / "last.pt").is_file() else "no checkpoint was written")
         print(f"{prog}: error: could not write in {args.output_dir}{where}: {exc.strerror or exc}. Check the free "
-              "space (and any file-size limit) of the folder; the last checkpoint there is intact and --resume "
-              "continues it", file=sys.stderr)
+              f"space (and any file-size limit) of the folder; {kept}", file=sys.stderr)
         return 2
     except MemoryError as exc:  # host RAM (numpy, the P cache)
         print(f"{prog}: error: out of memory ({exc or 'MemoryError'}). {_oom_advice(args)}", file=sys.stderr)
@@ -434,7 +457,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if result.step > 0 or result.total_steps == 0 else 1
 
 
-def _self_train(args, rounds: int, cases, train_cfg, net_cfg, gmm_cfg, first, prog: str):
+def _self_train(args, rounds: int, cases, train_cfg, net_cfg, gmm_cfg, first, prog: str,
+                should_stop: Optional[Callable[[], bool]] = None):
     """The ``--self-train-rounds`` after the first training (:mod:`CGCTraining.self_train`); returns the
     result that decides the exit code (the first training's if it stopped early, else the last round's)."""
     from CGCTraining import self_train
@@ -450,8 +474,7 @@ def _self_train(args, rounds: int, cases, train_cfg, net_cfg, gmm_cfg, first, pr
         return train(discover_cases(listing, train_cfg.modalities), train_cfg, net_cfg, run_dir, gmm_config=gmm_cfg,
                      spacing_xyz=tuple(args.spacing) if args.spacing else None, resume=resume, device=args.device,
                      progress=args.progress, init_checkpoint=init_from, progress_stage=(k, rounds + 1),
-                     overgrowth_ratio=args.overgrowth_ratio,
-                     should_stop=(lambda: Path(args.stop_file).exists()) if args.stop_file else None)
+                     overgrowth_ratio=args.overgrowth_ratio, should_stop=should_stop)
 
     quiet = args.progress == "none"
     result = self_train.run_rounds(rounds, args.output_dir, cases, train_cfg.modalities, train_round,
@@ -461,6 +484,76 @@ def _self_train(args, rounds: int, cases, train_cfg, net_cfg, gmm_cfg, first, pr
     if self_train.finished(result) and not quiet:
         print(f"final model: {self_train.round_dir(args.output_dir, rounds) / 'last.pt'}", file=sys.stderr)
     return result
+
+
+def _check_output_dir(output_dir: str | os.PathLike) -> None:
+    """ValueError unless the run folder is (or can be made) a folder this process can write to, checked
+    before any work with a real write (``os.access`` says yes for root on a read-only mount). Creates
+    nothing that stays."""
+    import tempfile
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out} is a file, not a folder; give a folder for the run (a new one, or "
+                         "the folder of a run to --resume)")
+    probe = out.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--output-dir {out}: {probe} is a file, not a folder; choose a folder you can write to")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".cgc-write-test-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--output-dir {out}: the folder {probe} is not writable ({exc.strerror or exc}); choose a "
+                         "folder you can write to") from None
+
+
+#: A stop file written this long before the command started counts as left over from an earlier run.
+#: The margin covers a Cancel pressed while the interpreter was still starting (the Slicer module writes
+#: the file as soon as the child exists): that is a real request, and the run stops after one step.
+STALE_STOP_FILE_S = 1.0
+
+
+def _stop_file_check(stop_file: Optional[str], started: float) -> Optional[Callable[[], bool]]:
+    """``should_stop`` for ``--stop-file`` (it carries a ``description`` that the final message quotes).
+    ValueError when the file is already there from before this command: it would cut every new run to
+    one step without saying why."""
+    if not stop_file:
+        return None
+    path = Path(stop_file)
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        mtime = None
+    except OSError as exc:
+        raise ValueError(f"--stop-file {path}: cannot be checked ({exc.strerror or exc}); give a path in a folder "
+                         "this process can read") from None
+    if mtime is not None and mtime < started - STALE_STOP_FILE_S:
+        raise ValueError(f"--stop-file {path} exists already, probably left by an earlier cancel, and would stop this "
+                         "run after its first step; delete it or give another path")
+
+    def should_stop() -> bool:
+        return path.exists()
+
+    should_stop.description = f"the stop file {path} appeared"  # type: ignore[attr-defined]
+    return should_stop
+
+
+def _interrupted_message(exc: BaseException, output_dir: Optional[str]) -> str:
+    """One line for Ctrl-C / a cancel: what happened, where the last checkpoint is, what to do next."""
+    text = str(exc).strip() or "interrupted"
+    if not output_dir:
+        return f"{text}; nothing was written"
+    last = Path(output_dir) / "last.pt"
+    if not last.is_file():
+        return (f"{text}; no checkpoint was written yet in {output_dir}: run the same command again (without "
+                "--resume; the P maps already computed in its cache/ are reused)")
+    try:
+        from CGCLesionSegLib.checkpoint import read_checkpoint
+        held = f" holds step {int(read_checkpoint(last)['step'])}"
+    except Exception:  # the message must come out whatever the file holds
+        held = " is the last checkpoint"
+    return f"{text}; {last}{held}: continue with --output-dir {output_dir} --resume"
 
 
 def _check_run_folder_outside_cases(output_dir, cases) -> None:

@@ -164,17 +164,38 @@ def _init_from(model: torch.nn.Module, path: Path, net_config: NetConfig, channe
     """Start from another run's weights (fine-tuning, e.g. ``cgcseg segment --adapt``): same architecture
     and modalities required; the optimizer and the step count start fresh. A seed ensemble (``cgcseg
     ensemble``, e.g. either shipped model) starts from its first network: training continues one."""
+    _load_weights(model, _read_init_checkpoint(path, net_config, channels, dev), net_config, path)
+
+
+def _read_init_checkpoint(path: Path, net_config: NetConfig, channels: list, dev: torch.device) -> dict:
+    """The checkpoint ``--init-from`` starts from (an ensemble's first network), checked against this run:
+    ValueError naming what differs (the modalities first: they also change the network's input layer)."""
     from CGCLesionSegLib.checkpoint import first_member, network_states
     ckpt = read_checkpoint(path, map_location=dev)
     if ckpt.get("members"):
         print(f"{path} is a seed ensemble of {len(network_states(ckpt))} networks; fine-tuning starts from its first "
               "network (the result is one network)", file=sys.stderr)
         ckpt = first_member(ckpt)
-    if _json_roundtrip(ckpt["net_config"]) != _json_roundtrip(config_to_dict(net_config)):
-        raise ValueError(f"{path}: its network configuration differs from this run's; fine-tuning needs the same architecture")
+    theirs, ours = _json_roundtrip(ckpt["net_config"]), _json_roundtrip(config_to_dict(net_config))
+    # in_channels follows the modalities: named through them below, not as a bare number.
+    other = sorted(k for k in set(theirs) | set(ours) if k != "in_channels" and theirs.get(k) != ours.get(k))
+    arch = "; ".join(f"{k} {_words(theirs.get(k))} there, {_words(ours.get(k))} here" for k in other)
     if list(ckpt["channels"]) != list(channels):
-        raise ValueError(f"{path} was trained on {ckpt['channels']}, this run uses {channels}")
-    _load_weights(model, ckpt, net_config, path)
+        what = "; ".join(["input channels"] + ([arch] if arch else []))
+        same = " and the same network options (e.g. its --recipe)" if other else ""
+        raise ValueError(f"{path} was trained on {' '.join(ckpt['channels'])}, this run uses {' '.join(channels)}, so "
+                         f"its network configuration differs from this run's ({what}); give --modalities "
+                         f"{' '.join(ckpt['channels'])} (and those images in --cases){same}, or --init-from a "
+                         f"checkpoint trained on {' '.join(channels)}")
+    if theirs != ours:
+        raise ValueError(f"{path}: its network configuration differs from this run's ({arch}); fine-tuning needs "
+                         "the same architecture: give the same network options (e.g. its --recipe), or another checkpoint")
+    return ckpt
+
+
+def _words(value) -> str:
+    """A config value as it is written on the command line (lists as space-separated words)."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _load_weights(model: torch.nn.Module, ckpt: dict, net_config: NetConfig, path: Path, optimizer=None) -> None:
@@ -289,14 +310,16 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
           progress: str = "bar", record_samples: bool = False,
           should_stop: Optional[Callable[[], bool]] = None,
           init_checkpoint: Optional[str | os.PathLike] = None,
-          progress_stage: Optional[tuple[int, int]] = None, overgrowth_ratio: Optional[float] = None) -> TrainResult:
+          progress_stage: Optional[tuple[int, int]] = None, overgrowth_ratio: Optional[float] = None,
+          resume_hint: bool = True) -> TrainResult:
     """Train the CGC network on ``cases``; writes ``RUN_DIR/last.pt``, ``loss_log.csv``, ``run.json``
     and the cache ``RUN_DIR/cache``. See docs/TRAINING.md.
 
     ``progress_stage=(k, n)``: this training is round ``k`` (0-based) of ``n`` (``--self-train-rounds``):
     the reported fraction is ``(k + step / total) / n`` and messages start with ``round k+1/n``, so a
     progress bar fed by ``--progress json`` runs once over all rounds. ``overgrowth_ratio``: the bound of the
-    lesion check's ``overgrown`` flag (None: :data:`CGCTraining.sanity.OVERGROWTH_RATIO`)."""
+    lesion check's ``overgrown`` flag (None: :data:`CGCTraining.sanity.OVERGROWTH_RATIO`). ``resume_hint``
+    False: a stop's message does not offer ``--resume`` (a caller whose run folder is temporary, e.g. ``--adapt``)."""
     t_start = time.monotonic()
     info = dd.from_env()
     dev = pick_device(device, info.local_rank)
@@ -309,7 +332,7 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
         lock = _take_run_lock(Path(output_dir), info, dev)
         result = _train(cases, train_cfg, net_config, Path(output_dir), gmm_config, normalization, spacing_xyz,
                         resume, dev, progress, record_samples, should_stop, info, t_start, init_checkpoint,
-                        progress_stage, overgrowth_ratio)
+                        progress_stage, overgrowth_ratio, resume_hint)
         finished = True  # every rank is past _train's final barrier
         return result
     finally:
@@ -321,7 +344,8 @@ def train(cases: Sequence[CaseSpec], train_cfg: TrainConfig, net_config: NetConf
 def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_config, normalization,
            spacing_xyz, resume: bool, dev: torch.device, progress: str, record_samples: bool, should_stop,
            info: dd.DistInfo, t_start: float, init_checkpoint=None,
-           progress_stage: Optional[tuple[int, int]] = None, overgrowth_ratio: Optional[float] = None) -> TrainResult:
+           progress_stage: Optional[tuple[int, int]] = None, overgrowth_ratio: Optional[float] = None,
+           resume_hint: bool = True) -> TrainResult:
     if net_config.in_channels != len(train_cfg.modalities):
         raise ValueError(f"the network has {net_config.in_channels} input channel(s) but {len(train_cfg.modalities)} "
                          f"modalities were given ({' '.join(train_cfg.modalities)})")
@@ -346,6 +370,9 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
     channels = list(train_cfg.modalities)
     settings = preprocessing_settings(channels, gmm_config, normalization, spacing_xyz, orientation,
                                       train_cfg.target_sigma_mm)
+    # Checked before the P maps are computed (minutes on a cohort), so a wrong file fails at once.
+    init_ckpt = (_read_init_checkpoint(Path(init_checkpoint), net_config, channels, dev)
+                 if init_checkpoint is not None and not resume else None)
     json_mode = progress == "json"
     reporter = ProgressReporter(progress if info.is_main else "none", description="training")
     try:
@@ -356,8 +383,9 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
         model = CGCNet(net_config).to(dev)
         optimizer = torch.optim.Adam(param_groups(model, train_cfg.head_lr_scale, train_cfg.lr))
         start_step = 0
-        if init_checkpoint is not None and not resume:
-            _init_from(model, Path(init_checkpoint), net_config, channels, dev)
+        if init_ckpt is not None:
+            _load_weights(model, init_ckpt, net_config, Path(init_checkpoint))
+            del init_ckpt
         ema_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                      if train_cfg.ema > 0 else None)
         if resume:
@@ -425,7 +453,15 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
             if ema_state is not None:  # inference reads "model": give it the averaged weights
                 ckpt["train_model"] = ckpt["model"]
                 ckpt["model"] = {k: v.detach().cpu().clone() for k, v in ema_state.items()}
-            save_checkpoint_dict(last, ckpt)
+            try:
+                save_checkpoint_dict(last, ckpt)
+            except BaseException:
+                # A Ctrl-C inside torch.save surfaces as a write error ("unexpected pos"), which the core
+                # blames on the disk; the write is atomic, so the previous file is untouched.
+                if not stop_requested["interrupted"]:
+                    raise
+                before = "the previous checkpoint file is kept" if last.exists() else "no checkpoint was written"
+                raise KeyboardInterrupt(f"interrupted while writing the checkpoint of step {step}; {before}") from None
 
         if info.is_main:
             with atomic_write(out / "run.json") as fh:
@@ -436,11 +472,12 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
 
         # SIGTERM (and a first Ctrl-C) ask for a clean stop after the current step: checkpoint, then exit.
         # A second Ctrl-C interrupts at once.
-        stop_requested = {"flag": False}
+        stop_requested = {"flag": False, "interrupted": False}
         old_handlers = {}
 
         def request_stop(signum, frame):
             if signum == getattr(signal, "SIGINT", None) and stop_requested["flag"]:
+                stop_requested["interrupted"] = True  # lets checkpoint() tell an interrupt from a disk error
                 raise KeyboardInterrupt
             stop_requested["flag"] = True
             stop_requested["signum"] = signum
@@ -454,7 +491,7 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                 except ValueError:  # not the main thread: keep the defaults
                     pass
         budget_s = train_cfg.max_minutes * 60.0 if train_cfg.max_minutes else None
-        step, last_loss, stopped_early = start_step, None, False
+        step, last_loss, stopped_early, stop_reason = start_step, None, False, None
         model.train()
         t_loop = time.monotonic()
         try:
@@ -504,12 +541,17 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                     else:
                         reporter.update(step / total, f"{where}epoch {epoch} step {step}/{total} loss {last_loss:.4f}")
                 over = budget_s is not None and time.monotonic() - t_start >= budget_s
-                halt = over or stop_requested["flag"] or bool(should_stop and should_stop())
+                asked = bool(should_stop and should_stop())
+                halt = over or stop_requested["flag"] or asked
                 halt = dd.any_rank(halt, info, dev)
                 if step % train_cfg.checkpoint_every == 0 or step == total or halt:
                     checkpoint(step)
                 if halt:
                     stopped_early = step < total
+                    # The reason this rank saw (another rank's reason reads as a stop request).
+                    stop_reason = ("time budget reached (--max-minutes)" if over and not asked else
+                                   getattr(should_stop, "description", "a stop was requested") if asked else
+                                   "a stop was requested")
                     break
             if step == start_step and info.is_main and not last.exists():
                 checkpoint(step)  # nothing to do (e.g. resume of a finished run): still leave a model
@@ -536,11 +578,22 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
                           elapsed_s=round(elapsed, 1))
             else:
                 reporter.close()
-            print(f"stopped by {name} at step {step}/{total}; {last} holds step {step}, continue with --resume",
-                  file=sys.stderr)
+            print(f"stopped by {name} at step {step}/{total}" + (f"; {last} holds step {step}, continue with --resume"
+                                                                  if resume_hint else ""), file=sys.stderr)
         elif info.is_main:
+            # A resume whose checkpoint is already at (or past) the requested length trains nothing. Not an
+            # error: re-running a finished command (a protocol script, a finished self-training round) must
+            # stay a no-op success; but say so, since "step 168/2" alone reads like a bug.
+            nothing_to_do = None
+            if resume and start_step == total:
+                nothing_to_do = (f"nothing trained: {last} is already at step {start_step}/{total} (the run is "
+                                 "complete); to train on, give a longer --steps or --epochs with --resume")
+            elif resume and start_step > total:
+                nothing_to_do = (f"nothing trained: {last} is already at step {start_step}, past the requested "
+                                 f"{total} steps; the checkpoint is unchanged. To train on, give --steps (or --epochs) "
+                                 f"beyond {start_step} with --resume")
             summary = {"checkpoint": str(last), "step": step, "total_steps": total, "stopped_early": stopped_early,
-                       "loss": last_loss, "elapsed_s": round(elapsed, 1),
+                       "stop_reason": stop_reason, "loss": last_loss, "elapsed_s": round(elapsed, 1),
                        "steps_per_s": round((step - start_step) / max(time.monotonic() - t_loop, 1e-9), 4)}
             # Label-free: does the saved model mark lesion where its own target does? (sanity.py)
             from .sanity import OVERGROWTH_RATIO, check_message, lesion_check
@@ -550,13 +603,21 @@ def _train(cases, train_cfg: TrainConfig, net_config: NetConfig, out: Path, gmm_
             summary["lesion_check"] = check
             warning = check_message(check, last)
             if json_mode:
+                if nothing_to_do:
+                    emit_json("warning", kind="nothing_to_train", message=nothing_to_do)
                 if warning:
                     emit_json("warning", kind="lesion_check", message=warning)
                 emit_json("done", **summary)
             else:
                 reporter.close()
-                why = " (time budget reached)" if stopped_early else ""
-                print(f"trained to step {step}/{total}{why}; model: {last}", file=sys.stderr)
+                if stopped_early:
+                    print(f"trained to step {step}/{total}, then stopped: {stop_reason}" + (
+                        f"; model: {last} (holds step {step}, continue with --resume)" if resume_hint else ""),
+                          file=sys.stderr)
+                elif nothing_to_do:
+                    print(nothing_to_do, file=sys.stderr)
+                else:
+                    print(f"trained to step {step}/{total}; model: {last}", file=sys.stderr)
                 if warning:
                     print(warning, file=sys.stderr)
         dd.barrier(info)

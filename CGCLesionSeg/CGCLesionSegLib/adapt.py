@@ -143,7 +143,8 @@ def adapt_to_case(pairs: Sequence[tuple[Optional[str], str]], mask_path: Optiona
                             lr=lr, epochs=None, steps=config.steps or 1_000_000, max_minutes=config.minutes,
                             seed=config.seed, workers=0, checkpoint_every=1_000_000)
     result = train([case], train_cfg, net_config, run, gmm_config=gmm_config, normalization=normalization,
-                   spacing_xyz=spacing, device=config.device, progress=progress, init_checkpoint=base_path)
+                   spacing_xyz=spacing, device=config.device, progress=progress, init_checkpoint=base_path,
+                   resume_hint=False)  # its run folder is temporary: `cgcseg segment` has nothing to resume
     if getattr(result, "signal", None) is not None:
         raise StoppedBySignal(result.signal)
     return Path(result.checkpoint)

@@ -191,5 +191,6 @@ def test_sigterm_during_adapt_segments_nothing_and_exits_143(tmp_path, phantom_c
         proc.kill()
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM" in err and '"done"' not in out
+    assert "--resume" not in err  # its run folder is temporary: nothing to resume
     assert not seg.exists() and not list(seg.parent.glob("*")) if seg.parent.exists() else True
     assert not list(tmp_path.glob("cgc-adapt-*"))
