@@ -508,35 +508,38 @@ class StagedWrites:
         self._moves.append((tmp, path))
         return path
 
-    def text(self, path: str | os.PathLike, text: str) -> Path:
+    def _staged(self, path: str | os.PathLike, write) -> Path:
+        """Stage ``path``: ``write(tmp)`` fills its temporary file (raising OSError on a short write)."""
         path = Path(path)
         tmp = os.path.join(self._tmp_dir(path), path.name)
-        data = text.encode("utf-8")
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-            if os.path.getsize(tmp) != len(data):
-                raise OSError(f"wrote only {os.path.getsize(tmp)} of {len(data)} bytes")
+            write(tmp)
         except OSError as exc:
             raise ImageIOError(f"could not write {path} ({exc.strerror or exc}); check the free space "
                                "(and any file-size limit) of the folder; nothing was replaced") from exc
         self._moves.append((tmp, path))
         return path
 
+    def text(self, path: str | os.PathLike, text: str) -> Path:
+        data = text.encode("utf-8")
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+            if os.path.getsize(tmp) != len(data):
+                raise OSError(f"wrote only {os.path.getsize(tmp)} of {len(data)} bytes")
+
+        return self._staged(path, write)
+
     def file(self, path: str | os.PathLike, source: str | os.PathLike) -> Path:
         """A copy of the file ``source`` (e.g. a model trained in a temporary folder) as ``path``."""
-        path = Path(path)
-        tmp = os.path.join(self._tmp_dir(path), path.name)
-        try:
+        def write(tmp: str) -> None:
             shutil.copyfile(source, tmp)
             if os.path.getsize(tmp) != os.path.getsize(source):
                 raise OSError(f"copied only {os.path.getsize(tmp)} of {os.path.getsize(source)} bytes")
-        except OSError as exc:
-            raise ImageIOError(f"could not write {path} ({exc.strerror or exc}); check the free space of the folder; "
-                               "nothing was replaced") from exc
-        self._moves.append((tmp, path))
-        return path
+
+        return self._staged(path, write)
 
     def commit(self) -> list[Path]:
         done = []
