@@ -59,7 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or a GUI's stop), raised where the command is: handled as an interrupt — every
+    output is written under a temporary name and renamed only when complete, so none is half-written — and
+    reported, with exit status 143 (128 + SIGTERM), instead of the process dying without a word."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
@@ -93,9 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cgcseg {args.command}: error: {'out of memory' if oom else ''}{detail if oom else exc}{hint}",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"cgcseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"cgcseg {args.command}: {how}; nothing is half-written (outputs are renamed into place only when "
+              "complete)", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""A given brain mask that is mostly the image's empty background (e.g. all ones on a skull-stripped image)
-is refused with a clear message by `cgcseg gmm`, `cgcseg segment` and the core they share; a real brain mask,
-even a generous one, is not. Also: a folder given as --model is named as a folder."""
+"""`cgcseg` on bad input, found by an audit: a given brain mask that is mostly the image's empty background
+(e.g. all ones on a skull-stripped image) is refused by `cgcseg gmm`, `cgcseg segment` and the core they share,
+while a real brain mask, even a generous one, is not; a folder given as --model is named a folder; cohort problems
+every case shares are refused once, up front; a SIGTERM is reported and replaces nothing."""
 from __future__ import annotations
 
 import numpy as np
@@ -96,3 +97,29 @@ def test_cohort_problems_shared_by_every_case_are_refused_once_up_front(tmp_path
 def _shipped(*channels):
     from CGCLesionSegLib.default_models import default_model_path
     return default_model_path(list(channels))
+
+
+def test_sigterm_is_reported_and_replaces_nothing(tmp_path, case):
+    """A SIGTERM (a scheduler's stop) while `cgcseg gmm` works: one line saying so, exit 143, the earlier
+    output kept whole — not a silent death."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / "g.nii.gz"
+    assert main(["gmm", "--input", f"flair={case['flair']}", "--output", str(out)]) == 0
+    before = out.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "CGCLesionSegLib.cli", "gmm", "--input", f"flair={case['flair']}",
+                             "--clusters", "8", "--n4", "--output", str(out), "--progress", "json"],  # N4: seconds
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # the handler is in place once the command reports
+        assert json.loads(first)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert out.read_bytes() == before and not list(tmp_path.glob(".tmp-*"))
