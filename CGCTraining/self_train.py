@@ -43,7 +43,8 @@ PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radi
 #: voxel where the fused map is >= :data:`CORE` (hysteresis at the shipped rule's two levels, 0.3 and 0.5; no
 #: keep-largest, no new parameter): the round learns the pipeline's output without learning "one lesion per case"
 #: (protocol multi-lesion-v1 found the shipped round-2 network marks a pasted second lesion at 0.19 against round
-#: 1's 0.74; protocol cgc-v38 tests this rule).
+#: 1's 0.74). Protocol cgc-v38's screen: it restores the second lesion (0.76) but also keeps the regions P_rec leaks
+#: into, and the held-out network falls from 0.813 to 0.743 — an option, not the recipe.
 PSEUDO_VOLUMES = ("fixed", "keep-p", "default-output", "default-output-all")
 #: The fused map's level a ``default-output-all`` lesion must reach somewhere (the rules' standard 0.5, as
 #: ``lesion_choice="core"`` / ``"seed"`` read it).
@@ -68,8 +69,8 @@ PSEUDO_RULE_HELP = ("how the targets are made. fixed: 0.5*CGC + 0.5*P at 0.5 (th
                     "P >= 0.5 volume (protocol cgc-v22); default-output: the shipped default output "
                     f"(single-lesion-recommended at {DEFAULT_OUTPUT_THRESHOLD}: fused with cgcseg gmm's map, holes filled, "
                     "opened, the largest lesion only; single-lesion MRI cohorts; protocol cgc-v24); default-output-all: "
-                    "the same map and threshold, keeping every lesion that reaches 0.5 somewhere (protocol cgc-v38, "
-                    "under test). Recorded in the targets' targets.json")
+                    "the same map and threshold, keeping every lesion that reaches 0.5 somewhere (protocol cgc-v38: "
+                    "screened, not adopted). Recorded in the targets' targets.json")
 #: Per-case record of the thresholds and volumes, written beside the targets.
 TARGET_RECORD = "targets.json"
 #: Sub-folder of RUN_DIR for round k + 1, and the record of the rounds.
