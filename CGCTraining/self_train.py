@@ -45,7 +45,13 @@ PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radi
 #: (protocol multi-lesion-v1 found the shipped round-2 network marks a pasted second lesion at 0.19 against round
 #: 1's 0.74). Protocol cgc-v38's screen: it restores the second lesion (0.76) but also keeps the regions P_rec leaks
 #: into, and the held-out network falls from 0.813 to 0.743 — an option, not the recipe.
-PSEUDO_VOLUMES = ("fixed", "keep-p", "default-output", "default-output-all")
+#: ``default-output-agreed``: the ``default-output`` target (opening 3 mm, the largest lesion) plus every other
+#: lesion of the same opened map (grown back as that rule grows its lesion) of which the network's own map marks at
+#: least :data:`AGREE` of the voxels (>= 0.5): the opening cuts P_rec's leaks off the lesion, and a leak the fused map
+#: passes mostly through P_rec is not one the network marks (protocol cgc-v39).
+PSEUDO_VOLUMES = ("fixed", "keep-p", "default-output", "default-output-all", "default-output-agreed")
+#: Share of a further ``default-output-agreed`` lesion's voxels the network's own map must mark (a majority).
+AGREE = 0.5
 #: The fused map's level a ``default-output-all`` lesion must reach somewhere (the rules' standard 0.5, as
 #: ``lesion_choice="core"`` / ``"seed"`` read it).
 CORE = 0.5
@@ -90,6 +96,10 @@ def target_rule_text(volume: str) -> str:
     if volume == "default-output":
         return (f"the shipped default output (`--pseudo-rule default-output`: 0.5·CGC + 0.5·P_rec at {DEFAULT_OUTPUT_THRESHOLD}, "
                 "P_rec the map `cgcseg gmm` thresholds by default; 2-D hole filling, opening 3 mm, the largest lesion only)")
+    if volume == "default-output-agreed":
+        return (f"the shipped default output plus every further lesion the network agrees with (`--pseudo-rule "
+                f"default-output-agreed`: 0.5·CGC + 0.5·P_rec at {DEFAULT_OUTPUT_THRESHOLD}, 2-D hole filling, opening "
+                f"3 mm; the largest lesion, and each other opened lesion of which the network's own map marks >= {AGREE:g})")
     if volume == "default-output-all":
         return (f"the shipped default output's map and threshold keeping every lesion (`--pseudo-rule default-output-all`: "
                 f"0.5·CGC + 0.5·P_rec at {DEFAULT_OUTPUT_THRESHOLD}, 2-D hole filling, every connected lesion that "
@@ -110,6 +120,33 @@ def keep_cored_components(mask_zyx, fused_zyx, core: float = CORE):
     reached[np.unique(labels[mask & (np.asarray(fused_zyx) >= core)])] = True
     reached[0] = False
     return reached[labels]
+
+
+def agreed_lesions(candidates_zyx, network_marks_zyx, agree: float = AGREE):
+    """The connected components (26-connectivity) of ``candidates_zyx`` of which at least ``agree`` of the voxels
+    are in ``network_marks_zyx`` (bool ``(Z, Y, X)`` arrays). bool."""
+    import numpy as np
+    from scipy import ndimage
+    cand = np.asarray(candidates_zyx, bool)
+    labels, n = ndimage.label(cand, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return cand
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    marked = np.bincount(labels.ravel(), weights=np.asarray(network_marks_zyx, bool).ravel().astype(float),
+                         minlength=n + 1)
+    keep = marked >= agree * size
+    keep[0] = False
+    return keep[labels]
+
+
+def opened_candidates(fused_zyx, brain_zyx, spacing_xyz, threshold: float = DEFAULT_OUTPUT_THRESHOLD):
+    """Every lesion candidate of the shipped rule before it picks one: the fused map >= ``threshold`` in the brain,
+    holes filled slice by slice, opened by the preset's radius (mm) and grown back as the rule grows its lesion. bool."""
+    from CGCLesionSegLib.inference import output_preset
+    from CGCLesionSegLib.postprocess import binarize, open_and_keep
+    preset = output_preset(DEFAULT_OUTPUT_RULE["preset"])
+    mask = binarize(fused_zyx, threshold, fill_holes=preset["fill_holes"], mask_zyx=brain_zyx, spacing_xyz=spacing_xyz)
+    return open_and_keep(mask, preset["opening_radius"], keep_largest=0, spacing_xyz=spacing_xyz)
 
 
 def round_dir(run_dir: str | os.PathLike, k: int) -> Path:
@@ -151,6 +188,7 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
     0.5. ``out_dir/targets.json`` records each case's threshold and voxel counts. A map already written is
     kept (an interrupted call resumes); each is written atomically. Returns the CSV's path."""
     from dataclasses import replace
+    import numpy as np
     from CGCLesionSegLib.checkpoint import load_checkpoint
     from CGCLesionSegLib.image_io import atomic_write, read_image, write_image
     from CGCLesionSegLib.inference import InferenceConfig, output_mask, output_preset, resolve_device, segment_case
@@ -164,7 +202,7 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
     if stored and stored != modalities:
         raise ValueError(f"{model_path} was trained on {' '.join(stored)}, not {' '.join(modalities)}: give the "
                          "modalities of the model whose targets these are")
-    if volume == "default-output":
+    if volume in ("default-output", "default-output-agreed"):
         config = InferenceConfig(device=device, **{**output_preset(DEFAULT_OUTPUT_RULE["preset"]),
                                                    "threshold": DEFAULT_OUTPUT_RULE["threshold"],
                                                    "lesion_choice": DEFAULT_OUTPUT_RULE["lesion_choice"]})
@@ -196,6 +234,10 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
             threshold, target_mask = config.threshold, res.mask
             if volume == "default-output-all":  # res.probability is the fused map the mask thresholds
                 target_mask = keep_cored_components(res.mask, res.probability)
+            elif volume == "default-output-agreed":
+                further = agreed_lesions(opened_candidates(res.probability, res.brain_mask, imgs[0].geometry.spacing),
+                                         res.network_probability >= 0.5)
+                target_mask = (np.asarray(res.mask) > 0) | further
             if volume == "keep-p":
                 threshold = volume_keeping_threshold(res.probability, res.gmm_probability, res.brain_mask)
                 if threshold != config.threshold:
@@ -268,7 +310,9 @@ def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalit
             json.dump({"rounds": rounds, "finished_rounds": k if done else k - 1,
                        "final_model": str(Path(ROUND_DIR.format(k=k)) / "last.pt") if done and k == rounds else None,
                        "pseudo_rule": {"default-output": DEFAULT_OUTPUT_RULE,
-                                       "default-output-all": DEFAULT_OUTPUT_ALL_RULE}.get(volume, PSEUDO_RULE),
+                                       "default-output-all": DEFAULT_OUTPUT_ALL_RULE,
+                                       "default-output-agreed": {**DEFAULT_OUTPUT_RULE, "agree": AGREE}}.get(volume,
+                                                                                                   PSEUDO_RULE),
                        "pseudo_volume": volume}, fh, indent=1)
             fh.write("\n")
         if not done:

@@ -430,3 +430,58 @@ def test_default_output_all_targets_keep_every_cored_lesion(two_rounds, tmp_path
         np.testing.assert_array_equal(target, keep_cored_components(res.mask, res.probability))
         one = read_image(tmp_path / "default-output" / f"{name}.nii.gz").array_zyx > 0
         assert rec["voxels"] == int(target.sum()) and not (one & ~target).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_agreed_lesions_against_a_flood_fill(seed):
+    """`default-output-agreed` keeps the 26-connected candidates of which at least half the voxels are marked."""
+    from flood_fill import flood_components
+    from CGCTraining.self_train import agreed_lesions
+    rng = np.random.default_rng(seed)
+    cand = np.zeros((12, 14, 16), bool)
+    for _ in range(10):
+        z, y, x = rng.integers(0, 10), rng.integers(0, 12), rng.integers(0, 14)
+        cand[z:z + rng.integers(1, 3), y:y + rng.integers(1, 3), x:x + rng.integers(1, 3)] = True
+    marks = rng.random(cand.shape) < 0.5
+    kept = agreed_lesions(cand, marks)
+    expected = np.zeros_like(cand)
+    for comp in flood_components(cand):
+        if sum(marks[v] for v in comp) >= 0.5 * len(comp):
+            for v in comp:
+                expected[v] = True
+    np.testing.assert_array_equal(kept, expected)
+    assert not agreed_lesions(cand, np.zeros_like(cand)).any() and (agreed_lesions(cand, np.ones_like(cand)) == cand).all()
+
+
+def test_default_output_agreed_targets_add_only_lesions_the_network_marks(two_rounds, tmp_path):
+    """`--pseudo-rule default-output-agreed` (cgc-v39): the `default-output` target plus the other opened candidates
+    the network's own map marks by a majority, computed by hand from segment_case and the postprocess functions."""
+    import subprocess
+    import sys
+    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
+    from CGCLesionSegLib.postprocess import binarize, open_and_keep
+    from CGCTraining.self_train import agreed_lesions
+    from test_training_synth import REPO
+    cases, run, r = two_rounds
+    assert r.returncode == 0, r.stderr
+    cmd = [sys.executable, "-m", "CGCTraining.self_train", "--model", str(run / "last.pt"), "--cases", str(cases),
+           "--device", "cpu"]
+    for rule in ("default-output-agreed", "default-output"):
+        out = subprocess.run(cmd + ["--output-dir", str(tmp_path / rule), "--pseudo-rule", rule],
+                             capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
+        assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "default-output-agreed" / "targets.json").read_text())
+    assert record["volume"] == "default-output-agreed"
+    cfg = InferenceConfig(device="cpu", **{**output_preset("single-lesion-recommended"), "threshold": 0.3,
+                                           "lesion_choice": "size"})
+    for name in record["cases"]:
+        imgs = [read_image(cases / name / f"{name}_{m}.nii.gz") for m in MODS]
+        g = imgs[0].geometry
+        res = segment_case([i.array_zyx for i in imgs], g, list(MODS), run / "last.pt", config=cfg)
+        every = open_and_keep(binarize(res.probability, 0.3, fill_holes="2d", mask_zyx=res.brain_mask,
+                                       spacing_xyz=g.spacing), 3, keep_largest=0, spacing_xyz=g.spacing)
+        expected = (res.mask > 0) | agreed_lesions(every, res.network_probability >= 0.5)
+        target = read_image(tmp_path / "default-output-agreed" / f"{name}.nii.gz").array_zyx > 0
+        np.testing.assert_array_equal(target, expected)
+        one = read_image(tmp_path / "default-output" / f"{name}.nii.gz").array_zyx > 0
+        assert not (one & ~target).any()  # the shipped target is always part of it
