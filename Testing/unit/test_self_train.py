@@ -401,24 +401,30 @@ def test_keep_cored_components_against_a_flood_fill(seed):
     assert not keep_cored_components(np.zeros_like(mask), fused).any()
 
 
-def test_default_output_all_targets_keep_every_cored_lesion(two_rounds, tmp_path):
-    """`--pseudo-rule default-output-all` (cgc-v38): the same fused map and threshold as `default-output`, computed by
-    hand with segment_case without keep-largest, every component that reaches 0.5 kept; it contains the
-    `default-output` target (that lesion is one of them)."""
+def _targets_of(two_rounds, tmp_path, rule: str):
+    """``(cases, run, targets.json)`` of ``python -m CGCTraining.self_train --pseudo-rule RULE`` on the first
+    round's model (written to ``tmp_path/RULE``), with the shipped rule's targets beside (``tmp_path/default-output``)."""
     import subprocess
     import sys
-    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
-    from CGCTraining.self_train import keep_cored_components
     from test_training_synth import REPO
     cases, run, r = two_rounds
     assert r.returncode == 0, r.stderr
     cmd = [sys.executable, "-m", "CGCTraining.self_train", "--model", str(run / "last.pt"), "--cases", str(cases),
            "--device", "cpu"]
-    for rule in ("default-output-all", "default-output"):
-        out = subprocess.run(cmd + ["--output-dir", str(tmp_path / rule), "--pseudo-rule", rule],
+    for name in (rule, "default-output"):
+        out = subprocess.run(cmd + ["--output-dir", str(tmp_path / name), "--pseudo-rule", name],
                              capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
         assert out.returncode == 0, out.stderr
-    record = json.loads((tmp_path / "default-output-all" / "targets.json").read_text())
+    return cases, run, json.loads((tmp_path / rule / "targets.json").read_text())
+
+
+def test_default_output_all_targets_keep_every_cored_lesion(two_rounds, tmp_path):
+    """`--pseudo-rule default-output-all` (cgc-v38): the same fused map and threshold as `default-output`, computed by
+    hand with segment_case without keep-largest, every component that reaches 0.5 kept; it contains the
+    `default-output` target (that lesion is one of them)."""
+    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
+    from CGCTraining.self_train import keep_cored_components
+    cases, run, record = _targets_of(two_rounds, tmp_path, "default-output-all")
     assert record["volume"] == "default-output-all"
     cfg = InferenceConfig(device="cpu", **{**output_preset("single-lesion-recommended"), "threshold": 0.3,
                                            "keep_largest": 0, "opening_radius": 0,
@@ -456,21 +462,10 @@ def test_agreed_lesions_against_a_flood_fill(seed):
 def test_default_output_agreed_targets_add_only_lesions_the_network_marks(two_rounds, tmp_path):
     """`--pseudo-rule default-output-agreed` (cgc-v39): the `default-output` target plus the other opened candidates
     the network's own map marks by a majority, computed by hand from segment_case and the postprocess functions."""
-    import subprocess
-    import sys
     from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
     from CGCLesionSegLib.postprocess import binarize, open_and_keep
     from CGCTraining.self_train import agreed_lesions
-    from test_training_synth import REPO
-    cases, run, r = two_rounds
-    assert r.returncode == 0, r.stderr
-    cmd = [sys.executable, "-m", "CGCTraining.self_train", "--model", str(run / "last.pt"), "--cases", str(cases),
-           "--device", "cpu"]
-    for rule in ("default-output-agreed", "default-output"):
-        out = subprocess.run(cmd + ["--output-dir", str(tmp_path / rule), "--pseudo-rule", rule],
-                             capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=str(REPO))
-        assert out.returncode == 0, out.stderr
-    record = json.loads((tmp_path / "default-output-agreed" / "targets.json").read_text())
+    cases, run, record = _targets_of(two_rounds, tmp_path, "default-output-agreed")
     assert record["volume"] == "default-output-agreed"
     cfg = InferenceConfig(device="cpu", **{**output_preset("single-lesion-recommended"), "threshold": 0.3,
                                            "lesion_choice": "size"})
