@@ -162,8 +162,7 @@ class CGCLesionSegLogicBase(ScriptedLoadableModuleLogic):
         else:
             self._checkBinaryLabelmapSource(segmentationNode)
             segmentation = segmentationNode.GetSegmentation()
-            undo = {"geometry": segmentation.GetConversionParameter(self._geometryParameter()),
-                    "segment": segmentation.GetSegmentIdBySegmentName(segmentName)}
+            undo = {"geometry": segmentation.GetConversionParameter(self._geometryParameter())}
         try:
             if segmentationNode.GetDisplayNode() is None:
                 segmentationNode.CreateDefaultDisplayNodes()

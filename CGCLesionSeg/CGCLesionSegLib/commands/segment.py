@@ -530,10 +530,11 @@ def _check_cohort_inputs(cases, modalities, given: bool) -> None:
     """Refuse up front a modality that no case has (each case would fail alike), naming what to give."""
     if not cases:
         return
+    present = [any(Path(pairs[k][1]).exists() for _, pairs, _ in cases) for k in range(len(modalities))]
     for k, modality in enumerate(modalities):
-        if not any(Path(pairs[k][1]).exists() for _, pairs, _ in cases):
+        if not present[k]:
             example = Path(cases[0][1][k][1]).name
-            have = [m for j, m in enumerate(modalities) if any(Path(pairs[j][1]).exists() for _, pairs, _ in cases)]
+            have = [m for m, there in zip(modalities, present) if there]
             hint = (f"; the cases have {' '.join(have)}: give --modalities {' '.join(have)} (the shipped model for "
                     "those channels is used)" if have and not given else "")
             raise ValueError(f"no case has a {modality} image (e.g. {example} is missing){hint}")
