@@ -322,6 +322,14 @@ def apply_stored_args(parser: argparse.ArgumentParser, argv: Sequence[str], args
         raise ValueError(f"--resume: this run was trained on --cases {stored['cases']} ({stored_path}), not "
                          f"{args.cases}. Resume without --cases (or with the same one), or train on other cases "
                          "in a new --output-dir (--init-from RUN_DIR/last.pt starts from this run's model)")
+    if "init_from" in given and not (stored.get("init_from") and args.init_from
+                                     and _same_path(args.init_from, stored["init_from"])):
+        # The checkpoint holds the run's weights: a resumed run never reads --init-from again, so another
+        # model given here would be ignored without a word.
+        first = f"--init-from {stored['init_from']}" if stored.get("init_from") else "no --init-from"
+        raise ValueError(f"--resume: this run was started with {first} ({stored_path}), not --init-from "
+                         f"{args.init_from}; a resumed run continues from its own last.pt. Resume without "
+                         "--init-from, or fine-tune from that model in a new --output-dir")
     merged = vars(args).copy()
     known = set(merged)
     for key, value in stored.items():
@@ -364,8 +372,9 @@ def _store_args(args: argparse.Namespace) -> None:
         return  # train() refuses to start over an existing run; leave its record alone
     from CGCLesionSegLib.image_io import atomic_write
     record = {k: v for k, v in vars(args).items() if k not in _PER_CALL}
-    if record.get("cases"):  # absolute, so a --resume from another folder compares and finds it
-        record["cases"] = str(Path(record["cases"]).resolve())
+    for key in ("cases", "init_from"):  # absolute, so a --resume from another folder compares and finds it
+        if record.get(key):
+            record[key] = str(Path(record[key]).resolve())
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / ARGS_FILE) as fh:
         json.dump(record, fh, indent=1)

@@ -54,3 +54,28 @@ def test_crop_error_suggests_the_nearest_valid_crops():
     assert nearest_crops((16, 16, 16), (6, 6, 4)) == [(48, 48, 32)]
     r = run_cli(["--cases", "x", "--output-dir", "y", "--crop", "64", "64", "32"])
     assert r.returncode == 2 and "48 48 32 or 96 96 32" in r.stderr, r.stderr
+
+
+def test_resume_refuses_another_init_from(tmp_path):
+    """A resumed run continues from its own last.pt: an --init-from that is not the first call's would be
+    ignored silently, so it is refused and the run's record is kept; the first call's one is accepted."""
+    cases = write_csv_with_prob(tmp_path / "list", n_cases=2)
+    base = ["--cases", cases, "--modalities", *MODS, "--crop", "16", "16", "16", "--batch-size", "1",
+            "--workers", "1", "--device", "cpu", "--steps", "1", "--progress", "none", *TINY_NET_ARGS]
+    first = tmp_path / "first"
+    assert run_cli(base + ["--output-dir", first]).returncode == 0
+    run = tmp_path / "run"
+    r = run_cli(base + ["--output-dir", run, "--init-from", first / "last.pt"])
+    assert r.returncode == 0, r.stderr
+    record = (run / ARGS_FILE).read_text()
+    other = tmp_path / "other.pt"
+    other.write_bytes((first / "last.pt").read_bytes())
+    r = run_cli(["--output-dir", run, "--resume", "--steps", "2", "--init-from", other, "--progress", "none"])
+    assert r.returncode == 2 and "started with --init-from" in r.stderr and "new --output-dir" in r.stderr, r.stderr
+    assert read_checkpoint(run / "last.pt")["step"] == 1 and (run / ARGS_FILE).read_text() == record
+    r = run_cli(["--output-dir", first, "--resume", "--steps", "2", "--init-from", other, "--progress", "none"])
+    assert r.returncode == 2 and "started with no --init-from" in r.stderr, r.stderr
+    r = run_cli(["--output-dir", run, "--resume", "--steps", "2", "--init-from", first / "last.pt",
+                 "--progress", "none"])
+    assert r.returncode == 0, r.stderr
+    assert read_checkpoint(run / "last.pt")["step"] == 2
