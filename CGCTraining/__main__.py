@@ -419,6 +419,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _check_output_dir(args.output_dir)
         should_stop = _stop_file_check(args.stop_file, started)
         cases = discover_cases(args.cases, train_cfg.modalities)
+        if args.init_from and not args.resume:
+            # Before the run folder is made: a refused checkpoint leaves no args.json or run.lock behind.
+            from CGCTraining.train import check_init_checkpoint
+            check_init_checkpoint(args.init_from, net_cfg, list(train_cfg.modalities))
         if int(os.environ.get("RANK", "0")) == 0:  # before anything is written there (train() takes it again)
             from CGCTraining.run_lock import acquire_run_lock
             lock = acquire_run_lock(args.output_dir)

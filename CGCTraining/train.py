@@ -167,14 +167,22 @@ def _init_from(model: torch.nn.Module, path: Path, net_config: NetConfig, channe
     _load_weights(model, _read_init_checkpoint(path, net_config, channels, dev), net_config, path)
 
 
-def _read_init_checkpoint(path: Path, net_config: NetConfig, channels: list, dev: torch.device) -> dict:
+def check_init_checkpoint(path: str | os.PathLike, net_config: NetConfig, channels: list) -> None:
+    """ValueError (or FileNotFoundError) unless ``--init-from path`` can start this run; the command line
+    calls it before it makes the run folder, so a refused checkpoint leaves nothing behind."""
+    _read_init_checkpoint(Path(path), net_config, channels, torch.device("cpu"), announce=False)
+
+
+def _read_init_checkpoint(path: Path, net_config: NetConfig, channels: list, dev: torch.device,
+                          announce: bool = True) -> dict:
     """The checkpoint ``--init-from`` starts from (an ensemble's first network), checked against this run:
     ValueError naming what differs (the modalities first: they also change the network's input layer)."""
     from CGCLesionSegLib.checkpoint import first_member, network_states
     ckpt = read_checkpoint(path, map_location=dev)
-    if ckpt.get("members"):
+    if ckpt.get("members") and announce:
         print(f"{path} is a seed ensemble of {len(network_states(ckpt))} networks; fine-tuning starts from its first "
               "network (the result is one network)", file=sys.stderr)
+    if ckpt.get("members"):
         ckpt = first_member(ckpt)
     theirs, ours = _json_roundtrip(ckpt["net_config"]), _json_roundtrip(config_to_dict(net_config))
     # in_channels follows the modalities: named through them below, not as a bare number.

@@ -228,8 +228,7 @@ def test_init_from_a_checkpoint_with_other_modalities_names_them(tmp_path, cohor
     assert "Traceback" not in err
     assert "trained on flair t1 t1ce t2, this run uses flair, so its network configuration differs from this run's " \
            "(input channels); give --modalities flair t1 t1ce t2 (and those images in --cases), or" in err, err
-    assert not (run / "last.pt").exists()
-    assert not (run / "cache").exists()  # refused before any P map was computed
+    assert not run.exists()  # refused before the run folder (args.json, run.lock, P maps) was made
     # Other channels and another network: both named.
     assert main(_cli("--cases", cohort, "--output-dir", run, "--steps", "1", *TINY, "--modalities", "flair",
                      "--init-from", shipped[0])) == 2
