@@ -321,7 +321,10 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> 
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ImageIOError(f"Could not read {path} as an image ({str(exc).strip().splitlines()[-1]}). "
+        reason = str(exc).strip().splitlines()[-1]
+        if "No such file" in reason:  # ITK's words for a MetaImage whose data part is cut short: the file is there
+            reason = "its voxel data could not be read completely"
+        raise ImageIOError(f"Could not read {path} as an image ({reason}). "
                            "Is the file complete and in the format its name says?") from exc
     if img.GetDimension() != 3:
         raise ImageIOError(f"{path} has {img.GetDimension()} dimensions; a 3-D volume is needed.")

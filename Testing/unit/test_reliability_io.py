@@ -91,6 +91,17 @@ def test_truncated_nifti_is_refused(tmp_path, suffix):
         read_image(cut)
 
 
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_truncated_metaimage_or_nrrd_is_refused_without_blaming_a_missing_file(tmp_path, suffix):
+    path = write_image(tmp_path / f"img{suffix}", _noise((40, 48, 56)), _geometry())
+    data = path.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ImageIOError, match="Is the file complete") as err:
+        read_image(cut)
+    assert "No such file" not in str(err.value)  # ITK's reason for a cut .mha; the file is there
+
+
 def test_gzip_stream_without_its_end_is_refused(tmp_path):
     path = write_image(tmp_path / "img.nii", _noise((20, 24, 28)), _geometry((20, 24, 28)))
     full = gzip.compress(path.read_bytes() + b"\0" * 4096)  # voxel data complete, then padding
