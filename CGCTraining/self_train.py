@@ -50,8 +50,16 @@ PSEUDO_RULE = dict(gmm_weight=0.5, fill_holes="2d", keep_largest=0, opening_radi
 #: least :data:`AGREE` of the voxels (>= 0.5): the opening cuts P_rec's leaks off the lesion, and a leak the fused map
 #: passes mostly through P_rec is not one the network marks (protocol cgc-v39: its screen passed, second lesion
 #: 0.66 vs 0.19 at held-out network −0.010; a confirmation on fresh seeds decides — an option until then).
-PSEUDO_VOLUMES = ("fixed", "keep-p", "default-output", "default-output-all", "default-output-agreed")
-#: Share of a further ``default-output-agreed`` lesion's voxels the network's own map must mark (a majority).
+#: ``default-output-agreed-opened``: the same, but each further lesion is judged and kept as its own opened
+#: component, before anything is grown back, and one that touches the rule's own lesion is never added. Why (a
+#: review after cgc-v39): ``default-output-agreed`` labels the candidates after the grow-back, so a leak joined to
+#: the lesion by a bridge shorter than ~12 mm (two 6 mm grow-backs meet) becomes one candidate with the lesion,
+#: passes on the lesion's votes, and is added whole although the network marks none of it — the very leak the
+#: opening was there to cut. Its candidates are also made in the model's voxel order, as the rule's own lesion is
+#: (the 2-D hole filling runs over the same slices for a case stored with permuted axes). Protocol cgc-v42.
+PSEUDO_VOLUMES = ("fixed", "keep-p", "default-output", "default-output-all", "default-output-agreed",
+                  "default-output-agreed-opened")
+#: Share of a further ``default-output-agreed`` lesion's voxels the network's own map must mark (at least half).
 AGREE = 0.5
 #: The fused map's level a ``default-output-all`` lesion must reach somewhere (the rules' standard 0.5, as
 #: ``lesion_choice="core"`` / ``"seed"`` read it).
@@ -77,7 +85,11 @@ PSEUDO_RULE_HELP = ("how the targets are made. fixed: 0.5*CGC + 0.5*P at 0.5 (th
                     f"(single-lesion-recommended at {DEFAULT_OUTPUT_THRESHOLD}: fused with cgcseg gmm's map, holes filled, "
                     "opened, the largest lesion only; single-lesion MRI cohorts; protocol cgc-v24); default-output-all: "
                     "the same map and threshold, keeping every lesion that reaches 0.5 somewhere (protocol cgc-v38: "
-                    "screened, not adopted). Recorded in the targets' targets.json")
+                    "screened, not adopted); default-output-agreed: the default-output target plus every other lesion "
+                    f"of the same opened map of which the network's own map (>= 0.5) marks at least {AGREE:g} of the "
+                    "voxels, judged after the grow-back (protocols cgc-v39/v40); default-output-agreed-opened: the same, "
+                    "each further lesion judged on its opened core before the grow-back and never one that touches "
+                    "the kept lesion (protocol cgc-v42). Recorded in the targets' targets.json")
 #: Per-case record of the thresholds and volumes, written beside the targets.
 TARGET_RECORD = "targets.json"
 #: Sub-folder of RUN_DIR for round k + 1, and the record of the rounds.
@@ -101,6 +113,11 @@ def target_rule_text(volume: str) -> str:
         return (f"the shipped default output plus every further lesion the network agrees with (`--pseudo-rule "
                 f"default-output-agreed`: 0.5·CGC + 0.5·P_rec at {DEFAULT_OUTPUT_THRESHOLD}, 2-D hole filling, opening "
                 f"3 mm; the largest lesion, and each other opened lesion of which the network's own map marks >= {AGREE:g})")
+    if volume == "default-output-agreed-opened":
+        return (f"the shipped default output plus every further lesion the network agrees with (`--pseudo-rule "
+                f"default-output-agreed-opened`: 0.5·CGC + 0.5·P_rec at {DEFAULT_OUTPUT_THRESHOLD}, 2-D hole filling, "
+                f"opening 3 mm; the largest lesion, and each other opened lesion apart from it of which the network's "
+                f"own map marks >= {AGREE:g}, grown back by 6 mm)")
     if volume == "default-output-all":
         return (f"the shipped default output's map and threshold keeping every lesion (`--pseudo-rule default-output-all`: "
                 f"0.5·CGC + 0.5·P_rec at {DEFAULT_OUTPUT_THRESHOLD}, 2-D hole filling, every connected lesion that "
@@ -148,6 +165,61 @@ def opened_candidates(fused_zyx, brain_zyx, spacing_xyz, threshold: float = DEFA
     preset = output_preset(DEFAULT_OUTPUT_RULE["preset"])
     mask = binarize(fused_zyx, threshold, fill_holes=preset["fill_holes"], mask_zyx=brain_zyx, spacing_xyz=spacing_xyz)
     return open_and_keep(mask, preset["opening_radius"], keep_largest=0, spacing_xyz=spacing_xyz)
+
+
+def agreed_opened_lesions(fused_zyx, brain_zyx, network_marks_zyx, kept_zyx, spacing_xyz,
+                          threshold: float = DEFAULT_OUTPUT_THRESHOLD, agree: float = AGREE):
+    """The further lesions of ``--pseudo-rule default-output-agreed-opened``, bool ``(Z, Y, X)``.
+
+    The shipped rule's steps up to its choice: the fused map ``fused_zyx`` >= ``threshold``, holes filled as the
+    preset fills them, opened by the preset's radius (mm, ``spacing_xyz``). Each opened component (26-connected)
+    that shares no voxel with ``kept_zyx`` (the rule's own lesion) and of which at least ``agree`` of the voxels are
+    in ``network_marks_zyx`` (the network's own map >= 0.5) is kept, and the kept ones are grown back inside the
+    unopened mask by twice the radius, as the rule grows its lesion back; limited to ``brain_zyx``. The agreement is
+    read on the opened core, before any grow-back, so a leak the opening cut off is judged on its own voxels."""
+    import numpy as np
+    from scipy import ndimage
+    from CGCLesionSegLib.inference import output_preset
+    from CGCLesionSegLib.postprocess import _cross, binarize, step_axes
+    preset = output_preset(DEFAULT_OUTPUT_RULE["preset"])
+    mask = binarize(fused_zyx, threshold, fill_holes=preset["fill_holes"], spacing_xyz=spacing_xyz).astype(bool)
+    steps = step_axes(preset["opening_radius"], spacing_xyz)
+    opened = mask
+    for axes in steps:
+        opened = ndimage.binary_erosion(opened, _cross(axes))
+    for axes in reversed(steps):
+        opened = ndimage.binary_dilation(opened, _cross(axes))
+    labels, n = ndimage.label(opened, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return np.zeros(mask.shape, bool)
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    marked = np.bincount(labels.ravel(), weights=np.asarray(network_marks_zyx, bool).ravel().astype(float),
+                         minlength=n + 1)
+    keep = marked >= agree * size
+    keep[np.unique(labels[np.asarray(kept_zyx, bool)])] = False  # the rule's own lesion (and label 0)
+    keep[0] = False
+    grown = keep[labels]
+    if grown.any():
+        for axes in step_axes(2 * preset["opening_radius"], spacing_xyz):
+            grown = ndimage.binary_dilation(grown, _cross(axes), mask=mask)
+    return grown & np.asarray(brain_zyx, bool)
+
+
+def agreed_opened_target(res, geometry, orientation: Optional[str]):
+    """The ``default-output-agreed-opened`` target of one case, bool ``(Z, Y, X)`` on ``geometry``: ``res.mask``
+    (the ``default-output`` target of :func:`CGCLesionSegLib.inference.segment_case`) plus
+    :func:`agreed_opened_lesions` of its fused map ``res.probability`` and network map ``res.network_probability``.
+    The candidates are made in the model's voxel order ``orientation`` (None: the input's), where segment_case made
+    ``res.mask``: for a case stored with permuted axes the 2-D hole filling then fills the same slices."""
+    import numpy as np
+    from CGCLesionSegLib.orientation import Reorientation
+    turn = Reorientation(geometry, orientation)
+    kept = np.asarray(res.mask) > 0
+    further = agreed_opened_lesions(turn.forward(np.asarray(res.probability, np.float32)),
+                                    turn.forward(np.asarray(res.brain_mask, bool)),
+                                    turn.forward(np.asarray(res.network_probability) >= 0.5), turn.forward(kept),
+                                    turn.geometry.spacing)
+    return kept | turn.back(further)
 
 
 def round_dir(run_dir: str | os.PathLike, k: int) -> Path:
@@ -203,7 +275,7 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
     if stored and stored != modalities:
         raise ValueError(f"{model_path} was trained on {' '.join(stored)}, not {' '.join(modalities)}: give the "
                          "modalities of the model whose targets these are")
-    if volume in ("default-output", "default-output-agreed"):
+    if volume in ("default-output", "default-output-agreed", "default-output-agreed-opened"):
         config = InferenceConfig(device=device, **{**output_preset(DEFAULT_OUTPUT_RULE["preset"]),
                                                    "threshold": DEFAULT_OUTPUT_RULE["threshold"],
                                                    "lesion_choice": DEFAULT_OUTPUT_RULE["lesion_choice"]})
@@ -239,6 +311,9 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
                 further = agreed_lesions(opened_candidates(res.probability, res.brain_mask, imgs[0].geometry.spacing),
                                          res.network_probability >= 0.5)
                 target_mask = (np.asarray(res.mask) > 0) | further
+            elif volume == "default-output-agreed-opened":
+                from CGCLesionSegLib.checkpoint import model_orientation
+                target_mask = agreed_opened_target(res, imgs[0].geometry, model_orientation(info))
             if volume == "keep-p":
                 threshold = volume_keeping_threshold(res.probability, res.gmm_probability, res.brain_mask)
                 if threshold != config.threshold:
@@ -248,6 +323,7 @@ def write_pseudo_labels(model_path: str | os.PathLike, cases: Sequence, modaliti
             record["cases"][case.name] = {
                 "threshold": threshold, "voxels": int(target_mask.sum()),
                 **({} if volume.startswith("default-output") else {"voxels_at_0.5": int(res.mask.sum())}),
+                **({"rule_voxels": int(np.count_nonzero(res.mask))} if volume == "default-output-agreed-opened" else {}),
                 "p_voxels": int(((res.gmm_probability >= 0.5) & res.brain_mask).sum())}
             with atomic_write(record_path) as fh:
                 json.dump(record, fh, indent=1)
@@ -312,7 +388,9 @@ def run_rounds(rounds: int, run_dir: str | os.PathLike, cases: Sequence, modalit
                        "final_model": str(Path(ROUND_DIR.format(k=k)) / "last.pt") if done and k == rounds else None,
                        "pseudo_rule": {"default-output": DEFAULT_OUTPUT_RULE,
                                        "default-output-all": DEFAULT_OUTPUT_ALL_RULE,
-                                       "default-output-agreed": {**DEFAULT_OUTPUT_RULE, "agree": AGREE}}.get(volume,
+                                       "default-output-agreed": {**DEFAULT_OUTPUT_RULE, "agree": AGREE},
+                                       "default-output-agreed-opened": {**DEFAULT_OUTPUT_RULE, "agree": AGREE,
+                                                                        "agreement_on": "opened lesion"}}.get(volume,
                                                                                                    PSEUDO_RULE),
                        "pseudo_volume": volume}, fh, indent=1)
             fh.write("\n")

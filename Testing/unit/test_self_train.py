@@ -480,3 +480,178 @@ def test_default_output_agreed_targets_add_only_lesions_the_network_marks(two_ro
         np.testing.assert_array_equal(target, expected)
         one = read_image(tmp_path / "default-output" / f"{name}.nii.gz").array_zyx > 0
         assert not (one & ~target).any()  # the shipped target is always part of it
+
+
+def _slow_fill_2d(mask):
+    """Holes of each z slice filled: background not reachable from the slice's border by 4-neighbour moves."""
+    out = mask.copy()
+    for z in range(mask.shape[0]):
+        sl = mask[z]
+        outside = np.zeros(sl.shape, bool)
+        stack = [(y, x) for y in range(sl.shape[0]) for x in range(sl.shape[1])
+                 if (y in (0, sl.shape[0] - 1) or x in (0, sl.shape[1] - 1)) and not sl[y, x]]
+        for p in stack:
+            outside[p] = True
+        while stack:
+            y, x = stack.pop()
+            for q in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= q[0] < sl.shape[0] and 0 <= q[1] < sl.shape[1] and not sl[q] and not outside[q]:
+                    outside[q] = True
+                    stack.append(q)
+        out[z] = ~outside
+    return out
+
+
+def _slow_step(mask, axes, erode):
+    """One erosion (every neighbour along ``axes`` set; outside the volume counts as unset) or dilation step."""
+    out = mask.copy()
+    for z, y, x in np.ndindex(mask.shape):
+        near = [mask[z, y, x]]
+        for i, on in enumerate(axes):
+            if on:
+                for d in (-1, 1):
+                    q = [z, y, x]
+                    q[i] += d
+                    near.append(0 <= q[i] < mask.shape[i] and mask[tuple(q)])
+        out[z, y, x] = all(near) if erode else any(near)
+    return out
+
+
+def _slow_agreed_opened(fused, brain, marks, kept, spacing, threshold=0.3, agree=0.5, radius=3):
+    from flood_fill import flood_components
+    from CGCLesionSegLib.postprocess import step_axes
+    mask = _slow_fill_2d(fused >= threshold)
+    opened = mask
+    for axes in step_axes(radius, spacing):
+        opened = _slow_step(opened, axes, erode=True)
+    for axes in reversed(step_axes(radius, spacing)):
+        opened = _slow_step(opened, axes, erode=False)
+    seeds = np.zeros_like(mask)
+    for comp in flood_components(opened):
+        if any(kept[v] for v in comp):
+            continue
+        if sum(bool(marks[v]) for v in comp) >= agree * len(comp):
+            for v in comp:
+                seeds[v] = True
+    for axes in step_axes(2 * radius, spacing):
+        seeds = _slow_step(seeds, axes, erode=False) & mask
+    return seeds & brain
+
+
+@pytest.mark.parametrize("seed, spacing", [(0, (1.0, 1.0, 1.0)), (1, (1.0, 1.0, 2.5))])
+def test_agreed_opened_lesions_against_a_slow_reference(seed, spacing):
+    """`default-output-agreed-opened`: threshold, 2-D holes, opening, each opened component apart from the kept
+    lesion judged on its own voxels, grown back inside the mask; a loop-by-loop reference on random blobs."""
+    from CGCTraining.self_train import agreed_opened_lesions
+    rng = np.random.default_rng(seed)
+    fused = np.zeros((14, 24, 40), np.float32)
+    for _ in range(8):
+        z, y, x = rng.integers(0, 8), rng.integers(0, 16), rng.integers(0, 31)
+        fused[z:z + rng.integers(5, 9), y:y + rng.integers(5, 10), x:x + rng.integers(5, 10)] = rng.uniform(0.2, 1.0)
+    fused += rng.uniform(0, 0.15, fused.shape).astype(np.float32)
+    brain = np.ones(fused.shape, bool)
+    brain[:, :, :2] = False
+    # marked densely on the left half, sparsely on the right: components pass or fail on their own voxels
+    marks = rng.random(fused.shape) < np.where(np.arange(40) < 20, 0.8, 0.3)[None, None, :]
+    kept = np.zeros(fused.shape, bool)
+    kept[tuple(np.argwhere(fused >= 0.3)[0])] = True  # the rule's lesion: whatever component holds this voxel
+    got = agreed_opened_lesions(fused, brain, marks, kept, spacing)
+    want = _slow_agreed_opened(fused, brain, marks, kept, spacing)
+    np.testing.assert_array_equal(got, want)
+    every = _slow_agreed_opened(fused, brain, np.ones_like(marks), kept, spacing)
+    assert want.any() and (every & ~want).any()  # some lesions are added, some are refused
+    assert not agreed_opened_lesions(fused, brain, np.zeros_like(marks), kept, spacing).any()
+
+
+def test_agreed_opened_lesions_leave_out_a_leak_bridged_to_the_lesion():
+    """The case a review found: a leak joined to the lesion by a thin bridge 8 mm long. After the 6 mm grow-backs
+    `default-output-agreed` sees one candidate (lesion + bridge + leak), marked by the network on the lesion, and adds
+    the leak whole; the opened rule judges the leak on its own voxels and leaves it out, while a separate lesion the
+    network marks is added and one it does not mark is not."""
+    from CGCLesionSegLib.postprocess import binarize
+    from CGCTraining.self_train import agreed_lesions, agreed_opened_lesions, opened_candidates
+    zz, yy, xx = np.mgrid[:40, :40, :90]
+    ball = lambda cz, cy, cx, r: (zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    lesion, leak = ball(20, 20, 15, 8), ball(20, 20, 36, 5)  # 8 mm apart (x 23 .. 31)
+    second, ignored = ball(20, 20, 60, 5), ball(20, 20, 80, 5)
+    fused = (lesion | leak | second | ignored).astype(np.float32)
+    fused[20, 20, 23:32] = 1.0  # the bridge
+    brain = np.ones(fused.shape, bool)
+    marks = lesion | second  # the network marks the lesion and the second lesion, not the leak
+    spacing = (1.0, 1.0, 1.0)
+    kept = binarize(fused, 0.3, fill_holes="2d", keep_largest=1, opening_radius=3, spacing_xyz=spacing).astype(bool)
+    assert kept[lesion].all() and not kept[leak].any()  # the shipped rule cuts the leak off
+    old = agreed_lesions(opened_candidates(fused, brain, spacing), marks)
+    assert old[leak].all()  # what default-output-agreed adds
+    new = agreed_opened_lesions(fused, brain, marks, kept, spacing)
+    assert not new[leak].any() and new[second].all() and not new[ignored].any()
+    assert not (new & kept).any()  # the kept lesion is never judged again
+
+
+def test_default_output_agreed_opened_targets(two_rounds, tmp_path):
+    """`--pseudo-rule default-output-agreed-opened` (cgc-v42): the `default-output` target plus
+    agreed_opened_lesions of segment_case's maps, by hand; targets.json records the rule's own voxels; and a case
+    stored with its axes permuted gets the same target voxel for voxel once mapped back (the candidates are made
+    in the model's voxel order, where the rule's lesion is)."""
+    from CGCLesionSegLib.image_io import write_image
+    from CGCLesionSegLib.inference import InferenceConfig, output_preset, segment_case
+    from CGCLesionSegLib.orientation import reorient
+    from CGCTraining.data import discover_cases
+    from CGCTraining.self_train import agreed_opened_lesions, write_pseudo_labels
+    cases, run, record = _targets_of(two_rounds, tmp_path, "default-output-agreed-opened")
+    assert record["volume"] == "default-output-agreed-opened"
+    cfg = InferenceConfig(device="cpu", **{**output_preset("single-lesion-recommended"), "threshold": 0.3,
+                                           "lesion_choice": "size"})
+    name = sorted(record["cases"])[0]
+    imgs = [read_image(cases / name / f"{name}_{m}.nii.gz") for m in MODS]
+    g = imgs[0].geometry
+    res = segment_case([i.array_zyx for i in imgs], g, list(MODS), run / "last.pt", config=cfg)
+    kept = res.mask > 0
+    expected = kept | agreed_opened_lesions(res.probability, res.brain_mask, res.network_probability >= 0.5, kept,
+                                            g.spacing)
+    target = read_image(tmp_path / "default-output-agreed-opened" / f"{name}.nii.gz").array_zyx > 0
+    np.testing.assert_array_equal(target, expected)
+    one = read_image(tmp_path / "default-output" / f"{name}.nii.gz").array_zyx > 0
+    np.testing.assert_array_equal(one, kept)
+    assert record["cases"][name]["rule_voxels"] == int(kept.sum()) and record["cases"][name]["voxels"] == int(target.sum())
+    # the same case stored as S-P-L (axes permuted and flipped)
+    turned = tmp_path / "turned" / name
+    for m in MODS:
+        arr, tg = reorient(read_image(cases / name / f"{name}_{m}.nii.gz").array_zyx, g, "SPL")
+        write_image(turned / f"{name}_{m}.nii.gz", arr, tg)
+    listing = write_pseudo_labels(run / "last.pt", discover_cases(tmp_path / "turned", list(MODS)), list(MODS),
+                                  tmp_path / "turned-targets", volume="default-output-agreed-opened")
+    back_img = read_image(listing.parent / f"{name}.nii.gz")
+    back, _ = reorient(back_img.array_zyx > 0, back_img.geometry, "LPS")
+    np.testing.assert_array_equal(back, target)
+
+
+def test_agreed_opened_target_is_made_in_the_models_voxel_order():
+    """A tube along S with a 4 mm wall: filled slice by slice in axial slices it is a solid lesion the network marks
+    by more than half (its inner 8 mm), so it is added; in sagittal slices nothing closes, the thin wall does not survive
+    the opening, and nothing is added. A case stored S-P-L must get the axial answer, as its rule's lesion does."""
+    from types import SimpleNamespace
+    from CGCLesionSegLib.image_io import Geometry
+    from CGCLesionSegLib.orientation import reorient
+    from CGCLesionSegLib.postprocess import binarize
+    from CGCTraining.self_train import agreed_opened_target
+    zz, yy, xx = np.mgrid[:30, :44, :70]
+    lesion = (zz - 15) ** 2 + (yy - 22) ** 2 + (xx - 15) ** 2 <= 14 ** 2  # larger than the filled tube
+    r2 = (yy - 22) ** 2 + (xx - 50) ** 2
+    tube, inside = (r2 <= 10 ** 2) & (r2 > 6 ** 2), r2 <= 8 ** 2  # along z, end to end; the network marks r <= 8
+    fused = (lesion | tube).astype(np.float32)
+    net = (lesion | inside).astype(np.float32)
+    g = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+                 shape_zyx=fused.shape)
+    kept = binarize(fused, 0.3, fill_holes="2d", keep_largest=1, opening_radius=3, spacing_xyz=g.spacing)
+    assert kept[lesion].all() and not kept[tube].any()
+    res = SimpleNamespace(probability=fused, network_probability=net, mask=kept, brain_mask=np.ones(fused.shape, bool))
+    target = agreed_opened_target(res, g, "LPS")
+    assert target[tube].all() and target[inside].all() and target[lesion].all()
+    turned = SimpleNamespace(**{k: reorient(np.asarray(v), g, "SPL")[0] for k, v in vars(res).items()})
+    g_turned = reorient(fused, g, "SPL")[1]
+    back = reorient(agreed_opened_target(turned, g_turned, "LPS"), g_turned, "LPS")[0]
+    np.testing.assert_array_equal(back, target)
+    # in the storage order itself (no model orientation) the slices are sagittal: the tube is not added
+    naive = reorient(agreed_opened_target(turned, g_turned, None), g_turned, "LPS")[0]
+    assert not naive[tube].any()
