@@ -79,12 +79,17 @@ def test_staged_writes_rename_nothing_when_one_file_fails(tmp_path, monkeypatch)
     assert (tmp_path / "seg.nii.gz.json").read_text() == "old"
 
 
-@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
-def test_truncated_nifti_is_refused(tmp_path, suffix):
-    path = write_image(tmp_path / f"img{suffix}", _noise((40, 48, 56)), _geometry())
-    data = path.read_bytes()
+def _cut_in_half(tmp_path, suffix: str):
+    """An image file of ``suffix`` with the second half of its bytes missing."""
+    data = write_image(tmp_path / f"img{suffix}", _noise((40, 48, 56)), _geometry()).read_bytes()
     cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(data[:len(data) // 2])
+    return cut
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_truncated_nifti_is_refused(tmp_path, suffix):
+    cut = _cut_in_half(tmp_path, suffix)
     # SimpleITK itself reads the cut file and fills the missing half with zeros:
     assert (sitk.GetArrayFromImage(sitk.ReadImage(str(cut))) == 0).mean() > 0.4
     with pytest.raises(ImageIOError, match="truncated"):
@@ -93,10 +98,7 @@ def test_truncated_nifti_is_refused(tmp_path, suffix):
 
 @pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
 def test_truncated_metaimage_or_nrrd_is_refused_without_blaming_a_missing_file(tmp_path, suffix):
-    path = write_image(tmp_path / f"img{suffix}", _noise((40, 48, 56)), _geometry())
-    data = path.read_bytes()
-    cut = tmp_path / f"cut{suffix}"
-    cut.write_bytes(data[:len(data) // 2])
+    cut = _cut_in_half(tmp_path, suffix)
     with pytest.raises(ImageIOError, match="Is the file complete") as err:
         read_image(cut)
     assert "No such file" not in str(err.value)  # ITK's reason for a cut .mha; the file is there
