@@ -180,15 +180,10 @@ def agreed_opened_lesions(fused_zyx, brain_zyx, network_marks_zyx, kept_zyx, spa
     import numpy as np
     from scipy import ndimage
     from CGCLesionSegLib.inference import output_preset
-    from CGCLesionSegLib.postprocess import _cross, binarize, step_axes
+    from CGCLesionSegLib.postprocess import binarize, grow_back, open_binary
     preset = output_preset(DEFAULT_OUTPUT_RULE["preset"])
     mask = binarize(fused_zyx, threshold, fill_holes=preset["fill_holes"], spacing_xyz=spacing_xyz).astype(bool)
-    steps = step_axes(preset["opening_radius"], spacing_xyz)
-    opened = mask
-    for axes in steps:
-        opened = ndimage.binary_erosion(opened, _cross(axes))
-    for axes in reversed(steps):
-        opened = ndimage.binary_dilation(opened, _cross(axes))
+    opened = open_binary(mask, preset["opening_radius"], spacing_xyz)
     labels, n = ndimage.label(opened, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return np.zeros(mask.shape, bool)
@@ -198,10 +193,7 @@ def agreed_opened_lesions(fused_zyx, brain_zyx, network_marks_zyx, kept_zyx, spa
     keep = marked >= agree * size
     keep[np.unique(labels[np.asarray(kept_zyx, bool)])] = False  # the rule's own lesion (and label 0)
     keep[0] = False
-    grown = keep[labels]
-    if grown.any():
-        for axes in step_axes(2 * preset["opening_radius"], spacing_xyz):
-            grown = ndimage.binary_dilation(grown, _cross(axes), mask=mask)
+    grown = grow_back(keep[labels], mask, preset["opening_radius"], spacing_xyz)
     return grown & np.asarray(brain_zyx, bool)
 
 

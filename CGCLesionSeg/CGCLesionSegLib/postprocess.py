@@ -151,6 +151,29 @@ def _cross(axes: tuple[bool, bool, bool]) -> np.ndarray:
     return st
 
 
+def open_binary(binary_zyx: np.ndarray, radius: float, spacing_xyz: Optional[Sequence[float]] = None) -> np.ndarray:
+    """``binary_zyx`` opened: eroded then dilated by ``radius`` mm in 6-connected steps (:func:`step_axes`). bool."""
+    from scipy import ndimage
+    steps = step_axes(radius, spacing_xyz)
+    opened = np.asarray(binary_zyx, dtype=bool)
+    for axes in steps:
+        opened = ndimage.binary_erosion(opened, _cross(axes))
+    for axes in reversed(steps):
+        opened = ndimage.binary_dilation(opened, _cross(axes))
+    return opened
+
+
+def grow_back(seeds_zyx: np.ndarray, mask_zyx: np.ndarray, radius: float,
+              spacing_xyz: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Opened objects ``seeds_zyx`` grown back inside the unopened ``mask_zyx`` by ``2 * radius`` mm of geodesic
+    6-connected steps: the corners an opening of ``radius`` cut off come back, a bridge at most as a stub. bool."""
+    from scipy import ndimage
+    grown = np.asarray(seeds_zyx, dtype=bool)
+    for axes in step_axes(2 * radius, spacing_xyz):
+        grown = ndimage.binary_dilation(grown, _cross(axes), mask=mask_zyx)
+    return grown
+
+
 def open_and_keep(binary_zyx: np.ndarray, radius: float, keep_largest: int = 1,
                   spacing_xyz: Optional[Sequence[float]] = None, votes_zyx: Optional[np.ndarray] = None) -> np.ndarray:
     """Keep the ``keep_largest`` largest objects after cutting thin bridges, without eroding them.
@@ -177,16 +200,10 @@ def open_and_keep(binary_zyx: np.ndarray, radius: float, keep_largest: int = 1,
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     sub = binary[box]
     votes = None if votes_zyx is None else np.asarray(votes_zyx, dtype=bool)[box]
-    opened = sub
-    for axes in steps:
-        opened = ndimage.binary_erosion(opened, _cross(axes))
-    for axes in reversed(steps):
-        opened = ndimage.binary_dilation(opened, _cross(axes))
+    opened = open_binary(sub, radius, spacing_xyz)
     if not opened.any():  # everything is thinner than the opening: fall back to no opening
         return remove_small_components(binary, 0, keep_largest, votes_zyx)
-    grown = remove_small_components(opened, 0, keep_largest, votes)
-    for axes in step_axes(2 * radius, spacing_xyz):
-        grown = ndimage.binary_dilation(grown, _cross(axes), mask=sub)
+    grown = grow_back(remove_small_components(opened, 0, keep_largest, votes), sub, radius, spacing_xyz)
     out = np.zeros_like(binary)
     out[box] = grown
     return out
