@@ -60,16 +60,25 @@ RULE_EVIDENCE = {("cgc-v9", "single-lesion-recommended"): ("cgc-v11", "confirm",
 
 
 #: Where a recipe's seed ensemble was measured, for the card of a shipped ensemble: (recipe protocol, variant) ->
-#: (ensemble protocol, stage). cgc-v28 confirmed the two-seed ensemble of cgc-v24's recipe on cgc-v27's models.
-ENSEMBLE_EVIDENCE = {("cgc-v24", "robust-2mm-std"): ("cgc-v28", "confirm")}
+#: (ensemble protocol, stage). cgc-v28 confirmed the two-seed ensemble of cgc-v24's recipe on cgc-v27's models;
+#: cgc-v44's rival stage read cgc-v43's rival's ensemble.
+ENSEMBLE_EVIDENCE = {("cgc-v24", "robust-2mm-std"): ("cgc-v28", "confirm"),
+                     ("cgc-v43", "robust-2mm-stdopen"): ("cgc-v44", "rival")}
 
 #: Later independent readings of the shipped two-seed ensemble on fresh seeds, for its card: (recipe protocol,
 #: variant) -> (protocol, stage). cgc-v31 read the FLAIR ensemble again on cgc-v30's seeds 3000/3001.
 ENSEMBLE_REPLICATION = {("cgc-v24", "robust-2mm-std"): ("cgc-v31", "confirm")}
 
 #: Where the threshold a shipped ensemble records was chosen leave one case out, for its card: (recipe protocol,
-#: variant) -> (threshold protocol, stage). cgc-v29 chose the four-channel model's 0.35 and kept FLAIR's 0.3.
-THRESHOLD_EVIDENCE = {("cgc-v24", "robust-2mm-std"): ("cgc-v29", "confirm")}
+#: variant) -> (threshold protocol, stage). cgc-v29 chose the four-channel model's 0.35 and kept FLAIR's 0.3; its
+#: procedure on cgc-v44's rival stage gave cgc-v43's FLAIR recipe 0.35 (declared 2026-12-05 08:35).
+THRESHOLD_EVIDENCE = {("cgc-v24", "robust-2mm-std"): ("cgc-v29", "confirm"),
+                      ("cgc-v43", "robust-2mm-stdopen"): ("cgc-v44", "rival")}
+
+#: A recipe that replaced the shipped one by a control-against-rival confirmation, for its card: (recipe protocol,
+#: variant) -> (control variant, rule protocol scoring both with the shipped rule (its control and rival stages),
+#: multi-lesion probe results name). cgc-v43's FLAIR set replaced `robust-2mm-std` (docs/protocols/README.md).
+RIVAL_EVIDENCE = {("cgc-v43", "robust-2mm-stdopen"): ("robust-2mm-std", "cgc-v44", "multi-lesion-cgc-v43")}
 
 #: The threshold of each rule-evidence column (what the card's heading says it was scored at).
 COLUMN_THRESHOLD = {"default_rec": 0.5, "default_rec_03": 0.3}
@@ -224,6 +233,19 @@ def _formatters(group: dict, worst: bool = False):
     return f, ci
 
 
+def _table(group: dict, cells: list[tuple[str, str]], f) -> list[str]:
+    """A one-row markdown table of the ``(column, heading)`` cells whose column ``group`` scored (a protocol that
+    scored fewer columns, e.g. cgc-v44, gets a narrower table rather than dashes)."""
+    kept = [(c, h) for c, h in cells if c in group["means"]]
+    return ["| " + " | ".join(h for _, h in kept) + " |", "|" + "---|" * len(kept),
+            "| " + " | ".join(f(c) for c, _ in kept) + " |"]
+
+
+def _differences(group: dict, parts: list[tuple[str, str]], ci) -> str:
+    """``"label CI; label CI"`` of the ``(difference key, label)`` parts ``group`` has."""
+    return "; ".join(f"{label} {ci(key)}" for key, label in parts if key in group["differences"])
+
+
 def ensemble_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
     """The held-out numbers of the recipe's seed ensemble (:data:`ENSEMBLE_EVIDENCE`), as card markdown for a
     shipped ensemble; empty when no protocol measured it for this model set."""
@@ -237,14 +259,16 @@ def ensemble_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Pa
         f"Two models of this recipe per fold (seeds {', '.join(str(s) for s in group['seeds'])}), their network maps "
         f"averaged as this file averages its members; docs/BENCHMARKS.md section `{section}`. Mean Dice over "
         f"{len(group['cases'])} held-out cases:", "",
-        "| smoothed P | `cgcseg gmm` default | network, one seed | **network, ensemble** | default output at 0.3, one "
-        "seed | **default output at 0.3, ensemble** |", "|---|---|---|---|---|---|",
-        f"| {f('p_smooth')} | {f('gmm_default')} | {f('network')} | {f('network_ensemble')} | {f('default_rec_03')} "
-        f"| {f('default_rec_03_ensemble')} |", "",
-        f"Paired differences (mean, bootstrap 95 % CI over cases): ensemble − one seed, network "
-        f"{ci('network_ensemble-network')}, default output {ci('default_rec_03_ensemble-default_rec_03')}; ensemble "
-        f"network − smoothed P {ci('network_ensemble-p_smooth')}, − P ≥ 0.5 {ci('network_ensemble-p')}; ensemble "
-        f"default output − `cgcseg gmm` default {ci('default_rec_03_ensemble-gmm_default')}.", ""])
+        *_table(group, [("p", "P ≥ 0.5"), ("p_smooth", "smoothed P"), ("gmm_default", "`cgcseg gmm` default"),
+                        ("network", "network, one seed"), ("network_ensemble", "**network, ensemble**"),
+                        ("default_rec_03", "default output at 0.3, one seed"),
+                        ("default_rec_03_ensemble", "**default output at 0.3, ensemble**")], f), "",
+        "Paired differences (mean, bootstrap 95 % CI over cases): " + _differences(group, [
+            ("network_ensemble-network", "ensemble − one seed, network"),
+            ("default_rec_03_ensemble-default_rec_03", "ensemble − one seed, default output"),
+            ("network_ensemble-p_smooth", "ensemble network − smoothed P"),
+            ("network_ensemble-p", "ensemble network − P ≥ 0.5"),
+            ("default_rec_03_ensemble-gmm_default", "ensemble default output − `cgcseg gmm` default")], ci) + ".", ""])
 
 
 def ensemble_replication_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
@@ -285,17 +309,75 @@ def threshold_notes(protocol_name: str, mods: tuple, winner: str, results_dir: P
     return "\n".join(["",
         f"## Held-out numbers of the threshold (protocol `{name}`, stage `{stage}`)", "",
         f"The seed ensembles above, each held-out case thresholded at the value best on the other "
-        f"{len(chosen['per_case']) - 1} cases (leave one case out: {', '.join(f'{t:g}' for t in ts)}); `cgcseg gmm`'s "
-        f"clean-up given the same freedom; docs/BENCHMARKS.md section `{section}`. Mean Dice over "
-        f"{len(group['cases'])} held-out cases:", "",
-        "| `cgcseg gmm` default | `cgcseg gmm` at the left-out threshold | default output at 0.3 "
-        "| **default output at the left-out threshold** |", "|---|---|---|---|",
-        f"| {f('gmm_default')} | {f('gmm_default_loo')} | {f('default_rec_03_ensemble')} | "
-        f"{f('default_rec_loo_ensemble')} |", "",
-        f"Paired differences (mean, bootstrap 95 % CI over cases): default output at the left-out threshold − "
-        f"`cgcseg gmm` default {ci('default_rec_loo_ensemble-gmm_default')}; − `cgcseg gmm` at the left-out threshold "
-        f"{ci('default_rec_loo_ensemble-gmm_default_loo')}. The same procedure over all "
-        f"{len(chosen['per_case'])} cases gives {chosen['all']['threshold']:g}, the threshold this file records.", ""])
+        f"{len(chosen['per_case']) - 1} cases (leave one case out: {', '.join(f'{t:g}' for t in ts)})"
+        + ("; `cgcseg gmm`'s clean-up given the same freedom" if "gmm_default_loo" in group["means"] else "")
+        + f"; docs/BENCHMARKS.md section `{section}`. Mean Dice over {len(group['cases'])} held-out cases:", "",
+        *_table(group, [("gmm_default", "`cgcseg gmm` default"),
+                        ("gmm_default_loo", "`cgcseg gmm` at the left-out threshold"),
+                        ("default_rec_03_ensemble", "default output at 0.3"),
+                        ("default_rec_loo_ensemble", "**default output at the left-out threshold**")], f), "",
+        "Paired differences (mean, bootstrap 95 % CI over cases), default output at the left-out threshold: "
+        + _differences(group, [("default_rec_loo_ensemble-gmm_default", "− `cgcseg gmm` default"),
+                               ("default_rec_loo_ensemble-gmm_default_loo", "− `cgcseg gmm` at the left-out threshold")],
+                       ci)
+        + f". The same procedure over all {len(chosen['per_case'])} cases gives {chosen['all']['threshold']:g}, the "
+        "threshold this file records.", ""])
+
+
+def rival_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
+    """The recipe against the one it replaced (:data:`RIVAL_EVIDENCE`), as card markdown: one-seed network and
+    ``single-lesion`` default (the recipe protocol's confirmation), the multi-lesion probe's second lesion, and the
+    shipped rule on the two-seed ensemble at the left-out threshold (the rule protocol's control and rival stages),
+    each with rival − control paired over cases; empty when the model set has no such reading."""
+    if (protocol_name, winner) not in RIVAL_EVIDENCE:
+        return ""
+    import protocol
+    control, rule_name, probe_name = RIVAL_EVIDENCE[(protocol_name, winner)]
+    key = "-".join(mods)
+    confirm, confirm_section = _set_results(protocol_name, "confirm", mods, results_dir)
+    rule = {v: _set_results(rule_name, stage, mods, results_dir) for v, stage in ((winner, "rival"), (control, "control"))}
+    probe_path = Path(results_dir) / f"{probe_name}-{key}.json"
+    if not probe_path.exists():  # a probe run over one set is named without it (cgc-v42's)
+        probe_path = Path(results_dir) / f"{probe_name}.json"
+    probe = json.loads(probe_path.read_text()) if probe_path.exists() else None
+    summary = (confirm or {}).get("summary", {})
+    if f"{key}/{winner}" not in summary or f"{key}/{control}" not in summary or any(r is None for r, _ in rule.values()):
+        return ""
+    vdiff = confirm.get("variant_differences", {}).get(key, {}).get(winner, {})
+
+    def rule_case_means(variant: str) -> dict:
+        per: dict = {}
+        for r in rule[variant][0]["rows"]:
+            if r["variant"] == variant and "default_rec_loo_ensemble" in r:
+                per.setdefault(r["case"], []).append(r["default_rec_loo_ensemble"]["dice"])
+        return {c: sum(v) / len(v) for c, v in per.items()}
+    rw, rc = rule_case_means(winner), rule_case_means(control)
+    cases = sorted(set(rw) & set(rc))
+    diffs = [rw[c] - rc[c] for c in cases]
+    lo, hi = protocol.bootstrap_ci(diffs, 10000, 0)
+
+    def fmt(x: dict | None) -> str:
+        return (f"{x['mean']:+.4f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]") if x else "—"
+    probe_v = (probe or {}).get("summary", {}).get("variants", {})
+    second = lambda v: f"{probe_v[v]['network']['sens_second']:.3f}" if v in probe_v else "—"
+    probe_d = (probe or {}).get("summary", {}).get("difference")
+    mean = lambda v, col: f"{summary[f'{key}/{v}']['means'][col]['dice']:.4f}"
+    rule_mean = lambda d: f"{sum(d.values()) / len(d):.4f}"
+    return "\n".join(["",
+        f"## Against the recipe it replaced (protocols `{protocol_name}`, `{rule_name}`)", "",
+        f"This recipe's round 2 replaced `{control}`'s after a declared control-against-rival confirmation on fresh "
+        f"seeds ({', '.join(str(s) for s in summary[f'{key}/{winner}']['seeds'])}; docs/protocols/README.md, "
+        f"docs/BENCHMARKS.md sections `{confirm_section}`, `protocol-{rule_name}-control-{key}`, "
+        f"`protocol-{rule_name}-rival-{key}`, `{probe_path.stem}`). Mean over {len(cases)} held-out cases; the probe "
+        f"over its {len((probe or {}).get('summary', {}).get('cases', []))} cases with a second lesion:", "",
+        "| | network ≥ 0.5, one seed | `single-lesion` default, one seed | probe: network's second-lesion sensitivity "
+        "| **shipped rule, ensemble, threshold left out** |", "|---|---|---|---|---|",
+        f"| `{control}` | {mean(control, 'network')} | {mean(control, 'default')} | {second(control)} | {rule_mean(rc)} |",
+        f"| **`{winner}`** | {mean(winner, 'network')} | {mean(winner, 'default')} | {second(winner)} | {rule_mean(rw)} |",
+        "",
+        f"`{winner}` − `{control}`, paired over cases (mean, bootstrap 95 % CI): network {fmt(vdiff.get('network'))}; "
+        f"`single-lesion` default {fmt(vdiff.get('default'))}; probe second lesion {fmt(probe_d)}; shipped rule "
+        f"{fmt({'mean': sum(diffs) / len(diffs), 'ci95': (lo, hi)})}.", ""])
 
 
 def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
@@ -386,7 +468,8 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
              + rule_notes(proto["name"], output_rule, model.modalities, model.variant, results_dir)
              + (ensemble_notes(proto["name"], model.modalities, model.variant, results_dir) if members else "")
              + (ensemble_replication_notes(proto["name"], model.modalities, model.variant, results_dir) if members else "")
-             + (threshold_notes(proto["name"], model.modalities, model.variant, results_dir) if members else ""))
+             + (threshold_notes(proto["name"], model.modalities, model.variant, results_dir) if members else "")
+             + rival_notes(proto["name"], model.modalities, model.variant, results_dir))
     stem = Path(model_file_name(list(model.modalities))).stem
     export_default_model.main([str(model.run), "--name", stem, "--dice-json", str(dice_json), "--hardware", hardware,
                                "--output-rule", output_rule, "--notes", notes]

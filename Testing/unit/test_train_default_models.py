@@ -524,3 +524,70 @@ def test_replication_card_section_reads_cgc_v31_and_is_in_the_flair_card_only():
     shipped = available_default_models()
     assert text.strip() in shipped[("flair",)].with_suffix(".md").read_text()
     assert "read again on fresh seeds" not in shipped[("flair", "t1", "t1ce", "t2")].with_suffix(".md").read_text()
+
+
+def test_rival_card_section_pairs_the_shipped_rule_over_cases_and_says_nothing_without_the_control(tmp_path, monkeypatch):
+    """A recipe that replaced the shipped one (cgc-v43's FLAIR set): its card shows both recipes' held-out numbers
+    and rival − control paired over cases; the shipped-rule difference is made here from the two rule stages' rows
+    (seeds averaged per case first), so it is checked against a hand computation."""
+    import statistics
+    import train_default_models as tdm
+    import protocol
+    cases = ["a", "b", "c", "d"]
+    group = lambda net, dflt: {"cases": cases, "seeds": [4000, 4001],
+                               "means": {"network": {"dice": net}, "default": {"dice": dflt}}, "differences": {}}
+    vd = {"network": {"mean": -0.0017, "ci95": [-0.017, 0.013]}, "default": {"mean": 0.0099, "ci95": [0.005, 0.016]}}
+    (tmp_path / "rv-confirm-flair.json").write_text(json.dumps({
+        "summary": {"flair/new": group(0.7882, 0.8328), "flair/old": group(0.7899, 0.8229)},
+        "variant_differences": {"flair": {"new": vd}}}))
+    rng = np.random.default_rng(0)
+    dice = {v: {(c, s): float(rng.uniform(0.7, 0.9)) for c in cases for s in (4000, 4001)} for v in ("new", "old")}
+    for stage, v in (("rival", "new"), ("control", "old")):
+        rows = [{"case": c, "seed": s, "variant": v, "modalities": ["flair"], "default_rec_loo_ensemble": {"dice": d}}
+                for (c, s), d in dice[v].items()]
+        (tmp_path / f"rl-{stage}-flair.json").write_text(json.dumps({"summary": {}, "rows": rows}))
+    (tmp_path / "pr-flair.json").write_text(json.dumps({"summary": {
+        "cases": ["a", "b"], "variants": {"new": {"network": {"sens_second": 0.709}}, "old": {"network": {"sens_second": 0.402}}},
+        "difference": {"mean": 0.307, "ci95": [0.228, 0.411]}}}))
+    monkeypatch.setitem(tdm.RIVAL_EVIDENCE, ("rv", "new"), ("old", "rl", "pr"))
+    text = tdm.rival_notes("rv", ("flair",), "new", tmp_path)
+    per_case = lambda v: {c: statistics.mean([dice[v][(c, s)] for s in (4000, 4001)]) for c in cases}
+    new, old = per_case("new"), per_case("old")
+    diffs = [new[c] - old[c] for c in cases]
+    lo, hi = protocol.bootstrap_ci(diffs, 10000, 0)
+    assert f"| **`new`** | 0.7882 | 0.8328 | 0.709 | {statistics.mean(new.values()):.4f} |" in text
+    assert f"| `old` | 0.7899 | 0.8229 | 0.402 | {statistics.mean(old.values()):.4f} |" in text
+    assert f"shipped rule {statistics.mean(diffs):+.4f} [{lo:+.3f}, {hi:+.3f}]" in text
+    assert "network -0.0017 [-0.017, +0.013]" in text and "probe second lesion +0.3070 [+0.228, +0.411]" in text
+    assert "over its 2 cases with a second lesion" in text and "`pr-flair`" in text
+    # the other set has no confirmation, a recipe without a rival reading none, a missing control stage nothing
+    assert tdm.rival_notes("rv", ("flair", "t1", "t1ce", "t2"), "new", tmp_path) == ""
+    assert tdm.rival_notes("rv", ("flair",), "old", tmp_path) == ""
+    (tmp_path / "rl-control-flair.json").unlink()
+    assert tdm.rival_notes("rv", ("flair",), "new", tmp_path) == ""
+
+
+def test_ensemble_and_threshold_sections_of_a_narrower_protocol_leave_out_the_columns_it_did_not_score(tmp_path, monkeypatch):
+    """cgc-v44 scored the ensemble network and the shipped rule at the left-out threshold, not the one-seed or 0.3
+    columns: the card's tables then have only what was scored (no dash columns), and no difference it lacks."""
+    import train_default_models as tdm
+    group = {"cases": list("abc"), "seeds": [4000, 4001],
+             "means": {c: {"dice": v} for c, v in [("p", 0.70), ("p_smooth", 0.75), ("gmm_default", 0.83),
+                                                   ("network_ensemble", 0.80), ("default_rec_loo_ensemble", 0.86)]},
+             "differences": {"network_ensemble-p_smooth": {"mean": 0.045, "ci95": [0.013, 0.088], "min_case": -0.01},
+                             "default_rec_loo_ensemble-gmm_default": {"mean": 0.034, "ci95": [-0.007, 0.077],
+                                                                      "min_case": -0.058}}}
+    loo = {"default_rec_loo_ensemble": {"per_case": {c: {"threshold": t} for c, t in zip("abc", (0.3, 0.35, 0.35))},
+                                        "all": {"threshold": 0.35}}}
+    (tmp_path / "nr-rival-flair.json").write_text(json.dumps({"summary": {"flair/r": group},
+                                                              "leave_one_out": {"flair/r": loo}}))
+    monkeypatch.setitem(tdm.ENSEMBLE_EVIDENCE, ("tiny", "r"), ("nr", "rival"))
+    monkeypatch.setitem(tdm.THRESHOLD_EVIDENCE, ("tiny", "r"), ("nr", "rival"))
+    ens = tdm.ensemble_notes("tiny", ("flair",), "r", tmp_path)
+    assert "| P ≥ 0.5 | smoothed P | `cgcseg gmm` default | **network, ensemble** |\n|---|---|---|---|\n" \
+           "| 0.700 | 0.750 | 0.830 | 0.800 |" in ens
+    assert "—" not in ens and "one seed" not in ens and "ensemble network − smoothed P +0.045 [+0.013, +0.088]" in ens
+    thr = tdm.threshold_notes("tiny", ("flair",), "r", tmp_path)
+    assert "| `cgcseg gmm` default | **default output at the left-out threshold** |" in thr and "| 0.830 | 0.860 |" in thr
+    assert "− `cgcseg gmm` default +0.034 [-0.007, +0.077] (worst case -0.058)" in thr and "same freedom" not in thr
+    assert "leave one case out: 0.3, 0.35" in thr and "gives 0.35, the threshold this file records" in thr
