@@ -153,16 +153,19 @@ def test_shipped_recipe_is_the_command_line_of_the_shipped_models():
     got = apply_recipe(parser, over, parser.parse_args(over))
     assert (got.epochs, got.steps, got.lr, got.self_train_rounds, got.ema) == (5, None, 0.01, 0, 0.99)
     assert parser.parse_args(["--output-dir", "x"]).ema == 0.0
-    # the shipped models since cgc-v24: the same recipe with `--pseudo-rule default-output` (TRAINING.md)
-    v24 = protocol.load_protocol(root / "docs" / "protocols" / "cgc-v24.toml")
-    rival = v24["variants"]["robust-2mm-std"]
-    assert rival["pseudo_volume"] == "default-output" and rival["self_train_from"] == "robust-2mm"
-    spelled = ["--output-dir", "x", *v24["base_train_args"], *rival["args"], "--steps", str(v24["stages"]["confirm"]["steps"]),
-               "--self-train-rounds", "1", "--pseudo-rule", "default-output"]
-    by_recipe = ["--output-dir", "x", "--recipe", "shipped", "--pseudo-rule", "default-output", "--workers", "0"]
-    expected = {k: v for k, v in vars(parser.parse_args(spelled)).items() if k != "recipe"}
-    got = vars(apply_recipe(parser, by_recipe, parser.parse_args(by_recipe)))
-    assert {k: v for k, v in got.items() if k != "recipe"} == expected
+    # the shipped models: the same recipe with `--pseudo-rule default-output` (four-channel, cgc-v24) or
+    # `default-output-agreed-opened` (FLAIR, cgc-v43) (TRAINING.md)
+    for name, vname, rule in (("cgc-v24", "robust-2mm-std", "default-output"),
+                              ("cgc-v43", "robust-2mm-stdopen", "default-output-agreed-opened")):
+        proto = protocol.load_protocol(root / "docs" / "protocols" / f"{name}.toml")
+        rival = proto["variants"][vname]
+        assert rival["pseudo_volume"] == rule and rival["self_train_from"] == "robust-2mm"
+        spelled = ["--output-dir", "x", *proto["base_train_args"], *rival["args"], "--steps",
+                   str(proto["stages"]["confirm"]["steps"]), "--self-train-rounds", "1", "--pseudo-rule", rule]
+        by_recipe = ["--output-dir", "x", "--recipe", "shipped", "--pseudo-rule", rule, "--workers", "0"]
+        expected = {k: v for k, v in vars(parser.parse_args(spelled)).items() if k != "recipe"}
+        got = vars(apply_recipe(parser, by_recipe, parser.parse_args(by_recipe)))
+        assert {k: v for k, v in got.items() if k != "recipe"} == expected, name
 
 
 def test_recipe_run_records_its_settings_and_resumes_with_them(tmp_path):

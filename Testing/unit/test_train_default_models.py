@@ -483,18 +483,31 @@ def test_an_ensembles_card_carries_the_ensemble_protocols_numbers_for_its_own_se
     assert tdm.ensemble_notes("tiny", ("flair",), "other", tmp_path) == ""
 
 
+def _shipped_recipe(mods: tuple) -> tuple[str, str]:
+    """(recipe protocol, variant) the shipped file of ``mods`` was trained with, read from its card's Recipe line."""
+    import re
+    from CGCLesionSegLib.default_models import available_default_models
+    card = available_default_models()[tuple(mods)].with_suffix(".md").read_text()
+    found = re.search(r"^\*\*Recipe\*\*: protocol `([\w.-]+)`'s [^`]*`([\w-]+)`", card, re.M)
+    assert found, "the shipped card has no Recipe line naming its protocol and variant"
+    return found.group(1), found.group(2)
+
+
 def test_threshold_card_section_reads_the_leave_one_out_protocol_and_matches_what_the_shipped_files_record():
-    """cgc-v29's card section: its numbers are the results file's, and the threshold the procedure gives over every
-    case is the one each shipped file records (a re-exported file must get it again: the guard is here)."""
+    """Each shipped file's threshold section (cgc-v29 for cgc-v24's recipe, cgc-v44's rival stage for cgc-v43's): its
+    numbers are the results file's, and the threshold the procedure gives over every case is the one the shipped file
+    records (a re-exported file must get it again: the guard is here)."""
     import train_default_models as tdm
     from CGCLesionSegLib.checkpoint import default_threshold
     from CGCLesionSegLib.default_models import available_default_models, model_file_name
     shipped = available_default_models()
     for mods in tdm.MODEL_SETS.values():
-        res = json.loads((tdm.RESULTS / f"cgc-v29-confirm-{'-'.join(mods)}.json").read_text())
-        key = f"{'-'.join(mods)}/robust-2mm-std"
+        recipe = _shipped_recipe(mods)
+        name, stage = tdm.THRESHOLD_EVIDENCE[recipe]
+        res = json.loads((tdm.RESULTS / f"{name}-{stage}-{'-'.join(mods)}.json").read_text())
+        key = f"{'-'.join(mods)}/{recipe[1]}"
         group, chosen = res["summary"][key], res["leave_one_out"][key]["default_rec_loo_ensemble"]
-        text = tdm.threshold_notes("cgc-v24", mods, "robust-2mm-std")
+        text = tdm.threshold_notes(*recipe[:1], mods, recipe[1])
         assert f"| {group['means']['default_rec_loo_ensemble']['dice']:.3f} |" in text
         d = group["differences"]["default_rec_loo_ensemble-gmm_default"]
         assert f"`cgcseg gmm` default {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" in text
@@ -503,14 +516,14 @@ def test_threshold_card_section_reads_the_leave_one_out_protocol_and_matches_wha
         assert path.name == model_file_name(list(mods))
         assert default_threshold(path, "single-lesion-recommended") == pytest.approx(chosen["all"]["threshold"])
         card = path.with_suffix(".md").read_text()
-        assert "## Held-out numbers of the threshold (protocol `cgc-v29`" in card and "(the shipped threshold)" not in card
+        assert f"## Held-out numbers of the threshold (protocol `{name}`" in card and "(the shipped threshold)" not in card
     assert tdm.threshold_notes("cgc-v9", ("flair",), "robust-2mm-st") == ""
 
 
-def test_replication_card_section_reads_cgc_v31_and_is_in_the_flair_card_only():
-    """The FLAIR ensemble's second independent reading (cgc-v31, fresh seeds): its numbers are the results file's
-    two-seed columns, the shipped FLAIR card carries the section as generated, and the four-channel set (not scored
-    by cgc-v31) gets none."""
+def test_replication_card_section_reads_cgc_v31_and_is_only_in_a_card_of_that_recipe():
+    """The cgc-v24 FLAIR ensemble's second independent reading (cgc-v31, fresh seeds): its numbers are the results
+    file's two-seed columns; a shipped card carries the section exactly when its recipe has such a reading (the
+    four-channel set was not scored by cgc-v31; the FLAIR file ships cgc-v43's recipe since 2026-12-05)."""
     import train_default_models as tdm
     from CGCLesionSegLib.default_models import available_default_models
     res = json.loads((tdm.RESULTS / "cgc-v31-confirm.json").read_text())
@@ -522,8 +535,22 @@ def test_replication_card_section_reads_cgc_v31_and_is_in_the_flair_card_only():
     assert tdm.ensemble_replication_notes("cgc-v24", ("flair", "t1", "t1ce", "t2"), "robust-2mm-std") == ""
     assert tdm.ensemble_replication_notes("cgc-v9", ("flair",), "robust-2mm-st") == ""
     shipped = available_default_models()
-    assert text.strip() in shipped[("flair",)].with_suffix(".md").read_text()
-    assert "read again on fresh seeds" not in shipped[("flair", "t1", "t1ce", "t2")].with_suffix(".md").read_text()
+    for mods in tdm.MODEL_SETS.values():
+        card = shipped[tuple(mods)].with_suffix(".md").read_text()
+        expected = tdm.ensemble_replication_notes(*_shipped_recipe(mods)[:1], mods, _shipped_recipe(mods)[1])
+        assert (expected.strip() in card) if expected else ("read again on fresh seeds" not in card)
+
+
+def test_the_shipped_flair_card_carries_the_rival_reading_of_its_recipe():
+    """The FLAIR file ships cgc-v43's rival since 2026-12-05: its card carries the rival-against-control section
+    exactly as generated from the committed results (a stale card or a changed results file fails here)."""
+    import train_default_models as tdm
+    from CGCLesionSegLib.default_models import available_default_models
+    recipe = _shipped_recipe(("flair",))
+    assert recipe in tdm.RIVAL_EVIDENCE, f"the shipped FLAIR recipe {recipe} has no rival reading"
+    text = tdm.rival_notes(recipe[0], ("flair",), recipe[1])
+    assert "## Against the recipe it replaced" in text
+    assert text.strip() in available_default_models()[("flair",)].with_suffix(".md").read_text()
 
 
 def test_rival_card_section_pairs_the_shipped_rule_over_cases_and_says_nothing_without_the_control(tmp_path, monkeypatch):
