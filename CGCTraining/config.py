@@ -23,9 +23,10 @@ LR_SCHEDULES = ("constant", "cosine")
 #: the command line still win. ``paper`` is the plain defaults (the paper's settings where it gives
 #: them). ``shipped`` is the shipped models' recipe with targets for any cohort: `robust-2mm-st` of declared
 #: protocol cgc-v9 (docs/protocols/cgc-v9.toml: its base arguments, the variant's arguments, 300 steps per
-#: round and one self-training round on ``fixed`` targets). The shipped models themselves (since cgc-v24)
-#: made their round's targets with ``--pseudo-rule default-output``, which keeps one lesion per case: right
-#: for gliomas, wrong for MS or several haemorrhages, refused for CT — so it is not a recipe default; a
+#: round and one self-training round on ``fixed`` targets). The shipped four-channel model (since cgc-v24)
+#: made its round's targets with ``--pseudo-rule default-output`` (the FLAIR model, since cgc-v43, with
+#: ``default-output-agreed-opened``, which adds the further lesions round 1 agrees with); ``default-output`` keeps one
+#: lesion per case: right for gliomas, wrong for MS or several haemorrhages, refused for CT — so it is not a recipe default; a
 #: one-lesion cohort adds it. Testing/unit/test_self_train.py checks that it expands to
 #: exactly that protocol's command line. With ``--epochs`` given, its ``steps`` is not applied.
 RECIPES = {

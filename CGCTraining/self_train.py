@@ -67,7 +67,7 @@ CORE = 0.5
 KEEP_P_FLOOR = 0.3
 #: The ``default-output`` targets' threshold: the default-output threshold the shipped models were trained with,
 #: which every fold of cgc-v18's confirmation chose on its own training cases (docs/protocols/README.md). The
-#: recipe keeps it; at inference the four-channel model now records 0.35 (cgc-v29), the FLAIR model 0.3.
+#: recipe keeps it; at inference both shipped models now record 0.35 (cgc-v29; the FLAIR model cgc-v44).
 DEFAULT_OUTPUT_THRESHOLD = 0.3
 #: The ``default-output`` targets' rule: the output preset, its threshold and its lesion choice (also what
 #: self_train.json records). The lesion stays the largest (``size``), as in the recipe cgc-v24 confirmed and the

@@ -695,9 +695,22 @@ def report(proto: dict, stage_name: str, summary: dict, sigmas: dict, models: li
     lines += variants_table(summary, proto, stage)
     for key, g in summary.items():
         lines += [f"#### {g['modalities']} — variant `{g['variant']}`", ""] + group_table(g) + [""]
-    if winner:
-        lines += [f"Winner by the declared rule ({stage.get('winner_rule', '')}): **`{winner}`**.", ""]
+    rule = stage.get("winner_rule", "")
+    if header_decided(stage):
+        lines += [f"Decision: by the criteria declared in the protocol file's header ({rule}); they need numbers from "
+                  "other runs (the multi-lesion probe, the rule protocol), so this runner names no winner: the "
+                  "decision and its numbers are in docs/protocols/README.md.", ""]
+    elif winner:
+        lines += [f"Winner by the declared rule ({rule}): **`{winner}`**"
+                  + (" — computed from its network-Dice margin only; the rule's further condition is read in "
+                     "docs/protocols/README.md" if " with " in rule else "") + ".", ""]
     return "\n".join(lines)
+
+
+def header_decided(stage: dict) -> bool:
+    """Whether the stage's ``winner_rule`` defers to criteria in the protocol file's header (cgc-v38 on): criteria
+    that read other runs' numbers, which :func:`pick_winner` (network Dice and a margin) does not compute."""
+    return stage.get("winner_rule", "").startswith("declared in the file's header")
 
 
 def kept_scores(score_file: Path, stamp: dict, compute) -> list[dict]:
@@ -765,7 +778,8 @@ def run(args, extra: list) -> int:
         stamp = {"sigma": sigmas[skey]["sigma"], "step": info.step}
         rows += kept_scores(score_file, stamp, lambda: score_model(m, cases, sigmas[skey]["sigma"], args.device))
     summary = summarise(rows, proto)
-    winner = pick_winner(summary, stage) if "winner_rule" in stage and not args.score_available else None
+    winner = (pick_winner(summary, stage) if "winner_rule" in stage and not args.score_available
+              and not header_decided(stage) else None)
     finished = {m.key: _finished(m) for m in models}
     text = report(proto, args.stage, summary, sigmas, models, extra, winner, finished) + model_set_note(set_tag)
     if args.score_available:  # progress only: the same tables, marked, and nothing written

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -329,57 +330,69 @@ def threshold_notes(protocol_name: str, mods: tuple, winner: str, results_dir: P
 def rival_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
     """The recipe against the one it replaced (:data:`RIVAL_EVIDENCE`), as card markdown: one-seed network and
     ``single-lesion`` default (the recipe protocol's confirmation), the multi-lesion probe's second lesion, and the
-    shipped rule on the two-seed ensemble at the left-out threshold (the rule protocol's control and rival stages),
-    each with rival − control paired over cases; empty when the model set has no such reading."""
+    shipped rule on the two-seed ensemble at the left-out threshold (the rule protocol's control and rival stages,
+    paired over cases by :mod:`stage_pairs` with that protocol's bootstrap settings), each with rival − control;
+    empty when the model set lacks any of these readings (a set's numbers never stand in for another's)."""
     if (protocol_name, winner) not in RIVAL_EVIDENCE:
         return ""
-    import protocol
+    import stage_pairs
+    import tomllib
     control, rule_name, probe_name = RIVAL_EVIDENCE[(protocol_name, winner)]
     key = "-".join(mods)
     confirm, confirm_section = _set_results(protocol_name, "confirm", mods, results_dir)
-    rule = {v: _set_results(rule_name, stage, mods, results_dir) for v, stage in ((winner, "rival"), (control, "control"))}
+    summary = (confirm or {}).get("summary", {})
+    if f"{key}/{winner}" not in summary or f"{key}/{control}" not in summary:
+        return ""
+    rule_file = ROOT / "docs" / "protocols" / f"{rule_name}.toml"
+    rule_proto = tomllib.loads(rule_file.read_text()) if rule_file.exists() else {}
+    groups = [stage_pairs.stage_group(results_dir, rule_name, st, mods, v) for st, v in (("rival", winner),
+                                                                                     ("control", control))]
+    rule = groups[0] and groups[1] and stage_pairs.paired(
+        groups[0], groups[1], stage_pairs.COLUMN, int(rule_proto.get("bootstrap_resamples", 10000)),
+        int(rule_proto.get("bootstrap_seed", 0)))
     probe_path = Path(results_dir) / f"{probe_name}-{key}.json"
     if not probe_path.exists():  # a probe run over one set is named without it (cgc-v42's)
         probe_path = Path(results_dir) / f"{probe_name}.json"
-    probe = json.loads(probe_path.read_text()) if probe_path.exists() else None
-    summary = (confirm or {}).get("summary", {})
-    if f"{key}/{winner}" not in summary or f"{key}/{control}" not in summary or any(r is None for r, _ in rule.values()):
+    probe = json.loads(probe_path.read_text()).get("summary", {}) if probe_path.exists() else {}
+    probe_rows = json.loads(probe_path.read_text()).get("rows", []) if probe_path.exists() else []
+    probe_sets = {"-".join(r["modalities"]) for r in probe_rows if "modalities" in r}
+    if (not rule or (probe.get("difference") or {}).get("of") != f"{winner} - {control}"
+            or (probe_sets and probe_sets != {key})):
         return ""
-    vdiff = confirm.get("variant_differences", {}).get(key, {}).get(winner, {})
 
-    def rule_case_means(variant: str) -> dict:
-        per: dict = {}
-        for r in rule[variant][0]["rows"]:
-            if r["variant"] == variant and "default_rec_loo_ensemble" in r:
-                per.setdefault(r["case"], []).append(r["default_rec_loo_ensemble"]["dice"])
-        return {c: sum(v) / len(v) for c, v in per.items()}
-    rw, rc = rule_case_means(winner), rule_case_means(control)
-    cases = sorted(set(rw) & set(rc))
-    diffs = [rw[c] - rc[c] for c in cases]
-    lo, hi = protocol.bootstrap_ci(diffs, 10000, 0)
-
-    def fmt(x: dict | None) -> str:
-        return (f"{x['mean']:+.4f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]") if x else "—"
-    probe_v = (probe or {}).get("summary", {}).get("variants", {})
-    second = lambda v: f"{probe_v[v]['network']['sens_second']:.3f}" if v in probe_v else "—"
-    probe_d = (probe or {}).get("summary", {}).get("difference")
+    def diff(col: str) -> dict:
+        """rival − control of a confirmation column, per case (seed means) and over cases."""
+        r, c = summary[f"{key}/{winner}"]["per_case"], summary[f"{key}/{control}"]["per_case"]
+        d = [r[k][col]["dice"] - c[k][col]["dice"] for k in sorted(set(r) & set(c))]
+        return {"mean": sum(d) / len(d), "ci95": protocol_bootstrap(d, confirm)}
+    fmt = lambda x: f"{x['mean']:+.4f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
+    second = lambda v: f"{probe['variants'][v]['network']['sens_second']:.3f}"
     mean = lambda v, col: f"{summary[f'{key}/{v}']['means'][col]['dice']:.4f}"
-    rule_mean = lambda d: f"{sum(d.values()) / len(d):.4f}"
+    avg = lambda d: f"{sum(d.values()) / len(d):.4f}"
     return "\n".join(["",
         f"## Against the recipe it replaced (protocols `{protocol_name}`, `{rule_name}`)", "",
         f"This recipe's round 2 replaced `{control}`'s after a declared control-against-rival confirmation on fresh "
         f"seeds ({', '.join(str(s) for s in summary[f'{key}/{winner}']['seeds'])}; docs/protocols/README.md, "
-        f"docs/BENCHMARKS.md sections `{confirm_section}`, `protocol-{rule_name}-control-{key}`, "
-        f"`protocol-{rule_name}-rival-{key}`, `{probe_path.stem}`). Mean over {len(cases)} held-out cases; the probe "
-        f"over its {len((probe or {}).get('summary', {}).get('cases', []))} cases with a second lesion:", "",
+        f"docs/BENCHMARKS.md sections `{confirm_section}`, `protocol-{rule_name}-rival-vs-control-{key}`, "
+        f"`{probe_path.stem}`). Mean over {len(rule['cases'])} held-out cases; the probe over its "
+        f"{len(probe.get('cases', []))} cases with a second lesion:", "",
         "| | network ≥ 0.5, one seed | `single-lesion` default, one seed | probe: network's second-lesion sensitivity "
         "| **shipped rule, ensemble, threshold left out** |", "|---|---|---|---|---|",
-        f"| `{control}` | {mean(control, 'network')} | {mean(control, 'default')} | {second(control)} | {rule_mean(rc)} |",
-        f"| **`{winner}`** | {mean(winner, 'network')} | {mean(winner, 'default')} | {second(winner)} | {rule_mean(rw)} |",
-        "",
-        f"`{winner}` − `{control}`, paired over cases (mean, bootstrap 95 % CI): network {fmt(vdiff.get('network'))}; "
-        f"`single-lesion` default {fmt(vdiff.get('default'))}; probe second lesion {fmt(probe_d)}; shipped rule "
-        f"{fmt({'mean': sum(diffs) / len(diffs), 'ci95': (lo, hi)})}.", ""])
+        f"| `{control}` | {mean(control, 'network')} | {mean(control, 'default')} | {second(control)} | "
+        f"{avg(rule['control'])} |",
+        f"| **`{winner}`** | {mean(winner, 'network')} | {mean(winner, 'default')} | {second(winner)} | "
+        f"{avg(rule['rival'])} |", "",
+        f"`{winner}` − `{control}`, paired over cases (mean, bootstrap 95 % CI): network {fmt(diff('network'))}; "
+        f"`single-lesion` default {fmt(diff('default'))}; probe second lesion {fmt(probe['difference'])}; shipped rule "
+        f"{fmt(rule)}.", ""])
+
+
+def protocol_bootstrap(values: list[float], results: dict) -> tuple[float, float]:
+    """The bootstrap 95 % CI of the mean of ``values`` with the settings of the protocol that wrote ``results``."""
+    import protocol
+    proto_file = ROOT / "docs" / "protocols" / f"{results.get('protocol', '')}.toml"
+    proto = protocol.load_protocol(proto_file) if proto_file.exists() else {}
+    return protocol.bootstrap_ci(values, int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0)))
 
 
 def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
@@ -424,6 +437,45 @@ def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_
         f"{ci(column, prev) if prev else '—'}; `{rule}` − `cgcseg gmm` default {ci(column, 'gmm_default')}.", ""])
 
 
+def card_sections(proto: dict, mods: tuple, variant: str, output_rule: str, ensemble: bool,
+                  results_dir: Path = RESULTS) -> str:
+    """The card's evidence sections after its Recipe paragraph: the recipe protocol's held-out numbers, the output
+    rule's, and for a seed ensemble its own, its replication, its threshold and its rival reading."""
+    name = proto["name"]
+    return (held_out_notes(proto, mods, variant, results_dir)
+            + rule_notes(name, output_rule, mods, variant, results_dir)
+            + (ensemble_notes(name, mods, variant, results_dir) if ensemble else "")
+            + (ensemble_replication_notes(name, mods, variant, results_dir) if ensemble else "")
+            + (threshold_notes(name, mods, variant, results_dir) if ensemble else "")
+            + (rival_notes(name, mods, variant, results_dir) if ensemble else ""))
+
+
+RECIPE_LINE = re.compile(r"^\*\*Recipe\*\*: protocol `([\w.-]+)`'s [^`]*`([\w-]+)`", re.M)
+
+
+def refresh_card(path: Path, results_dir: Path = RESULTS) -> bool:
+    """Rewrite the evidence sections of the shipped model ``path``'s card from the committed results (after a card
+    generator change, without retraining or re-scoring): the recipe the card names, the output rule the file
+    records, ensemble sections when the file is a seed ensemble. Everything up to and including the Recipe
+    paragraph is kept. True when the card changed."""
+    import protocol
+    from CGCLesionSegLib.checkpoint import read_checkpoint
+    card = path.with_suffix(".md")
+    text = card.read_text()
+    found = RECIPE_LINE.search(text)
+    if not found:
+        raise SystemExit(f"{card}: no '**Recipe**: protocol `...`'s ... `variant`' paragraph; nothing changed")
+    ck = read_checkpoint(path)
+    proto = protocol.load_protocol(ROOT / "docs" / "protocols" / f"{found.group(1)}.toml")
+    mods = tuple(ck["channels"])
+    end = text.index("\n\n", found.start()) + 2
+    fresh = text[:end] + card_sections(proto, mods, found.group(2), ck.get("default_output_rule") or SHIP_OUTPUT_RULE,
+                                       bool(ck.get("members")), results_dir) + "\n"
+    if fresh != text:
+        card.write_text(fresh)
+    return fresh != text
+
+
 def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path = RESULTS,
            models_dir: Path | None = None, output_rule: str = SHIP_OUTPUT_RULE, members: tuple = ()) -> None:
     """Write the shipped model, card and loss curve for a trained run; the card's per-case Dice is on
@@ -466,12 +518,8 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
                       f"(labels never read), and this model was trained from round {rounds - 1}'s weights "
                       "on those binary targets" + (" (each earlier round likewise from the one before)" if rounds > 2 else "")
                       if model.parent is not None else "") + ". Trained by `scripts/train_default_models.py`.")
-    notes = (recipe_note + "\n\n" + held_out_notes(proto, model.modalities, model.variant, results_dir)
-             + rule_notes(proto["name"], output_rule, model.modalities, model.variant, results_dir)
-             + (ensemble_notes(proto["name"], model.modalities, model.variant, results_dir) if members else "")
-             + (ensemble_replication_notes(proto["name"], model.modalities, model.variant, results_dir) if members else "")
-             + (threshold_notes(proto["name"], model.modalities, model.variant, results_dir) if members else "")
-             + rival_notes(proto["name"], model.modalities, model.variant, results_dir))
+    notes = recipe_note + "\n\n" + card_sections(proto, model.modalities, model.variant, output_rule, bool(members),
+                                                 results_dir)
     stem = Path(model_file_name(list(model.modalities))).stem
     export_default_model.main([str(model.run), "--name", stem, "--dice-json", str(dice_json), "--hardware", hardware,
                                "--output-rule", output_rule, "--notes", notes]
@@ -481,7 +529,7 @@ def export(proto: dict, model, labelled: list, hardware: str, results_dir: Path 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocol", required=True, help="protocol TOML (e.g. docs/protocols/cgc-v1.toml)")
+    ap.add_argument("--protocol", help="protocol TOML (e.g. docs/protocols/cgc-v1.toml); required unless --refresh-cards")
     ap.add_argument("--models", nargs="+", choices=sorted(MODEL_SETS), default=["four-channel", "flair"])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--work-dir", help="default: runs/default-models-<protocol name>")
@@ -502,7 +550,19 @@ def main(argv=None) -> int:
                          "declared protocol confirmed it for the model set)")
     ap.add_argument("--results-dir", default=str(RESULTS), help="where the protocol's results files are")
     ap.add_argument("--models-dir", help="where --export writes (default: the package's models folder)")
+    ap.add_argument("--refresh-cards", action="store_true",
+                    help="only rewrite the evidence sections of the shipped cards from the committed results "
+                         "(no training, no scoring; each card names its own protocol)")
     args = ap.parse_args(argv)
+    if args.refresh_cards:
+        from CGCLesionSegLib.default_models import available_default_models
+        paths = (sorted(Path(args.models_dir).glob("cgc_*.pt")) if args.models_dir
+                 else [p for _, p in sorted(available_default_models().items())])
+        for path in paths:
+            print(f"{path.with_suffix('.md').name}: {'rewritten' if refresh_card(path, Path(args.results_dir)) else 'unchanged'}")
+        return 0
+    if not args.protocol:
+        ap.error("--protocol is required (unless --refresh-cards)")
     import protocol
     proto = protocol.load_protocol(args.protocol)
     stage = {"steps": args.steps or int(proto["stages"]["confirm"]["steps"]), "max_minutes": args.max_minutes}

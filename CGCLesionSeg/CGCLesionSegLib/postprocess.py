@@ -58,7 +58,7 @@ def remove_small_components(binary_zyx: np.ndarray, min_voxels: int = 0, keep_la
 #: a large MS plaque. Smaller removed pieces (threshold noise, thousands per case) are only summed.
 REMOVED_WARN_ML = 1.0
 #: ... and the warning needs it to be at least this fraction of the kept volume as well. On the 11 tumour cases
-#: of ../shared (labels not read), the shipped FLAIR default output removed a candidate >= 1 mL on 7 cases, of
+#: of ../shared (labels not read), the FLAIR model shipped until 2026-12-05 (its default output at 0.3) removed a candidate >= 1 mL on 7 cases, of
 #: 0.01-0.08 x the kept lesion on 5 of them (fringe pieces beside a large tumour) and 0.5-1.9 x on 2: a warning
 #: on 7 of 11 glioma cases would teach users to ignore it. Every removal is still in the sidecar and the summary.
 REMOVED_WARN_FRACTION = 0.10

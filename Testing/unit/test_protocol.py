@@ -90,6 +90,24 @@ def test_report_lists_every_column_difference_and_the_winner():
     assert "**`v`**" in text and "`--tau 0.1`" in text and "**2 mm**" in text and "HD95" in text
 
 
+def test_report_names_no_winner_where_the_header_decides_and_says_what_a_margin_winner_leaves_out():
+    """cgc-v43's confirmation is decided by four criteria, three of them from other runs: the report names no winner
+    (it once printed the network-margin pick under that rule's text, naming the control where the rival had passed);
+    a rule with a further condition says its winner is the margin part only."""
+    rows = [_row(c, s, v, [0.5, 0.6, 0.6, 0.7, d, 0.9]) for c in "AB" for s in (1, 2)
+            for v, d in (("robust-2mm-std", 0.80), ("robust-2mm-stdopen", 0.79))]
+    proto = protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v43.toml")
+    stage = proto["stages"]["confirm"]
+    assert protocol.header_decided(stage)
+    summary = protocol.summarise(rows, proto)
+    text = protocol.report(proto, "confirm", summary, {}, [], [], None, {})
+    assert "Decision: by the criteria declared in the protocol file's header" in text and "Winner" not in text
+    v24 = protocol.load_protocol(ROOT / "docs" / "protocols" / "cgc-v24.toml")
+    assert not protocol.header_decided(v24["stages"]["screen"])
+    text = protocol.report(v24, "screen", summary, {}, [], [], "robust-2mm-std", {})
+    assert "**`robust-2mm-std`** — computed from its network-Dice margin only" in text
+
+
 def test_self_training_variant_depends_on_its_round_one(tmp_path):
     for group, names in (("brats", [f"c{i}" for i in range(7)]), ("unlabelled", ["u1"])):
         for n in names:

@@ -541,56 +541,76 @@ def test_replication_card_section_reads_cgc_v31_and_is_only_in_a_card_of_that_re
         assert (expected.strip() in card) if expected else ("read again on fresh seeds" not in card)
 
 
-def test_the_shipped_flair_card_carries_the_rival_reading_of_its_recipe():
-    """The FLAIR file ships cgc-v43's rival since 2026-12-05: its card carries the rival-against-control section
-    exactly as generated from the committed results (a stale card or a changed results file fails here)."""
+def test_every_shipped_card_is_what_the_generator_writes_from_the_committed_results(tmp_path):
+    """A card whose evidence sections differ from what `--export` would write now (a generator change, a results file
+    changed after export) fails here; `--refresh-cards` rewrites them. The FLAIR file ships cgc-v43's rival, so its
+    card must carry the rival-against-control section; a copy whose section was altered is rewritten."""
+    import shutil
     import train_default_models as tdm
     from CGCLesionSegLib.default_models import available_default_models
-    recipe = _shipped_recipe(("flair",))
-    assert recipe in tdm.RIVAL_EVIDENCE, f"the shipped FLAIR recipe {recipe} has no rival reading"
-    text = tdm.rival_notes(recipe[0], ("flair",), recipe[1])
+    for mods, path in available_default_models().items():
+        copy = tmp_path / path.name
+        shutil.copy(path, copy)
+        shutil.copy(path.with_suffix(".md"), copy.with_suffix(".md"))
+        assert not tdm.refresh_card(copy), f"{path.with_suffix('.md').name} is stale: run --refresh-cards"
+    flair = tmp_path / available_default_models()[("flair",)].name
+    assert _shipped_recipe(("flair",)) in tdm.RIVAL_EVIDENCE
+    text = flair.with_suffix(".md").read_text()
     assert "## Against the recipe it replaced" in text
-    assert text.strip() in available_default_models()[("flair",)].with_suffix(".md").read_text()
+    flair.with_suffix(".md").write_text(text.replace("| **`robust-2mm-stdopen`** | 0.", "| **`robust-2mm-stdopen`** | 1."))
+    assert tdm.refresh_card(flair) and flair.with_suffix(".md").read_text() == text
 
 
-def test_rival_card_section_pairs_the_shipped_rule_over_cases_and_says_nothing_without_the_control(tmp_path, monkeypatch):
-    """A recipe that replaced the shipped one (cgc-v43's FLAIR set): its card shows both recipes' held-out numbers
-    and rival − control paired over cases; the shipped-rule difference is made here from the two rule stages' rows
-    (seeds averaged per case first), so it is checked against a hand computation."""
+def test_rival_card_section_pairs_both_readings_over_cases_and_says_nothing_without_one(tmp_path, monkeypatch):
+    """A recipe that replaced the shipped one (cgc-v43's FLAIR set): its card shows both recipes' held-out numbers and
+    rival − control paired over cases, each difference checked against a hand computation; a missing control stage,
+    another set's rows or a probe of another pair give no section (nothing borrowed)."""
     import statistics
     import train_default_models as tdm
     import protocol
     cases = ["a", "b", "c", "d"]
-    group = lambda net, dflt: {"cases": cases, "seeds": [4000, 4001],
-                               "means": {"network": {"dice": net}, "default": {"dice": dflt}}, "differences": {}}
-    vd = {"network": {"mean": -0.0017, "ci95": [-0.017, 0.013]}, "default": {"mean": 0.0099, "ci95": [0.005, 0.016]}}
-    (tmp_path / "rv-confirm-flair.json").write_text(json.dumps({
-        "summary": {"flair/new": group(0.7882, 0.8328), "flair/old": group(0.7899, 0.8229)},
-        "variant_differences": {"flair": {"new": vd}}}))
     rng = np.random.default_rng(0)
-    dice = {v: {(c, s): float(rng.uniform(0.7, 0.9)) for c in cases for s in (4000, 4001)} for v in ("new", "old")}
+    vals = {(v, col): {c: float(rng.uniform(0.6, 0.9)) for c in cases}
+            for v in ("new", "old") for col in ("network", "default", "default_rec_loo_ensemble")}
+    group = lambda v, cols: {"cases": cases, "seeds": [4000, 4001],
+                             "per_case": {c: {col: {"dice": vals[(v, col)][c]} for col in cols} for c in cases},
+                             "means": {col: {"dice": statistics.mean(vals[(v, col)].values())} for col in cols},
+                             "differences": {}}
+    (tmp_path / "rv-confirm-flair.json").write_text(json.dumps({"summary": {
+        "flair/new": group("new", ("network", "default")), "flair/old": group("old", ("network", "default"))}}))
+    # the four-channel set's rule rows are in the same stage files: they must not be mixed in
+    other = {"flair-t1-t1ce-t2/new": {"per_case": {c: {"default_rec_loo_ensemble": {"dice": 0.0}} for c in cases}}}
     for stage, v in (("rival", "new"), ("control", "old")):
-        rows = [{"case": c, "seed": s, "variant": v, "modalities": ["flair"], "default_rec_loo_ensemble": {"dice": d}}
-                for (c, s), d in dice[v].items()]
-        (tmp_path / f"rl-{stage}-flair.json").write_text(json.dumps({"summary": {}, "rows": rows}))
-    (tmp_path / "pr-flair.json").write_text(json.dumps({"summary": {
-        "cases": ["a", "b"], "variants": {"new": {"network": {"sens_second": 0.709}}, "old": {"network": {"sens_second": 0.402}}},
-        "difference": {"mean": 0.307, "ci95": [0.228, 0.411]}}}))
+        (tmp_path / f"rl-{stage}.json").write_text(json.dumps({"summary": {
+            f"flair/{v}": group(v, ("default_rec_loo_ensemble",)), **other}}))
+    probe = {"summary": {"cases": ["a", "b"], "variants": {"new": {"network": {"sens_second": 0.709}},
+                                                           "old": {"network": {"sens_second": 0.402}}},
+                         "difference": {"of": "new - old", "mean": 0.307, "ci95": [0.228, 0.411]}},
+             "rows": [{"modalities": ["flair"]}]}
+    (tmp_path / "pr-flair.json").write_text(json.dumps(probe))
     monkeypatch.setitem(tdm.RIVAL_EVIDENCE, ("rv", "new"), ("old", "rl", "pr"))
     text = tdm.rival_notes("rv", ("flair",), "new", tmp_path)
-    per_case = lambda v: {c: statistics.mean([dice[v][(c, s)] for s in (4000, 4001)]) for c in cases}
-    new, old = per_case("new"), per_case("old")
-    diffs = [new[c] - old[c] for c in cases]
-    lo, hi = protocol.bootstrap_ci(diffs, 10000, 0)
-    assert f"| **`new`** | 0.7882 | 0.8328 | 0.709 | {statistics.mean(new.values()):.4f} |" in text
-    assert f"| `old` | 0.7899 | 0.8229 | 0.402 | {statistics.mean(old.values()):.4f} |" in text
-    assert f"shipped rule {statistics.mean(diffs):+.4f} [{lo:+.3f}, {hi:+.3f}]" in text
-    assert "network -0.0017 [-0.017, +0.013]" in text and "probe second lesion +0.3070 [+0.228, +0.411]" in text
+
+    def expect(col: str) -> str:
+        d = [vals[("new", col)][c] - vals[("old", col)][c] for c in cases]
+        lo, hi = protocol.bootstrap_ci(d, 10000, 0)
+        return f"{statistics.mean(d):+.4f} [{lo:+.3f}, {hi:+.3f}]"
+    m = lambda v, col: f"{statistics.mean(vals[(v, col)].values()):.4f}"
+    assert (f"| **`new`** | {m('new', 'network')} | {m('new', 'default')} | 0.709 | "
+            f"{m('new', 'default_rec_loo_ensemble')} |") in text
+    assert f"| `old` | {m('old', 'network')} | {m('old', 'default')} | 0.402 | {m('old', 'default_rec_loo_ensemble')} |" in text
+    assert f"network {expect('network')}; `single-lesion` default {expect('default')}" in text
+    assert f"probe second lesion +0.3070 [+0.228, +0.411]; shipped rule {expect('default_rec_loo_ensemble')}." in text
     assert "over its 2 cases with a second lesion" in text and "`pr-flair`" in text
-    # the other set has no confirmation, a recipe without a rival reading none, a missing control stage nothing
+    # another set, a recipe without a rival reading, a probe of another pair, a missing control stage: nothing
     assert tdm.rival_notes("rv", ("flair", "t1", "t1ce", "t2"), "new", tmp_path) == ""
     assert tdm.rival_notes("rv", ("flair",), "old", tmp_path) == ""
-    (tmp_path / "rl-control-flair.json").unlink()
+    probe["summary"]["difference"]["of"] = "new - older"
+    (tmp_path / "pr-flair.json").write_text(json.dumps(probe))
+    assert tdm.rival_notes("rv", ("flair",), "new", tmp_path) == ""
+    probe["summary"]["difference"]["of"] = "new - old"
+    (tmp_path / "pr-flair.json").write_text(json.dumps(probe))
+    (tmp_path / "rl-control.json").unlink()
     assert tdm.rival_notes("rv", ("flair",), "new", tmp_path) == ""
 
 
