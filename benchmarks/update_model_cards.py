@@ -78,6 +78,14 @@ def _thresholds(items) -> dict:
     return out
 
 
+def model_paths(models_dir=None) -> list[Path]:
+    """The model files to work on: ``cgc_*.pt`` in ``models_dir``, else the package's shipped default models."""
+    from CGCLesionSegLib.default_models import available_default_models
+    if models_dir:
+        return sorted(Path(models_dir).glob("cgc_*.pt"))
+    return [p for _, p in sorted(available_default_models().items())]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
@@ -89,12 +97,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     thresholds = _thresholds(args.default_threshold)
     from CGCLesionSegLib.checkpoint import info_from_dict, read_checkpoint
-    from CGCLesionSegLib.default_models import available_default_models
     from evaluate_cgc import _cases, _score_case
     from export_default_model import update_card
     cases = _cases(Path(args.data))
-    models = (sorted(Path(args.models_dir).glob("cgc_*.pt")) if args.models_dir
-              else [p for _, p in sorted(available_default_models().items())])
+    models = model_paths(args.models_dir)
     if not models:
         raise SystemExit(f"no cgc_*.pt model in {args.models_dir}")
     unknown = sorted(set(thresholds) - {p.stem for p in models})

@@ -335,27 +335,24 @@ def rival_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path 
     empty when the model set lacks any of these readings (a set's numbers never stand in for another's)."""
     if (protocol_name, winner) not in RIVAL_EVIDENCE:
         return ""
+    import protocol
     import stage_pairs
-    import tomllib
     control, rule_name, probe_name = RIVAL_EVIDENCE[(protocol_name, winner)]
     key = "-".join(mods)
     confirm, confirm_section = _set_results(protocol_name, "confirm", mods, results_dir)
     summary = (confirm or {}).get("summary", {})
     if f"{key}/{winner}" not in summary or f"{key}/{control}" not in summary:
         return ""
-    rule_file = ROOT / "docs" / "protocols" / f"{rule_name}.toml"
-    rule_proto = tomllib.loads(rule_file.read_text()) if rule_file.exists() else {}
     groups = [stage_pairs.stage_group(results_dir, rule_name, st, mods, v) for st, v in (("rival", winner),
                                                                                      ("control", control))]
-    rule = groups[0] and groups[1] and stage_pairs.paired(
-        groups[0], groups[1], stage_pairs.COLUMN, int(rule_proto.get("bootstrap_resamples", 10000)),
-        int(rule_proto.get("bootstrap_seed", 0)))
+    rule = groups[0] and groups[1] and stage_pairs.paired(groups[0], groups[1], stage_pairs.COLUMN,
+                                                          *_bootstrap_settings(rule_name))
     probe_path = Path(results_dir) / f"{probe_name}-{key}.json"
     if not probe_path.exists():  # a probe run over one set is named without it (cgc-v42's)
         probe_path = Path(results_dir) / f"{probe_name}.json"
-    probe = json.loads(probe_path.read_text()).get("summary", {}) if probe_path.exists() else {}
-    probe_rows = json.loads(probe_path.read_text()).get("rows", []) if probe_path.exists() else []
-    probe_sets = {"-".join(r["modalities"]) for r in probe_rows if "modalities" in r}
+    probe_file = json.loads(probe_path.read_text()) if probe_path.exists() else {}
+    probe = probe_file.get("summary", {})
+    probe_sets = {"-".join(r["modalities"]) for r in probe_file.get("rows", []) if "modalities" in r}
     if (not rule or (probe.get("difference") or {}).get("of") != f"{winner} - {control}"
             or (probe_sets and probe_sets != {key})):
         return ""
@@ -364,7 +361,8 @@ def rival_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path 
         """rival − control of a confirmation column, per case (seed means) and over cases."""
         r, c = summary[f"{key}/{winner}"]["per_case"], summary[f"{key}/{control}"]["per_case"]
         d = [r[k][col]["dice"] - c[k][col]["dice"] for k in sorted(set(r) & set(c))]
-        return {"mean": sum(d) / len(d), "ci95": protocol_bootstrap(d, confirm)}
+        return {"mean": sum(d) / len(d),
+                "ci95": protocol.bootstrap_ci(d, *_bootstrap_settings(confirm.get("protocol", protocol_name)))}
     fmt = lambda x: f"{x['mean']:+.4f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
     second = lambda v: f"{probe['variants'][v]['network']['sens_second']:.3f}"
     mean = lambda v, col: f"{summary[f'{key}/{v}']['means'][col]['dice']:.4f}"
@@ -387,12 +385,13 @@ def rival_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path 
         f"{fmt(rule)}.", ""])
 
 
-def protocol_bootstrap(values: list[float], results: dict) -> tuple[float, float]:
-    """The bootstrap 95 % CI of the mean of ``values`` with the settings of the protocol that wrote ``results``."""
-    import protocol
-    proto_file = ROOT / "docs" / "protocols" / f"{results.get('protocol', '')}.toml"
-    proto = protocol.load_protocol(proto_file) if proto_file.exists() else {}
-    return protocol.bootstrap_ci(values, int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0)))
+def _bootstrap_settings(name: str) -> tuple[int, int]:
+    """(resamples, seed) of protocol ``name``'s bootstrap (docs/protocols/<name>.toml; the protocols' defaults
+    10000 / 0 where the file or the keys are absent)."""
+    import tomllib
+    path = ROOT / "docs" / "protocols" / f"{name}.toml"
+    proto = tomllib.loads(path.read_text()) if path.exists() else {}
+    return int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0))
 
 
 def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
@@ -555,10 +554,8 @@ def main(argv=None) -> int:
                          "(no training, no scoring; each card names its own protocol)")
     args = ap.parse_args(argv)
     if args.refresh_cards:
-        from CGCLesionSegLib.default_models import available_default_models
-        paths = (sorted(Path(args.models_dir).glob("cgc_*.pt")) if args.models_dir
-                 else [p for _, p in sorted(available_default_models().items())])
-        for path in paths:
+        from update_model_cards import model_paths
+        for path in model_paths(args.models_dir):
             print(f"{path.with_suffix('.md').name}: {'rewritten' if refresh_card(path, Path(args.results_dir)) else 'unchanged'}")
         return 0
     if not args.protocol:

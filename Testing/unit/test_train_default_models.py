@@ -485,10 +485,10 @@ def test_an_ensembles_card_carries_the_ensemble_protocols_numbers_for_its_own_se
 
 def _shipped_recipe(mods: tuple) -> tuple[str, str]:
     """(recipe protocol, variant) the shipped file of ``mods`` was trained with, read from its card's Recipe line."""
-    import re
+    import train_default_models as tdm
     from CGCLesionSegLib.default_models import available_default_models
     card = available_default_models()[tuple(mods)].with_suffix(".md").read_text()
-    found = re.search(r"^\*\*Recipe\*\*: protocol `([\w.-]+)`'s [^`]*`([\w-]+)`", card, re.M)
+    found = tdm.RECIPE_LINE.search(card)
     assert found, "the shipped card has no Recipe line naming its protocol and variant"
     return found.group(1), found.group(2)
 
