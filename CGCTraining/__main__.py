@@ -91,9 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="defaults of a training recipe; options given still win. paper: the plain defaults; "
                         "shipped: the shipped models' recipe (--crop 96 96 64 --spacing 2 2 2 --patch 3 3 4 --lr 1e-3 "
                         "--batch-size 2 --lr-schedule cosine --ema 0.99 --augment scanner --steps 300 "
-                        "--self-train-rounds 1; protocol cgc-v9; the shipped four-channel model adds --pseudo-rule "
-                        "default-output, for one lesion per case only, the FLAIR model --pseudo-rule "
-                        "default-output-agreed-opened: docs/TRAINING.md)")
+                        "--self-train-rounds 1; protocol cgc-v9; both shipped models add --pseudo-rule "
+                        "default-output-agreed-opened, for glioma-like MRI cohorts only: docs/TRAINING.md)")
     g.add_argument("--self-train-rounds", type=int, default=0, metavar="N",
                    help="after training, N self-training rounds: segment the training cases with the model (0.5*CGC "
                         "+ 0.5*P, 2-D hole filling, no keep-largest; no label read) and train again from its weights "

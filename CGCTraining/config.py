@@ -23,11 +23,11 @@ LR_SCHEDULES = ("constant", "cosine")
 #: the command line still win. ``paper`` is the plain defaults (the paper's settings where it gives
 #: them). ``shipped`` is the shipped models' recipe with targets for any cohort: `robust-2mm-st` of declared
 #: protocol cgc-v9 (docs/protocols/cgc-v9.toml: its base arguments, the variant's arguments, 300 steps per
-#: round and one self-training round on ``fixed`` targets). The shipped four-channel model (since cgc-v24)
-#: made its round's targets with ``--pseudo-rule default-output`` (the FLAIR model, since cgc-v43, with
-#: ``default-output-agreed-opened``, which adds the further lesions round 1 agrees with); ``default-output`` keeps one
-#: lesion per case: right for gliomas, wrong for MS or several haemorrhages, refused for CT — so it is not a recipe default; a
-#: one-lesion cohort adds it. Testing/unit/test_self_train.py checks that it expands to
+#: round and one self-training round on ``fixed`` targets). Both shipped models (since cgc-v43) made their round's
+#: targets with ``--pseudo-rule default-output-agreed-opened``: the pipeline's one-lesion default output plus the
+#: further lesions round 1 agrees with (the four-channel model used ``default-output``, one lesion only, from cgc-v24
+#: until 2026-12-05). Those targets start from a glioma rule, wrong for MS or several haemorrhages and refused for
+#: CT — so they are not a recipe default; a glioma-like cohort adds them. Testing/unit/test_self_train.py checks that it expands to
 #: exactly that protocol's command line. With ``--epochs`` given, its ``steps`` is not applied.
 RECIPES = {
     "paper": {},

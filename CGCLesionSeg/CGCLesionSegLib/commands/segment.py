@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modalities", nargs="+", metavar="NAME", help="cohort mode: modalities to read (default: the model's)")
     p.add_argument("--threshold", type=float, default=None,
                    help="probability threshold of the map the output rule thresholds (default: the threshold the "
-                        "model records for its own output rule — the shipped models: 0.35 (four-channel: protocol cgc-v29; "
-                        "FLAIR: cgc-v44) — "
+                        "model records for its own output rule — the shipped models: 0.35 (cgc-v29's leave-one-case-out "
+                        "procedure, protocol cgc-v44) — "
                         "else 0.5; with --postprocess none, another rule or another --gmm-weight, 0.5)")
     add_output_rule_arg(p,
                         "output rule: none = the network's map >= threshold (the paper); single-lesion = mean of the "
