@@ -84,7 +84,7 @@ def shipped_base_note(names: Sequence[Optional[str]], base_model: Optional[str |
             if best is None:
                 return None
             return (f"{subset_hint(best)} The shipped models' default output scored ~0.86 Dice on held-out cases "
-                    "(protocol cgc-v29), --adapt from scratch 0.46 on 2 cases (docs/BENCHMARKS.md 'adapt'). Training "
+                    "(protocols cgc-v29 and cgc-v44), --adapt from scratch 0.46 on 2 cases (docs/BENCHMARKS.md 'adapt'). Training "
                     "from scratch on this case now, as asked")
         return SHIPPED_BASE_NOTE
     shipped = {p.resolve() for p in available_default_models().values()}

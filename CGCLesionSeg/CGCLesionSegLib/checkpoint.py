@@ -323,7 +323,7 @@ def default_threshold(path: str | os.PathLike, rule: str, ckpt: Optional[dict] =
     """The threshold used with the model in ``path`` and output rule ``rule`` when the user gives none:
     the checkpoint's ``default_threshold`` if ``rule`` is the model's own default output rule (the one
     that threshold was chosen for: both shipped models record 0.35, chosen leave one case out by cgc-v29's
-    procedure — on cgc-v27's four-channel models, and on cgc-v43's FLAIR models in cgc-v44), else 0.5 — any other
+    procedure on their recipe's held-out fold ensembles, cgc-v43's models read in cgc-v44), else 0.5 — any other
     rule, a model without the field, the paper's output."""
     if ckpt is None:
         ckpt = read_checkpoint(path)

@@ -153,8 +153,8 @@ def test_shipped_recipe_is_the_command_line_of_the_shipped_models():
     got = apply_recipe(parser, over, parser.parse_args(over))
     assert (got.epochs, got.steps, got.lr, got.self_train_rounds, got.ema) == (5, None, 0.01, 0, 0.99)
     assert parser.parse_args(["--output-dir", "x"]).ema == 0.0
-    # the shipped models: the same recipe with `--pseudo-rule default-output` (four-channel, cgc-v24) or
-    # `default-output-agreed-opened` (FLAIR, cgc-v43) (TRAINING.md)
+    # the shipped models' recipes: the same with `--pseudo-rule default-output` (cgc-v24, until 2026-12-05) and
+    # `default-output-agreed-opened` (cgc-v43, both models since 2026-12-05) (TRAINING.md)
     for name, vname, rule in (("cgc-v24", "robust-2mm-std", "default-output"),
                               ("cgc-v43", "robust-2mm-stdopen", "default-output-agreed-opened")):
         proto = protocol.load_protocol(root / "docs" / "protocols" / f"{name}.toml")
