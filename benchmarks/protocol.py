@@ -504,10 +504,15 @@ def bootstrap_ci(values: list[float], resamples: int, seed: int) -> tuple[float,
     return means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
 
 
+def bootstrap_settings(proto: dict) -> tuple[int, int]:
+    """(resamples, seed) of a protocol's bootstrap: its ``bootstrap_resamples`` / ``bootstrap_seed``, else 10000 / 0."""
+    return int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0))
+
+
 def paired_difference(per_case: dict, proto: dict) -> dict:
     """``{case: a − b}`` → its mean, the protocol's bootstrap 95 % CI over cases, worst case, and the values."""
     d = list(per_case.values())
-    lo, hi = bootstrap_ci(d, int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0)))
+    lo, hi = bootstrap_ci(d, *bootstrap_settings(proto))
     return {"mean": statistics.mean(d), "ci95": [lo, hi], "min_case": min(d), "per_case": dict(per_case)}
 
 

@@ -65,12 +65,15 @@ def stages_of(proto: dict) -> tuple[str, str]:
 
 
 def report(proto: dict, mods: tuple, rival: str, control: str, result: dict, column: str) -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
     key = "-".join(mods)
+    resamples, seed = protocol.bootstrap_settings(proto)
     lines = [f"### Protocol {proto['name']}: `rival` − `control`, {key}", "",
              f"The two stages' results (`protocol-{proto['name']}-rival-{key}`, `protocol-{proto['name']}-control-{key}`) "
              f"paired over held-out cases by `benchmarks/stage_pairs.py`: column `{column}` (per case the mean over "
-             f"seeds), `{rival}` − `{control}`; bootstrap 95 % CI over cases ({proto.get('bootstrap_resamples', 10000)} "
-             f"resamples, seed {proto.get('bootstrap_seed', 0)}). Nothing re-scored.", "",
+             f"seeds), `{rival}` − `{control}`; bootstrap 95 % CI over cases ({resamples} "
+             f"resamples, seed {seed}). Nothing re-scored.", "",
              f"| case | `{control}` | `{rival}` | difference |", "|---|---|---|---|"]
     for c in result["cases"]:
         lines.append(f"| {c} | {result['control'][c]:.4f} | {result['rival'][c]:.4f} | {result['per_case'][c]:+.4f} |")
@@ -100,8 +103,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"{proto['name']}: no results of stage {' and '.join(missing)} for {' '.join(mods)}; run "
                          f"`python benchmarks/evaluate_cgc.py --protocol {args.protocol} --stage ... --model-set "
                          f"{' '.join(mods)}` first")
-    result = paired(groups[rival], groups[control], args.column, int(proto.get("bootstrap_resamples", 10000)),
-                    int(proto.get("bootstrap_seed", 0)))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
+    result = paired(groups[rival], groups[control], args.column, *protocol.bootstrap_settings(proto))
     if result is None:
         raise SystemExit(f"the two stages share no case with column {args.column!r}")
     text = report(proto, mods, rival, control, result, args.column)

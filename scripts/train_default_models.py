@@ -357,12 +357,13 @@ def rival_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path 
             or (probe_sets and probe_sets != {key})):
         return ""
 
+    confirm_bootstrap = _bootstrap_settings(confirm.get("protocol", protocol_name))
+
     def diff(col: str) -> dict:
         """rival − control of a confirmation column, per case (seed means) and over cases."""
         r, c = summary[f"{key}/{winner}"]["per_case"], summary[f"{key}/{control}"]["per_case"]
         d = [r[k][col]["dice"] - c[k][col]["dice"] for k in sorted(set(r) & set(c))]
-        return {"mean": sum(d) / len(d),
-                "ci95": protocol.bootstrap_ci(d, *_bootstrap_settings(confirm.get("protocol", protocol_name)))}
+        return {"mean": sum(d) / len(d), "ci95": protocol.bootstrap_ci(d, *confirm_bootstrap)}
     fmt = lambda x: f"{x['mean']:+.4f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
     second = lambda v: f"{probe['variants'][v]['network']['sens_second']:.3f}"
     mean = lambda v, col: f"{summary[f'{key}/{v}']['means'][col]['dice']:.4f}"
@@ -388,10 +389,10 @@ def rival_notes(protocol_name: str, mods: tuple, winner: str, results_dir: Path 
 def _bootstrap_settings(name: str) -> tuple[int, int]:
     """(resamples, seed) of protocol ``name``'s bootstrap (docs/protocols/<name>.toml; the protocols' defaults
     10000 / 0 where the file or the keys are absent)."""
+    import protocol
     import tomllib
     path = ROOT / "docs" / "protocols" / f"{name}.toml"
-    proto = tomllib.loads(path.read_text()) if path.exists() else {}
-    return int(proto.get("bootstrap_resamples", 10000)), int(proto.get("bootstrap_seed", 0))
+    return protocol.bootstrap_settings(tomllib.loads(path.read_text()) if path.exists() else {})
 
 
 def rule_notes(protocol_name: str, rule: str, mods: tuple, winner: str, results_dir: Path = RESULTS) -> str:
